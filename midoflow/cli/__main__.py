@@ -1,0 +1,5 @@
+import sys
+
+from midoflow.cli.main import main
+
+sys.exit(main())

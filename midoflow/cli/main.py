@@ -1,0 +1,126 @@
+"""The ``midoflow`` command: every resource of the REST API, for people and scripts.
+
+Exit status: 0 done, 1 the API refused (4xx/5xx) or a name did not resolve,
+2 bad command line, 3 the API cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+# Importing a command module registers its commands (see midoflow.cli.base).
+from midoflow.cli import resources, status  # noqa: F401
+from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
+from midoflow.cli.client import DEFAULT_API, ApiError, Client, ResolveError, Unreachable
+
+EXIT_OK = 0
+EXIT_API = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+HINT = "is it running? (see 'make demo -- --keep' / MIDOFLOW_API)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr, not the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--api``/``--json``/``--timeout``: accepted before and after the command.
+
+    Sub-parsers use SUPPRESS defaults so they only set what was given on their
+    part of the line and never reset what the top-level parser set."""
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    g = parser.add_argument_group("global options")
+    g.add_argument("--api", metavar="URL", default=d(None),
+                   help=f"API base URL (env MIDOFLOW_API, default {DEFAULT_API})")
+    g.add_argument("--json", action="store_true", default=d(False),
+                   help="print the API's raw JSON (for scripts)")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", default=d(10.0),
+                   help="per-request timeout (default 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="midoflow",
+        description="Manage a midoflow cloud through its REST API.",
+        epilog="exit status: 0 ok, 1 API error, 2 usage error, 3 API unreachable",
+    )
+    _global_options(parser, top=True)
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in COMMANDS:
+        if cmd.group is None:
+            p = top.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        else:
+            if cmd.group not in groups:
+                gh = GROUPS.get(cmd.group, "")
+                gp = top.add_parser(cmd.group, help=gh, description=gh)
+                _global_options(gp, top=False)
+                groups[cmd.group] = gp.add_subparsers(
+                    dest="action", metavar="ACTION", required=True, parser_class=_Parser
+                )
+            p = groups[cmd.group].add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        _global_options(p, top=False)
+        add_args(p, cmd.args)
+        p.set_defaults(handler=cmd.func)
+    return parser
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    api = args.api or os.environ.get("MIDOFLOW_API") or DEFAULT_API
+    try:
+        client = Client(api, timeout=args.timeout)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    ctx = Context(client=client, json=args.json)
+    try:
+        rc = handler(ctx, args)
+    except UsageError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except ApiError as e:
+        _err(e.one_line())
+        return EXIT_API
+    except ResolveError as e:
+        _err(str(e))
+        return EXIT_API
+    except Unreachable as e:
+        _err(f"cannot reach the midoflow API at {e.base_url}: {e.reason} — {HINT}")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # never a traceback for the user
+        if os.environ.get("MIDOFLOW_DEBUG"):
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set MIDOFLOW_DEBUG=1 for a traceback)")
+        return EXIT_API
+    return rc or EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""CRUD commands for hosts, tunnel zones, bridges and ports."""
+
+from __future__ import annotations
+
+import argparse
+
+from midoflow.cli import render
+from midoflow.cli.base import Context, UsageError, arg, command, exclusive, group
+from midoflow.cli.render import col
+from midoflow.model import PORT_EXTERIOR, PORT_INTERIOR, TUNNEL_TYPES
+
+
+def _changes(a: argparse.Namespace, *names: str) -> dict:
+    """The update fields actually given on the command line."""
+    body = {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+    if not body:
+        opts = ", ".join("--" + n.replace("_", "-") for n in names if n != "admin_state_up")
+        if "admin_state_up" in names:
+            opts += ", --up, --down"
+        raise UsageError(f"nothing to update: give at least one of {opts}")
+    if getattr(a, "version", None) is not None:
+        body["version"] = a.version
+    return body
+
+
+IF_VERSION = arg("--if-version", type=int, dest="version", metavar="N",
+                 help="refuse (409) unless the object is still at version N")
+
+
+def _deleted(ctx: Context, label: str, oid: str) -> None:
+    ctx.emit(None, f"deleted {label} {oid}")
+
+
+UP_DOWN = exclusive(
+    arg("--up", dest="admin_state_up", action="store_const", const=True,
+        help="set the admin state up"),
+    arg("--down", dest="admin_state_up", action="store_const", const=False,
+        help="set the admin state down"),
+)
+
+# ---------------------------------------------------------------------- hosts
+
+group("host", "hosts of the cloud (one agent each)")
+
+HOST_COLS = [
+    col("ID", "id"),
+    col("NAME", "name"),
+    col("ALIVE", lambda h: None if "alive" not in h else ("alive" if h["alive"] else "DOWN")),
+    col("DESCRIPTION", "description"),
+]
+HOST_ORDER = ("id", "name", "description", "alive", "state", "version")
+
+
+def _host_id(ctx: Context, ref: str) -> str:
+    return ctx.client.resolve("hosts", ref, "host")
+
+
+@command("host", "list", "list hosts")
+def host_list(ctx: Context, a: argparse.Namespace) -> None:
+    ctx.emit(ctx.client.get("/hosts"), lambda rows: render.table(rows, HOST_COLS))
+
+
+@command("host", "show", "show one host", [arg("host", help="host id or name")])
+def host_show(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.get(f"/hosts/{_host_id(ctx, a.host)}")
+    ctx.emit(obj, lambda o: render.details(o, HOST_ORDER))
+
+
+@command("host", "create", "register a host", [
+    arg("--name", required=True),
+    arg("--description"),
+])
+def host_create(ctx: Context, a: argparse.Namespace) -> None:
+    body = {"name": a.name}
+    if a.description is not None:
+        body["description"] = a.description
+    ctx.emit(ctx.client.post("/hosts", body), lambda o: render.details(o, HOST_ORDER))
+
+
+@command("host", "update", "change a host", [
+    arg("host", help="host id or name"),
+    arg("--name"),
+    arg("--description"),
+    IF_VERSION,
+])
+def host_update(ctx: Context, a: argparse.Namespace) -> None:
+    body = _changes(a, "name", "description")
+    obj = ctx.client.put(f"/hosts/{_host_id(ctx, a.host)}", body)
+    ctx.emit(obj, lambda o: render.details(o, HOST_ORDER))
+
+
+@command("host", "delete", "delete a host", [arg("host", help="host id or name")])
+def host_delete(ctx: Context, a: argparse.Namespace) -> None:
+    hid = _host_id(ctx, a.host)
+    ctx.client.delete(f"/hosts/{hid}")
+    _deleted(ctx, "host", hid)
+
+
+@command("host", "bindings", "ports bound to a host", [arg("host", help="host id or name")])
+def host_bindings(ctx: Context, a: argparse.Namespace) -> None:
+    rows = ctx.client.get(f"/hosts/{_host_id(ctx, a.host)}/bindings")
+    ctx.emit(rows, lambda rs: render.table(rs, BINDING_COLS))
+
+
+# --------------------------------------------------------------- tunnel zones
+
+group("tunnel-zone", "tunnel zones: which hosts tunnel to each other, and how")
+
+TZ_COLS = [
+    col("ID", "id"),
+    col("NAME", "name"),
+    col("TYPE", "type"),
+    col("MEMBERS", lambda z: len(z.get("members") or ())),
+]
+TZ_ORDER = ("id", "name", "type", "members", "version")
+MEMBER_COLS = [col("HOST ID", "host_id"), col("IP", "ip")]
+
+
+def _tz_id(ctx: Context, ref: str) -> str:
+    return ctx.client.resolve("tunnel_zones", ref, "tunnel zone")
+
+
+@command("tunnel-zone", "list", "list tunnel zones")
+def tz_list(ctx: Context, a: argparse.Namespace) -> None:
+    ctx.emit(ctx.client.get("/tunnel_zones"), lambda rows: render.table(rows, TZ_COLS))
+
+
+@command("tunnel-zone", "show", "show one tunnel zone", [arg("zone", help="zone id or name")])
+def tz_show(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.get(f"/tunnel_zones/{_tz_id(ctx, a.zone)}")
+    ctx.emit(obj, lambda o: render.details(o, TZ_ORDER))
+
+
+@command("tunnel-zone", "create", "create a tunnel zone", [
+    arg("--name", required=True),
+    arg("--type", required=True, choices=TUNNEL_TYPES, help="encapsulation"),
+])
+def tz_create(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.post("/tunnel_zones", {"name": a.name, "type": a.type})
+    ctx.emit(obj, lambda o: render.details(o, TZ_ORDER))
+
+
+@command("tunnel-zone", "update", "change a tunnel zone", [
+    arg("zone", help="zone id or name"),
+    arg("--name"),
+    arg("--type", choices=TUNNEL_TYPES),
+    IF_VERSION,
+])
+def tz_update(ctx: Context, a: argparse.Namespace) -> None:
+    body = _changes(a, "name", "type")
+    obj = ctx.client.put(f"/tunnel_zones/{_tz_id(ctx, a.zone)}", body)
+    ctx.emit(obj, lambda o: render.details(o, TZ_ORDER))
+
+
+@command("tunnel-zone", "delete", "delete a tunnel zone", [arg("zone", help="zone id or name")])
+def tz_delete(ctx: Context, a: argparse.Namespace) -> None:
+    zid = _tz_id(ctx, a.zone)
+    ctx.client.delete(f"/tunnel_zones/{zid}")
+    _deleted(ctx, "tunnel zone", zid)
+
+
+@command("tunnel-zone", "members", "hosts in a tunnel zone", [arg("zone", help="zone id or name")])
+def tz_members(ctx: Context, a: argparse.Namespace) -> None:
+    rows = ctx.client.get(f"/tunnel_zones/{_tz_id(ctx, a.zone)}/members")
+    ctx.emit(rows, lambda rs: render.table(rs, MEMBER_COLS))
+
+
+@command("tunnel-zone", "member-add", "add a host to a tunnel zone", [
+    arg("zone", help="zone id or name"),
+    arg("--host", required=True, help="host id or name"),
+    arg("--ip", required=True, help="the host's tunnel endpoint address"),
+])
+def tz_member_add(ctx: Context, a: argparse.Namespace) -> None:
+    zid = _tz_id(ctx, a.zone)
+    hid = _host_id(ctx, a.host)
+    obj = ctx.client.post(f"/tunnel_zones/{zid}/members", {"host_id": hid, "ip": a.ip})
+    ctx.emit(obj, f"added host {hid} ({a.ip}) to tunnel zone {zid}")
+
+
+@command("tunnel-zone", "member-remove", "remove a host from a tunnel zone", [
+    arg("zone", help="zone id or name"),
+    arg("--host", required=True, help="host id or name"),
+])
+def tz_member_remove(ctx: Context, a: argparse.Namespace) -> None:
+    zid = _tz_id(ctx, a.zone)
+    hid = _host_id(ctx, a.host)
+    obj = ctx.client.delete(f"/tunnel_zones/{zid}/members/{hid}")
+    ctx.emit(obj, f"removed host {hid} from tunnel zone {zid}")
+
+
+# -------------------------------------------------------------------- bridges
+
+group("bridge", "virtual L2 bridges")
+
+BRIDGE_COLS = [
+    col("ID", "id"),
+    col("NAME", "name"),
+    col("TENANT", "tenant_id"),
+    col("STATE", lambda b: render.updown(b.get("admin_state_up"))),
+    col("PORTS", lambda b: len(b.get("port_ids") or ())),
+]
+BRIDGE_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "version")
+
+
+def _bridge_id(ctx: Context, ref: str) -> str:
+    return ctx.client.resolve("bridges", ref, "bridge")
+
+
+@command("bridge", "list", "list bridges", [arg("--tenant", help="only this tenant's bridges")])
+def bridge_list(ctx: Context, a: argparse.Namespace) -> None:
+    rows = ctx.client.get("/bridges", tenant_id=a.tenant)
+    ctx.emit(rows, lambda rs: render.table(rs, BRIDGE_COLS))
+
+
+@command("bridge", "show", "show one bridge", [arg("bridge", help="bridge id or name")])
+def bridge_show(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.get(f"/bridges/{_bridge_id(ctx, a.bridge)}")
+    ctx.emit(obj, lambda o: render.details(o, BRIDGE_ORDER))
+
+
+@command("bridge", "create", "create a bridge", [
+    arg("--name", required=True),
+    arg("--tenant", help="owning tenant id"),
+    arg("--down", action="store_true", help="create it administratively down"),
+])
+def bridge_create(ctx: Context, a: argparse.Namespace) -> None:
+    body = {"name": a.name, "admin_state_up": not a.down}
+    if a.tenant is not None:
+        body["tenant_id"] = a.tenant
+    ctx.emit(ctx.client.post("/bridges", body), lambda o: render.details(o, BRIDGE_ORDER))
+
+
+@command("bridge", "update", "change a bridge", [
+    arg("bridge", help="bridge id or name"),
+    arg("--name"),
+    UP_DOWN,
+    IF_VERSION,
+])
+def bridge_update(ctx: Context, a: argparse.Namespace) -> None:
+    body = _changes(a, "name", "admin_state_up")
+    obj = ctx.client.put(f"/bridges/{_bridge_id(ctx, a.bridge)}", body)
+    ctx.emit(obj, lambda o: render.details(o, BRIDGE_ORDER))
+
+
+@command("bridge", "delete", "delete a bridge (it must have no ports)", [
+    arg("bridge", help="bridge id or name"),
+])
+def bridge_delete(ctx: Context, a: argparse.Namespace) -> None:
+    bid = _bridge_id(ctx, a.bridge)
+    ctx.client.delete(f"/bridges/{bid}")
+    _deleted(ctx, "bridge", bid)
+
+
+# ---------------------------------------------------------------------- ports
+
+group("port", "virtual ports: exterior (bound to a host interface) or interior (linked)")
+
+PORT_COLS = [
+    col("ID", "id"),
+    col("DEVICE", "device_id"),
+    col("TYPE", "type"),
+    col("NAME", "name"),
+    col("STATE", lambda p: render.updown(p.get("admin_state_up"))),
+    col("HOST", "host_id"),
+    col("INTERFACE", "interface_name"),
+    col("PEER", "peer_id"),
+]
+BINDING_COLS = [
+    col("PORT ID", "id"),
+    col("DEVICE", "device_id"),
+    col("INTERFACE", "interface_name"),
+    col("NAME", "name"),
+    col("STATE", lambda p: render.updown(p.get("admin_state_up"))),
+]
+PORT_ORDER = (
+    "id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
+    "host_id", "interface_name", "peer_id", "version",
+)
+
+
+def _port_id(ctx: Context, ref: str) -> str:
+    return ctx.client.resolve("ports", ref, "port")
+
+
+def _show_port(ctx: Context, obj: dict | None, done: str) -> None:
+    """The changed port with --json; else one line saying what was done."""
+    ctx.emit(obj, done)
+
+
+@command("port", "list", "list ports", [arg("--bridge", help="only this bridge's ports")])
+def port_list(ctx: Context, a: argparse.Namespace) -> None:
+    if a.bridge:
+        rows = ctx.client.get(f"/bridges/{_bridge_id(ctx, a.bridge)}/ports")
+    else:
+        rows = ctx.client.get("/ports")
+    ctx.emit(rows, lambda rs: render.table(rs, PORT_COLS))
+
+
+@command("port", "show", "show one port", [arg("port", help="port id")])
+def port_show(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.get(f"/ports/{_port_id(ctx, a.port)}")
+    ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
+
+
+@command("port", "create", "add a port to a bridge", [
+    arg("--bridge", required=True, help="bridge id or name"),
+    arg("--type", default=PORT_EXTERIOR, choices=(PORT_EXTERIOR, PORT_INTERIOR)),
+    arg("--name"),
+    arg("--down", action="store_true", help="create it administratively down"),
+])
+def port_create(ctx: Context, a: argparse.Namespace) -> None:
+    body = {"type": a.type, "admin_state_up": not a.down}
+    if a.name is not None:
+        body["name"] = a.name
+    obj = ctx.client.post(f"/bridges/{_bridge_id(ctx, a.bridge)}/ports", body)
+    ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
+
+
+@command("port", "update", "change a port", [
+    arg("port", help="port id"),
+    arg("--name"),
+    UP_DOWN,
+    IF_VERSION,
+])
+def port_update(ctx: Context, a: argparse.Namespace) -> None:
+    body = _changes(a, "name", "admin_state_up")
+    obj = ctx.client.put(f"/ports/{_port_id(ctx, a.port)}", body)
+    ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
+
+
+@command("port", "delete", "delete a port", [arg("port", help="port id")])
+def port_delete(ctx: Context, a: argparse.Namespace) -> None:
+    pid = _port_id(ctx, a.port)
+    ctx.client.delete(f"/ports/{pid}")
+    _deleted(ctx, "port", pid)
+
+
+@command("port", "bind", "bind an exterior port to a host interface", [
+    arg("port", help="port id"),
+    arg("--host", required=True, help="host id or name"),
+    arg("--interface", required=True, help="interface name on the host (tap/veth)"),
+])
+def port_bind(ctx: Context, a: argparse.Namespace) -> None:
+    pid = _port_id(ctx, a.port)
+    hid = _host_id(ctx, a.host)
+    body = {"host_id": hid, "interface_name": a.interface}
+    obj = ctx.client.put(f"/ports/{pid}/binding", body)
+    _show_port(ctx, obj, f"bound port {pid} to {a.interface} on host {hid}")
+
+
+@command("port", "unbind", "remove a port's host binding", [arg("port", help="port id")])
+def port_unbind(ctx: Context, a: argparse.Namespace) -> None:
+    pid = _port_id(ctx, a.port)
+    obj = ctx.client.delete(f"/ports/{pid}/binding")
+    _show_port(ctx, obj, f"unbound port {pid}")
+
+
+@command("port", "link", "link an interior port to a peer port", [
+    arg("port", help="port id"),
+    arg("--peer", required=True, help="peer port id"),
+])
+def port_link(ctx: Context, a: argparse.Namespace) -> None:
+    pid = _port_id(ctx, a.port)
+    peer = _port_id(ctx, a.peer)
+    obj = ctx.client.put(f"/ports/{pid}/link", {"peer_id": peer})
+    _show_port(ctx, obj, f"linked port {pid} to {peer}")
+
+
+@command("port", "unlink", "remove an interior port's link", [arg("port", help="port id")])
+def port_unlink(ctx: Context, a: argparse.Namespace) -> None:
+    pid = _port_id(ctx, a.port)
+    obj = ctx.client.delete(f"/ports/{pid}/link")
+    _show_port(ctx, obj, f"unlinked port {pid}")

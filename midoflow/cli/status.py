@@ -1,0 +1,54 @@
+"""`midoflow status`: the health of the store and of every host, on one screen."""
+
+from __future__ import annotations
+
+import argparse
+
+from midoflow.cli import render
+from midoflow.cli.base import Context, command
+from midoflow.cli.render import col
+
+
+def _tunnel_ips(h: dict) -> str:
+    ips = h.get("tunnel_ips")
+    if isinstance(ips, dict):
+        return ", ".join(f"{ip} ({k})" for k, ip in ips.items()) or "-"
+    return render.cell(ips)
+
+
+def _ovs(h: dict) -> str:
+    if h.get("ovs_connected"):
+        return "connected"
+    return "DISCONNECTED" if h.get("alive") else "-"
+
+
+HOST_COLS = [
+    col("HOST ID", "id"),
+    col("NAME", "name"),
+    col("ALIVE", lambda h: "alive" if h.get("alive") else "DOWN"),
+    col("OVS", lambda h: _ovs(h)),
+    col("TUNNEL IPS", _tunnel_ips),
+]
+
+
+def format_status(st: dict) -> str:
+    store = st.get("store") or {}
+    connected = store.get("connected")
+    backend = store.get("backend") or "store"
+    health = "connected" if connected else "NOT CONNECTED"
+    extra = [
+        f"{k}={render.cell(v)}" for k, v in store.items() if k not in ("backend", "connected")
+    ]
+    lines = [f"store:  {backend} {health}" + (f"  ({', '.join(extra)})" if extra else "")]
+    hosts = st.get("hosts") or []
+    alive = sum(1 for h in hosts if h.get("alive"))
+    ovs = sum(1 for h in hosts if h.get("alive") and h.get("ovs_connected"))
+    lines.append(f"hosts:  {len(hosts)} registered, {alive} alive, {ovs} with OVS connected")
+    if hosts:
+        lines += ["", render.table(hosts, HOST_COLS)]
+    return "\n".join(lines)
+
+
+@command(None, "status", "store health and the state of every host")
+def status(ctx: Context, a: argparse.Namespace) -> None:
+    ctx.emit(ctx.client.get("/status"), format_status)

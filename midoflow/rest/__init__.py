@@ -1,0 +1,1 @@
+"""The midoflow REST API (webob + routes), described by ``openapi.yaml``."""

@@ -1,0 +1,305 @@
+"""The midoflow REST API: a WSGI application (webob + routes) over TopologyService.
+
+JSON in and out under ``/v1``. Errors are ``{"error", "message", "field"}``
+with 400/404/405/409/413/415/503; the OpenAPI document describing all of it
+is ``openapi.yaml`` beside this file, served at ``/v1/openapi.yaml`` and
+``/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import routes
+import webob
+
+from midoflow.errors import Invalid, MidoflowError
+from midoflow.service.topology import TopologyService
+from midoflow.store.base import Store
+
+LOG = logging.getLogger("midoflow.rest")
+
+PREFIX = "/v1"
+MAX_BODY = 1 << 20  # 1 MiB
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, error: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
+
+
+def _json_response(status: int, body: Any = None, headers: dict | None = None) -> webob.Response:
+    resp = webob.Response(status=status)
+    if body is not None or status != 204:
+        resp.content_type = "application/json"
+        resp.charset = None
+        resp.body = (json.dumps(body) + "\n").encode()
+    else:
+        resp.content_type = None
+    for k, val in (headers or {}).items():
+        resp.headers[k] = val
+    return resp
+
+
+def _error(status: int, error: str, message: str, field: str | None = None,
+           headers: dict | None = None) -> webob.Response:
+    body = {"error": error, "message": message}
+    if field:
+        body["field"] = field
+    return _json_response(status, body, headers)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json(req: webob.Request) -> Any:
+    """The request's JSON body; HttpError (413/415) or Invalid (400)."""
+    if req.content_length is not None and req.content_length > MAX_BODY:
+        raise HttpError(413, "TooLarge", f"request body larger than {MAX_BODY} bytes")
+    ctype = (req.content_type or "").lower()
+    if ctype != "application/json":
+        raise HttpError(415, "UnsupportedMediaType",
+                        "send the body as JSON with Content-Type: application/json")
+    raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
+    if len(raw) > MAX_BODY:
+        raise HttpError(413, "TooLarge", f"request body larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        raise Invalid("the request body is empty: a JSON object is expected")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise Invalid(f"the request body is not valid JSON: {str(e)[:120]}") from None
+
+
+# (route name, path template, {method: handler name})
+ROUTES: list[tuple[str, str, dict[str, str]]] = [
+    ("index", "", {"GET": "index"}),
+    ("index_slash", "/", {"GET": "index"}),
+    ("openapi_yaml", "/openapi.yaml", {"GET": "openapi_yaml"}),
+    ("openapi_json", "/openapi.json", {"GET": "openapi_json"}),
+    ("status", "/status", {"GET": "status"}),
+    ("hosts", "/hosts", {"GET": "list_hosts", "POST": "create_host"}),
+    ("host", "/hosts/{id}", {"GET": "get_host", "PUT": "update_host", "DELETE": "delete_host"}),
+    ("host_bindings", "/hosts/{id}/bindings", {"GET": "host_bindings"}),
+    ("tzs", "/tunnel_zones", {"GET": "list_tunnel_zones", "POST": "create_tunnel_zone"}),
+    ("tz", "/tunnel_zones/{id}", {"GET": "get_tunnel_zone", "PUT": "update_tunnel_zone",
+                                  "DELETE": "delete_tunnel_zone"}),
+    ("tz_members", "/tunnel_zones/{id}/members", {"GET": "list_members", "POST": "add_member"}),
+    ("tz_member", "/tunnel_zones/{id}/members/{host_id}", {"DELETE": "remove_member"}),
+    ("bridges", "/bridges", {"GET": "list_bridges", "POST": "create_bridge"}),
+    ("bridge", "/bridges/{id}", {"GET": "get_bridge", "PUT": "update_bridge",
+                                 "DELETE": "delete_bridge"}),
+    ("bridge_ports", "/bridges/{id}/ports", {"GET": "list_bridge_ports",
+                                             "POST": "create_port"}),
+    ("ports", "/ports", {"GET": "list_ports"}),
+    ("port", "/ports/{id}", {"GET": "get_port", "PUT": "update_port", "DELETE": "delete_port"}),
+    ("port_binding", "/ports/{id}/binding", {"PUT": "set_binding", "DELETE": "unbind_port"}),
+    ("port_link", "/ports/{id}/link", {"PUT": "set_link", "DELETE": "unlink_port"}),
+]
+
+
+class Api:
+    """The WSGI application."""
+
+    def __init__(self, store: Store) -> None:
+        self.service = TopologyService(store)
+        self.mapper = routes.Mapper()
+        self.mapper.minimization = False
+        self.methods: dict[str, dict[str, str]] = {}
+        for name, path, methods in ROUTES:
+            self.mapper.connect(name, PREFIX + path, route=name,
+                                requirements={"id": "[^/]+", "host_id": "[^/]+"})
+            self.methods[name] = methods
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        req = webob.Request(environ)
+        try:
+            resp = self.dispatch(req)
+        except HttpError as e:
+            resp = _error(e.status, e.error, e.message, headers=e.headers)
+        except MidoflowError as e:
+            status = e.status if e.status in (400, 404, 409, 503) else 500
+            if status == 500:
+                LOG.error("unexpected %s on %s %s: %s", type(e).__name__, req.method,
+                          req.path_info, e.message)
+                resp = _error(500, "InternalError", "internal error; see the API log")
+            else:
+                resp = _json_response(status, e.to_dict())
+        except Exception:
+            LOG.exception("unexpected error on %s %s", req.method, req.path_info)
+            resp = _error(500, "InternalError", "internal error; see the API log")
+        return resp(environ, start_response)
+
+    def dispatch(self, req: webob.Request) -> webob.Response:
+        path = req.path_info
+        match = self.mapper.match(path) if path.startswith(PREFIX) else None
+        if not match:
+            return _error(404, "NotFound", f"no such resource: {path[:200]}")
+        methods = self.methods[match["route"]]
+        # HEAD is GET without the body (webob's Response drops it for HEAD).
+        handler = methods.get("GET" if req.method == "HEAD" else req.method)
+        if handler is None:
+            allow = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
+            return _error(405, "MethodNotAllowed",
+                          f"{req.method} is not allowed here; allowed: {allow}",
+                          headers={"Allow": allow})
+        args = {k: val for k, val in match.items() if k in ("id", "host_id")}
+        return getattr(self, "h_" + handler)(req, **args)
+
+    # ------------------------------------------------------------ handlers
+    def h_index(self, req: webob.Request) -> webob.Response:
+        return _json_response(200, {
+            "name": "midoflow",
+            "version": "v1",
+            "resources": {
+                "status": PREFIX + "/status",
+                "hosts": PREFIX + "/hosts",
+                "tunnel_zones": PREFIX + "/tunnel_zones",
+                "bridges": PREFIX + "/bridges",
+                "ports": PREFIX + "/ports",
+                "openapi": PREFIX + "/openapi.yaml",
+            },
+        })
+
+    def h_openapi_yaml(self, req: webob.Request) -> webob.Response:
+        resp = webob.Response(status=200, content_type="application/yaml")
+        resp.charset = "utf-8"
+        resp.body = OPENAPI_PATH.read_bytes()
+        return resp
+
+    def h_openapi_json(self, req: webob.Request) -> webob.Response:
+        return _json_response(200, openapi_document())
+
+    def h_status(self, req):
+        return _json_response(200, self.service.status())
+
+    # hosts
+    def h_list_hosts(self, req):
+        return _json_response(200, self.service.list_hosts())
+
+    def h_create_host(self, req):
+        return _json_response(201, self.service.create_host(read_json(req)))
+
+    def h_get_host(self, req, id):
+        return _json_response(200, self.service.get_host(id))
+
+    def h_update_host(self, req, id):
+        self.service.get_host(id)  # 404 before 400/415 for a missing host
+        return _json_response(200, self.service.update_host(id, read_json(req)))
+
+    def h_delete_host(self, req, id):
+        self.service.delete_host(id)
+        return _json_response(204)
+
+    def h_host_bindings(self, req, id):
+        return _json_response(200, self.service.host_bindings(id))
+
+    # tunnel zones
+    def h_list_tunnel_zones(self, req):
+        return _json_response(200, self.service.list_tunnel_zones())
+
+    def h_create_tunnel_zone(self, req):
+        return _json_response(201, self.service.create_tunnel_zone(read_json(req)))
+
+    def h_get_tunnel_zone(self, req, id):
+        return _json_response(200, self.service.get_tunnel_zone(id))
+
+    def h_update_tunnel_zone(self, req, id):
+        self.service.get_tunnel_zone(id)
+        return _json_response(200, self.service.update_tunnel_zone(id, read_json(req)))
+
+    def h_delete_tunnel_zone(self, req, id):
+        self.service.delete_tunnel_zone(id)
+        return _json_response(204)
+
+    def h_list_members(self, req, id):
+        return _json_response(200, self.service.list_members(id))
+
+    def h_add_member(self, req, id):
+        self.service.get_tunnel_zone(id)
+        return _json_response(201, self.service.add_member(id, read_json(req)))
+
+    def h_remove_member(self, req, id, host_id):
+        return _json_response(200, self.service.remove_member(id, host_id))
+
+    # bridges
+    def h_list_bridges(self, req):
+        tenant = req.GET.get("tenant_id")
+        return _json_response(200, self.service.list_bridges(tenant_id=tenant))
+
+    def h_create_bridge(self, req):
+        return _json_response(201, self.service.create_bridge(read_json(req)))
+
+    def h_get_bridge(self, req, id):
+        return _json_response(200, self.service.get_bridge(id))
+
+    def h_update_bridge(self, req, id):
+        self.service.get_bridge(id)
+        return _json_response(200, self.service.update_bridge(id, read_json(req)))
+
+    def h_delete_bridge(self, req, id):
+        self.service.delete_bridge(id)
+        return _json_response(204)
+
+    def h_list_bridge_ports(self, req, id):
+        return _json_response(200, self.service.list_bridge_ports(id))
+
+    def h_create_port(self, req, id):
+        self.service.get_bridge(id)
+        return _json_response(201, self.service.create_port(id, read_json(req)))
+
+    # ports
+    def h_list_ports(self, req):
+        return _json_response(200, self.service.list_ports())
+
+    def h_get_port(self, req, id):
+        return _json_response(200, self.service.get_port(id))
+
+    def h_update_port(self, req, id):
+        self.service.get_port(id)
+        return _json_response(200, self.service.update_port(id, read_json(req)))
+
+    def h_delete_port(self, req, id):
+        self.service.delete_port(id)
+        return _json_response(204)
+
+    def h_set_binding(self, req, id):
+        self.service.get_port(id)
+        return _json_response(200, self.service.set_binding(id, read_json(req)))
+
+    def h_unbind_port(self, req, id):
+        return _json_response(200, self.service.unbind_port(id))
+
+    def h_set_link(self, req, id):
+        self.service.get_port(id)
+        return _json_response(200, self.service.set_link(id, read_json(req)))
+
+    def h_unlink_port(self, req, id):
+        return _json_response(200, self.service.unlink_port(id))
+
+
+def make_app(store: Store) -> Api:
+    """The WSGI application serving the API over ``store``."""
+    return Api(store)
+
+
+__all__ = ["make_app", "Api", "openapi_document"]

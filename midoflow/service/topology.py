@@ -1,0 +1,523 @@
+"""The topology service: validation and referential integrity over a Store.
+
+Everything the API writes goes through here. Each request is one
+``store.commit`` (all or nothing) whose ops carry the versions the checks were
+made against, so a concurrent change of any object a decision depended on
+makes the commit fail with Conflict instead of leaving a dangling reference.
+
+Objects that others point at (a host bound by ports or listed in tunnel zones)
+are "touched" (re-written unchanged, which bumps their version) in the commit
+that adds the reference; deleting them is conditional on the version read when
+the references were checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from midoflow import model
+from midoflow.errors import Conflict, Invalid, NotFound
+from midoflow.service import validate as v
+from midoflow.store import paths
+from midoflow.store.base import Create, Data, Delete, Op, Store, Update
+
+HOST_FIELDS = ("id", "name", "description")
+TZ_FIELDS = ("id", "name", "type", "members")
+BRIDGE_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids")
+PORT_FIELDS = (
+    "id",
+    "device_id",
+    "device_type",
+    "type",
+    "admin_state_up",
+    "host_id",
+    "interface_name",
+    "peer_id",
+    "name",
+    "tunnel_key",
+)
+
+_LABEL = {
+    model.HOSTS: "host",
+    model.TUNNEL_ZONES: "tunnel zone",
+    model.BRIDGES: "bridge",
+    model.PORTS: "port",
+}
+
+
+def _sort_key(obj: Data) -> tuple[str, str]:
+    return (obj.get("name") or "", obj["id"])
+
+
+class TopologyService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ------------------------------------------------------------ helpers
+    def _get(self, kind: str, id: str) -> tuple[Data, int]:
+        id = v.url_id(id, _LABEL[kind])
+        try:
+            return self.store.get(kind, id)
+        except NotFound:
+            raise NotFound(f"{_LABEL[kind]} {id} not found") from None
+
+    def _get_ref(self, kind: str, id: str, field: str) -> tuple[Data, int]:
+        """An object referenced from a request body: missing is Invalid (400)."""
+        try:
+            return self.store.get(kind, id)
+        except NotFound:
+            raise Invalid(f"{_LABEL[kind]} {id} does not exist", field) from None
+
+    def _new_id(self, kind: str, body: dict[str, Any]) -> str:
+        if "id" not in body:
+            return v.new_id()
+        oid = v.uuid_str(body["id"], "id")
+        try:
+            self.store.get(kind, oid)
+        except NotFound:
+            return oid
+        raise Conflict(f"{_LABEL[kind]} {oid} already exists", "id")
+
+    def _commit(self, ops: list[Op]) -> None:
+        self.store.commit(ops)
+
+    @staticmethod
+    def _out(data: Data, version: int, fields: tuple[str, ...]) -> Data:
+        out = {f: data.get(f) for f in fields}
+        out["version"] = version
+        return out
+
+    @staticmethod
+    def _check_version(body: dict[str, Any], current: int, what: str) -> None:
+        want = v.version(body)
+        if want is not None and want != current:
+            raise Conflict(
+                f"{what} is at version {current}, not {want}: read it again", "version"
+            )
+
+    def _touch(self, kind: str, data: Data, version: int) -> Update:
+        return Update(kind, data, version)
+
+    # --------------------------------------------------------------- hosts
+    def _host_out(self, data: Data, version: int) -> Data:
+        out = self._out(data, version, HOST_FIELDS)
+        state = self.store.get_state(paths.host_alive(data["id"]))
+        out["alive"] = state is not None
+        out["state"] = state
+        return out
+
+    def list_hosts(self) -> list[Data]:
+        return sorted(
+            (self._host_out(d, ver) for d, ver in self.store.list(model.HOSTS)), key=_sort_key
+        )
+
+    def get_host(self, id: str) -> Data:
+        return self._host_out(*self._get(model.HOSTS, id))
+
+    def create_host(self, body: Any) -> Data:
+        body = v.body_object(body)
+        v.check_fields(body, HOST_FIELDS)
+        data = {
+            "name": v.string(v.require(body, "name"), "name", min_len=1),
+            "description": v.string(body.get("description", ""), "description",
+                                    v.DESCRIPTION_MAX),
+        }
+        data["id"] = self._new_id(model.HOSTS, body)
+        self._commit([Create(model.HOSTS, data)])
+        return self.get_host(data["id"])
+
+    def update_host(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.HOSTS, id)
+        v.check_fields(body, HOST_FIELDS + ("version", "alive", "state"))
+        v.readonly(body, data, ("id",))
+        if "alive" in body:
+            v.boolean(body["alive"], "alive")  # computed: accepted and ignored
+        if "state" in body and body["state"] is not None and not isinstance(body["state"], dict):
+            raise Invalid("state must be an object or null", "state")
+        new = dict(data)
+        if "name" in body:
+            new["name"] = v.string(body["name"], "name", min_len=1)
+        if "description" in body:
+            new["description"] = v.string(body["description"], "description",
+                                          v.DESCRIPTION_MAX)
+        self._check_version(body, ver, f"host {data['id']}")
+        self._commit([Update(model.HOSTS, new, ver)])
+        return self.get_host(data["id"])
+
+    def delete_host(self, id: str) -> None:
+        data, ver = self._get(model.HOSTS, id)
+        hid = data["id"]
+        bound = [p["id"] for p, _ in self.store.list(model.PORTS) if p.get("host_id") == hid]
+        if bound:
+            raise Conflict(f"host {hid} has bound ports ({', '.join(sorted(bound))}): "
+                           "unbind them first")
+        zones = [z["id"] for z, _ in self.store.list(model.TUNNEL_ZONES)
+                 if any(m.get("host_id") == hid for m in z.get("members", ()))]
+        if zones:
+            raise Conflict(f"host {hid} is a member of tunnel zones ({', '.join(sorted(zones))})"
+                           ": remove it from them first")
+        self._commit([Delete(model.HOSTS, hid, ver)])
+
+    def host_bindings(self, id: str) -> list[Data]:
+        data, _ = self._get(model.HOSTS, id)
+        return sorted(
+            (self._out(p, pv, PORT_FIELDS) for p, pv in self.store.list(model.PORTS)
+             if p.get("host_id") == data["id"]),
+            key=_sort_key,
+        )
+
+    # -------------------------------------------------------- tunnel zones
+    def _tz_out(self, data: Data, version: int) -> Data:
+        out = self._out(data, version, TZ_FIELDS)
+        out["members"] = [dict(m) for m in data.get("members", ())]
+        return out
+
+    def list_tunnel_zones(self) -> list[Data]:
+        return sorted((self._tz_out(d, ver) for d, ver in self.store.list(model.TUNNEL_ZONES)),
+                      key=_sort_key)
+
+    def get_tunnel_zone(self, id: str) -> Data:
+        return self._tz_out(*self._get(model.TUNNEL_ZONES, id))
+
+    def _member(self, body: Any, prefix: str = "") -> tuple[dict[str, str], Data, int]:
+        if not isinstance(body, dict):
+            raise Invalid(f"{prefix or 'member'} must be an object", prefix or None)
+        for k in body:
+            if k not in ("host_id", "ip"):
+                raise Invalid(f"unknown field {k!r}", prefix + k)
+        for k in ("host_id", "ip"):
+            if k not in body:
+                raise Invalid(f"{prefix + k} is required", prefix + k)
+        hid = v.uuid_str(body["host_id"], prefix + "host_id")
+        ip = v.unicast_ipv4(body["ip"], prefix + "ip")
+        host, hver = self._get_ref(model.HOSTS, hid, prefix + "host_id")
+        return {"host_id": hid, "ip": ip}, host, hver
+
+    def create_tunnel_zone(self, body: Any) -> Data:
+        body = v.body_object(body)
+        v.check_fields(body, TZ_FIELDS)
+        data: Data = {
+            "name": v.string(v.require(body, "name"), "name", min_len=1),
+            "type": v.enum(body.get("type", model.TUNNEL_VXLAN), "type", model.TUNNEL_TYPES),
+        }
+        raw = body.get("members", [])
+        if not isinstance(raw, list):
+            raise Invalid("members must be a list", "members")
+        members: list[dict[str, str]] = []
+        ops: list[Op] = []
+        for i, m in enumerate(raw):
+            member, host, hver = self._member(m, f"members[{i}].")
+            if any(x["host_id"] == member["host_id"] for x in members):
+                raise Invalid(f"host {member['host_id']} is listed twice",
+                              f"members[{i}].host_id")
+            members.append(member)
+            ops.append(self._touch(model.HOSTS, host, hver))
+        data["members"] = members
+        data["id"] = self._new_id(model.TUNNEL_ZONES, body)
+        self._commit([Create(model.TUNNEL_ZONES, data)] + ops)
+        return self.get_tunnel_zone(data["id"])
+
+    def update_tunnel_zone(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.TUNNEL_ZONES, id)
+        v.check_fields(body, TZ_FIELDS + ("version",))
+        v.readonly(body, data, ("id", "members"))
+        new = dict(data)
+        if "name" in body:
+            new["name"] = v.string(body["name"], "name", min_len=1)
+        if "type" in body:
+            new["type"] = v.enum(body["type"], "type", model.TUNNEL_TYPES)
+        self._check_version(body, ver, f"tunnel zone {data['id']}")
+        self._commit([Update(model.TUNNEL_ZONES, new, ver)])
+        return self.get_tunnel_zone(data["id"])
+
+    def delete_tunnel_zone(self, id: str) -> None:
+        data, ver = self._get(model.TUNNEL_ZONES, id)
+        self._commit([Delete(model.TUNNEL_ZONES, data["id"], ver)])
+
+    def list_members(self, id: str) -> list[Data]:
+        return self.get_tunnel_zone(id)["members"]
+
+    def add_member(self, id: str, body: Any) -> Data:
+        """Add {host_id, ip}; answers the zone."""
+        zone, zver = self._get(model.TUNNEL_ZONES, id)
+        body = v.body_object(body)
+        member, host, hver = self._member(body)
+        if any(m["host_id"] == member["host_id"] for m in zone.get("members", ())):
+            raise Conflict(f"host {member['host_id']} is already in tunnel zone {zone['id']}",
+                           "host_id")
+        new = dict(zone)
+        new["members"] = list(zone.get("members", ())) + [member]
+        self._commit([Update(model.TUNNEL_ZONES, new, zver),
+                      self._touch(model.HOSTS, host, hver)])
+        return self.get_tunnel_zone(zone["id"])
+
+    def remove_member(self, id: str, host_id: str) -> Data:
+        """Remove a host from a zone; answers the zone."""
+        zone, zver = self._get(model.TUNNEL_ZONES, id)
+        hid = v.url_id(host_id, "member")
+        members = list(zone.get("members", ()))
+        kept = [m for m in members if m["host_id"] != hid]
+        if len(kept) == len(members):
+            raise NotFound(f"host {hid} is not a member of tunnel zone {zone['id']}")
+        new = dict(zone)
+        new["members"] = kept
+        self._commit([Update(model.TUNNEL_ZONES, new, zver)])
+        return self.get_tunnel_zone(zone["id"])
+
+    # ------------------------------------------------------------- bridges
+    def _bridge_out(self, data: Data, version: int) -> Data:
+        out = self._out(data, version, BRIDGE_FIELDS)
+        out["port_ids"] = list(data.get("port_ids", ()))
+        return out
+
+    def list_bridges(self, tenant_id: str | None = None) -> list[Data]:
+        return sorted(
+            (self._bridge_out(d, ver) for d, ver in self.store.list(model.BRIDGES)
+             if tenant_id is None or d.get("tenant_id") == tenant_id),
+            key=_sort_key,
+        )
+
+    def get_bridge(self, id: str) -> Data:
+        return self._bridge_out(*self._get(model.BRIDGES, id))
+
+    def create_bridge(self, body: Any) -> Data:
+        body = v.body_object(body)
+        v.check_fields(body, ("id", "tenant_id", "name", "admin_state_up"))
+        data = {
+            "name": v.string(body.get("name", ""), "name"),
+            "tenant_id": v.string(body.get("tenant_id", ""), "tenant_id"),
+            "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
+            "port_ids": [],
+        }
+        data["id"] = self._new_id(model.BRIDGES, body)
+        self._commit([Create(model.BRIDGES, data)])
+        return self.get_bridge(data["id"])
+
+    def update_bridge(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.BRIDGES, id)
+        v.check_fields(body, BRIDGE_FIELDS + ("version",))
+        v.readonly(body, data, ("id", "port_ids"))
+        new = dict(data)
+        if "name" in body:
+            new["name"] = v.string(body["name"], "name")
+        if "tenant_id" in body:
+            new["tenant_id"] = v.string(body["tenant_id"], "tenant_id")
+        if "admin_state_up" in body:
+            new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
+        self._check_version(body, ver, f"bridge {data['id']}")
+        self._commit([Update(model.BRIDGES, new, ver)])
+        return self.get_bridge(data["id"])
+
+    def delete_bridge(self, id: str) -> None:
+        data, ver = self._get(model.BRIDGES, id)
+        if data.get("port_ids"):
+            raise Conflict(f"bridge {data['id']} still has {len(data['port_ids'])} port(s): "
+                           "delete them first")
+        self._commit([Delete(model.BRIDGES, data["id"], ver)])
+
+    def list_bridge_ports(self, id: str) -> list[Data]:
+        bridge, _ = self._get(model.BRIDGES, id)
+        return sorted(
+            (self._out(p, pv, PORT_FIELDS) for p, pv in self.store.list(model.PORTS)
+             if p.get("device_id") == bridge["id"]),
+            key=_sort_key,
+        )
+
+    # --------------------------------------------------------------- ports
+    def list_ports(self) -> list[Data]:
+        return sorted((self._out(d, ver, PORT_FIELDS) for d, ver in self.store.list(model.PORTS)),
+                      key=_sort_key)
+
+    def get_port(self, id: str) -> Data:
+        return self._out(*self._get(model.PORTS, id), PORT_FIELDS)
+
+    def create_port(self, bridge_id: str, body: Any) -> Data:
+        """A port on a bridge; its id joins the bridge's port_ids in the same commit."""
+        bridge, bver = self._get(model.BRIDGES, bridge_id)
+        body = v.body_object(body)
+        v.check_fields(body, ("id", "type", "admin_state_up", "name"))
+        data: Data = {
+            "device_id": bridge["id"],
+            "device_type": model.DEVICE_BRIDGE,
+            "type": v.enum(body.get("type", model.PORT_EXTERIOR), "type",
+                           (model.PORT_EXTERIOR, model.PORT_INTERIOR)),
+            "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
+            "host_id": None,
+            "interface_name": None,
+            "peer_id": None,
+            "name": v.string(body.get("name", ""), "name"),
+        }
+        data["id"] = self._new_id(model.PORTS, body)
+        key = self.store.next_counter("tunnel_key")
+        if not model.TUNNEL_KEY_MIN <= key <= model.TUNNEL_KEY_MAX:
+            raise Conflict("no tunnel key left for a new port (24-bit space exhausted)")
+        data["tunnel_key"] = key
+        new_bridge = dict(bridge)
+        new_bridge["port_ids"] = list(bridge.get("port_ids", ())) + [data["id"]]
+        self._commit([Create(model.PORTS, data), Update(model.BRIDGES, new_bridge, bver)])
+        return self.get_port(data["id"])
+
+    def update_port(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.PORTS, id)
+        v.check_fields(body, PORT_FIELDS + ("version",))
+        v.readonly(body, data, ("id", "device_id", "device_type", "type", "tunnel_key",
+                                "host_id", "interface_name", "peer_id"))
+        new = dict(data)
+        if "name" in body:
+            new["name"] = v.string(body["name"], "name")
+        if "admin_state_up" in body:
+            new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
+        self._check_version(body, ver, f"port {data['id']}")
+        self._commit([Update(model.PORTS, new, ver)])
+        return self.get_port(data["id"])
+
+    def delete_port(self, id: str) -> None:
+        """Delete a port, removing it from its bridge and unlinking its peer, atomically."""
+        port, pver = self._get(model.PORTS, id)
+        ops: list[Op] = [Delete(model.PORTS, port["id"], pver)]
+        try:
+            bridge, bver = self.store.get(model.BRIDGES, port["device_id"])
+        except NotFound:
+            bridge = None
+        if bridge is not None:
+            new_bridge = dict(bridge)
+            new_bridge["port_ids"] = [p for p in bridge.get("port_ids", ()) if p != port["id"]]
+            ops.append(Update(model.BRIDGES, new_bridge, bver))
+        ops += self._unlink_peer_ops(port)
+        self._commit(ops)
+
+    def _unlink_peer_ops(self, port: Data) -> list[Op]:
+        if not port.get("peer_id"):
+            return []
+        try:
+            peer, peer_ver = self.store.get(model.PORTS, port["peer_id"])
+        except NotFound:
+            return []
+        if peer.get("peer_id") != port["id"]:
+            return []
+        new_peer = dict(peer)
+        new_peer["peer_id"] = None
+        return [Update(model.PORTS, new_peer, peer_ver)]
+
+    # ------------------------------------------------------------ bindings
+    def set_binding(self, port_id: str, body: Any) -> Data:
+        """PUT /ports/{id}/binding with {host_id, interface_name}."""
+        port, pver = self._get(model.PORTS, port_id)
+        body = v.body_object(body)
+        v.check_fields(body, ("host_id", "interface_name"))
+        host_id = v.uuid_str(v.require(body, "host_id"), "host_id")
+        iface = v.interface_name(v.require(body, "interface_name"))
+        return self._bind(port, pver, host_id, iface, in_body=True)
+
+    def bind_port(self, port_id: str, host_id: str, interface_name: str) -> Data:
+        port, pver = self._get(model.PORTS, port_id)
+        host_id = v.uuid_str(host_id, "host_id")
+        iface = v.interface_name(interface_name)
+        return self._bind(port, pver, host_id, iface, in_body=False)
+
+    def _bind(self, port: Data, pver: int, host_id: str, iface: str, in_body: bool) -> Data:
+        if port.get("type") != model.PORT_EXTERIOR:
+            raise Conflict(f"port {port['id']} is {port.get('type')}: only exterior ports "
+                           "are bound to a host interface", "type")
+        if in_body:
+            host, hver = self._get_ref(model.HOSTS, host_id, "host_id")
+        else:
+            host, hver = self._get(model.HOSTS, host_id)
+        if port.get("host_id"):
+            raise Conflict(f"port {port['id']} is already bound to {port.get('interface_name')} "
+                           f"on host {port['host_id']}: unbind it first")
+        for other, _ in self.store.list(model.PORTS):
+            if other.get("host_id") == host_id and other.get("interface_name") == iface:
+                raise Conflict(f"interface {iface} on host {host_id} is already bound to port "
+                               f"{other['id']}", "interface_name")
+        new = dict(port)
+        new["host_id"] = host_id
+        new["interface_name"] = iface
+        # Touching the host serialises bindings per host (interface uniqueness)
+        # and makes a concurrent delete of the host fail.
+        self._commit([Update(model.PORTS, new, pver), self._touch(model.HOSTS, host, hver)])
+        return self.get_port(port["id"])
+
+    def unbind_port(self, port_id: str) -> Data:
+        port, pver = self._get(model.PORTS, port_id)
+        if not port.get("host_id"):
+            raise Conflict(f"port {port['id']} is not bound")
+        new = dict(port)
+        new["host_id"] = None
+        new["interface_name"] = None
+        self._commit([Update(model.PORTS, new, pver)])
+        return self.get_port(port["id"])
+
+    # --------------------------------------------------------------- links
+    def set_link(self, port_id: str, body: Any) -> Data:
+        """PUT /ports/{id}/link with {peer_id}."""
+        port, pver = self._get(model.PORTS, port_id)
+        body = v.body_object(body)
+        v.check_fields(body, ("peer_id",))
+        peer_id = v.uuid_str(v.require(body, "peer_id"), "peer_id")
+        return self._link(port, pver, peer_id)
+
+    def link_port(self, port_id: str, peer_id: str) -> Data:
+        port, pver = self._get(model.PORTS, port_id)
+        return self._link(port, pver, v.uuid_str(peer_id, "peer_id"))
+
+    def _link(self, port: Data, pver: int, peer_id: str) -> Data:
+        if peer_id == port["id"]:
+            raise Invalid("a port cannot be linked to itself", "peer_id")
+        peer, peer_ver = self._get_ref(model.PORTS, peer_id, "peer_id")
+        for p in (port, peer):
+            if p.get("type") != model.PORT_INTERIOR:
+                raise Conflict(f"port {p['id']} is {p.get('type')}: only interior ports are "
+                               "linked", "type" if p is port else "peer_id")
+        if port["device_id"] == peer["device_id"]:
+            raise Invalid(f"ports {port['id']} and {peer_id} are on the same device", "peer_id")
+        for p in (port, peer):
+            if p.get("peer_id"):
+                raise Conflict(f"port {p['id']} is already linked to {p['peer_id']}: "
+                               "unlink it first", None if p is port else "peer_id")
+        new, new_peer = dict(port), dict(peer)
+        new["peer_id"] = peer_id
+        new_peer["peer_id"] = port["id"]
+        self._commit([Update(model.PORTS, new, pver), Update(model.PORTS, new_peer, peer_ver)])
+        return self.get_port(port["id"])
+
+    def unlink_port(self, port_id: str) -> Data:
+        port, pver = self._get(model.PORTS, port_id)
+        if not port.get("peer_id"):
+            raise Conflict(f"port {port['id']} is not linked")
+        new = dict(port)
+        new["peer_id"] = None
+        self._commit([Update(model.PORTS, new, pver)] + self._unlink_peer_ops(port))
+        return self.get_port(port["id"])
+
+    # -------------------------------------------------------------- status
+    def status(self) -> Data:
+        hosts = []
+        seen = set()
+        for h in self.list_hosts():
+            seen.add(h["id"])
+            hosts.append(_status_host(h["id"], h["name"], h["state"]))
+        for hid in self.store.list_state(paths.HOSTS_ALIVE):
+            if hid not in seen and v.UUID_RE.fullmatch(hid):
+                state = self.store.get_state(paths.host_alive(hid))
+                if state is not None:
+                    hosts.append(_status_host(hid, str(state.get("hostname") or ""), state))
+        return {"store": self.store.health(), "hosts": hosts}
+
+
+def _status_host(hid: str, name: str, state: Data | None) -> Data:
+    state = state if isinstance(state, dict) else None
+    ips = (state or {}).get("tunnel_ips") or {}
+    return {
+        "id": hid,
+        "name": name,
+        "alive": state is not None,
+        "ovs_connected": bool((state or {}).get("ovs_connected", False)),
+        "tunnel_ips": {str(k): str(val) for k, val in ips.items()} if isinstance(ips, dict)
+        else {},
+    }
+

@@ -1,0 +1,142 @@
+"""Field validation for API bodies: every failure is :class:`Invalid` naming the field."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import netaddr
+
+from midoflow.errors import Invalid, NotFound
+
+NAME_MAX = 255
+DESCRIPTION_MAX = 1024
+# Linux IFNAMSIZ is 16 including the NUL; OVS port names follow it.
+INTERFACE_RE = re.compile(r"[^\s/]{1,15}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_ANYCASE_RE = re.compile(UUID_RE.pattern, re.IGNORECASE)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def url_id(value: str, what: str) -> str:
+    """An id taken from a URL: canonical lower-case UUID, else NotFound."""
+    if not isinstance(value, str) or not _UUID_ANYCASE_RE.fullmatch(value):
+        raise NotFound(f"{what} {value!r} not found (ids are UUIDs)")
+    return value.lower()
+
+
+def body_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise Invalid("the request body must be a JSON object", None)
+    return body
+
+
+def check_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
+    allowed = set(allowed)
+    for k in body:
+        if k not in allowed:
+            raise Invalid(f"unknown field {k!r}", k)
+
+
+def require(body: dict[str, Any], field: str) -> Any:
+    if field not in body:
+        raise Invalid(f"{field} is required", field)
+    return body[field]
+
+
+def string(value: Any, field: str, max_len: int = NAME_MAX, min_len: int = 0) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be a string", field)
+    _unicode(value, field)
+    if len(value) > max_len:
+        raise Invalid(f"{field} is longer than {max_len} characters", field)
+    if len(value) < min_len:
+        raise Invalid(f"{field} must not be empty", field)
+    return value
+
+
+def boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"{field} must be true or false", field)
+    return value
+
+
+def integer(value: Any, field: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"{field} must be an integer", field)
+    if lo is not None and value < lo:
+        raise Invalid(f"{field} must be at least {lo}", field)
+    if hi is not None and value > hi:
+        raise Invalid(f"{field} must be at most {hi}", field)
+    return value
+
+
+def enum(value: Any, field: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise Invalid(f"{field} must be one of {', '.join(choices)}", field)
+    return value
+
+
+def uuid_str(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+        raise Invalid(f"{field} must be a UUID (lower-case, 8-4-4-4-12 hex digits)", field)
+    return value
+
+
+def interface_name(value: Any, field: str = "interface_name") -> str:
+    if not isinstance(value, str) or not INTERFACE_RE.fullmatch(value):
+        raise Invalid(
+            f"{field} must be an interface name: 1 to 15 characters, no spaces or '/'", field
+        )
+    _unicode(value, field)
+    return value
+
+
+def _unicode(value: str, field: str) -> None:
+    """JSON may carry lone surrogates (\\ud800): not text, and not storable as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field} is not valid Unicode text", field) from None
+
+
+def unicast_ipv4(value: Any, field: str) -> str:
+    """A dotted-quad IPv4 unicast address, returned in canonical form."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", value):
+        raise Invalid(f"{field} must be an IPv4 address (a.b.c.d)", field)
+    try:
+        ip = netaddr.IPAddress(value, 4, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(f"{field} must be an IPv4 address (a.b.c.d)", field) from None
+    if ip.is_multicast() or ip in netaddr.IPNetwork("240.0.0.0/4") or ip in netaddr.IPNetwork(
+        "0.0.0.0/8"
+    ):
+        raise Invalid(f"{field} must be a unicast address, not {value}", field)
+    return str(ip)
+
+
+def version(body: dict[str, Any]) -> int | None:
+    if "version" not in body:
+        return None
+    return integer(body["version"], "version", lo=0)
+
+
+def readonly(body: dict[str, Any], current: dict[str, Any], fields: Iterable[str]) -> None:
+    """Read-only fields may be echoed back unchanged; a different value is Invalid."""
+    for f in fields:
+        if f in body and _norm(body[f]) != _norm(current.get(f)):
+            raise Invalid(f"{f} is read-only", f)
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_norm(x) for x in v]
+    if isinstance(v, bool):
+        return ("bool", v)
+    return v

@@ -1,0 +1,122 @@
+"""Simulate a packet through the virtual topology, from its ingress port to
+its egress exterior ports. Pure: reads a TopologyView, returns a Result.
+
+A packet entering a bridge is learned (source MAC → ingress port), then
+forwarded to the port its destination MAC was learned on, or flooded to every
+other port of the bridge when the destination is unknown, broadcast or
+multicast. Interior ports hand the packet to the peer port's device; the walk
+visits at most ``MAX_DEVICES`` devices (MidoNet's loop guard).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from midoflow.model import DEVICE_BRIDGE, PORT_INTERIOR, Port
+from midoflow.sim.packet import Packet, is_multicast
+from midoflow.sim.result import (
+    Action,
+    Result,
+    _Builder,
+    bridge_tag,
+    flood_tag,
+    mac_tag,
+    port_tag,
+)
+from midoflow.sim.view import TopologyView
+
+MAX_DEVICES = 12
+
+
+def simulate(view: TopologyView, pkt: Packet) -> Result:
+    b = _Builder()
+    ingress = view.port(pkt.in_port)
+    b.tags.add(port_tag(pkt.in_port))
+    if ingress is None:
+        b.step("port", pkt.in_port, "unknown port: drop")
+        return b.result(Action.DROP, "unknown ingress port")
+    if not ingress.admin_state_up:
+        b.step("port", ingress.id, "ingress port is down: drop")
+        return b.result(Action.DROP, "ingress port down")
+
+    # Work list of (port the packet enters a device through).
+    queue: deque[Port] = deque([ingress])
+    visited = 0
+    while queue:
+        port = queue.popleft()
+        visited += 1
+        if visited > MAX_DEVICES:
+            b.step("sim", port.device_id, f"more than {MAX_DEVICES} devices: drop")
+            return b.result(Action.DROP, "loop guard")
+        if port.device_type != DEVICE_BRIDGE:
+            b.step("port", port.id, f"device type {port.device_type} not supported: drop")
+            continue
+        for nxt in _bridge(view, port, pkt, b):
+            if nxt.type == PORT_INTERIOR:
+                peer = view.port(nxt.peer_id) if nxt.peer_id else None
+                b.tags.add(port_tag(nxt.id))
+                if peer is None or not peer.admin_state_up:
+                    b.step("port", nxt.id, "interior port not linked or peer down: drop")
+                    continue
+                b.tags.add(port_tag(peer.id))
+                b.step("port", nxt.id, f"to peer port {peer.id} on {peer.device_id}")
+                queue.append(peer)
+            else:
+                b.out.append(nxt.id)
+    if not b.out:
+        if not b.trace or "drop" not in b.trace[-1].decision:
+            b.step("sim", pkt.in_port, "no egress port: drop")
+        return b.result(Action.DROP, "no egress port")
+    return b.result(Action.FORWARD)
+
+
+def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[Port]:
+    """Forwarding inside one bridge: the ports the packet leaves through."""
+    bid = inport.device_id
+    b.tags.add(bridge_tag(bid))
+    bridge = view.bridge(bid)
+    if bridge is None:
+        b.step("bridge", bid, "bridge missing: drop")
+        return []
+    if not bridge.admin_state_up:
+        b.step("bridge", bid, "bridge is down: drop")
+        return []
+    b.fields.update(("eth_src", "eth_dst"))
+
+    if not is_multicast(pkt.eth_src) and view.mac_port(bid, pkt.eth_src) != inport.id:
+        b.learned.append((bid, pkt.eth_src, inport.id))
+        b.step("bridge", bid, f"learn {pkt.eth_src} on port {inport.id}")
+
+    if not is_multicast(pkt.eth_dst):
+        b.tags.add(mac_tag(bid, pkt.eth_dst))
+        out_id = view.mac_port(bid, pkt.eth_dst)
+        if out_id is not None:
+            if out_id == inport.id:
+                b.step("bridge", bid, f"{pkt.eth_dst} is behind the ingress port: drop")
+                return []
+            out = view.port(out_id)
+            b.tags.add(port_tag(out_id))
+            if out is None or out.device_id != bid:
+                b.step("bridge", bid, f"{pkt.eth_dst} learned on a stale port: flood")
+            elif not out.admin_state_up:
+                b.step("bridge", bid, f"{pkt.eth_dst} is on port {out_id}, which is down: drop")
+                return []
+            else:
+                b.step("bridge", bid, f"{pkt.eth_dst} is on port {out_id}: forward")
+                return [out]
+        else:
+            b.step("bridge", bid, f"{pkt.eth_dst} unknown: flood")
+    else:
+        b.step("bridge", bid, f"{pkt.eth_dst} is broadcast/multicast: flood")
+
+    b.flooded = True
+    b.tags.add(flood_tag(bid))
+    out_ports = []
+    for pid in bridge.port_ids:
+        if pid == inport.id:
+            continue
+        p = view.port(pid)
+        if p is None or not p.admin_state_up:
+            continue
+        out_ports.append(p)
+    return out_ports

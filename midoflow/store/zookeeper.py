@@ -1,0 +1,499 @@
+"""The Store on ZooKeeper (kazoo).
+
+Layout under ``root`` (default ``/midoflow``)::
+
+    {root}/models/{kind}/{id}    JSON object; its version is the znode version
+    {root}/counters/{name}       the last value given, as decimal text
+    {root}/{path}                state (``state/...``, ``tables/...``): JSON
+
+:meth:`ZkStore.commit` is one ZooKeeper multi-op transaction. While the
+session is not connected (no quorum, servers unreachable) every call raises
+:class:`~midoflow.errors.Unavailable` at once instead of waiting for the
+connection to come back; when it comes back (same session, or a new one after
+the old expired) this store re-creates the ephemeral state it published, and
+the watches keep firing (kazoo re-arms its recipes).
+
+``handler="eventlet"`` runs kazoo on eventlet green threads (inside
+``osken-manager``); the default uses real threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoChildrenForEphemeralsError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    RolledBackError,
+    RuntimeInconsistency,
+    SessionExpiredError,
+)
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.retry import KazooRetry
+
+from midoflow.errors import Conflict, Invalid, NotFound, Unavailable
+from midoflow.model import KINDS
+from midoflow.store.base import Check, Create, Data, Delete, Op, Store, Update
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError,
+                OperationTimeoutError)
+
+
+def _encode(data: Data) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(raw: bytes | None) -> Data | None:
+    """None for a missing node or one that holds nothing (an intermediate
+    node made by ``makepath``)."""
+    if not raw:
+        return None
+    return json.loads(raw)
+
+
+def _make_handler(handler: Any):
+    if handler == "threading":
+        from kazoo.handlers.threading import SequentialThreadingHandler
+
+        return SequentialThreadingHandler()
+    if handler == "eventlet":
+        from kazoo.handlers.eventlet import SequentialEventletHandler
+
+        return SequentialEventletHandler()
+    if isinstance(handler, str):
+        raise Invalid(f"unknown kazoo handler {handler!r}: use threading or eventlet",
+                      "handler")
+    return handler  # a kazoo handler instance
+
+
+def _check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
+        raise Invalid(f"{what} must be a non-empty string without '/': {value!r}", what)
+    return value
+
+
+class ZkStore(Store):
+    def __init__(self, hosts: str, root: str = "/midoflow", handler: Any = "threading",
+                 timeout: float = 10.0, *, op_timeout: float = 5.0,
+                 connect_timeout: float | None = None) -> None:
+        """``timeout``: the ZooKeeper session timeout (ephemeral state of a
+        dead client goes after it); ``op_timeout``: the longest one call waits
+        for its answer before raising Unavailable; ``connect_timeout``: how
+        long the first connection may take (default ``timeout``)."""
+        root = "/" + root.strip("/")
+        if root == "/":
+            raise Invalid("root must not be '/'", "root")
+        self.hosts = hosts
+        self.root = root
+        self.timeout = timeout
+        self.op_timeout = op_timeout
+        self._closed = False
+        self._started = False
+        self._state = "LOST"
+        self._session_id: int | None = None
+        h = _make_handler(handler)
+        self._client = KazooClient(
+            hosts=hosts, timeout=timeout, handler=h,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
+                                        sleep_func=h.sleep_func),
+            command_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
+                                     sleep_func=h.sleep_func),
+        )
+        self._lock = h.rlock_object()
+        # state path -> encoded data, for the ephemerals this store published
+        self._ephemerals: dict[str, bytes] = {}
+        self._kinds_ready: set[str] = set()
+        self._client.add_listener(self._on_state)
+        try:
+            self._client.start(timeout=connect_timeout or timeout)
+        except Exception as e:  # the handler's timeout exception, socket errors
+            self._client.stop()
+            self._client.close()
+            self._closed = True
+            raise Unavailable(
+                f"cannot connect to ZooKeeper at {hosts} ({type(e).__name__}: {e}); is it "
+                f"running? start one with: python -m midoflow.devenv.zookeeper start") from e
+        self._state = "CONNECTED"
+        self._session_id = self._client.client_id[0] if self._client.client_id else None
+        self._started = True
+        for kind in KINDS:
+            self._ensure_kind(kind)
+        self._ensure(f"{self.root}/counters")
+
+    # ---- connection ---------------------------------------------------------
+    def _on_state(self, state: str) -> None:
+        # Called on kazoo's connection thread: must not block.
+        self._state = state
+        if state == KazooState.CONNECTED and self._started and not self._closed:
+            self._client.handler.spawn(self._restore_ephemerals)
+        if state != KazooState.CONNECTED and not self._closed:
+            log.warning("ZooKeeper session %s at %s", state, self.hosts)
+
+    def _unavailable(self, why: str = "") -> Unavailable:
+        if self._closed:
+            return Unavailable(f"ZooKeeper store at {self.hosts} is closed")
+        return Unavailable(f"ZooKeeper has no quorum / unreachable: {self.hosts} "
+                           f"(session {self._state}{'; ' + why if why else ''})")
+
+    def _call(self, async_result) -> Any:
+        """Wait for one kazoo async call, at most ``op_timeout``."""
+        try:
+            return async_result.get(timeout=self.op_timeout)
+        except _UNAVAILABLE as e:
+            raise self._unavailable(type(e).__name__) from e
+        except self._client.handler.timeout_exception as e:
+            raise self._unavailable(f"no answer in {self.op_timeout} s") from e
+
+    def _op(self, name: str, *args: Any, **kw: Any) -> Any:
+        """Run ``client.<name>_async(*args)`` if connected; Unavailable if not."""
+        if self._closed or self._state != KazooState.CONNECTED:
+            raise self._unavailable()
+        return self._call(getattr(self._client, name + "_async")(*args, **kw))
+
+    def _ensure(self, path: str) -> None:
+        try:
+            self._op("create", path, b"", makepath=True)
+        except NodeExistsError:
+            pass
+
+    def _ensure_kind(self, kind: str) -> str:
+        path = f"{self.root}/models/{_check_name('kind', kind)}"
+        if kind not in self._kinds_ready:
+            self._ensure(path)
+            self._kinds_ready.add(kind)
+        return path
+
+    def _restore_ephemerals(self) -> None:
+        """After a reconnection: make sure every ephemeral this store published
+        exists and belongs to the current session."""
+        cid = self._client.client_id
+        new_session = cid is not None and cid[0] != self._session_id
+        if cid is not None:
+            self._session_id = cid[0]
+        with self._lock:
+            items = list(self._ephemerals.items())
+        restored = 0
+        for path, value in items:
+            try:
+                if self._write_state(self._state_path(path), value, True, only_if_lost=True):
+                    restored += 1
+            except Exception as e:  # keep going; logged for the operator
+                log.warning("could not re-create ephemeral %s: %s", path, e)
+        if restored or new_session:
+            log.info("ZooKeeper %s session: re-created %d of %d ephemeral nodes",
+                     "new" if new_session else "same", restored, len(items))
+
+    # ---- models -------------------------------------------------------------
+    def _model_path(self, kind: str, id: Any) -> str:
+        return f"{self.root}/models/{_check_name('kind', kind)}/{_check_name('id', id)}"
+
+    def get(self, kind: str, id: str) -> tuple[Data, int]:
+        try:
+            raw, stat = self._op("get", self._model_path(kind, id))
+        except NoNodeError:
+            raise NotFound(f"{kind} {id} not found") from None
+        return _decode(raw) or {}, stat.version
+
+    def list(self, kind: str) -> list[tuple[Data, int]]:
+        path = f"{self.root}/models/{_check_name('kind', kind)}"
+        try:
+            ids = self._op("get_children", path)
+        except NoNodeError:
+            return []
+        if self._state != KazooState.CONNECTED:
+            raise self._unavailable()
+        pending = [self._client.get_async(f"{path}/{i}") for i in sorted(ids)]
+        out = []
+        for res in pending:
+            try:
+                raw, stat = self._call(res)
+            except NoNodeError:  # deleted meanwhile
+                continue
+            out.append((_decode(raw) or {}, stat.version))
+        return out
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        t = self._client.transaction()
+        for op in ops:
+            if isinstance(op, Create | Update):
+                oid = op.data.get("id") if isinstance(op.data, dict) else None
+                if not oid:
+                    raise Invalid("object has no id", "id")
+                path = self._model_path(op.kind, oid)
+                if isinstance(op, Create):
+                    self._ensure_kind(op.kind)
+                    t.create(path, _encode(op.data))
+                else:
+                    t.set_data(path, _encode(op.data), -1 if op.version is None else op.version)
+            elif isinstance(op, Delete):
+                t.delete(self._model_path(op.kind, op.id),
+                         -1 if op.version is None else op.version)
+            elif isinstance(op, Check):
+                t.check(self._model_path(op.kind, op.id), op.version)
+            else:
+                raise Invalid(f"not a store operation: {op!r}")
+        if self._closed or self._state != KazooState.CONNECTED:
+            raise self._unavailable()
+        results = self._call(t.commit_async())
+        for op, res in zip(ops, results, strict=False):
+            if isinstance(res, Exception) and not isinstance(
+                    res, RolledBackError | RuntimeInconsistency):
+                raise self._commit_error(op, res)
+        for res in results:  # an error we could not attribute to one op
+            if isinstance(res, Exception) and not isinstance(res, RolledBackError):
+                raise Conflict(f"transaction failed: {type(res).__name__}")
+
+    @staticmethod
+    def _commit_error(op: Op, err: Exception) -> Exception:
+        oid = op.data.get("id") if isinstance(op, Create | Update) else op.id
+        what = f"{op.kind} {oid}"
+        if isinstance(err, NodeExistsError):
+            return Conflict(f"{what} already exists")
+        if isinstance(err, BadVersionError):
+            return Conflict(f"{what} changed meanwhile (stale version)")
+        if isinstance(err, NoNodeError):
+            return NotFound(f"{what} not found")
+        if isinstance(err, NotEmptyError):
+            return Conflict(f"{what} has children")
+        return Conflict(f"{what}: {type(err).__name__}")
+
+    def next_counter(self, name: str) -> int:
+        path = f"{self.root}/counters/{_check_name('counter', name)}"
+        while True:
+            try:
+                raw, stat = self._op("get", path)
+            except NoNodeError:
+                try:
+                    self._op("create", path, b"1", makepath=True)
+                    return 1
+                except NodeExistsError:
+                    continue
+            value = int(raw or b"0") + 1
+            try:
+                self._op("set", path, str(value).encode(), stat.version)
+                return value
+            except (BadVersionError, NoNodeError):
+                continue
+
+    def watch_kind(self, kind: str, cb: Callable[[list[str]], Any]) -> None:
+        path = self._ensure_kind(kind)
+        self._require_connected()
+        ChildrenWatch(self._client, path, lambda children: cb(sorted(children)))
+
+    def watch_object(self, kind: str, id: str, cb: Callable[[Data | None, int], Any]) -> None:
+        path = self._model_path(kind, id)
+        self._require_connected()
+
+        def on_data(raw, stat, event=None):
+            if stat is None:
+                cb(None, -1)
+                return False
+            return cb(_decode(raw) or {}, stat.version)
+
+        DataWatch(self._client, path, on_data)
+
+    def _require_connected(self) -> None:
+        if self._closed or self._state != KazooState.CONNECTED:
+            raise self._unavailable()
+
+    # ---- state --------------------------------------------------------------
+    def _state_path(self, path: str) -> str:
+        parts = [p for p in path.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise Invalid(f"bad state path {path!r}", "path")
+        return f"{self.root}/{'/'.join(parts)}"
+
+    def _write_state(self, zpath: str, value: bytes, ephemeral: bool,
+                     only_if_lost: bool = False) -> bool:
+        """Create or overwrite; an ephemeral owned by another session (or a
+        persistent node where an ephemeral is wanted, and the reverse) is
+        replaced. With ``only_if_lost``, an ephemeral of ours is left alone.
+        True if something was written."""
+        for _ in range(10):
+            try:
+                stat = self._op("exists", zpath)
+                if stat is None:
+                    self._op("create", zpath, value, ephemeral=ephemeral, makepath=True)
+                    return True
+                cid = self._client.client_id
+                want_owner = (cid[0] if cid else -1) if ephemeral else 0
+                if stat.ephemeralOwner != want_owner:
+                    self._op("delete", zpath, stat.version)
+                    continue
+                if only_if_lost:
+                    return False
+                self._op("set", zpath, value, stat.version)
+                return True
+            except (NodeExistsError, NoNodeError, BadVersionError):
+                continue
+            except NotEmptyError:
+                raise Conflict(f"state {zpath} has children: cannot make it ephemeral") from None
+            except NoChildrenForEphemeralsError:
+                raise Conflict(f"state {zpath}: its parent is ephemeral") from None
+        raise Conflict(f"state {zpath} keeps changing under us")
+
+    def put_state(self, path: str, data: Data, ephemeral: bool = True) -> None:
+        value = _encode(data)
+        self._write_state(self._state_path(path), value, ephemeral)
+        key = "/".join(p for p in path.split("/") if p)
+        with self._lock:
+            if ephemeral:
+                self._ephemerals[key] = value
+            else:
+                self._ephemerals.pop(key, None)
+
+    def get_state(self, path: str) -> Data | None:
+        try:
+            raw, _ = self._op("get", self._state_path(path))
+        except NoNodeError:
+            return None
+        return _decode(raw)
+
+    def delete_state(self, path: str) -> None:
+        zpath = self._state_path(path)
+        key = zpath[len(self.root) + 1:]
+        with self._lock:
+            for p in [p for p in self._ephemerals if p == key or p.startswith(key + "/")]:
+                del self._ephemerals[p]
+        self._delete_tree(zpath)
+
+    def _delete_tree(self, zpath: str) -> None:
+        for _ in range(10):
+            try:
+                children = self._op("get_children", zpath)
+            except NoNodeError:
+                return
+            for c in children:
+                self._delete_tree(f"{zpath}/{c}")
+            try:
+                self._op("delete", zpath)
+                return
+            except NoNodeError:
+                return
+            except NotEmptyError:  # a child appeared meanwhile
+                continue
+        raise Conflict(f"state {zpath} keeps getting new children: not deleted")
+
+    def list_state(self, path: str) -> list[str]:
+        try:
+            return sorted(self._op("get_children", self._state_path(path)))
+        except NoNodeError:
+            return []
+
+    def watch_state_children(self, path: str, cb: Callable[[list[str]], Any]) -> None:
+        zpath = self._state_path(path)
+        self._ensure(zpath)
+        self._require_connected()
+        _ChildrenFollower(self._client, zpath, cb).start()
+
+    def watch_state(self, path: str, cb: Callable[[Data | None], Any]) -> None:
+        zpath = self._state_path(path)
+        self._require_connected()
+
+        def on_data(raw, stat, event=None):
+            return cb(_decode(raw) if stat is not None else None)
+
+        DataWatch(self._client, zpath, on_data)
+
+    # ---- lifecycle ----------------------------------------------------------
+    def health(self) -> Data:
+        state = "CLOSED" if self._closed else str(self._state)
+        d: Data = {"backend": "zookeeper", "connected": state == "CONNECTED", "state": state,
+                   "hosts": self.hosts, "root": self.root}
+        if state == "CONNECTED":
+            cid = self._client.client_id
+            if cid:
+                d["session_id"] = f"0x{cid[0]:x}"
+            try:
+                peer = self._client._connection._socket.getpeername()[:2]
+                d["server"] = f"{peer[0]}:{peer[1]}"
+                with socket.create_connection(peer, timeout=1.0) as s:
+                    s.sendall(b"srvr")
+                    out = b""
+                    while chunk := s.recv(4096):
+                        out += chunk
+                for line in out.decode(errors="replace").splitlines():
+                    if line.startswith("Mode:"):
+                        d["server_mode"] = line.split(":", 1)[1].strip()
+            except (OSError, AttributeError, KazooException):
+                pass
+        return d
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self._ephemerals.clear()
+        try:
+            self._client.stop()
+        finally:
+            self._client.close()
+
+
+class _ChildrenFollower:
+    """Follows the children of a path even when the path is deleted and made
+    again (kazoo's ChildrenWatch ends when its node goes): a DataWatch on the
+    path notices deletion (children -> []) and re-creation (a new
+    ChildrenWatch). The callback sees each distinct sorted list once."""
+
+    def __init__(self, client: KazooClient, zpath: str, cb: Callable[[list[str]], Any]):
+        self.client = client
+        self.zpath = zpath
+        self.cb = cb
+        self.lock = client.handler.rlock_object()
+        self.prior: list[str] | None = None
+        self.stopped = False
+        self.cw: ChildrenWatch | None = None
+
+    def start(self) -> None:
+        self._watch_children()
+        if not self.stopped:
+            DataWatch(self.client, self.zpath, self._on_node)
+
+    def _deliver(self, children: list[str]) -> Any:
+        with self.lock:
+            if self.stopped:
+                return False
+            children = sorted(children)
+            if children == self.prior:
+                return None
+            self.prior = children
+            if self.cb(children) is False:
+                self.stopped = True
+                return False
+            return None
+
+    def _watch_children(self) -> None:
+        with self.lock:
+            if self.stopped or (self.cw is not None and not self.cw._stopped):
+                return
+            try:
+                self.cw = ChildrenWatch(self.client, self.zpath, self._deliver)
+            except NoNodeError:
+                self.cw = None
+
+    def _on_node(self, raw, stat, event=None) -> Any:
+        if self.stopped:
+            return False
+        if stat is None:
+            return self._deliver([])
+        if self.cw is None or self.cw._stopped:
+            self.client.handler.spawn(self._watch_children)
+        return None

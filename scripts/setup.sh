@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent machine setup: Debian packages and the Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(openvswitch-switch mininet zookeeper frr gobgpd iperf3 ethtool iproute2
+      bridge-utils tcpdump iputils-ping netcat-openbsd procps psmisc python3-venv)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq || { echo "[setup] apt-get update failed: check the package mirror" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/tmp/midoflow-apt.log 2>&1 \
+    || { echo "[setup] apt-get install failed; see /tmp/midoflow-apt.log" >&2; exit 1; }
+  # The Debian services are not used: the project starts its own instances.
+  for s in openvswitch-switch zookeeper frr; do
+    (systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null || true) >/dev/null 2>&1
+  done
+fi
+
+# Mininet is installed for /usr/bin/python3; a venv with system site packages sees it.
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating the Python environment in .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.midoflow-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  echo "[setup] installing midoflow and its Python dependencies"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]' || { echo "[setup] pip install failed (is PyPI reachable?)" >&2; exit 1; }
+  touch "$stamp"
+fi
+echo "[setup] ready"

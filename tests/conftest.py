@@ -1,0 +1,86 @@
+"""Shared fixtures.
+
+* ``zk_server`` (session): ONE real ZooKeeper for the whole run (per
+  pytest-xdist worker). ``MIDOFLOW_ZK_HOSTS=127.0.0.1:2181`` uses a server
+  you started yourself instead.
+* ``zk_store``: a :class:`ZkStore` on that server under a root of its own
+  (``/t-<uuid>``), removed afterwards.
+* ``zk_store_factory``: more sessions on the same root (another host, an API
+  process); all closed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+
+class _ExternalZk:
+    def __init__(self, hosts: str) -> None:
+        self.hosts = hosts
+
+
+@pytest.fixture(scope="session")
+def zk_server(tmp_path_factory):
+    hosts = os.environ.get("MIDOFLOW_ZK_HOSTS")
+    if hosts:
+        yield _ExternalZk(hosts)
+        return
+    from midoflow.devenv.zookeeper import ZooKeeperError, ZooKeeperServer
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    server = ZooKeeperServer(tmp_path_factory.mktemp(f"zk-{worker}"))
+    try:
+        server.start()
+    except ZooKeeperError as e:
+        pytest.fail(f"could not start ZooKeeper for the tests: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _drop_root(hosts: str, root: str) -> None:
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=hosts, timeout=5)
+    try:
+        client.start(timeout=5)
+        client.delete(root, recursive=True)
+    except Exception:  # the server may be gone (fault tests); nothing to clean then
+        pass
+    finally:
+        client.stop()
+        client.close()
+
+
+@pytest.fixture
+def zk_store_factory(zk_server) -> Callable:
+    """``factory(**kw)`` -> a new ZkStore session on this test's root."""
+    from midoflow.store.zookeeper import ZkStore
+
+    root = f"/t-{uuid.uuid4().hex[:12]}"
+    stores: list[ZkStore] = []
+
+    def factory(**kw) -> ZkStore:
+        kw.setdefault("root", root)
+        kw.setdefault("timeout", 10.0)
+        s = ZkStore(zk_server.hosts, **kw)
+        stores.append(s)
+        return s
+
+    factory.root = root
+    factory.hosts = zk_server.hosts
+    yield factory
+    for s in stores:
+        s.close()
+    _drop_root(zk_server.hosts, root)
+
+
+@pytest.fixture
+def zk_store(zk_store_factory):
+    return zk_store_factory()
+

@@ -1,0 +1,148 @@
+"""Fixtures for the service and REST tests: a memory store, the service, the app."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import webob
+
+from midoflow.errors import Unavailable
+from midoflow.rest.app import make_app
+from midoflow.service.topology import TopologyService
+from midoflow.store.base import Store
+from midoflow.store.memory import MemoryStore
+
+_NO_BODY = object()
+
+
+class FlakyStore(Store):
+    """Delegates to a MemoryStore; raises Unavailable while ``down``. ``before_commit``
+    (if set) runs just before each commit: a hook to simulate a concurrent writer."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.before_commit: Callable[[], Any] | None = None
+
+    def _check(self) -> None:
+        if self.down:
+            raise Unavailable("ZooKeeper has no quorum (test)")
+
+    def get(self, kind, id):
+        self._check()
+        return self.inner.get(kind, id)
+
+    def list(self, kind):
+        self._check()
+        return self.inner.list(kind)
+
+    def commit(self, ops):
+        self._check()
+        if self.before_commit is not None:
+            hook, self.before_commit = self.before_commit, None
+            hook()
+        return self.inner.commit(ops)
+
+    def next_counter(self, name):
+        self._check()
+        return self.inner.next_counter(name)
+
+    def watch_kind(self, kind, cb):
+        return self.inner.watch_kind(kind, cb)
+
+    def watch_object(self, kind, id, cb):
+        return self.inner.watch_object(kind, id, cb)
+
+    def put_state(self, path, data, ephemeral=True):
+        self._check()
+        return self.inner.put_state(path, data, ephemeral)
+
+    def get_state(self, path):
+        self._check()
+        return self.inner.get_state(path)
+
+    def delete_state(self, path):
+        return self.inner.delete_state(path)
+
+    def list_state(self, path):
+        self._check()
+        return self.inner.list_state(path)
+
+    def watch_state_children(self, path, cb):
+        return self.inner.watch_state_children(path, cb)
+
+    def watch_state(self, path, cb):
+        return self.inner.watch_state(path, cb)
+
+    def health(self):
+        return {"backend": "flaky", "connected": not self.down}
+
+    def close(self):
+        self.inner.close()
+
+
+def store_snapshot(store: MemoryStore) -> Any:
+    """Everything a request could change (models with versions, state)."""
+    b = store.backend
+    return copy.deepcopy(({k: dict(v) for k, v in b.models.items() if v}, dict(b.state)))
+
+
+class ApiClient:
+    """Calls the WSGI app in process with webob."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def call(self, method: str, path: str, body: Any = _NO_BODY, *, raw: bytes | None = None,
+             content_type: str | None = "application/json") -> webob.Response:
+        req = webob.Request.blank(path, method=method)
+        if raw is not None or body is not _NO_BODY:
+            req.body = raw if raw is not None else json.dumps(body).encode()
+            if content_type:
+                req.content_type = content_type
+            else:
+                req.environ.pop("CONTENT_TYPE", None)
+        return req.get_response(self.app)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=_NO_BODY, **kw):
+        return self.call("POST", path, body, **kw)
+
+    def put(self, path, body=_NO_BODY, **kw):
+        return self.call("PUT", path, body, **kw)
+
+    def delete(self, path, **kw):
+        return self.call("DELETE", path, **kw)
+
+    def ok(self, method: str, path: str, body: Any = _NO_BODY, status: int | None = None) -> Any:
+        """Call and assert success; the decoded body."""
+        resp = self.call(method, path, body)
+        want = status or {"POST": 201, "DELETE": 204}.get(method, 200)
+        assert resp.status_int == want, (method, path, resp.status, resp.text)
+        return resp.json if resp.body else None
+
+
+@pytest.fixture
+def mem_store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def flaky_store(mem_store) -> FlakyStore:
+    return FlakyStore(mem_store)
+
+
+@pytest.fixture
+def service(flaky_store) -> TopologyService:
+    return TopologyService(flaky_store)
+
+
+@pytest.fixture
+def api(flaky_store) -> ApiClient:
+    return ApiClient(make_app(flaky_store))

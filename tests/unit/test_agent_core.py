@@ -1,0 +1,144 @@
+"""AgentCore on the memory store: bindings, translation, exact invalidation."""
+
+import pytest
+
+from midoflow.agent.config import AgentConfig
+from midoflow.agent.core import AgentCore, Output, Tunnel
+from midoflow.store import paths
+from midoflow.store.base import Create, Delete, Update
+from midoflow.store.memory import MemoryBackend, MemoryStore
+
+BCAST = "ff:ff:ff:ff:ff:ff"
+M1, M2, M3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
+
+
+def cfg(host):
+    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
+                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
+
+
+@pytest.fixture
+def world():
+    backend = MemoryBackend()
+    api = MemoryStore(backend)
+    api.commit([
+        Create("hosts", {"id": "h1", "name": "h1"}),
+        Create("hosts", {"id": "h2", "name": "h2"}),
+        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
+                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
+                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
+        Create("bridges", {"id": "b", "name": "b", "port_ids": ["p1", "p2", "p3"]}),
+        Create("ports", {"id": "p1", "device_id": "b", "tunnel_key": 11}),
+        Create("ports", {"id": "p2", "device_id": "b", "tunnel_key": 12}),
+        Create("ports", {"id": "p3", "device_id": "b", "tunnel_key": 13}),
+    ])
+    invalidated = {"h1": set(), "h2": set()}
+    agents = {}
+    for h in ("h1", "h2"):
+        a = AgentCore(cfg(h), MemoryStore(backend),
+                      on_invalidate=lambda c, h=h: invalidated[h].update(c))
+        a.start()
+        agents[h] = a
+    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None),
+                                 "vm1": (5, "p1"), "vm3": (6, "p3")})
+    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm2": (5, "p2")})
+    return api, agents, invalidated
+
+
+def test_bindings_publish_active_ports_and_host_state(world):
+    api, agents, _ = world
+    assert agents["h1"].bindings == {"p1": 5, "p3": 6}
+    assert api.get_state(paths.port_active("p2")) == {"host_id": "h2"}
+    assert api.get_state(paths.host_alive("h1"))["tunnel_ips"] == {"underlay": "10.0.0.1"}
+    assert agents["h1"].cache.port_hosts == {"p1": "h1", "p2": "h2", "p3": "h1"}
+
+
+def test_broadcast_goes_local_and_through_the_tunnel_with_the_port_key(world):
+    _, agents, _ = world
+    d = agents["h1"].handle_miss(5, M1, BCAST, 0x806)
+    assert set(d.actions) == {Output(6), Tunnel(12, "10.0.0.2", 1)}
+
+
+def test_learning_is_replicated_and_invalidates_flood_flows(world):
+    api, agents, inv = world
+    flood = agents["h2"].handle_miss(5, M2, M1, 0x800)  # M1 unknown yet: flood
+    assert set(flood.actions) == {Tunnel(11, "10.0.0.1", 1), Tunnel(13, "10.0.0.1", 1)}
+    agents["h1"].handle_miss(5, M1, BCAST, 0x806)  # learns M1 on p1
+    assert api.list_state(paths.mac_table("b")) == [f"{M1},p1", f"{M2},p2"]
+    assert flood.cookie in inv["h2"]
+    d = agents["h2"].handle_miss(5, M2, M1, 0x800)
+    assert d.actions == [Tunnel(11, "10.0.0.1", 1)]
+
+
+def test_deleting_a_port_removes_exactly_the_flows_through_it(world):
+    api, agents, inv = world
+    a = agents["h1"]
+    a.handle_miss(5, M1, BCAST, 0x806)
+    a.handle_miss(6, M3, BCAST, 0x806)
+    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
+    to_m2 = a.handle_miss(5, M1, M2, 0x800)
+    m1_to_m3 = a.handle_miss(5, M1, M3, 0x800)
+    assert to_m2.actions == [Tunnel(12, "10.0.0.2", 1)] and m1_to_m3.actions == [Output(6)]
+    inv["h1"].clear()
+    bridge, v = api.get("bridges", "b")
+    bridge["port_ids"] = ["p1", "p3"]
+    api.commit([Delete("ports", "p2"), Update("bridges", bridge, v)])
+    assert to_m2.cookie in inv["h1"]
+    assert m1_to_m3.cookie not in inv["h1"]
+
+
+def test_port_down_drops_and_port_up_restores(world):
+    api, agents, inv = world
+    a = agents["h1"]
+    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
+    d = a.handle_miss(5, M1, M2, 0x800)
+    port, v = api.get("ports", "p2")
+    port["admin_state_up"] = False
+    api.commit([Update("ports", port, v)])
+    assert d.cookie in inv["h1"]
+    assert a.handle_miss(5, M1, M2, 0x800).actions == []
+
+
+def test_unbinding_on_one_host_and_binding_on_another_moves_the_port(world):
+    api, agents, inv = world
+    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
+    d = agents["h1"].handle_miss(5, M1, M2, 0x800)
+    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None)})
+    assert api.get_state(paths.port_active("p2")) is None
+    assert d.cookie in inv["h1"]
+    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1"),
+                                 "vm3": (6, "p3"), "vm2": (7, "p2")})
+    # The old host forgot M2 when the port left it: flooded, now locally only.
+    assert set(agents["h1"].handle_miss(5, M1, M2, 0x800).actions) == {Output(6), Output(7)}
+
+
+def test_api_binding_without_iface_id(world):
+    api, agents, _ = world
+    port, v = api.get("ports", "p2")
+    port.update(host_id="h1", interface_name="tapx")
+    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "tapx": (9, None)})
+    api.commit([Update("ports", port, v)])
+    assert agents["h1"].bindings == {"p2": 9}
+
+
+def test_host_death_removes_its_ports(world):
+    api, agents, inv = world
+    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
+    d = agents["h1"].handle_miss(5, M1, M2, 0x800)
+    agents["h2"].store.close()
+    assert "p2" not in agents["h1"].cache.port_hosts
+    assert d.cookie in inv["h1"]
+
+
+def test_gre_zone_uses_the_gre_port(world):
+    api, agents, _ = world
+    zone, v = api.get("tunnel_zones", "z")
+    zone["type"] = "gre"
+    api.commit([Update("tunnel_zones", zone, v)])
+    d = agents["h1"].handle_miss(5, M1, BCAST, 0x806)
+    assert Tunnel(12, "10.0.0.2", 2) in d.actions
+
+
+def test_packet_from_unbound_ofport_is_ignored(world):
+    _, agents, _ = world
+    assert agents["h1"].handle_miss(42, M1, BCAST, 0x806) is None

@@ -1,0 +1,190 @@
+"""A whole midoflow cloud on this machine: ZooKeeper, the REST API, cloud
+hosts (each its own OVS in a network namespace) with their agents, VMs.
+
+Used by the demo, the end-to-end tests and the benchmarks. Everything it
+starts is stopped by :meth:`MidoCloud.stop` (also on exceptions and at exit).
+Several clouds can share one ZooKeeper: each uses its own chroot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+
+from kazoo.client import KazooClient
+
+from midoflow.cli.client import Client
+from midoflow.store import paths
+from midoflow.store.zookeeper import ZkStore
+from topologies.cloud import Cloud, CloudHost
+
+HOST_NS = uuid.UUID("6d69646f-666c-6f77-0000-000000000000")
+
+
+def host_uuid(name: str) -> str:
+    """A stable host id for a cloud host name."""
+    return str(uuid.uuid5(HOST_NS, name))
+
+
+def _agent_bin() -> str:
+    exe = os.path.join(os.path.dirname(sys.executable), "midoflow-agent")
+    return exe if os.path.exists(exe) else shutil.which("midoflow-agent") or exe
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class MidoCloud:
+    def __init__(
+        self,
+        n_hosts: int = 3,
+        zk_hosts: str | None = None,
+        subnet: str = "10.10.0.0/24",
+        prefix: str | None = None,
+        tunnel: str = "vxlan",
+        progress: Callable[[str], None] | None = None,
+        agent_args: tuple[str, ...] = (),
+    ) -> None:
+        self.n_hosts = n_hosts
+        self.subnet = subnet
+        self.prefix = prefix
+        self.tunnel = tunnel
+        self.progress = progress or (lambda _msg: None)
+        self.agent_args = agent_args
+        self.zk_hosts = zk_hosts
+        self.zk = None  # our own server, when none was given
+        self.cloud: Cloud | None = None
+        self.store: ZkStore | None = None
+        self.api_server = None
+        self.api: Client | None = None
+        self.hosts: list[CloudHost] = []
+        self.host_ids: dict[str, str] = {}
+        self.zone_id: str | None = None
+        self.workdir = tempfile.mkdtemp(prefix="midocloud-")
+        self._stopped = False
+        atexit.register(self.stop)
+
+    # ---- lifecycle ----------------------------------------------------------
+    def __enter__(self) -> MidoCloud:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> MidoCloud:
+        t0 = time.monotonic()
+        if self.zk_hosts is None:
+            from midoflow.devenv.zookeeper import ZooKeeperServer
+
+            self.progress("starting ZooKeeper")
+            self.zk = ZooKeeperServer(os.path.join(self.workdir, "zk")).start()
+            self.zk_hosts = self.zk.hosts
+        self.progress(f"building {self.n_hosts} cloud hosts (one OVS each, userspace datapath)")
+        self.cloud = Cloud(n_hosts=self.n_hosts, subnet=self.subnet, prefix=self.prefix)
+        self.cloud.start()
+        self.hosts = self.cloud.hosts
+        chroot = f"/{self.cloud.prefix}"
+        zk = KazooClient(hosts=self.zk_hosts, timeout=10)
+        zk.start(timeout=15)
+        zk.ensure_path(chroot)
+        zk.stop()
+        zk.close()
+        self.zk_spec = self.zk_hosts + chroot
+        self.store = ZkStore(self.zk_spec)
+        from midoflow.rest.server import serve_in_thread
+
+        self.api_server = serve_in_thread(self.store)
+        self.api = Client(self.api_server.url)
+        self.progress(f"REST API at {self.api_server.url}; starting one agent per host")
+        for h in self.hosts:
+            self.start_agent(h)
+        self.wait_agents()
+        self.zone_id = self.api.request("POST", "/tunnel_zones", {
+            "name": f"{self.cloud.prefix}-{self.tunnel}", "type": self.tunnel})["id"]
+        for h in self.hosts:
+            self.api.request("POST", f"/tunnel_zones/{self.zone_id}/members",
+                             {"host_id": self.host_ids[h.name], "ip": h.underlay_ip})
+        self.progress(f"cloud up in {time.monotonic() - t0:.1f} s")
+        return self
+
+    def start_agent(self, h: CloudHost) -> None:
+        hid = self.host_ids.setdefault(h.name, host_uuid(h.name))
+        cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid)
+        cmd = [_agent_bin(), "--config", cfg, *self.agent_args]
+        self.cloud.start_agent(h, cmd)
+
+    def kill_agent(self, h: CloudHost, sig: int = 9) -> None:
+        self.cloud.kill_agent(h, sig=sig)
+
+    def agent_alive(self, h: CloudHost) -> dict | None:
+        return self.store.get_state(paths.host_alive(self.host_ids[h.name]))
+
+    def wait_agents(self, hosts=None, timeout: float = 60) -> None:
+        for h in hosts or self.hosts:
+            wait_for(lambda h=h: (self.agent_alive(h) or {}).get("ovs_connected"), timeout,
+                     f"the agent of {h.name} to connect to its OVS "
+                     f"(log: {os.path.join(h.rundir, 'agent.log')})")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.cloud is not None:
+            self.cloud.stop()
+        if self.api_server is not None:
+            self.api_server.stop()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:
+                pass
+        if self.zk is not None:
+            self.zk.stop()
+        if not os.environ.get("MIDOFLOW_KEEP_RUNDIR"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- topology -------------------------------------------------------------
+    def bridge(self, name: str, tenant: str = "") -> str:
+        return self.api.request("POST", "/bridges", {"name": name, "tenant_id": tenant})["id"]
+
+    def port(self, bridge_id: str, name: str = "") -> str:
+        return self.api.request("POST", f"/bridges/{bridge_id}/ports",
+                                {"name": name} if name else {})["id"]
+
+    def port_host(self, port_id: str) -> str | None:
+        s = self.store.get_state(paths.port_active(port_id))
+        return s.get("host_id") if s else None
+
+    def vm(self, host, bridge_id: str, name: str, ip: str, mac: str, wait: bool = True):
+        """A VM on ``host``: a new port on the bridge, bound by OVSDB iface-id."""
+        h = self.cloud.host(host)
+        pid = self.port(bridge_id, name)
+        vm = self.cloud.add_vm(h, name, ip, mac, iface_id=pid)
+        vm.port_id = pid
+        if wait:
+            self.wait_port(pid, h)
+        return vm
+
+    def wait_port(self, port_id: str, h: CloudHost, timeout: float = 20) -> None:
+        hid = self.host_ids[h.name]
+        wait_for(lambda: self.port_host(port_id) == hid, timeout,
+                 f"port {port_id} to become active on {h.name}")
