@@ -14,7 +14,9 @@ HOSTS = "hosts"
 TUNNEL_ZONES = "tunnel_zones"
 BRIDGES = "bridges"
 PORTS = "ports"
-KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS)
+ROUTERS = "routers"
+ROUTES = "routes"
+KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES)
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -22,6 +24,14 @@ TUNNEL_VXLAN = "vxlan"
 TUNNEL_GRE = "gre"
 TUNNEL_TYPES = (TUNNEL_VXLAN, TUNNEL_GRE)
 DEVICE_BRIDGE = "bridge"
+DEVICE_ROUTER = "router"
+DEVICE_TYPES = (DEVICE_BRIDGE, DEVICE_ROUTER)
+
+ROUTE_NORMAL = "normal"
+ROUTE_BLACKHOLE = "blackhole"
+ROUTE_REJECT = "reject"
+ROUTE_TYPES = (ROUTE_NORMAL, ROUTE_BLACKHOLE, ROUTE_REJECT)
+ROUTE_DEFAULT_WEIGHT = 100
 
 # Tunnel keys name the egress virtual port on the wire (VXLAN VNI is 24 bits).
 TUNNEL_KEY_MIN = 1
@@ -98,6 +108,44 @@ class Port(_Model):
     interface_name: str | None = None
     peer_id: str | None = None
     name: str = ""
+    # Router ports only: the port's MAC and its address on the attached network.
+    mac: str | None = None
+    ip_address: str | None = None
+    prefix_len: int | None = None
+
+
+@dataclass(frozen=True)
+class Router(_Model):
+    """A virtual L3 router. Its ports (device_type "router") carry MAC and IP;
+    each port's network is a connected route; ``routes`` adds the rest."""
+
+    id: str
+    name: str = ""
+    tenant_id: str = ""
+    admin_state_up: bool = True
+    port_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Router:
+        d = dict(d)
+        d["port_ids"] = tuple(d.get("port_ids", ()))
+        return super().from_dict(d)
+
+
+@dataclass(frozen=True)
+class Route(_Model):
+    """A route of a router: ``dst_cidr`` (and ``src_cidr``) to ``next_hop_port``,
+    via ``next_hop_gateway`` (None: the destination is on that port's link).
+    Lower ``weight`` wins among equal prefix lengths; equal weights are ECMP."""
+
+    id: str
+    router_id: str
+    dst_cidr: str = "0.0.0.0/0"
+    src_cidr: str = "0.0.0.0/0"
+    next_hop_port: str | None = None
+    next_hop_gateway: str | None = None
+    weight: int = ROUTE_DEFAULT_WEIGHT
+    type: str = ROUTE_NORMAL
 
 
 @dataclass(frozen=True)
@@ -112,4 +160,5 @@ class HostState:
 
 
 def from_dict(kind: str, d: dict[str, Any]):
-    return {HOSTS: Host, TUNNEL_ZONES: TunnelZone, BRIDGES: Bridge, PORTS: Port}[kind].from_dict(d)
+    return {HOSTS: Host, TUNNEL_ZONES: TunnelZone, BRIDGES: Bridge, PORTS: Port,
+            ROUTERS: Router, ROUTES: Route}[kind].from_dict(d)

@@ -5,6 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+ETH_IP = 0x0800
+ETH_ARP = 0x0806
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+ARP_REQUEST = 1
+ARP_REPLY = 2
+ICMP_ECHO_REPLY = 0
+ICMP_UNREACH = 3
+ICMP_ECHO_REQUEST = 8
+ICMP_TIME_EXCEEDED = 11
+UNREACH_NET = 0
+UNREACH_HOST = 1
+UNREACH_PROTO = 2
+UNREACH_PORT = 3
+UNREACH_FILTER = 13
 
 
 def is_multicast(mac: str) -> bool:
@@ -14,18 +30,34 @@ def is_multicast(mac: str) -> bool:
 
 @dataclass(frozen=True)
 class Packet:
-    """Header fields in canonical form: MACs lower-case colon-separated."""
+    """Header fields in canonical form: MACs lower-case colon-separated, IPv4
+    dotted quads. ``tp_src``/``tp_dst`` are TCP/UDP ports; for ICMP they hold
+    type and code. ARP packets carry ``arp_*`` (and no ``ip_*``)."""
 
     in_port: str  # virtual port id
     eth_src: str
     eth_dst: str
-    eth_type: int = 0x0800
+    eth_type: int = ETH_IP
     vlan: int | None = None
     ip_src: str | None = None
     ip_dst: str | None = None
     ip_proto: int | None = None
+    ip_ttl: int = 64
     tp_src: int | None = None
     tp_dst: int | None = None
+    arp_op: int | None = None
+    arp_sha: str | None = None
+    arp_spa: str | None = None
+    arp_tha: str | None = None
+    arp_tpa: str | None = None
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)
+
+    @property
+    def is_ip(self) -> bool:
+        return self.eth_type == ETH_IP and self.ip_dst is not None
+
+    @property
+    def is_arp(self) -> bool:
+        return self.eth_type == ETH_ARP and self.arp_op is not None

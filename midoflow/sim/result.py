@@ -8,6 +8,9 @@ of the changed thing:
 * ``bridge:<id>`` the bridge object (existence, admin state)
 * ``flood:<id>``  the set of ports a bridge floods to
 * ``mac:<bridge>:<mac>`` where a MAC lives on a bridge (learned or moved)
+* ``router:<id>`` the router object (existence, admin state, its port set)
+* ``routes:<id>`` the router's routing table (any route added, changed, removed)
+* ``arp:<router>:<ip>`` the router's ARP entry for a next hop
 """
 
 from __future__ import annotations
@@ -37,6 +40,46 @@ def mac_tag(bridge_id: str, mac: str) -> str:
     return f"mac:{bridge_id}:{mac}"
 
 
+def router_tag(router_id: str) -> str:
+    return f"router:{router_id}"
+
+
+def routes_tag(router_id: str) -> str:
+    return f"routes:{router_id}"
+
+
+def arp_tag(router_id: str, ip: str) -> str:
+    return f"arp:{router_id}:{ip}"
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A header change applied before output, in order: ``field`` is one of
+    eth_src, eth_dst (value: the MAC) or ttl (value: how much to decrement)."""
+
+    field: str
+    value: str | int
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A packet the virtual topology itself sends (ARP reply or request, ICMP
+    echo reply or error). The agent builds it and injects it as if it left
+    router port ``out_port`` (it is then simulated from that port onward).
+
+    ``kind``: arp_reply, arp_request, icmp_echo_reply, icmp_error.
+    ``fields``: what the builder needs (MACs, IPs, ICMP type and code...);
+    for icmp_echo_reply and icmp_error the agent also uses the original frame.
+    """
+
+    kind: str
+    out_port: str
+    fields: tuple[tuple[str, object], ...] = ()
+
+    def get(self, name: str, default=None):
+        return dict(self.fields).get(name, default)
+
+
 @dataclass(frozen=True)
 class Step:
     """One line of a trace: a device and what it decided."""
@@ -61,6 +104,15 @@ class Result:
     trace: tuple[Step, ...] = ()
     reason: str = ""
     flooded: bool = False
+    rewrites: tuple[Rewrite, ...] = ()
+    generated: tuple[Generated, ...] = ()
+    # ARP entries to record: (router_id, ip, mac).
+    arp_learned: tuple[tuple[str, str, str], ...] = ()
+    # (router_id, ip): the packet waits for this ARP resolution.
+    wait_arp: tuple[str, str] | None = None
+    # False: the decision must not become a flow (the topology itself answered,
+    # or the decision depends on something a flow cannot match, like the TTL).
+    cacheable: bool = True
 
     @property
     def dropped(self) -> bool:
@@ -77,6 +129,11 @@ class _Builder:
     trace: list[Step] = field(default_factory=list)
     out: list[str] = field(default_factory=list)
     flooded: bool = False
+    rewrites: list[Rewrite] = field(default_factory=list)
+    generated: list[Generated] = field(default_factory=list)
+    arp_learned: list[tuple[str, str, str]] = field(default_factory=list)
+    wait_arp: tuple[str, str] | None = None
+    cacheable: bool = True
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -92,4 +149,9 @@ class _Builder:
             trace=tuple(self.trace),
             reason=reason,
             flooded=self.flooded,
+            rewrites=tuple(self.rewrites) if action is Action.FORWARD else (),
+            generated=tuple(self.generated),
+            arp_learned=tuple(self.arp_learned),
+            wait_arp=self.wait_arp,
+            cacheable=self.cacheable and not self.generated and self.wait_arp is None,
         )

@@ -28,7 +28,9 @@ from midoflow.sim.view import TopologyView
 MAX_DEVICES = 12
 
 
-def simulate(view: TopologyView, pkt: Packet) -> Result:
+def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
+    """Walk ``pkt`` through the topology. ``now`` (seconds, same clock as the
+    ARP table's timestamps) decides ARP entry expiry."""
     b = _Builder()
     ingress = view.port(pkt.in_port)
     b.tags.add(port_tag(pkt.in_port))

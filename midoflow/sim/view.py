@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from midoflow.model import Bridge, Port
+from midoflow.model import Bridge, Port, Route, Router
 
 
 class TopologyView(Protocol):
@@ -16,6 +17,16 @@ class TopologyView(Protocol):
         """The port a MAC was learned on, from the replicated MAC table."""
         ...
 
+    def router(self, router_id: str) -> Router | None: ...
+
+    def routes(self, router_id: str) -> Sequence[Route]:
+        """The router's configured routes (connected networks come from its ports)."""
+        ...
+
+    def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
+        """(MAC, time learned) from the router's replicated ARP table."""
+        ...
+
 
 class DictView:
     """A TopologyView over plain dicts: unit tests, tracing, benchmarks."""
@@ -25,10 +36,16 @@ class DictView:
         ports: dict[str, Port] | None = None,
         bridges: dict[str, Bridge] | None = None,
         macs: dict[tuple[str, str], str] | None = None,
+        routers: dict[str, Router] | None = None,
+        routes_by_router: dict[str, list[Route]] | None = None,
+        arps: dict[tuple[str, str], tuple[str, float]] | None = None,
     ) -> None:
         self.ports = ports or {}
         self.bridges = bridges or {}
         self.macs = macs or {}
+        self.routers = routers or {}
+        self.routes_by_router = routes_by_router or {}
+        self.arps = arps or {}
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -38,3 +55,12 @@ class DictView:
 
     def mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.macs.get((bridge_id, mac))
+
+    def router(self, router_id: str) -> Router | None:
+        return self.routers.get(router_id)
+
+    def routes(self, router_id: str) -> Sequence[Route]:
+        return self.routes_by_router.get(router_id, ())
+
+    def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
+        return self.arps.get((router_id, ip))
