@@ -11,8 +11,29 @@ import logging
 from collections.abc import Callable
 
 from midoflow import model
-from midoflow.model import BRIDGES, HOSTS, PORTS, TUNNEL_ZONES, Bridge, Port, TunnelZone
-from midoflow.sim.result import bridge_tag, flood_tag, mac_tag, port_tag
+from midoflow.model import (
+    BRIDGES,
+    DEVICE_ROUTER,
+    HOSTS,
+    PORTS,
+    ROUTERS,
+    ROUTES,
+    TUNNEL_ZONES,
+    Bridge,
+    Port,
+    Route,
+    Router,
+    TunnelZone,
+)
+from midoflow.sim.result import (
+    arp_tag,
+    bridge_tag,
+    flood_tag,
+    mac_tag,
+    port_tag,
+    router_tag,
+    routes_tag,
+)
 from midoflow.store import paths
 from midoflow.store.base import Data, Store
 
@@ -41,6 +62,13 @@ class TopologyCache:
         self.port_hosts: dict[str, str] = {}  # active port -> host id
         self.host_state: dict[str, Data] = {}
         self.macs: dict[tuple[str, str], str] = {}  # (bridge, mac) -> port
+        self.routers: dict[str, Router] = {}
+        self.route_objs: dict[str, Route] = {}
+        self.routes_by_router: dict[str, dict[str, Route]] = {}
+        # (router, ip) -> (mac, learned_at, entry name in the store)
+        self.arps: dict[tuple[str, str], tuple[str, float, str]] = {}
+        # Called with (router_id, ip) when an ARP entry appears or changes.
+        self.on_arp: Callable[[str, str], None] = lambda _r, _ip: None
         self._watched: set[tuple[str, str]] = set()
 
     # ---- TopologyView -----------------------------------------------------
@@ -53,6 +81,16 @@ class TopologyCache:
     def mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.macs.get((bridge_id, mac))
 
+    def router(self, router_id: str) -> Router | None:
+        return self.routers.get(router_id)
+
+    def routes(self, router_id: str) -> list[Route]:
+        return list(self.routes_by_router.get(router_id, {}).values())
+
+    def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
+        e = self.arps.get((router_id, ip))
+        return (e[0], e[1]) if e else None
+
     # ---- locations --------------------------------------------------------
     def tunnel_to(self, local_host: str, remote_host: str) -> tuple[str, str] | None:
         """(remote tunnel IP, tunnel type) through a zone both hosts are in."""
@@ -64,7 +102,7 @@ class TopologyCache:
 
     # ---- watches ----------------------------------------------------------
     def start(self) -> None:
-        for kind in (TUNNEL_ZONES, HOSTS, BRIDGES, PORTS):
+        for kind in (TUNNEL_ZONES, HOSTS, BRIDGES, ROUTERS, ROUTES, PORTS):
             self.store.watch_kind(kind, self._kind_cb(kind))
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
@@ -107,6 +145,8 @@ class TopologyCache:
                         tags.add(flood_tag(p.device_id))
                         if p.peer_id:
                             tags.add(port_tag(p.peer_id))
+                        if p.device_type == DEVICE_ROUTER:  # its network is a route
+                            tags.add(routes_tag(p.device_id))
             self.on_invalidate(tags)
             self.on_port_change(oid)
             return
@@ -126,6 +166,29 @@ class TopologyCache:
                     tags.add(flood_tag(oid))
                 if (old_b.admin_state_up, old_b.name) != (new_b.admin_state_up, new_b.name):
                     tags.add(bridge_tag(oid))
+        elif kind == ROUTERS:
+            old_r = self.routers.get(oid)
+            new_r = model.Router.from_dict(data) if data else None
+            if new_r:
+                self.routers[oid] = new_r
+                if old_r is None:
+                    self.store.watch_state_children(paths.arp_table(oid), self._arp_cb(oid))
+            else:
+                self.routers.pop(oid, None)
+            if old_r != new_r:
+                tags |= {router_tag(oid), routes_tag(oid)}
+        elif kind == ROUTES:
+            old_rt = self.route_objs.pop(oid, None)
+            new_rt = model.Route.from_dict(data) if data else None
+            if old_rt is not None:
+                self.routes_by_router.get(old_rt.router_id, {}).pop(oid, None)
+                tags.add(routes_tag(old_rt.router_id))
+            if new_rt is not None:
+                self.route_objs[oid] = new_rt
+                self.routes_by_router.setdefault(new_rt.router_id, {})[oid] = new_rt
+                tags.add(routes_tag(new_rt.router_id))
+            if old_rt == new_rt:
+                tags.clear()
         elif kind == TUNNEL_ZONES:
             old_z = self.zones.get(oid)
             new_z = model.TunnelZone.from_dict(data) if data else None
@@ -167,6 +230,33 @@ class TopologyCache:
                     self.macs.pop((bridge_id, m), None)
             if changed:
                 self.on_invalidate({mac_tag(bridge_id, m) for m in changed})
+            return None
+
+        return cb
+
+    def _arp_cb(self, router_id: str):
+        def cb(children: list[str]):
+            if router_id not in self.routers:
+                return False
+            new: dict[str, tuple[str, float, str]] = {}
+            for name in children:
+                entry = paths.parse_arp_entry(name)
+                if entry:
+                    ip, mac, at = entry
+                    if ip not in new or at > new[ip][1]:  # the freshest entry wins
+                        new[ip] = (mac, at, name)
+            old = {ip: e for (r, ip), e in self.arps.items() if r == router_id}
+            changed = {ip for ip in old.keys() | new.keys()
+                       if (old.get(ip) or ("",))[0] != (new.get(ip) or ("",))[0]}
+            for ip in old.keys() - new.keys():
+                self.arps.pop((router_id, ip), None)
+            for ip, e in new.items():
+                self.arps[(router_id, ip)] = e
+            if changed:
+                self.on_invalidate({arp_tag(router_id, ip) for ip in changed})
+            for ip in new:
+                if ip in changed or new[ip][1] != old.get(ip, ("", -1.0))[1]:
+                    self.on_arp(router_id, ip)
             return None
 
         return cb

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,9 +16,9 @@ from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.flows import FlowIndex
 from midoflow.errors import MidoflowError
-from midoflow.model import HOSTS, PORT_EXTERIOR, TUNNEL_GRE
+from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, TUNNEL_GRE
 from midoflow.sim.packet import Packet
-from midoflow.sim.result import Result, port_tag
+from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
 from midoflow.sim.simulator import simulate
 from midoflow.store import paths
 from midoflow.store.base import Create, Store
@@ -37,21 +38,71 @@ class Tunnel:
     ofport: int
 
 
+@dataclass(frozen=True)
+class Emit:
+    """A frame the topology sends (ARP, ICMP), with where it goes."""
+
+    frame: bytes
+    actions: list[Output | Tunnel]
+    rewrites: tuple[Rewrite, ...] = ()
+
+
 @dataclass
 class Decision:
-    """What to install for one table miss."""
+    """What to do for one table miss: a flow (when ``install``), the actions
+    for the packet itself, and frames the topology sends in answer."""
 
     actions: list[Output | Tunnel]
     match_fields: frozenset[str]
     tags: frozenset[str]
     result: Result
     cookie: int = 0
+    packet: Packet | None = None
+    rewrites: tuple[Rewrite, ...] = ()
+    emits: list[Emit] = field(default_factory=list)
+    install: bool = True
 
 
 @dataclass
 class BindingChange:
     added: dict[str, int] = field(default_factory=dict)  # port id -> ofport
     removed: dict[str, int] = field(default_factory=dict)
+
+
+class Frames:
+    """How the core turns generated packets into frames and frames into
+    packet fields (the agent app gives it os-ken's packet library)."""
+
+    def build(self, gen: Generated, original: bytes | None) -> bytes:
+        raise NotImplementedError
+
+    def parse(self, frame: bytes) -> dict:
+        raise NotImplementedError
+
+
+# A packet waiting for an ARP answer waits this long at most, this many per next hop.
+ARP_HOLD_SECONDS = 3.0
+ARP_HOLD_MAX = 16
+ARP_RETRY_SECONDS = 1.0
+# ICMP errors a router generates, per router: a token bucket.
+ICMP_RATE = 100.0
+ICMP_BURST = 50.0
+# A learned ARP entry is re-written to the store at most this often.
+ARP_REWRITE_SECONDS = 60.0
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> bool:
+        now = self.clock()
+        tokens, last = self.tokens.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self.tokens[key] = (tokens - 1.0 if ok else tokens, now)
+        return ok
 
 
 class AgentCore:
@@ -62,6 +113,9 @@ class AgentCore:
         on_invalidate: Callable[[set[int]], None] = lambda cookies: None,
         on_bindings: Callable[[BindingChange], None] = lambda change: None,
         spawn: Callable[..., object] | None = None,
+        frames: Frames | None = None,
+        replay: Callable[[int, bytes], None] = lambda ofport, frame: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -75,8 +129,17 @@ class AgentCore:
         self.tunnel_ofports: dict[str, int] = {}  # "vxlan"/"gre" -> ofport
         self.ovs_connected = False
         self.stats = {"packet_in": 0, "simulated": 0, "dropped": 0, "malformed": 0,
-                      "invalidated": 0, "learned": 0}
+                      "invalidated": 0, "learned": 0, "generated": 0, "arp_held": 0,
+                      "arp_expired": 0, "icmp_limited": 0}
         self.started_at = time.time()
+        self.frames = frames or Frames()
+        self.replay = replay
+        self.clock = clock
+        self.icmp_bucket = TokenBucket(ICMP_RATE, ICMP_BURST, time.monotonic)
+        # (router, ip) -> [(deadline, ofport, frame)]: packets waiting for ARP
+        self.held: dict[tuple[str, str], list[tuple[float, int, bytes]]] = defaultdict(list)
+        self.arp_asked: dict[tuple[str, str], float] = {}
+        self.cache.on_arp = self._arp_resolved
 
     # ---- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -218,24 +281,41 @@ class AgentCore:
                 return pid
         return None
 
-    def handle_miss(
-        self, ofport: int, eth_src: str, eth_dst: str, eth_type: int
-    ) -> Decision | None:
-        """Simulate a packet that missed the flow table. None: not ours."""
+    def handle_miss(self, ofport: int, fields: dict, frame: bytes | None = None
+                    ) -> Decision | None:
+        """Simulate a packet that missed the flow table. None: not ours.
+
+        ``fields``: the packet's header fields (``Packet`` minus in_port);
+        ``frame``: its bytes, quoted by ICMP answers and held while the
+        router resolves a next hop."""
         self.stats["packet_in"] += 1
         in_port = self.port_of(ofport)
         if in_port is None:
             return None
-        pkt = Packet(in_port=in_port, eth_src=eth_src.lower(), eth_dst=eth_dst.lower(),
-                     eth_type=eth_type)
-        result = simulate(self.cache, pkt)
+        pkt = Packet(in_port=in_port, **fields)
+        result = simulate(self.cache, pkt, self.clock())
         self.stats["simulated"] += 1
-        if result.learned:
-            self.spawn(self._learn, result.learned)
-        decision = self.translate(result)
-        decision.cookie = self.flows.add(decision.tags)
+        decision = self._decide(result, pkt, frame)
+        if result.wait_arp is not None and frame is not None:
+            self._hold(result.wait_arp, ofport, frame)
+        if decision.install:
+            decision.cookie = self.flows.add(decision.tags)
         if not decision.actions:
             self.stats["dropped"] += 1
+        return decision
+
+    def _decide(self, result: Result, pkt: Packet, frame: bytes | None,
+                depth: int = 0) -> Decision:
+        if result.learned:
+            self.spawn(self._learn, result.learned)
+        if result.arp_learned:
+            self.spawn(self._learn_arp, result.arp_learned)
+        decision = self.translate(result)
+        decision.packet = pkt
+        decision.install = result.cacheable
+        if depth < 2:
+            for gen in result.generated:
+                decision.emits += self.emit(gen, frame, depth + 1)
         return decision
 
     def translate(self, result: Result) -> Decision:
@@ -261,7 +341,88 @@ class AgentCore:
             if ofport is None:
                 continue
             actions.append(Tunnel(port.tunnel_key, ip, ofport))
-        return Decision(actions, result.match_fields, frozenset(tags), result)
+        return Decision(actions, result.match_fields, frozenset(tags), result,
+                        rewrites=result.rewrites if actions else ())
+
+    # ---- packets the topology sends ---------------------------------------
+    def emit(self, gen: Generated, original: bytes | None, depth: int = 1) -> list[Emit]:
+        """Send a generated packet out of router port ``gen.out_port``: into
+        the peer device (simulated from there) or out of the exterior port."""
+        if gen.kind == "icmp_error":
+            p = self.cache.ports.get(gen.out_port)
+            router = p.device_id if p else gen.out_port
+            if not self.icmp_bucket.take(router):
+                self.stats["icmp_limited"] += 1
+                return []
+        if gen.kind == "arp_request":
+            key = (self.cache.ports[gen.out_port].device_id, gen.get("ip_dst")) \
+                if gen.out_port in self.cache.ports else ("", "")
+            now = time.monotonic()
+            if now - self.arp_asked.get(key, -1e9) < ARP_RETRY_SECONDS:
+                return []  # asked very recently: the answer is on its way
+            self.arp_asked[key] = now
+        try:
+            frame = self.frames.build(gen, original)
+            fields = self.frames.parse(frame)
+        except (ValueError, NotImplementedError) as e:
+            LOG.warning("cannot build %s from port %s: %s", gen.kind, gen.out_port, e)
+            return []
+        self.stats["generated"] += 1
+        port = self.cache.ports.get(gen.out_port)
+        if port is None:
+            return []
+        if port.type == PORT_INTERIOR:
+            peer = self.cache.ports.get(port.peer_id) if port.peer_id else None
+            if peer is None:
+                return []
+            pkt = Packet(in_port=peer.id, **fields)
+            result = simulate(self.cache, pkt, self.clock())
+            d = self._decide(result, pkt, frame, depth)
+            out = [Emit(frame, d.actions, d.rewrites)] if d.actions else []
+            return out + d.emits
+        # An exterior port: straight out of its binding, wherever it is.
+        d = self.translate(Result(action=Action.FORWARD, out_ports=(port.id,)))
+        return [Emit(frame, d.actions)] if d.actions else []
+
+    # ---- next-hop resolution ------------------------------------------------
+    def _hold(self, key: tuple[str, str], ofport: int, frame: bytes) -> None:
+        now = time.monotonic()
+        q = [h for h in self.held[key] if h[0] > now]
+        if len(q) >= ARP_HOLD_MAX:
+            q.pop(0)
+            self.stats["arp_expired"] += 1
+        q.append((now + ARP_HOLD_SECONDS, ofport, frame))
+        self.held[key] = q
+        self.stats["arp_held"] += 1
+
+    def _arp_resolved(self, router_id: str, ip: str) -> None:
+        """An ARP entry appeared: the packets waiting for it are simulated again."""
+        waiting = self.held.pop((router_id, ip), [])
+        self.arp_asked.pop((router_id, ip), None)
+        now = time.monotonic()
+        for deadline, ofport, frame in waiting:
+            if deadline > now:
+                self.spawn(self.replay, ofport, frame)
+            else:
+                self.stats["arp_expired"] += 1
+
+    def _learn_arp(self, entries) -> None:
+        for router_id, ip, mac in entries:
+            cur = self.cache.arps.get((router_id, ip))
+            now = self.clock()
+            if cur and cur[0] == mac and now - cur[1] < ARP_REWRITE_SECONDS:
+                continue
+            try:
+                table = paths.arp_table(router_id)
+                for name in self.store.list_state(table):
+                    e = paths.parse_arp_entry(name)
+                    if e and e[0] == ip:
+                        self.store.delete_state(f"{table}/{name}")
+                self.store.put_state(paths.arp_entry(router_id, ip, mac, now), {},
+                                     ephemeral=True)
+            except MidoflowError as e:
+                LOG.warning("cannot record ARP %s -> %s on router %s: %s", ip, mac,
+                            router_id, e)
 
     def _learn(self, learned) -> None:
         for bridge_id, mac, port_id in learned:

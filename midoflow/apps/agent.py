@@ -20,18 +20,25 @@ from os_ken.controller.handler import (
     set_ev_cls,
 )
 from os_ken.lib import hub
-from os_ken.lib.packet import ethernet, packet
 from os_ken.ofproto import ofproto_v1_3
 
 from midoflow.agent.config import AgentConfig
-from midoflow.agent.core import AgentCore, BindingChange
-from midoflow.apps import ofp_unix, ovsdb, pipeline
+from midoflow.agent.core import AgentCore, BindingChange, Frames
+from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.store.factory import make_store
 
 LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
+
+
+class _OsKenFrames(Frames):
+    def build(self, gen, original):
+        return frames.build(gen, original)
+
+    def parse(self, frame):
+        return frames.parse(frame)
 
 
 class MidoflowAgent(app_manager.OSKenApp):
@@ -47,7 +54,8 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.classified: dict[str, tuple[int, int]] = {}  # port id -> (ofport, tunnel key)
         self.store = make_store(self.cfg.zookeeper, handler="eventlet")
         self.core = AgentCore(self.cfg, self.store, on_invalidate=self._delete_cookies,
-                              on_bindings=self._bindings_changed, spawn=hub.spawn)
+                              on_bindings=self._bindings_changed, spawn=hub.spawn,
+                              frames=_OsKenFrames(), replay=self._replay)
         self._poke = hub.Event()
 
     def start(self):
@@ -117,26 +125,48 @@ class MidoflowAgent(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
         msg = ev.msg
-        dp = msg.datapath
+        ofp = msg.datapath.ofproto
+        data = bytes(msg.data)
+        buffer_id = msg.buffer_id if msg.buffer_id != ofp.OFP_NO_BUFFER else None
+        self._process(msg.datapath, msg.match["in_port"], data, buffer_id)
+
+    def _replay(self, ofport: int, frame: bytes) -> None:
+        """A held packet whose next hop is now resolved: simulate it again."""
+        if self.dp is not None:
+            self._process(self.dp, ofport, frame, None)
+
+    def _process(self, dp, in_port: int, data: bytes, buffer_id: int | None) -> None:
         try:
-            eth = packet.Packet(msg.data).get_protocol(ethernet.ethernet)
-        except Exception:  # a malformed frame must never hurt the agent
-            eth = None
-        if eth is None:
+            fields = frames.parse(data)
+        except frames.FrameError:  # a malformed frame must never hurt the agent
             self.core.stats["malformed"] += 1
             return
-        in_port = msg.match["in_port"]
-        decision = self.core.handle_miss(in_port, eth.src, eth.dst, eth.ethertype)
+        try:
+            decision = self.core.handle_miss(in_port, fields, data)
+        except Exception:  # one bad packet must not stop the agent either
+            LOG.exception("simulation failed for a packet from ofport %s", in_port)
+            self.core.stats["malformed"] += 1
+            return
         if decision is None:
             return
+        p, ofp = dp.ofproto_parser, dp.ofproto
         actions = pipeline.actions_for(dp, decision)
-        fields = {"in_port": in_port, "eth_src": eth.src, "eth_dst": eth.dst}
-        dp.send_msg(pipeline.decision_flow(dp, decision, fields, self.cfg.idle_timeout, actions))
+        if decision.install:
+            dp.send_msg(pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout,
+                                               actions))
         if actions:
-            p, ofp = dp.ofproto_parser, dp.ofproto
-            data = msg.data if msg.buffer_id == ofp.OFP_NO_BUFFER else None
-            dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=msg.buffer_id, in_port=in_port,
-                                       actions=actions, data=data))
+            if buffer_id is not None:
+                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=buffer_id, in_port=in_port,
+                                           actions=actions, data=None))
+            else:
+                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                           in_port=in_port, actions=actions, data=data))
+        for em in decision.emits:
+            acts = pipeline.output_actions(dp, em.actions, em.rewrites)
+            if acts:
+                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                           in_port=ofp.OFPP_CONTROLLER, actions=acts,
+                                           data=em.frame))
 
     # ---- decisions of the core --------------------------------------------
     def _delete_cookies(self, cookies: set[int]) -> None:

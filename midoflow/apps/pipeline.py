@@ -6,13 +6,19 @@ Table 0 (CLASSIFY)
       (egress delivery by key alone: the ingress host already simulated it);
     * anything else is dropped.
 Table 1 (SIMULATED)
+    * IPv4 packets with a TTL below ``LOW_TTL`` always go to the controller
+      (OpenFlow cannot match "TTL > n", and a router on the path may have to
+      answer with ICMP time exceeded: traceroute works, nothing expires in OVS);
     * flows computed by the simulation, each with its own cookie and an idle
-      timeout; a miss goes to the controller (packet-in) to be simulated.
+      timeout, matching only the fields the decision read; a miss goes to the
+      controller (packet-in) to be simulated.
 """
 
 from __future__ import annotations
 
 from midoflow.agent.core import Decision, Output, Tunnel
+from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+from midoflow.sim.result import Rewrite
 
 TABLE_CLASSIFY = 0
 TABLE_SIMULATED = 1
@@ -20,8 +26,42 @@ TABLE_SIMULATED = 1
 PRIO_MISS = 0
 PRIO_CLASSIFY = 100
 PRIO_SIMULATED = 100
+PRIO_LOW_TTL = 200
+# More routers than this in one simulated flow is impossible (MAX_DEVICES).
+LOW_TTL = 8
 
-MATCH_FIELDS = {"in_port": "in_port", "eth_src": "eth_src", "eth_dst": "eth_dst"}
+_TP_FIELDS = {PROTO_TCP: ("tcp_src", "tcp_dst"), PROTO_UDP: ("udp_src", "udp_dst"),
+              PROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
+
+
+def match_kwargs(fields: frozenset[str], pkt: Packet, ofport: int) -> dict:
+    """OpenFlow match of a decision: the fields it read, with their
+    prerequisites (eth_type under IP/ARP fields, ip_proto under ports)."""
+    m: dict = {"in_port": ofport}
+    for f in ("eth_src", "eth_dst"):
+        if f in fields:
+            m[f] = getattr(pkt, f)
+    if "eth_type" in fields or fields & {"ip_src", "ip_dst", "ip_proto", "arp_op", "arp_tpa"}:
+        m["eth_type"] = pkt.eth_type
+    if pkt.eth_type == ETH_IP:
+        if "ip_src" in fields and pkt.ip_src:
+            m["ipv4_src"] = pkt.ip_src
+        if "ip_dst" in fields and pkt.ip_dst:
+            m["ipv4_dst"] = pkt.ip_dst
+        tp = fields & {"tp_src", "tp_dst"}
+        if ("ip_proto" in fields or tp) and pkt.ip_proto is not None:
+            m["ip_proto"] = pkt.ip_proto
+            names = _TP_FIELDS.get(pkt.ip_proto)
+            if names:
+                for f, name in zip(("tp_src", "tp_dst"), names, strict=True):
+                    if f in tp and getattr(pkt, f) is not None:
+                        m[name] = getattr(pkt, f)
+    elif pkt.eth_type == ETH_ARP:
+        if "arp_op" in fields and pkt.arp_op is not None:
+            m["arp_op"] = pkt.arp_op
+        if "arp_tpa" in fields and pkt.arp_tpa:
+            m["arp_tpa"] = pkt.arp_tpa
+    return m
 
 
 def _flow(dp, table, priority, match, instructions, **kw):
@@ -39,7 +79,11 @@ def base_flows(dp) -> list:
         p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
             p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])])
     drop = _flow(dp, TABLE_CLASSIFY, PRIO_MISS, p.OFPMatch(), [])
-    return [wipe, drop, miss]
+    to_ctl = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
+        p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+    low_ttl = [_flow(dp, TABLE_SIMULATED, PRIO_LOW_TTL, p.OFPMatch(eth_type=ETH_IP, nw_ttl=t),
+                     to_ctl) for t in range(LOW_TTL)]
+    return [wipe, drop, miss, *low_ttl]
 
 
 def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int]) -> list:
@@ -70,10 +114,25 @@ def unclassify_flows(dp, ofport: int, tunnel_key: int) -> list:
     ]
 
 
-def actions_for(dp, decision: Decision) -> list:
+def rewrite_actions(dp, rewrites: tuple[Rewrite, ...]) -> list:
     p = dp.ofproto_parser
     out = []
-    for a in decision.actions:
+    for r in rewrites:
+        if r.field in ("eth_src", "eth_dst"):
+            out.append(p.OFPActionSetField(**{r.field: r.value}))
+        elif r.field == "ttl":
+            out += [p.OFPActionDecNwTtl()] * int(r.value)
+    return out
+
+
+def actions_for(dp, decision: Decision) -> list:
+    return output_actions(dp, decision.actions, decision.rewrites)
+
+
+def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = ()) -> list:
+    p = dp.ofproto_parser
+    out = rewrite_actions(dp, rewrites) if outputs else []
+    for a in outputs:
         if isinstance(a, Output):
             out.append(p.OFPActionOutput(a.ofport))
         elif isinstance(a, Tunnel):
@@ -83,11 +142,10 @@ def actions_for(dp, decision: Decision) -> list:
     return out
 
 
-def decision_flow(dp, decision: Decision, fields: dict, idle_timeout: int, actions: list):
+def decision_flow(dp, decision: Decision, ofport: int, idle_timeout: int, actions: list):
     """The flow for one simulated decision; matches only what it depended on."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    match = p.OFPMatch(**{MATCH_FIELDS[f]: fields[f] for f in sorted(decision.match_fields)
-                          if f in MATCH_FIELDS})
+    match = p.OFPMatch(**match_kwargs(decision.match_fields, decision.packet, ofport))
     inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
     return _flow(dp, TABLE_SIMULATED, PRIO_SIMULATED, match, inst, cookie=decision.cookie,
                  idle_timeout=idle_timeout, flags=ofp.OFPFF_SEND_FLOW_REM)

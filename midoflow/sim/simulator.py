@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from midoflow.model import DEVICE_BRIDGE, PORT_INTERIOR, Port
+from midoflow.model import DEVICE_BRIDGE, DEVICE_ROUTER, PORT_INTERIOR, Port
+from midoflow.sim import router
 from midoflow.sim.packet import Packet, is_multicast
 from midoflow.sim.result import (
     Action,
@@ -41,19 +42,25 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
         b.step("port", ingress.id, "ingress port is down: drop")
         return b.result(Action.DROP, "ingress port down")
 
-    # Work list of (port the packet enters a device through).
-    queue: deque[Port] = deque([ingress])
+    # Work list of ports the packet enters a device through, each with the
+    # packet as it is there (routers rewrite it).
+    queue: deque[tuple[Port, Packet]] = deque([(ingress, pkt)])
     visited = 0
     while queue:
-        port = queue.popleft()
+        port, cur = queue.popleft()
         visited += 1
         if visited > MAX_DEVICES:
             b.step("sim", port.device_id, f"more than {MAX_DEVICES} devices: drop")
             return b.result(Action.DROP, "loop guard")
-        if port.device_type != DEVICE_BRIDGE:
+        if port.device_type == DEVICE_BRIDGE:
+            nexts = [(p, cur) for p in _bridge(view, port, cur, b)]
+        elif port.device_type == DEVICE_ROUTER:
+            hop = router.route(view, port, cur, b, now)
+            nexts = [hop] if hop else []
+        else:
             b.step("port", port.id, f"device type {port.device_type} not supported: drop")
             continue
-        for nxt in _bridge(view, port, pkt, b):
+        for nxt, npkt in nexts:
             if nxt.type == PORT_INTERIOR:
                 peer = view.port(nxt.peer_id) if nxt.peer_id else None
                 b.tags.add(port_tag(nxt.id))
@@ -62,7 +69,7 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
                     continue
                 b.tags.add(port_tag(peer.id))
                 b.step("port", nxt.id, f"to peer port {peer.id} on {peer.device_id}")
-                queue.append(peer)
+                queue.append((peer, npkt.with_port(peer.id)))
             else:
                 b.out.append(nxt.id)
     if not b.out:
@@ -91,7 +98,7 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
 
     if not is_multicast(pkt.eth_dst):
         b.tags.add(mac_tag(bid, pkt.eth_dst))
-        out_id = view.mac_port(bid, pkt.eth_dst)
+        out_id = _router_port_by_mac(view, bridge, pkt.eth_dst) or view.mac_port(bid, pkt.eth_dst)
         if out_id is not None:
             if out_id == inport.id:
                 b.step("bridge", bid, f"{pkt.eth_dst} is behind the ingress port: drop")
@@ -122,3 +129,16 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
             continue
         out_ports.append(p)
     return out_ports
+
+
+def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
+    """The bridge's interior port linked to the router port that owns ``mac``:
+    routers' MACs are known to their bridges without learning (as in MidoNet)."""
+    for pid in bridge.port_ids:
+        p = view.port(pid)
+        if p is None or p.type != PORT_INTERIOR or not p.peer_id:
+            continue
+        peer = view.port(p.peer_id)
+        if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac == mac:
+            return pid
+    return None

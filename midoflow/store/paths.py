@@ -34,3 +34,28 @@ def parse_mac_entry(name: str) -> tuple[str, str] | None:
     """``"<mac>,<port_id>"`` -> (mac, port_id); None for a foreign name."""
     mac, sep, port_id = name.partition(",")
     return (mac, port_id) if sep and mac and port_id else None
+
+
+def arp_table(router_id: str) -> str:
+    """Children named ``<ip>,<mac>,<learned_at>``: the router's ARP table.
+
+    Like the MAC table, an entry lives in its name (one children watch per
+    router follows the whole table). ``learned_at`` is whole epoch seconds;
+    a refresh writes a new name and removes the old one."""
+    return f"tables/routers/{router_id}/arp"
+
+
+def arp_entry(router_id: str, ip: str, mac: str, learned_at: float) -> str:
+    """Ephemeral, written by the agent that saw the ARP packet."""
+    return f"{arp_table(router_id)}/{ip},{mac},{int(learned_at)}"
+
+
+def parse_arp_entry(name: str) -> tuple[str, str, float] | None:
+    """``"<ip>,<mac>,<learned_at>"`` -> (ip, mac, learned_at); None for a foreign name."""
+    parts = name.split(",")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        return parts[0], parts[1], float(parts[2])
+    except ValueError:
+        return None

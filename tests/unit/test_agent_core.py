@@ -12,6 +12,11 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 M1, M2, M3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
 
 
+
+def eth(src: str, dst: str, eth_type: int) -> dict:
+    """Packet-in fields of a frame with only these headers."""
+    return {"eth_src": src, "eth_dst": dst, "eth_type": eth_type}
+
 def cfg(host):
     return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
                        tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
@@ -55,29 +60,29 @@ def test_bindings_publish_active_ports_and_host_state(world):
 
 def test_broadcast_goes_local_and_through_the_tunnel_with_the_port_key(world):
     _, agents, _ = world
-    d = agents["h1"].handle_miss(5, M1, BCAST, 0x806)
+    d = agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))
     assert set(d.actions) == {Output(6), Tunnel(12, "10.0.0.2", 1)}
 
 
 def test_learning_is_replicated_and_invalidates_flood_flows(world):
     api, agents, inv = world
-    flood = agents["h2"].handle_miss(5, M2, M1, 0x800)  # M1 unknown yet: flood
+    flood = agents["h2"].handle_miss(5, eth(M2, M1, 0x800))  # M1 unknown yet: flood
     assert set(flood.actions) == {Tunnel(11, "10.0.0.1", 1), Tunnel(13, "10.0.0.1", 1)}
-    agents["h1"].handle_miss(5, M1, BCAST, 0x806)  # learns M1 on p1
+    agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))  # learns M1 on p1
     assert api.list_state(paths.mac_table("b")) == [f"{M1},p1", f"{M2},p2"]
     assert flood.cookie in inv["h2"]
-    d = agents["h2"].handle_miss(5, M2, M1, 0x800)
+    d = agents["h2"].handle_miss(5, eth(M2, M1, 0x800))
     assert d.actions == [Tunnel(11, "10.0.0.1", 1)]
 
 
 def test_deleting_a_port_removes_exactly_the_flows_through_it(world):
     api, agents, inv = world
     a = agents["h1"]
-    a.handle_miss(5, M1, BCAST, 0x806)
-    a.handle_miss(6, M3, BCAST, 0x806)
-    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
-    to_m2 = a.handle_miss(5, M1, M2, 0x800)
-    m1_to_m3 = a.handle_miss(5, M1, M3, 0x800)
+    a.handle_miss(5, eth(M1, BCAST, 0x806))
+    a.handle_miss(6, eth(M3, BCAST, 0x806))
+    agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
+    to_m2 = a.handle_miss(5, eth(M1, M2, 0x800))
+    m1_to_m3 = a.handle_miss(5, eth(M1, M3, 0x800))
     assert to_m2.actions == [Tunnel(12, "10.0.0.2", 1)] and m1_to_m3.actions == [Output(6)]
     inv["h1"].clear()
     bridge, v = api.get("bridges", "b")
@@ -90,26 +95,26 @@ def test_deleting_a_port_removes_exactly_the_flows_through_it(world):
 def test_port_down_drops_and_port_up_restores(world):
     api, agents, inv = world
     a = agents["h1"]
-    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
-    d = a.handle_miss(5, M1, M2, 0x800)
+    agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
+    d = a.handle_miss(5, eth(M1, M2, 0x800))
     port, v = api.get("ports", "p2")
     port["admin_state_up"] = False
     api.commit([Update("ports", port, v)])
     assert d.cookie in inv["h1"]
-    assert a.handle_miss(5, M1, M2, 0x800).actions == []
+    assert a.handle_miss(5, eth(M1, M2, 0x800)).actions == []
 
 
 def test_unbinding_on_one_host_and_binding_on_another_moves_the_port(world):
     api, agents, inv = world
-    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
-    d = agents["h1"].handle_miss(5, M1, M2, 0x800)
+    agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
+    d = agents["h1"].handle_miss(5, eth(M1, M2, 0x800))
     agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None)})
     assert api.get_state(paths.port_active("p2")) is None
     assert d.cookie in inv["h1"]
     agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1"),
                                  "vm3": (6, "p3"), "vm2": (7, "p2")})
     # The old host forgot M2 when the port left it: flooded, now locally only.
-    assert set(agents["h1"].handle_miss(5, M1, M2, 0x800).actions) == {Output(6), Output(7)}
+    assert set(agents["h1"].handle_miss(5, eth(M1, M2, 0x800)).actions) == {Output(6), Output(7)}
 
 
 def test_api_binding_without_iface_id(world):
@@ -123,8 +128,8 @@ def test_api_binding_without_iface_id(world):
 
 def test_host_death_removes_its_ports(world):
     api, agents, inv = world
-    agents["h2"].handle_miss(5, M2, BCAST, 0x806)
-    d = agents["h1"].handle_miss(5, M1, M2, 0x800)
+    agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
+    d = agents["h1"].handle_miss(5, eth(M1, M2, 0x800))
     agents["h2"].store.close()
     assert "p2" not in agents["h1"].cache.port_hosts
     assert d.cookie in inv["h1"]
@@ -135,10 +140,10 @@ def test_gre_zone_uses_the_gre_port(world):
     zone, v = api.get("tunnel_zones", "z")
     zone["type"] = "gre"
     api.commit([Update("tunnel_zones", zone, v)])
-    d = agents["h1"].handle_miss(5, M1, BCAST, 0x806)
+    d = agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))
     assert Tunnel(12, "10.0.0.2", 2) in d.actions
 
 
 def test_packet_from_unbound_ofport_is_ignored(world):
     _, agents, _ = world
-    assert agents["h1"].handle_miss(42, M1, BCAST, 0x806) is None
+    assert agents["h1"].handle_miss(42, eth(M1, BCAST, 0x806)) is None

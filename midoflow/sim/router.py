@@ -1,0 +1,252 @@
+"""A virtual L3 router, simulated: ARP for its own addresses, ICMP echo and
+errors, longest-prefix match with source prefixes, weights and ECMP, next-hop
+resolution through the replicated ARP table, MAC rewrite and TTL decrement.
+
+Pure: reads a TopologyView, writes into the simulation's builder.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+
+import netaddr
+
+from midoflow.model import (
+    ROUTE_BLACKHOLE,
+    ROUTE_DEFAULT_WEIGHT,
+    ROUTE_NORMAL,
+    ROUTE_REJECT,
+    Port,
+)
+from midoflow.sim.packet import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST,
+    ETH_ARP,
+    ETH_IP,
+    ICMP_ECHO_REQUEST,
+    ICMP_TIME_EXCEEDED,
+    ICMP_UNREACH,
+    PROTO_ICMP,
+    UNREACH_FILTER,
+    UNREACH_NET,
+    Packet,
+)
+from midoflow.sim.result import (
+    Generated,
+    Rewrite,
+    _Builder,
+    arp_tag,
+    port_tag,
+    router_tag,
+    routes_tag,
+)
+from midoflow.sim.view import TopologyView
+
+# MidoNet's ARP cache timings: an entry older than STALE is still used but
+# refreshed by a new request; older than EXPIRE it is not used any more.
+ARP_STALE = 1800.0
+ARP_EXPIRE = 3600.0
+ANY = netaddr.IPNetwork("0.0.0.0/0")
+ICMP_ERRORS = (ICMP_UNREACH, ICMP_TIME_EXCEEDED, 4, 5, 12)  # never answered with an error
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A route as the lookup sees it (configured, or connected from a port)."""
+
+    dst: netaddr.IPNetwork
+    src: netaddr.IPNetwork
+    port_id: str | None
+    gateway: str | None
+    weight: int
+    type: str
+    id: str
+
+
+def _network(port: Port) -> netaddr.IPNetwork | None:
+    if port.ip_address is None or port.prefix_len is None:
+        return None
+    return netaddr.IPNetwork(f"{port.ip_address}/{port.prefix_len}").cidr
+
+
+def candidates(view: TopologyView, router_id: str, ports: list[Port]) -> list[Candidate]:
+    """Connected networks of the router's ports, then its configured routes."""
+    out = []
+    for p in ports:
+        net = _network(p)
+        if net is not None:
+            out.append(Candidate(net, ANY, p.id, None, 0, ROUTE_NORMAL, f"connected:{p.id}"))
+    for r in view.routes(router_id):
+        out.append(Candidate(netaddr.IPNetwork(r.dst_cidr), netaddr.IPNetwork(r.src_cidr),
+                             r.next_hop_port, r.next_hop_gateway,
+                             r.weight if r.weight is not None else ROUTE_DEFAULT_WEIGHT,
+                             r.type, r.id))
+    return out
+
+
+def lookup(cands: list[Candidate], src: str, dst: str) -> list[Candidate]:
+    """The best routes for (src, dst): longest destination prefix, then
+    longest source prefix, then lowest weight; several left means ECMP."""
+    s, d = netaddr.IPAddress(src or "0.0.0.0"), netaddr.IPAddress(dst)
+    best: list[Candidate] = []
+    best_key: tuple[int, int, int] | None = None
+    for c in cands:
+        if d not in c.dst or s not in c.src:
+            continue
+        key = (c.dst.prefixlen, c.src.prefixlen, -c.weight)
+        if best_key is None or key > best_key:
+            best, best_key = [c], key
+        elif key == best_key:
+            best.append(c)
+    return sorted(best, key=lambda c: c.id)
+
+
+def flow_hash(pkt: Packet) -> int:
+    """A stable hash of the 5-tuple: the same flow always takes the same path."""
+    key = f"{pkt.ip_src}|{pkt.ip_dst}|{pkt.ip_proto}|{pkt.tp_src}|{pkt.tp_dst}"
+    return zlib.crc32(key.encode())
+
+
+def _gen(kind: str, out_port: str, **fields) -> Generated:
+    return Generated(kind, out_port, tuple(sorted(fields.items())))
+
+
+def icmp_error(b: _Builder, inport: Port, pkt: Packet, icmp_type: int, code: int,
+               why: str) -> None:
+    """Answer ``pkt`` with an ICMP error from ``inport`` (never about an ICMP
+    error, a broadcast or a packet without a source)."""
+    b.cacheable = False
+    if (pkt.ip_proto == PROTO_ICMP and pkt.tp_src in ICMP_ERRORS) or not pkt.ip_src \
+            or pkt.eth_dst == BROADCAST or inport.ip_address is None:
+        b.step("router", inport.device_id, f"{why}: drop (no ICMP error for this packet)")
+        return
+    b.generated.append(_gen("icmp_error", inport.id, icmp_type=icmp_type, icmp_code=code,
+                            eth_src=inport.mac, eth_dst=pkt.eth_src,
+                            ip_src=inport.ip_address, ip_dst=pkt.ip_src))
+    b.step("router", inport.device_id,
+           f"{why}: ICMP type {icmp_type} code {code} to {pkt.ip_src}")
+
+
+def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
+          now: float) -> tuple[Port, Packet] | None:
+    """One router: the port the packet leaves through and the packet as it
+    leaves, or None when the router consumed or dropped it."""
+    rid = inport.device_id
+    b.tags.add(router_tag(rid))
+    router = view.router(rid)
+    if router is None:
+        b.step("router", rid, "router missing: drop")
+        return None
+    if not router.admin_state_up:
+        b.step("router", rid, "router is down: drop")
+        return None
+    ports = [p for p in (view.port(pid) for pid in router.port_ids) if p is not None]
+    b.fields.update(("eth_dst", "eth_type"))
+
+    if pkt.eth_type == ETH_ARP:
+        _arp(inport, pkt, b)
+        return None
+    if pkt.eth_dst != inport.mac:
+        b.step("router", rid, f"{pkt.eth_dst} is not port {inport.id}'s MAC: drop")
+        return None
+    if pkt.eth_type != ETH_IP or pkt.ip_dst is None:
+        b.step("router", rid, f"ethertype {pkt.eth_type:#06x} not routed: drop")
+        return None
+
+    b.fields.add("ip_dst")
+    mine = {p.ip_address: p for p in ports if p.ip_address}
+    if pkt.ip_dst in mine:
+        b.fields.update(("ip_proto", "tp_src"))
+        if pkt.ip_proto == PROTO_ICMP and pkt.tp_src == ICMP_ECHO_REQUEST:
+            b.cacheable = False
+            b.generated.append(_gen("icmp_echo_reply", inport.id, eth_src=inport.mac,
+                                    eth_dst=pkt.eth_src, ip_src=pkt.ip_dst,
+                                    ip_dst=pkt.ip_src))
+            b.step("router", rid, f"ICMP echo request to its address {pkt.ip_dst}: reply")
+        else:
+            b.step("router", rid, f"to its own address {pkt.ip_dst}: drop")
+        return None
+
+    if pkt.ip_ttl <= 1:
+        icmp_error(b, inport, pkt, ICMP_TIME_EXCEEDED, 0, f"TTL {pkt.ip_ttl} expires here")
+        return None
+
+    b.tags.add(routes_tag(rid))
+    cands = candidates(view, rid, ports)
+    if any(c.src.prefixlen for c in cands):
+        b.fields.add("ip_src")
+    best = lookup(cands, pkt.ip_src or "0.0.0.0", pkt.ip_dst)
+    if not best:
+        icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_NET, f"no route to {pkt.ip_dst}")
+        return None
+    chosen = best[0]
+    if len(best) > 1:
+        b.fields.update(("ip_src", "ip_proto", "tp_src", "tp_dst"))
+        chosen = best[flow_hash(pkt) % len(best)]
+        b.step("router", rid, f"ECMP: {len(best)} equal routes, flow hash picks {chosen.id}")
+    if chosen.type == ROUTE_BLACKHOLE:
+        b.step("router", rid, f"route {chosen.id} ({chosen.dst}) is a blackhole: drop")
+        return None
+    if chosen.type == ROUTE_REJECT:
+        icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_FILTER,
+                   f"route {chosen.id} ({chosen.dst}) rejects")
+        return None
+    out = view.port(chosen.port_id) if chosen.port_id else None
+    if chosen.port_id:
+        b.tags.add(port_tag(chosen.port_id))
+    if out is None or out.device_id != rid or not out.admin_state_up:
+        icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_NET,
+                   f"route {chosen.id} leads to a missing or down port")
+        return None
+    hop = chosen.gateway or pkt.ip_dst
+    via = f"via {chosen.gateway}" if chosen.gateway else "directly connected"
+    b.step("router", rid, f"{pkt.ip_dst} matches {chosen.dst} ({chosen.id}): out port "
+                          f"{out.id}, {via}")
+
+    b.tags.add(arp_tag(rid, hop))
+    entry = view.arp(rid, hop)
+    if entry is None or now - entry[1] > ARP_EXPIRE:
+        if out.ip_address is None or out.mac is None:
+            b.step("router", rid, f"port {out.id} has no address to ARP from: drop")
+            return None
+        b.generated.append(_gen("arp_request", out.id, eth_src=out.mac, ip_src=out.ip_address,
+                                ip_dst=hop))
+        b.wait_arp = (rid, hop)
+        b.step("router", rid, f"no ARP entry for {hop}: ARP request out of {out.id}, "
+                              "the packet waits")
+        return None
+    mac = entry[0]
+    if now - entry[1] > ARP_STALE:
+        b.generated.append(_gen("arp_request", out.id, eth_src=out.mac, ip_src=out.ip_address,
+                                ip_dst=hop))
+        b.step("router", rid, f"ARP entry for {hop} is stale: refresh it")
+    b.rewrites += [Rewrite("eth_src", out.mac), Rewrite("eth_dst", mac), Rewrite("ttl", 1)]
+    b.step("router", rid, f"next hop {hop} is {mac}: eth {out.mac} -> {mac}, "
+                          f"TTL {pkt.ip_ttl} -> {pkt.ip_ttl - 1}")
+    return out, replace(pkt, in_port=out.id, eth_src=out.mac, eth_dst=mac,
+                        ip_ttl=pkt.ip_ttl - 1)
+
+
+def _arp(inport: Port, pkt: Packet, b: _Builder) -> None:
+    """ARP at a router port: answer requests for its address; learn senders on
+    its network (requests and replies addressed to it)."""
+    rid = inport.device_id
+    b.cacheable = False  # the router's answer depends on the whole ARP payload
+    b.fields.update(("arp_op", "arp_tpa"))
+    if inport.ip_address is None or pkt.arp_tpa != inport.ip_address:
+        b.step("router", rid, f"ARP for {pkt.arp_tpa}, not port {inport.id}'s address: drop")
+        return
+    net = _network(inport)
+    if pkt.arp_spa and pkt.arp_sha and net is not None \
+            and netaddr.IPAddress(pkt.arp_spa) in net and pkt.arp_spa != inport.ip_address:
+        b.arp_learned.append((rid, pkt.arp_spa, pkt.arp_sha))
+        b.step("router", rid, f"ARP: learn {pkt.arp_spa} is at {pkt.arp_sha}")
+    if pkt.arp_op == ARP_REQUEST:
+        b.generated.append(_gen("arp_reply", inport.id, eth_src=inport.mac,
+                                eth_dst=pkt.arp_sha or pkt.eth_src, ip_src=inport.ip_address,
+                                ip_dst=pkt.arp_spa))
+        b.step("router", rid, f"ARP request for {pkt.arp_tpa}: reply {inport.mac}")
+    elif pkt.arp_op != ARP_REPLY:
+        b.step("router", rid, f"ARP op {pkt.arp_op}: drop")
