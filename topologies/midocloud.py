@@ -188,3 +188,39 @@ class MidoCloud:
         hid = self.host_ids[h.name]
         wait_for(lambda: self.port_host(port_id) == hid, timeout,
                  f"port {port_id} to become active on {h.name}")
+
+    # ---- routers ----------------------------------------------------------------
+    def router(self, name: str, tenant: str = "") -> str:
+        return self.api.request("POST", "/routers", {"name": name, "tenant_id": tenant})["id"]
+
+    def router_port(self, router_id: str, cidr: str, mac: str | None = None,
+                    interior: bool = True, name: str = "") -> str:
+        """A port of the router with address ``cidr`` ("192.168.1.1/24")."""
+        ip, plen = cidr.split("/")
+        body = {"ip_address": ip, "prefix_len": int(plen),
+                "type": "interior" if interior else "exterior"}
+        if mac:
+            body["mac"] = mac
+        if name:
+            body["name"] = name
+        return self.api.request("POST", f"/routers/{router_id}/ports", body)["id"]
+
+    def link(self, port_a: str, port_b: str) -> None:
+        self.api.request("PUT", f"/ports/{port_a}/link", {"peer_id": port_b})
+
+    def attach(self, router_id: str, bridge_id: str, cidr: str, mac: str | None = None) -> str:
+        """Plug the router into the bridge with address ``cidr``: a router port
+        linked to a new interior bridge port. Returns the router port."""
+        rp = self.router_port(router_id, cidr, mac)
+        bp = self.api.request("POST", f"/bridges/{bridge_id}/ports", {"type": "interior"})["id"]
+        self.link(rp, bp)
+        return rp
+
+    def route(self, router_id: str, dst: str, port: str | None = None,
+              gateway: str | None = None, **kw) -> str:
+        body = {"dst_cidr": dst, **kw}
+        if port:
+            body["next_hop_port"] = port
+        if gateway:
+            body["next_hop_gateway"] = gateway
+        return self.api.request("POST", f"/routers/{router_id}/routes", body)["id"]

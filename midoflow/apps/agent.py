@@ -118,6 +118,14 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _port_status(self, ev):
         self._poke.set()
 
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev):
+        """OVS refused something we sent: say what, it is always our bug."""
+        msg = ev.msg
+        self.core.stats["of_errors"] = self.core.stats.get("of_errors", 0) + 1
+        LOG.error("OVS answered OpenFlow error type=%d code=%d to xid %s: %s",
+                  msg.type, msg.code, msg.xid, bytes(msg.data[:64]).hex())
+
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev):
         self.core.flow_removed(ev.msg.cookie)

@@ -81,8 +81,11 @@ def base_flows(dp) -> list:
     drop = _flow(dp, TABLE_CLASSIFY, PRIO_MISS, p.OFPMatch(), [])
     to_ctl = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
         p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
-    low_ttl = [_flow(dp, TABLE_SIMULATED, PRIO_LOW_TTL, p.OFPMatch(eth_type=ETH_IP, nw_ttl=t),
-                     to_ctl) for t in range(LOW_TTL)]
+    # nw_ttl is an OVS extension field; OVS checks prerequisites in order, so
+    # eth_type must come first (os-ken would put nw_ttl first).
+    low_ttl = [_flow(dp, TABLE_SIMULATED, PRIO_LOW_TTL,
+                     p.OFPMatch(_ordered_fields=[("eth_type", ETH_IP), ("nw_ttl", t)]), to_ctl)
+               for t in range(LOW_TTL)]
     return [wipe, drop, miss, *low_ttl]
 
 
