@@ -15,6 +15,7 @@ from midoflow.model import (
     BRIDGES,
     DEVICE_ROUTER,
     HOSTS,
+    PORT_INTERIOR,
     PORTS,
     ROUTERS,
     ROUTES,
@@ -65,10 +66,13 @@ class TopologyCache:
         self.routers: dict[str, Router] = {}
         self.route_objs: dict[str, Route] = {}
         self.routes_by_router: dict[str, dict[str, Route]] = {}
+        self._route_tuples: dict[str, tuple[Route, ...]] = {}  # stable until changed
         # (router, ip) -> (mac, learned_at, entry name in the store)
         self.arps: dict[tuple[str, str], tuple[str, float, str]] = {}
         # Called with (router_id, ip) when an ARP entry appears or changes.
         self.on_arp: Callable[[str, str], None] = lambda _r, _ip: None
+        # (bridge, router port MAC) -> the bridge's interior port linked to it
+        self.router_macs: dict[tuple[str, str], str] = {}
         self._watched: set[tuple[str, str]] = set()
 
     # ---- TopologyView -----------------------------------------------------
@@ -84,8 +88,24 @@ class TopologyCache:
     def router(self, router_id: str) -> Router | None:
         return self.routers.get(router_id)
 
-    def routes(self, router_id: str) -> list[Route]:
-        return list(self.routes_by_router.get(router_id, {}).values())
+    def router_mac_port(self, bridge_id: str, mac: str) -> str | None:
+        return self.router_macs.get((bridge_id, mac))
+
+    def _index_router_macs(self) -> None:
+        idx = {}
+        for p in self.ports.values():
+            if p.type == PORT_INTERIOR and p.peer_id and p.device_type != DEVICE_ROUTER:
+                peer = self.ports.get(p.peer_id)
+                if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac:
+                    idx[(p.device_id, peer.mac)] = p.id
+        self.router_macs = idx
+
+    def routes(self, router_id: str) -> tuple[Route, ...]:
+        t = self._route_tuples.get(router_id)
+        if t is None:
+            t = tuple(self.routes_by_router.get(router_id, {}).values())
+            self._route_tuples[router_id] = t
+        return t
 
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         e = self.arps.get((router_id, ip))
@@ -138,6 +158,8 @@ class TopologyCache:
                 self.ports[oid] = new
             else:
                 self.ports.pop(oid, None)
+            if any(p is not None and p.type == PORT_INTERIOR for p in (old, new)):
+                self._index_router_macs()
             if old != new:
                 tags.add(port_tag(oid))
                 for p in (old, new):
@@ -180,6 +202,9 @@ class TopologyCache:
         elif kind == ROUTES:
             old_rt = self.route_objs.pop(oid, None)
             new_rt = model.Route.from_dict(data) if data else None
+            for r in (old_rt, new_rt):
+                if r is not None:
+                    self._route_tuples.pop(r.router_id, None)
             if old_rt is not None:
                 self.routes_by_router.get(old_rt.router_id, {}).pop(oid, None)
                 tags.add(routes_tag(old_rt.router_id))

@@ -7,8 +7,9 @@ Pure: reads a TopologyView, writes into the simulation's builder.
 
 from __future__ import annotations
 
+import socket
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import netaddr
 
@@ -86,21 +87,63 @@ def candidates(view: TopologyView, router_id: str, ports: list[Port]) -> list[Ca
     return out
 
 
-def lookup(cands: list[Candidate], src: str, dst: str) -> list[Candidate]:
+def _ip_int(ip: str) -> int:
+    return int.from_bytes(socket.inet_aton(ip), "big")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A router's routes compiled for lookup: (preference key, dst net, dst
+    mask, src net, src mask, candidate), best preference first."""
+
+    rows: tuple[tuple[tuple[int, int, int], int, int, int, int, Candidate], ...]
+    has_src: bool
+
+
+def compile_table(cands: list[Candidate]) -> Table:
+    rows = []
+    for c in cands:
+        key = (c.dst.prefixlen, c.src.prefixlen, -c.weight)
+        rows.append((key, int(c.dst.network), int(c.dst.netmask), int(c.src.network),
+                     int(c.src.netmask), c))
+    rows.sort(key=lambda r: (r[0], r[5].id), reverse=True)
+    return Table(tuple(rows), any(c.src.prefixlen for c in cands))
+
+
+def lookup(cands: list[Candidate] | Table, src: str, dst: str) -> list[Candidate]:
     """The best routes for (src, dst): longest destination prefix, then
     longest source prefix, then lowest weight; several left means ECMP."""
-    s, d = netaddr.IPAddress(src or "0.0.0.0"), netaddr.IPAddress(dst)
+    table = cands if isinstance(cands, Table) else compile_table(cands)
+    s, d = _ip_int(src or "0.0.0.0"), _ip_int(dst)
     best: list[Candidate] = []
-    best_key: tuple[int, int, int] | None = None
-    for c in cands:
-        if d not in c.dst or s not in c.src:
-            continue
-        key = (c.dst.prefixlen, c.src.prefixlen, -c.weight)
-        if best_key is None or key > best_key:
-            best, best_key = [c], key
-        elif key == best_key:
+    best_key = None
+    for key, dnet, dmask, snet, smask, c in table.rows:
+        if best_key is not None and key != best_key:
+            break
+        if d & dmask == dnet and s & smask == snet:
+            best_key = key
             best.append(c)
     return sorted(best, key=lambda c: c.id)
+
+
+# Compiled tables by the identity of what they were compiled from (the agent's
+# cache and the views replace an object when it changes, never mutate it).
+_TABLES: dict[tuple[int, ...], tuple[tuple[object, ...], Table]] = {}
+_TABLES_MAX = 4096
+
+
+def table_for(view: TopologyView, router_id: str, router, ports: list[Port]) -> Table:
+    routes = view.routes(router_id)
+    objs = (router, routes, *ports)
+    key = tuple(id(o) for o in objs)
+    hit = _TABLES.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
+        return hit[1]
+    table = compile_table(candidates(view, router_id, ports))
+    if len(_TABLES) >= _TABLES_MAX:
+        _TABLES.clear()
+    _TABLES[key] = (objs, table)
+    return table
 
 
 def flow_hash(pkt: Packet) -> int:
@@ -174,10 +217,10 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
         return None
 
     b.tags.add(routes_tag(rid))
-    cands = candidates(view, rid, ports)
-    if any(c.src.prefixlen for c in cands):
+    table = table_for(view, rid, router, ports)
+    if table.has_src:
         b.fields.add("ip_src")
-    best = lookup(cands, pkt.ip_src or "0.0.0.0", pkt.ip_dst)
+    best = lookup(table, pkt.ip_src or "0.0.0.0", pkt.ip_dst)
     if not best:
         icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_NET, f"no route to {pkt.ip_dst}")
         return None
@@ -225,8 +268,7 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.rewrites += [Rewrite("eth_src", out.mac), Rewrite("eth_dst", mac), Rewrite("ttl", 1)]
     b.step("router", rid, f"next hop {hop} is {mac}: eth {out.mac} -> {mac}, "
                           f"TTL {pkt.ip_ttl} -> {pkt.ip_ttl - 1}")
-    return out, replace(pkt, in_port=out.id, eth_src=out.mac, eth_dst=mac,
-                        ip_ttl=pkt.ip_ttl - 1)
+    return out, pkt.evolve(eth_src=out.mac, eth_dst=mac, ip_ttl=pkt.ip_ttl - 1)
 
 
 def _arp(inport: Port, pkt: Packet, b: _Builder) -> None:

@@ -69,7 +69,7 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
                     continue
                 b.tags.add(port_tag(peer.id))
                 b.step("port", nxt.id, f"to peer port {peer.id} on {peer.device_id}")
-                queue.append((peer, npkt.with_port(peer.id)))
+                queue.append((peer, npkt))  # devices read the port, not pkt.in_port
             else:
                 b.out.append(nxt.id)
     if not b.out:
@@ -133,7 +133,11 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
 
 def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
     """The bridge's interior port linked to the router port that owns ``mac``:
-    routers' MACs are known to their bridges without learning (as in MidoNet)."""
+    routers' MACs are known to their bridges without learning (as in MidoNet).
+    A view may keep an index of them (``router_mac_port``); else scan."""
+    indexed = getattr(view, "router_mac_port", None)
+    if indexed is not None:
+        return indexed(bridge.id, mac)
     for pid in bridge.port_ids:
         p = view.port(pid)
         if p is None or p.type != PORT_INTERIOR or not p.peer_id:

@@ -29,7 +29,10 @@ class TopologyView(Protocol):
 
 
 class DictView:
-    """A TopologyView over plain dicts: unit tests, tracing, benchmarks."""
+    """A TopologyView over plain dicts: unit tests, tracing, benchmarks.
+
+    Replace a value to change it, never mutate it in place: the simulation
+    memoises what it derives from an object by the object's identity."""
 
     def __init__(
         self,
@@ -37,7 +40,7 @@ class DictView:
         bridges: dict[str, Bridge] | None = None,
         macs: dict[tuple[str, str], str] | None = None,
         routers: dict[str, Router] | None = None,
-        routes_by_router: dict[str, list[Route]] | None = None,
+        routes_by_router: dict[str, Sequence[Route]] | None = None,
         arps: dict[tuple[str, str], tuple[str, float]] | None = None,
     ) -> None:
         self.ports = ports or {}

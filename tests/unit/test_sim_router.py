@@ -80,9 +80,10 @@ class Topo:
         self.port(bp, bid, type=PORT_INTERIOR, peer_id=rpid)
 
     def route(self, rid, rid_route, dst, port=None, gw=None, **kw):
-        self.v.routes_by_router.setdefault(rid, []).append(
-            Route(id=rid_route, router_id=rid, dst_cidr=dst, next_hop_port=port,
-                  next_hop_gateway=gw, **kw))
+        old = self.v.routes_by_router.get(rid, ())
+        self.v.routes_by_router[rid] = (*old, Route(
+            id=rid_route, router_id=rid, dst_cidr=dst, next_hop_port=port,
+            next_hop_gateway=gw, **kw))
 
 
 def ip_pkt(src="192.168.1.10", dst="192.168.2.20", ttl=64, proto=PROTO_TCP, sport=1000,
