@@ -140,6 +140,9 @@ class AgentCore:
         self.held: dict[tuple[str, str], list[tuple[float, int, bytes]]] = defaultdict(list)
         self.arp_asked: dict[tuple[str, str], float] = {}
         self.cache.on_arp = self._arp_resolved
+        # State the store refused (no quorum): written again by resync().
+        self.unsynced_ports: set[str] = set()
+        self.unsynced_host = False
 
     # ---- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -169,8 +172,11 @@ class AgentCore:
         }
         try:
             self.store.put_state(paths.host_alive(self.cfg.host_id), state, ephemeral=True)
+            self.unsynced_host = False
         except MidoflowError as e:
-            LOG.warning("cannot publish host state: %s", e)
+            if not self.unsynced_host:  # once, not at every retry
+                LOG.warning("cannot publish host state (will retry): %s", e)
+            self.unsynced_host = True
 
     def set_connected(self, connected: bool) -> None:
         self.ovs_connected = connected
@@ -255,8 +261,11 @@ class AgentCore:
     def _activate(self, port_id: str) -> None:
         try:
             self.store.put_state(paths.port_active(port_id), {"host_id": self.cfg.host_id})
+            self.unsynced_ports.discard(port_id)
         except MidoflowError as e:
-            LOG.warning("cannot mark port %s active: %s", port_id, e)
+            if port_id not in self.unsynced_ports:
+                LOG.warning("cannot mark port %s active (will retry): %s", port_id, e)
+            self.unsynced_ports.add(port_id)
 
     def _deactivate(self, port_id: str) -> None:
         try:
@@ -266,8 +275,23 @@ class AgentCore:
             for (bridge_id, mac), pid in list(self.cache.macs.items()):
                 if pid == port_id:
                     self.store.delete_state(paths.mac_entry(bridge_id, mac, port_id))
+            self.unsynced_ports.discard(port_id)
         except MidoflowError as e:
-            LOG.warning("cannot mark port %s inactive: %s", port_id, e)
+            if port_id not in self.unsynced_ports:
+                LOG.warning("cannot mark port %s inactive (will retry): %s", port_id, e)
+            self.unsynced_ports.add(port_id)
+
+    def resync(self) -> bool:
+        """Write again what the store refused (ports activated or deactivated,
+        the host's state) as things are now. True when nothing is left."""
+        for pid in sorted(self.unsynced_ports):
+            if pid in self.bindings:
+                self._activate(pid)
+            else:
+                self._deactivate(pid)
+        if self.unsynced_host:
+            self.publish_state()
+        return not self.unsynced_ports and not self.unsynced_host
 
     def tunnel_keys(self) -> dict[str, int]:
         """Local port id -> its tunnel key, for egress delivery flows."""

@@ -87,6 +87,8 @@ class MidoflowAgent(app_manager.OSKenApp):
                 LOG.warning("OVSDB: %s", e)
             except Exception:
                 LOG.exception("OVSDB poll failed")
+            if self.core.unsynced_ports or self.core.unsynced_host:
+                self.core.resync()  # quorum may be back: write what was refused
             self._poke.wait(timeout=POLL_INTERVAL)
             self._poke.clear()
 

@@ -187,6 +187,7 @@ def test_overlapping_tenants_behind_separate_routers_stay_apart(l3, tenant_a):
     b2 = vm_with_gw(l3, 1, tb.b2, "rb2", "192.168.2.40/24", mac(2, 2), "192.168.2.1")
     wait_for(lambda: ping(b1, "192.168.2.40", count=1)[1] == 1, 10, "tenant B east-west")
     assert ping(b1, "192.168.2.40", count=2) == (2, 2)
+    assert ping(b2, "192.168.1.10", count=2) == (2, 2)  # B's .1.10, not A's twin
     # tenant A's 192.168.2.20 does not exist for tenant B, and B's .40 not for A
     assert ping(b1, "192.168.2.20", count=2)[1] == 0
     assert ping(tenant_a.a, "192.168.2.40", count=2)[1] == 0

@@ -1,0 +1,185 @@
+"""AgentCore with routers, on the memory store and os-ken's packet library
+(the frames module): ARP resolution with held packets, answers the topology
+sends, the ARP table replicated through the store, exact invalidation by
+route changes, the ICMP rate limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from midoflow.agent.config import AgentConfig
+from midoflow.agent.core import AgentCore, Frames, Output, TokenBucket, Tunnel
+from midoflow.apps import frames
+from midoflow.sim.result import routes_tag
+from midoflow.store import paths
+from midoflow.store.base import Create, Delete
+from midoflow.store.memory import MemoryBackend, MemoryStore
+
+VM1, VM2 = "02:00:00:00:01:01", "02:00:00:00:02:02"
+R1, R2 = "02:aa:00:00:00:01", "02:aa:00:00:00:02"
+NOW = 50_000.0
+
+
+class OsKenFrames(Frames):
+    def build(self, gen, original):
+        return frames.build(gen, original)
+
+    def parse(self, frame):
+        return frames.parse(frame)
+
+
+def cfg(host):
+    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
+                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
+
+
+def ip_fields(dst="192.168.2.20", ttl=64, src="192.168.1.10"):
+    return {"eth_src": VM1, "eth_dst": R1, "eth_type": 0x800, "ip_src": src, "ip_dst": dst,
+            "ip_proto": 6, "ip_ttl": ttl, "tp_src": 1000, "tp_dst": 80}
+
+
+def frame_of(fields) -> bytes:
+    from os_ken.lib.packet import ethernet, ipv4, packet, tcp
+
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=fields["eth_dst"], src=fields["eth_src"],
+                                     ethertype=0x800))
+    p.add_protocol(ipv4.ipv4(src=fields["ip_src"], dst=fields["ip_dst"], proto=6,
+                             ttl=fields["ip_ttl"]))
+    p.add_protocol(tcp.tcp(src_port=1000, dst_port=80))
+    p.serialize()
+    return bytes(p.data)
+
+
+@pytest.fixture
+def world():
+    """b1 (p1 on h1) and b2 (p2 on h2) on router r: 192.168.1/24 and 192.168.2/24."""
+    backend = MemoryBackend()
+    api = MemoryStore(backend)
+    api.commit([
+        Create("hosts", {"id": "h1", "name": "h1"}),
+        Create("hosts", {"id": "h2", "name": "h2"}),
+        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
+                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
+                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
+        Create("bridges", {"id": "b1", "port_ids": ["p1", "b1r"]}),
+        Create("bridges", {"id": "b2", "port_ids": ["p2", "b2r"]}),
+        Create("routers", {"id": "r", "port_ids": ["r1", "r2"]}),
+        Create("ports", {"id": "p1", "device_id": "b1", "tunnel_key": 11}),
+        Create("ports", {"id": "p2", "device_id": "b2", "tunnel_key": 12}),
+        Create("ports", {"id": "b1r", "device_id": "b1", "tunnel_key": 13,
+                         "type": "interior", "peer_id": "r1"}),
+        Create("ports", {"id": "b2r", "device_id": "b2", "tunnel_key": 14,
+                         "type": "interior", "peer_id": "r2"}),
+        Create("ports", {"id": "r1", "device_id": "r", "device_type": "router",
+                         "tunnel_key": 15, "type": "interior", "peer_id": "b1r", "mac": R1,
+                         "ip_address": "192.168.1.1", "prefix_len": 24}),
+        Create("ports", {"id": "r2", "device_id": "r", "device_type": "router",
+                         "tunnel_key": 16, "type": "interior", "peer_id": "b2r", "mac": R2,
+                         "ip_address": "192.168.2.1", "prefix_len": 24}),
+    ])
+    replayed: list = []
+    invalidated: set = set()
+    agents = {}
+    for h in ("h1", "h2"):
+        a = AgentCore(cfg(h), MemoryStore(backend), frames=OsKenFrames(),
+                      on_invalidate=invalidated.update if h == "h1" else lambda c: None,
+                      replay=lambda ofport, frame, h=h: replayed.append((h, ofport, frame)),
+                      clock=lambda: NOW)
+        a.start()
+        agents[h] = a
+    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1")})
+    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm2": (5, "p2")})
+    api.put_state(paths.mac_entry("b2", VM2, "p2"), {})
+    return api, agents, replayed, invalidated
+
+
+def test_unknown_next_hop_holds_the_packet_and_replays_it_when_arp_resolves(world):
+    api, agents, replayed, _ = world
+    h1, h2 = agents["h1"], agents["h2"]
+    f = ip_fields()
+    d = h1.handle_miss(5, f, frame_of(f))
+    assert d.actions == [] and not d.install  # waits, and installs nothing
+    # the router's ARP request goes to b2's port p2 on h2, by tunnel key
+    (req,) = d.emits
+    assert req.actions == [Tunnel(12, "10.0.0.2", 1)]
+    parsed = frames.parse(req.frame)
+    assert parsed["arp_op"] == 1 and parsed["arp_tpa"] == "192.168.2.20"
+    assert parsed["arp_spa"] == "192.168.2.1" and parsed["eth_src"] == R2
+    assert h1.held[("r", "192.168.2.20")]
+    # a second packet to the same host does not ask again within a second
+    d2 = h1.handle_miss(5, f, frame_of(f))
+    assert d2.emits == [] and len(h1.held[("r", "192.168.2.20")]) == 2
+
+    # VM2 answers on h2: h2's agent learns it for the router, in the store
+    reply = {"eth_src": VM2, "eth_dst": R2, "eth_type": 0x806, "arp_op": 2, "arp_sha": VM2,
+             "arp_spa": "192.168.2.20", "arp_tha": R2, "arp_tpa": "192.168.2.1"}
+    d = h2.handle_miss(5, reply)
+    assert not d.install and d.actions == []
+    names = api.list_state(paths.arp_table("r"))
+    assert [paths.parse_arp_entry(n)[:2] for n in names] == [("192.168.2.20", VM2)]
+    # h1 saw it through its watch and replayed both held packets
+    assert [(h, o) for h, o, _ in replayed] == [("h1", 5), ("h1", 5)]
+    assert not h1.held.get(("r", "192.168.2.20"))
+    # now the same packet is routed: one flow, MACs rewritten, TTL decremented
+    d = h1.handle_miss(5, f, frame_of(f))
+    assert d.install and d.actions == [Tunnel(12, "10.0.0.2", 1)]
+    assert [(r.field, r.value) for r in d.rewrites] == [
+        ("eth_src", R2), ("eth_dst", VM2), ("ttl", 1)]
+
+
+def test_router_arp_reply_goes_back_to_the_asking_vm(world):
+    _, agents, _, _ = world
+    req = {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x806, "arp_op": 1,
+           "arp_sha": VM1, "arp_spa": "192.168.1.10", "arp_tha": "00:00:00:00:00:00",
+           "arp_tpa": "192.168.1.1"}
+    d = agents["h1"].handle_miss(5, req)
+    assert not d.install
+    replies = [e for e in d.emits if frames.parse(e.frame).get("arp_op") == 2]
+    assert len(replies) == 1 and replies[0].actions == [Output(5)]
+    assert frames.parse(replies[0].frame)["arp_sha"] == R1
+
+
+def test_ttl_expiry_answers_with_time_exceeded_quoting_the_packet(world):
+    _, agents, _, _ = world
+    f = ip_fields(ttl=1)
+    d = agents["h1"].handle_miss(5, f, frame_of(f))
+    (err,) = d.emits
+    assert err.actions == [Output(5)]
+    from os_ken.lib.packet import icmp, packet
+
+    ic = packet.Packet(err.frame).get_protocol(icmp.icmp)
+    assert ic.type == 11 and ic.data.data[:1] == b"\x45"  # quotes the IP header
+
+
+def test_icmp_errors_are_rate_limited_per_router(world):
+    _, agents, _, _ = world
+    h1 = agents["h1"]
+    h1.icmp_bucket = TokenBucket(rate=0.0, burst=3.0, clock=lambda: 0.0)
+    f = ip_fields(dst="172.16.0.1")
+    sent = sum(len(h1.handle_miss(5, f, frame_of(f)).emits) for _ in range(10))
+    assert sent == 3 and h1.stats["icmp_limited"] == 7
+
+
+def test_route_change_invalidates_only_flows_through_that_router(world):
+    api, agents, _, invalidated = world
+    h1 = agents["h1"]
+    api.put_state(paths.arp_entry("r", "192.168.2.20", VM2, NOW), {})
+    f = ip_fields()
+    routed = h1.handle_miss(5, f, frame_of(f))
+    l2 = h1.handle_miss(5, {"eth_src": VM1, "eth_dst": "02:00:00:00:09:09", "eth_type": 0x800})
+    assert routed.install and l2.install and routes_tag("r") in routed.tags
+    invalidated.clear()
+    api.commit([Create("routes", {"id": "bh", "router_id": "r", "dst_cidr": "10.0.0.0/8",
+                                  "type": "blackhole"})])
+    assert invalidated == {routed.cookie}
+    invalidated.clear()
+    api.commit([Delete("routes", "bh")])
+    assert invalidated == set()  # the flow was already gone; nothing else is touched
+
+
+def test_malformed_fields_never_reach_the_simulation():
+    with pytest.raises(frames.FrameError):
+        frames.parse(b"\x00" * 13)
+    with pytest.raises(frames.FrameError):
+        frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
