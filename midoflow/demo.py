@@ -101,6 +101,7 @@ def run(args) -> int:
         report.check(got == 0, "isolation: tenant A cannot reach 10.0.0.9, which exists only "
                      "in tenant B", f"{got}/{sent} replies")
         del extra
+        route_checks(mc, report, vms)
         print("\nHosts as `midoflow status` shows them:")
         cli_main(["--api", mc.api.base_url, "status"])
         print("\nFlows each agent installed from its simulations (table 1):")
@@ -118,6 +119,58 @@ def run(args) -> int:
         mc.stop()
 
 
+def route_checks(mc, report: Report, vms: dict[str, list]) -> None:
+    """Tenant A gets a router and a second network: east-west routing computed
+    at the ingress host, one tunnel hop, no network node."""
+    import re
+
+    from topologies.cloud import ping
+
+    progress("tenant A: a router joining 10.0.0.0/24 and a new network 10.1.0.0/24")
+    a_net = mc.api.request("GET", "/bridges", query={"tenant_id": "tenant-a"})[0]["id"]
+    net2 = mc.bridge("tenant-a-net2", "tenant-a")
+    r = mc.router("tenant-a-router", "tenant-a")
+    mc.attach(r, a_net, "10.0.0.254/24", "02:aa:00:00:00:01")
+    mc.attach(r, net2, "10.1.0.254/24", "02:aa:00:00:00:02")
+    last = mc.hosts[-1]
+    far = mc.vm(last, net2, "a9", "10.1.0.9/24", "02:00:00:00:01:09")
+    far.cmd("ip route add default via 10.1.0.254")
+    for vm in vms["tenant-a"]:
+        vm.cmd("ip route add default via 10.0.0.254")
+    progress(f"  VM a9 (tenant-a, 10.1.0.9) on host h{len(mc.hosts)}, behind the router")
+    a1 = vms["tenant-a"][0]
+    ping(a1, "10.1.0.9", count=1)  # the router resolves a9's MAC (ARP) on the way
+    out = a1.cmd("ping -c 3 -i 0.2 -W 1 10.1.0.9")
+    got = re.search(r"(\d+) received", out)
+    ttl = re.search(r"ttl=(\d+)", out)
+    report.check(bool(got) and got.group(1) == "3" and bool(ttl) and ttl.group(1) == "63",
+                 f"routing: a1 (h1, 10.0.0.1) → a9 (h{len(mc.hosts)}, 10.1.0.9) through the "
+                 "virtual router", f"{got.group(1) if got else 0}/3 replies, TTL "
+                 f"{ttl.group(1) if ttl else '?'} (64 minus one router hop)")
+    flows = [f for f in mc.hosts[0].dump_flows() if "nw_dst=10.1.0.9" in f]
+    hop = mc.hosts[-1].underlay_ip
+    report.check(any(f"{hop}->tun_dst" in f and "dec_ttl" in f for f in flows),
+                 "routing: simulated once at h1, straight to the egress host in one tunnel "
+                 "hop", f"h1 flow: rewrite MACs, dec_ttl, tun_dst={hop}" if flows else
+                 "no flow found on h1")
+    sent, got_n = ping(a1, "10.0.0.254", count=2)
+    report.check(got_n == sent, "routing: the router answers ping on its port 10.0.0.254",
+                 f"{got_n}/{sent} replies")
+    out = a1.cmd("ping -c 1 -W 1 -t 1 10.1.0.9")
+    report.check("Time to live exceeded" in out, "routing: TTL 1 gets ICMP time exceeded "
+                 "from the router (traceroute works)",
+                 next((ln.strip() for ln in out.splitlines() if "From" in ln), "no answer"))
+    out = a1.cmd("ping -c 1 -W 1 172.31.0.1")
+    report.check("Unreachable" in out, "routing: an unroutable destination gets ICMP "
+                 "unreachable", next((ln.strip() for ln in out.splitlines() if "From" in ln),
+                                     "no answer"))
+    b1 = vms["tenant-b"][0]
+    b1.cmd("ip route add default via 10.0.0.254")
+    sent, got_n = ping(b1, "10.1.0.9", count=2)
+    report.check(got_n == 0, "isolation: tenant B (same 10.0.0.0/24, no router) cannot reach "
+                 "tenant A's 10.1.0.9", f"{got_n}/{sent} replies")
+
+
 def keep(mc) -> None:
     url = mc.api.base_url
     print(f"""
@@ -125,6 +178,8 @@ The cloud stays up until you press Ctrl-C. In another shell:
   export MIDOFLOW_API={url}
   .venv/bin/midoflow status
   .venv/bin/midoflow bridge list
+  .venv/bin/midoflow router list
+  .venv/bin/midoflow route list tenant-a-router
   .venv/bin/midoflow port list
   .venv/bin/midoflow tunnel-zone members {mc.zone_id}
 Each cloud host's OVS:   ovs-ofctl -O OpenFlow13 dump-flows unix:{mc.hosts[0].mgmt_sock}
