@@ -17,6 +17,5 @@ for f in benchmarks/bench_*.py; do
     rc=1
   fi
 done
-bash scripts/cleanup.sh >/dev/null 2>&1 || true
 echo "[bench] results in benchmarks/results/"
 exit $rc

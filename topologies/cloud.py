@@ -221,7 +221,7 @@ class CloudHost(Node):
             "--", "set", "Interface", "gre0", "type=gre", "options:remote_ip=flow",
             "options:key=flow", f"options:local_ip={ip}", f"ofport_request={GRE_OFPORT}",
             "--", "--id=@c", "create", "Controller", f"target=\"unix:{self.of_sock}\"",
-            "max_backoff=1000", "connection_mode=out-of-band",
+            "max_backoff=1000", "connection_mode=out-of-band", "controller_queue_size=512",
             "--", "set", "Bridge", "br-int", "controller=@c",
         )
         # br-phy: the underlay IP on its internal port; tx offload off (userspace dp).

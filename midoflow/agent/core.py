@@ -89,6 +89,9 @@ ICMP_RATE = 100.0
 ICMP_BURST = 50.0
 # A learned ARP entry is re-written to the store at most this often.
 ARP_REWRITE_SECONDS = 60.0
+# A MAC or ARP entry being written is not written again before this (also the
+# back-off after a failed write).
+LEARN_RETRY_SECONDS = 1.0
 
 
 class TokenBucket:
@@ -140,6 +143,7 @@ class AgentCore:
         self.held: dict[tuple[str, str], list[tuple[float, int, bytes]]] = defaultdict(list)
         self.arp_asked: dict[tuple[str, str], float] = {}
         self.cache.on_arp = self._arp_resolved
+        self._writing: dict[tuple, float] = {}  # learned entry -> claimed until
         # State the store refused (no quorum): written again by resync().
         self.unsynced_ports: set[str] = set()
         self.unsynced_host = False
@@ -330,10 +334,12 @@ class AgentCore:
 
     def _decide(self, result: Result, pkt: Packet, frame: bytes | None,
                 depth: int = 0) -> Decision:
-        if result.learned:
-            self.spawn(self._learn, result.learned)
-        if result.arp_learned:
-            self.spawn(self._learn_arp, result.arp_learned)
+        learned = self._claim(result.learned)
+        if learned:
+            self.spawn(self._learn, learned)
+        arps = self._claim(result.arp_learned)
+        if arps:
+            self.spawn(self._learn_arp, arps)
         decision = self.translate(result)
         decision.packet = pkt
         decision.install = result.cacheable
@@ -444,13 +450,33 @@ class AgentCore:
                         self.store.delete_state(f"{table}/{name}")
                 self.store.put_state(paths.arp_entry(router_id, ip, mac, now), {},
                                      ephemeral=True)
-            except MidoflowError as e:
+                self._writing.pop((router_id, ip, mac), None)
+            except MidoflowError as e:  # the claim stays: no retry for a while
                 LOG.warning("cannot record ARP %s -> %s on router %s: %s", ip, mac,
                             router_id, e)
 
+    def _claim(self, entries) -> tuple:
+        """The entries no write is in flight (or just failed) for: every packet
+        of a flow misses until the learned entry comes back through the watch,
+        and each must not start a store write of its own."""
+        if not entries:
+            return ()
+        now = time.monotonic()
+        out = []
+        for e in entries:
+            until = self._writing.get(e)
+            if until is None or until < now:
+                self._writing[e] = now + LEARN_RETRY_SECONDS
+                out.append(e)
+        if len(self._writing) > 65536:  # forget stale claims
+            self._writing = {k: t for k, t in self._writing.items() if t >= now}
+        return tuple(out)
+
     def _learn(self, learned) -> None:
-        for bridge_id, mac, port_id in learned:
+        for entry in learned:
+            bridge_id, mac, port_id = entry
             if self.cache.macs.get((bridge_id, mac)) == port_id:
+                self._writing.pop(entry, None)
                 continue
             try:
                 # Drop older entries for this MAC (a VM that moved), then record ours.
@@ -459,5 +485,7 @@ class AgentCore:
                         self.store.delete_state(f"{paths.mac_table(bridge_id)}/{name}")
                 self.store.put_state(paths.mac_entry(bridge_id, mac, port_id), {}, ephemeral=True)
                 self.stats["learned"] += 1
-            except MidoflowError as e:
-                LOG.warning("cannot record %s on bridge %s: %s", mac, bridge_id, e)
+                self._writing.pop(entry, None)
+            except MidoflowError as e:  # the claim stays: no retry for a while
+                LOG.warning("cannot record %s on bridge %s (retry in %.0f s): %s", mac,
+                            bridge_id, LEARN_RETRY_SECONDS, e)

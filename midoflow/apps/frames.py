@@ -19,7 +19,8 @@ class FrameError(ValueError):
 def parse(frame: bytes) -> dict[str, Any]:
     """The simulation's fields of an Ethernet frame (``Packet`` minus in_port).
 
-    Raises FrameError on a frame too short or malformed to forward."""
+    Raises FrameError on a frame without a whole Ethernet header. An IPv4
+    frame whose IP header is broken has only its Ethernet fields."""
     try:
         pkt = packet.Packet(frame)
     except Exception as e:  # os-ken raises many kinds on garbage
@@ -32,7 +33,9 @@ def parse(frame: bytes) -> dict[str, Any]:
     if eth.ethertype == ETH_IP:
         ip = pkt.get_protocol(ipv4.ipv4)
         if ip is None:
-            raise FrameError("truncated IPv4 header")
+            # A broken IPv4 header still switches at L2 (the flow matches only
+            # MACs there); a router drops it without installing a flow.
+            return f
         f.update(ip_src=ip.src, ip_dst=ip.dst, ip_proto=ip.proto, ip_ttl=ip.ttl)
         l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
         if l4 is not None:

@@ -194,8 +194,12 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     if pkt.eth_dst != inport.mac:
         b.step("router", rid, f"{pkt.eth_dst} is not port {inport.id}'s MAC: drop")
         return None
-    if pkt.eth_type != ETH_IP or pkt.ip_dst is None:
+    if pkt.eth_type != ETH_IP:
         b.step("router", rid, f"ethertype {pkt.eth_type:#06x} not routed: drop")
+        return None
+    if pkt.ip_dst is None:  # IPv4 whose header did not parse: no flow for it
+        b.cacheable = False
+        b.step("router", rid, "malformed IPv4 header: drop")
         return None
 
     b.fields.add("ip_dst")

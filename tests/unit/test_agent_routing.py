@@ -178,8 +178,25 @@ def test_route_change_invalidates_only_flows_through_that_router(world):
     assert invalidated == set()  # the flow was already gone; nothing else is touched
 
 
-def test_malformed_fields_never_reach_the_simulation():
+def test_malformed_frames(world):
     with pytest.raises(frames.FrameError):
         frames.parse(b"\x00" * 13)
-    with pytest.raises(frames.FrameError):
-        frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
+    broken = frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
+    assert broken == {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x800}
+    h1 = world[1]["h1"]
+    # at L2 it is switched by a flow on MACs; at the router it is dropped, no flow
+    d = h1.handle_miss(5, {**broken, "eth_dst": "02:00:00:00:09:09"})
+    assert d.install
+    d = h1.handle_miss(5, {**broken, "eth_dst": R1})
+    assert not d.install and d.actions == []
+
+
+def test_one_store_write_per_learned_mac_however_many_packets(world):
+    api, agents, _, _ = world
+    h1 = agents["h1"]
+    writes = []
+    h1.spawn = lambda f, *a: writes.append((f.__name__, a))  # nothing runs: in flight
+    for _ in range(50):
+        h1.handle_miss(5, {"eth_src": "02:00:00:00:07:07", "eth_dst": VM1, "eth_type": 0x800})
+    assert [w for w in writes if w[0] == "_learn"] == [
+        ("_learn", ((("b1", "02:00:00:00:07:07", "p1"),),))]
