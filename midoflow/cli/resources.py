@@ -1,4 +1,4 @@
-"""CRUD commands for hosts, tunnel zones, bridges and ports."""
+"""CRUD commands for hosts, tunnel zones, bridges and ports (routers: :mod:`.routers`)."""
 
 from __future__ import annotations
 
@@ -253,7 +253,8 @@ def bridge_delete(ctx: Context, a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- ports
 
-group("port", "virtual ports: exterior (bound to a host interface) or interior (linked)")
+group("port", "virtual ports of bridges and routers: exterior (bound to a host interface) "
+      "or interior (linked)")
 
 PORT_COLS = [
     col("ID", "id"),
@@ -264,6 +265,7 @@ PORT_COLS = [
     col("HOST", "host_id"),
     col("INTERFACE", "interface_name"),
     col("PEER", "peer_id"),
+    col("ADDRESS", lambda p: port_address(p)),
 ]
 BINDING_COLS = [
     col("PORT ID", "id"),
@@ -274,8 +276,15 @@ BINDING_COLS = [
 ]
 PORT_ORDER = (
     "id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
-    "host_id", "interface_name", "peer_id", "version",
+    "mac", "ip_address", "prefix_len", "host_id", "interface_name", "peer_id", "version",
 )
+
+
+def port_address(p: dict) -> str | None:
+    """A router port's ``ip/len``; None for a bridge port."""
+    if p.get("ip_address") is None:
+        return None
+    return f"{p['ip_address']}/{p.get('prefix_len')}"
 
 
 def _port_id(ctx: Context, ref: str) -> str:
@@ -287,10 +296,16 @@ def _show_port(ctx: Context, obj: dict | None, done: str) -> None:
     ctx.emit(obj, done)
 
 
-@command("port", "list", "list ports", [arg("--bridge", help="only this bridge's ports")])
+@command("port", "list", "list ports", [exclusive(
+    arg("--bridge", help="only this bridge's ports"),
+    arg("--router", help="only this router's ports"),
+)])
 def port_list(ctx: Context, a: argparse.Namespace) -> None:
     if a.bridge:
         rows = ctx.client.get(f"/bridges/{_bridge_id(ctx, a.bridge)}/ports")
+    elif a.router:
+        rid = ctx.client.resolve("routers", a.router, "router")
+        rows = ctx.client.get(f"/routers/{rid}/ports")
     else:
         rows = ctx.client.get("/ports")
     ctx.emit(rows, lambda rs: render.table(rs, PORT_COLS))

@@ -1,9 +1,10 @@
 """The midoflow REST API: a WSGI application (webob + routes) over TopologyService.
 
-JSON in and out under ``/v1``. Errors are ``{"error", "message", "field"}``
-with 400/404/405/409/413/415/503; the OpenAPI document describing all of it
-is ``openapi.yaml`` beside this file, served at ``/v1/openapi.yaml`` and
-``/v1/openapi.json``.
+JSON in and out under ``/v1``: hosts, tunnel zones, bridges, routers, their
+ports and routes, bindings and links, and packet traces. Errors are
+``{"error", "message", "field"}`` with 400/404/405/409/413/415/503; the
+OpenAPI document describing all of it is ``openapi.yaml`` beside this file,
+served at ``/v1/openapi.yaml`` and ``/v1/openapi.json``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ ROUTES: list[tuple[str, str, dict[str, str]]] = [
     ("port", "/ports/{id}", {"GET": "get_port", "PUT": "update_port", "DELETE": "delete_port"}),
     ("port_binding", "/ports/{id}/binding", {"PUT": "set_binding", "DELETE": "unbind_port"}),
     ("port_link", "/ports/{id}/link", {"PUT": "set_link", "DELETE": "unlink_port"}),
+    ("routers", "/routers", {"GET": "list_routers", "POST": "create_router"}),
+    ("router", "/routers/{id}", {"GET": "get_router", "PUT": "update_router",
+                                 "DELETE": "delete_router"}),
+    ("router_ports", "/routers/{id}/ports", {"GET": "list_router_ports",
+                                             "POST": "create_router_port"}),
+    ("router_routes", "/routers/{id}/routes", {"GET": "list_router_routes",
+                                               "POST": "create_route"}),
+    ("routes", "/routes", {"GET": "list_routes"}),
+    ("route", "/routes/{id}", {"GET": "get_route", "PUT": "update_route",
+                               "DELETE": "delete_route"}),
+    ("trace", "/trace", {"POST": "trace"}),
 ]
 
 
@@ -176,6 +188,9 @@ class Api:
                 "tunnel_zones": PREFIX + "/tunnel_zones",
                 "bridges": PREFIX + "/bridges",
                 "ports": PREFIX + "/ports",
+                "routers": PREFIX + "/routers",
+                "routes": PREFIX + "/routes",
+                "trace": PREFIX + "/trace",
                 "openapi": PREFIX + "/openapi.yaml",
             },
         })
@@ -295,6 +310,58 @@ class Api:
 
     def h_unlink_port(self, req, id):
         return _json_response(200, self.service.unlink_port(id))
+
+    # routers
+    def h_list_routers(self, req):
+        tenant = req.GET.get("tenant_id")
+        return _json_response(200, self.service.list_routers(tenant_id=tenant))
+
+    def h_create_router(self, req):
+        return _json_response(201, self.service.create_router(read_json(req)))
+
+    def h_get_router(self, req, id):
+        return _json_response(200, self.service.get_router(id))
+
+    def h_update_router(self, req, id):
+        self.service.get_router(id)
+        return _json_response(200, self.service.update_router(id, read_json(req)))
+
+    def h_delete_router(self, req, id):
+        self.service.delete_router(id)
+        return _json_response(204)
+
+    def h_list_router_ports(self, req, id):
+        return _json_response(200, self.service.list_router_ports(id))
+
+    def h_create_router_port(self, req, id):
+        self.service.get_router(id)
+        return _json_response(201, self.service.create_router_port(id, read_json(req)))
+
+    # routes
+    def h_list_router_routes(self, req, id):
+        return _json_response(200, self.service.list_router_routes(id))
+
+    def h_create_route(self, req, id):
+        self.service.get_router(id)
+        return _json_response(201, self.service.create_route(id, read_json(req)))
+
+    def h_list_routes(self, req):
+        return _json_response(200, self.service.list_routes())
+
+    def h_get_route(self, req, id):
+        return _json_response(200, self.service.get_route(id))
+
+    def h_update_route(self, req, id):
+        self.service.get_route(id)
+        return _json_response(200, self.service.update_route(id, read_json(req)))
+
+    def h_delete_route(self, req, id):
+        self.service.delete_route(id)
+        return _json_response(204)
+
+    # trace
+    def h_trace(self, req):
+        return _json_response(200, self.service.trace(read_json(req)))
 
 
 def make_app(store: Store) -> Api:

@@ -17,6 +17,7 @@ from typing import Any
 
 from midoflow import model
 from midoflow.errors import Conflict, Invalid, NotFound
+from midoflow.service import trace as tracing
 from midoflow.service import validate as v
 from midoflow.store import paths
 from midoflow.store.base import Create, Data, Delete, Op, Store, Update
@@ -35,13 +36,31 @@ PORT_FIELDS = (
     "peer_id",
     "name",
     "tunnel_key",
+    "mac",
+    "ip_address",
+    "prefix_len",
 )
+ROUTER_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids")
+ROUTE_FIELDS = (
+    "id",
+    "router_id",
+    "dst_cidr",
+    "src_cidr",
+    "next_hop_port",
+    "next_hop_gateway",
+    "weight",
+    "type",
+)
+# What makes two routes of a router the same route (weight is not part of it).
+ROUTE_IDENTITY = ("dst_cidr", "src_cidr", "next_hop_port", "next_hop_gateway", "type")
 
 _LABEL = {
     model.HOSTS: "host",
     model.TUNNEL_ZONES: "tunnel zone",
     model.BRIDGES: "bridge",
     model.PORTS: "port",
+    model.ROUTERS: "router",
+    model.ROUTES: "route",
 }
 
 
@@ -349,12 +368,12 @@ class TopologyService:
             "interface_name": None,
             "peer_id": None,
             "name": v.string(body.get("name", ""), "name"),
+            "mac": None,
+            "ip_address": None,
+            "prefix_len": None,
         }
         data["id"] = self._new_id(model.PORTS, body)
-        key = self.store.next_counter("tunnel_key")
-        if not model.TUNNEL_KEY_MIN <= key <= model.TUNNEL_KEY_MAX:
-            raise Conflict("no tunnel key left for a new port (24-bit space exhausted)")
-        data["tunnel_key"] = key
+        data["tunnel_key"] = self._tunnel_key()
         new_bridge = dict(bridge)
         new_bridge["port_ids"] = list(bridge.get("port_ids", ())) + [data["id"]]
         self._commit([Create(model.PORTS, data), Update(model.BRIDGES, new_bridge, bver)])
@@ -365,7 +384,8 @@ class TopologyService:
         data, ver = self._get(model.PORTS, id)
         v.check_fields(body, PORT_FIELDS + ("version",))
         v.readonly(body, data, ("id", "device_id", "device_type", "type", "tunnel_key",
-                                "host_id", "interface_name", "peer_id"))
+                                "host_id", "interface_name", "peer_id", "mac", "ip_address",
+                                "prefix_len"))
         new = dict(data)
         if "name" in body:
             new["name"] = v.string(body["name"], "name")
@@ -376,19 +396,31 @@ class TopologyService:
         return self.get_port(data["id"])
 
     def delete_port(self, id: str) -> None:
-        """Delete a port, removing it from its bridge and unlinking its peer, atomically."""
+        """Delete a port, atomically: it leaves its bridge or router, its peer is
+        unlinked, and the routes through it (next_hop_port) are deleted."""
         port, pver = self._get(model.PORTS, id)
         ops: list[Op] = [Delete(model.PORTS, port["id"], pver)]
+        kind = (model.ROUTERS if port.get("device_type") == model.DEVICE_ROUTER
+                else model.BRIDGES)
         try:
-            bridge, bver = self.store.get(model.BRIDGES, port["device_id"])
+            device, dver = self.store.get(kind, port["device_id"])
         except NotFound:
-            bridge = None
-        if bridge is not None:
-            new_bridge = dict(bridge)
-            new_bridge["port_ids"] = [p for p in bridge.get("port_ids", ()) if p != port["id"]]
-            ops.append(Update(model.BRIDGES, new_bridge, bver))
+            device = None
+        if device is not None:
+            new_device = dict(device)
+            new_device["port_ids"] = [p for p in device.get("port_ids", ()) if p != port["id"]]
+            ops.append(Update(kind, new_device, dver))
+        ops += [Delete(model.ROUTES, r["id"], rv) for r, rv in self.store.list(model.ROUTES)
+                if r.get("next_hop_port") == port["id"]]
         ops += self._unlink_peer_ops(port)
         self._commit(ops)
+
+    def _tunnel_key(self) -> int:
+        """A new port's tunnel key (one counter for bridge and router ports)."""
+        key = self.store.next_counter("tunnel_key")
+        if not model.TUNNEL_KEY_MIN <= key <= model.TUNNEL_KEY_MAX:
+            raise Conflict("no tunnel key left for a new port (24-bit space exhausted)")
+        return key
 
     def _unlink_peer_ops(self, port: Data) -> list[Op]:
         if not port.get("peer_id"):
@@ -494,6 +526,236 @@ class TopologyService:
         self._commit([Update(model.PORTS, new, pver)] + self._unlink_peer_ops(port))
         return self.get_port(port["id"])
 
+    # ------------------------------------------------------------- routers
+    def _router_out(self, data: Data, version: int) -> Data:
+        out = self._out(data, version, ROUTER_FIELDS)
+        out["port_ids"] = list(data.get("port_ids", ()))
+        return out
+
+    def list_routers(self, tenant_id: str | None = None) -> list[Data]:
+        return sorted(
+            (self._router_out(d, ver) for d, ver in self.store.list(model.ROUTERS)
+             if tenant_id is None or d.get("tenant_id") == tenant_id),
+            key=_sort_key,
+        )
+
+    def get_router(self, id: str) -> Data:
+        return self._router_out(*self._get(model.ROUTERS, id))
+
+    def create_router(self, body: Any) -> Data:
+        body = v.body_object(body)
+        v.check_fields(body, ("id", "tenant_id", "name", "admin_state_up"))
+        data = {
+            "name": v.string(body.get("name", ""), "name"),
+            "tenant_id": v.string(body.get("tenant_id", ""), "tenant_id"),
+            "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
+            "port_ids": [],
+        }
+        data["id"] = self._new_id(model.ROUTERS, body)
+        self._commit([Create(model.ROUTERS, data)])
+        return self.get_router(data["id"])
+
+    def update_router(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.ROUTERS, id)
+        v.check_fields(body, ROUTER_FIELDS + ("version",))
+        v.readonly(body, data, ("id", "port_ids"))
+        new = dict(data)
+        if "name" in body:
+            new["name"] = v.string(body["name"], "name")
+        if "tenant_id" in body:
+            new["tenant_id"] = v.string(body["tenant_id"], "tenant_id")
+        if "admin_state_up" in body:
+            new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
+        self._check_version(body, ver, f"router {data['id']}")
+        self._commit([Update(model.ROUTERS, new, ver)])
+        return self.get_router(data["id"])
+
+    def delete_router(self, id: str) -> None:
+        """Refused while the router has ports; its routes go with it, atomically.
+
+        Every route write touches its router, so a route added meanwhile makes
+        this commit fail (stale version) instead of leaving the route behind."""
+        data, ver = self._get(model.ROUTERS, id)
+        if data.get("port_ids"):
+            raise Conflict(f"router {data['id']} still has {len(data['port_ids'])} port(s): "
+                           "delete them first")
+        ops: list[Op] = [Delete(model.ROUTERS, data["id"], ver)]
+        ops += [Delete(model.ROUTES, r["id"], rv) for r, rv in self.store.list(model.ROUTES)
+                if r.get("router_id") == data["id"]]
+        self._commit(ops)
+
+    def _router_ports(self, router_id: str) -> list[tuple[Data, int]]:
+        return [(p, pv) for p, pv in self.store.list(model.PORTS)
+                if p.get("device_id") == router_id]
+
+    def list_router_ports(self, id: str) -> list[Data]:
+        router, _ = self._get(model.ROUTERS, id)
+        return sorted((self._out(p, pv, PORT_FIELDS) for p, pv in self._router_ports(router["id"])),
+                      key=_sort_key)
+
+    def create_router_port(self, router_id: str, body: Any) -> Data:
+        """A port on a router, with its MAC and its address on the attached network.
+
+        409 if its network overlaps the network of another port of the router,
+        or its MAC is already used by one. The port joins the router's port_ids
+        in the same commit, conditional on the router's version (so two
+        concurrent creations cannot both pass the overlap check)."""
+        router, rver = self._get(model.ROUTERS, router_id)
+        body = v.body_object(body)
+        v.check_fields(body, ("id", "type", "admin_state_up", "name", "ip_address",
+                              "prefix_len", "mac"))
+        ip = v.unicast_ipv4(v.require(body, "ip_address"), "ip_address")
+        plen = v.integer(v.require(body, "prefix_len"), "prefix_len", 1, 32)
+        net = v.network(ip, plen)
+        if plen <= 30 and ip in (str(net.network), str(net.broadcast)):
+            which = "network" if ip == str(net.network) else "broadcast"
+            raise Invalid(f"ip_address {ip} is the {which} address of {net}", "ip_address")
+        data: Data = {
+            "device_id": router["id"],
+            "device_type": model.DEVICE_ROUTER,
+            "type": v.enum(body.get("type", model.PORT_EXTERIOR), "type",
+                           (model.PORT_EXTERIOR, model.PORT_INTERIOR)),
+            "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
+            "host_id": None,
+            "interface_name": None,
+            "peer_id": None,
+            "name": v.string(body.get("name", ""), "name"),
+            "mac": v.mac(body["mac"], "mac") if "mac" in body else None,
+            "ip_address": ip,
+            "prefix_len": plen,
+        }
+        others = [p for p, _ in self._router_ports(router["id"])]
+        used_macs = {p.get("mac") for p in others}
+        for other in others:
+            if data["mac"] is not None and other.get("mac") == data["mac"]:
+                raise Conflict(f"MAC {data['mac']} is already used by port {other['id']} of "
+                               f"router {router['id']}", "mac")
+            if other.get("ip_address") and other.get("prefix_len") is not None:
+                onet = v.network(other["ip_address"], other["prefix_len"])
+                if v.overlaps(net, onet):
+                    raise Conflict(f"network {net} overlaps {onet} of port {other['id']} on "
+                                   f"router {router['id']}", "ip_address")
+        while data["mac"] is None or data["mac"] in used_macs:
+            data["mac"] = v.random_mac()
+        data["id"] = self._new_id(model.PORTS, body)
+        data["tunnel_key"] = self._tunnel_key()
+        new_router = dict(router)
+        new_router["port_ids"] = list(router.get("port_ids", ())) + [data["id"]]
+        self._commit([Create(model.PORTS, data), Update(model.ROUTERS, new_router, rver)])
+        return self.get_port(data["id"])
+
+    # -------------------------------------------------------------- routes
+    @staticmethod
+    def _route_out(data: Data, version: int) -> Data:
+        return TopologyService._out(data, version, ROUTE_FIELDS)
+
+    def list_routes(self) -> list[Data]:
+        return sorted((self._route_out(d, ver) for d, ver in self.store.list(model.ROUTES)),
+                      key=_route_key)
+
+    def list_router_routes(self, id: str) -> list[Data]:
+        router, _ = self._get(model.ROUTERS, id)
+        return sorted((self._route_out(d, ver) for d, ver in self.store.list(model.ROUTES)
+                       if d.get("router_id") == router["id"]), key=_route_key)
+
+    def get_route(self, id: str) -> Data:
+        return self._route_out(*self._get(model.ROUTES, id))
+
+    def _check_hop(self, router_id: str, rtype: str, port_id: str | None,
+                   gateway: str | None) -> None:
+        """next_hop_port is a port of this router (required for normal routes);
+        next_hop_gateway, when given, lies on that port's network."""
+        if port_id is None:
+            if rtype == model.ROUTE_NORMAL:
+                raise Invalid("a normal route needs next_hop_port (a port of the router)",
+                              "next_hop_port")
+            if gateway is not None:
+                raise Invalid("next_hop_gateway needs next_hop_port", "next_hop_gateway")
+            return
+        port, _ = self._get_ref(model.PORTS, port_id, "next_hop_port")
+        if port.get("device_id") != router_id:
+            raise Invalid(f"port {port_id} is not a port of router {router_id}",
+                          "next_hop_port")
+        if gateway is None:
+            return
+        if port.get("ip_address") is None or port.get("prefix_len") is None:
+            raise Invalid(f"port {port_id} has no address, so no gateway can be reached "
+                          "through it", "next_hop_gateway")
+        net = v.network(port["ip_address"], port["prefix_len"])
+        if gateway not in net:
+            raise Invalid(f"next_hop_gateway {gateway} is not on the network {net} of port "
+                          f"{port_id}", "next_hop_gateway")
+        if gateway == port["ip_address"]:
+            raise Invalid(f"next_hop_gateway {gateway} is the address of port {port_id} "
+                          "itself", "next_hop_gateway")
+        if net.prefixlen <= 30 and gateway in (str(net.network), str(net.broadcast)):
+            raise Invalid(f"next_hop_gateway {gateway} is the network or broadcast address "
+                          f"of {net}", "next_hop_gateway")
+
+    def _check_duplicate(self, route: Data) -> None:
+        for other, _ in self.store.list(model.ROUTES):
+            if (other["id"] != route["id"] and other.get("router_id") == route["router_id"]
+                    and all(other.get(f) == route.get(f) for f in ROUTE_IDENTITY)):
+                raise Conflict(f"router {route['router_id']} already has this route "
+                               f"({other['id']})")
+
+    def create_route(self, router_id: str, body: Any) -> Data:
+        router, rver = self._get(model.ROUTERS, router_id)
+        body = v.body_object(body)
+        v.check_fields(body, ("id", "dst_cidr", "src_cidr", "type", "next_hop_port",
+                              "next_hop_gateway", "weight"))
+        data: Data = {
+            "router_id": router["id"],
+            "dst_cidr": v.cidr(v.require(body, "dst_cidr"), "dst_cidr"),
+            "src_cidr": v.cidr(body.get("src_cidr", "0.0.0.0/0"), "src_cidr"),
+            "next_hop_port": _opt(body, "next_hop_port", v.uuid_str),
+            "next_hop_gateway": _opt(body, "next_hop_gateway", v.unicast_ipv4),
+            "weight": v.integer(body.get("weight", model.ROUTE_DEFAULT_WEIGHT), "weight",
+                                0, 65535),
+            "type": v.enum(body.get("type", model.ROUTE_NORMAL), "type", model.ROUTE_TYPES),
+        }
+        self._check_hop(router["id"], data["type"], data["next_hop_port"],
+                        data["next_hop_gateway"])
+        data["id"] = self._new_id(model.ROUTES, body)
+        self._check_duplicate(data)
+        # Touching the router serialises route writes per router (duplicates) and
+        # makes a concurrent delete of the router, or of the next-hop port (which
+        # updates the router's port_ids), fail instead of leaving a dangling route.
+        self._commit([Create(model.ROUTES, data), self._touch(model.ROUTERS, router, rver)])
+        return self.get_route(data["id"])
+
+    def update_route(self, id: str, body: Any) -> Data:
+        body = v.body_object(body)
+        data, ver = self._get(model.ROUTES, id)
+        v.check_fields(body, ROUTE_FIELDS + ("version",))
+        v.readonly(body, data, ("id", "router_id", "dst_cidr", "src_cidr"))
+        new = dict(data)
+        if "weight" in body:
+            new["weight"] = v.integer(body["weight"], "weight", 0, 65535)
+        if "type" in body:
+            new["type"] = v.enum(body["type"], "type", model.ROUTE_TYPES)
+        if "next_hop_port" in body:
+            new["next_hop_port"] = _opt(body, "next_hop_port", v.uuid_str)
+        if "next_hop_gateway" in body:
+            new["next_hop_gateway"] = _opt(body, "next_hop_gateway", v.unicast_ipv4)
+        router, rver = self._get(model.ROUTERS, data["router_id"])
+        self._check_hop(router["id"], new["type"], new.get("next_hop_port"),
+                        new.get("next_hop_gateway"))
+        self._check_version(body, ver, f"route {data['id']}")
+        self._check_duplicate(new)
+        self._commit([Update(model.ROUTES, new, ver), self._touch(model.ROUTERS, router, rver)])
+        return self.get_route(data["id"])
+
+    def delete_route(self, id: str) -> None:
+        data, ver = self._get(model.ROUTES, id)
+        self._commit([Delete(model.ROUTES, data["id"], ver)])
+
+    # --------------------------------------------------------------- trace
+    def trace(self, body: Any) -> Data:
+        """Simulate a packet through the topology as it is now; changes nothing."""
+        return tracing.trace(self.store, body)
+
     # -------------------------------------------------------------- status
     def status(self) -> Data:
         hosts = []
@@ -507,6 +769,20 @@ class TopologyService:
                 if state is not None:
                     hosts.append(_status_host(hid, str(state.get("hostname") or ""), state))
         return {"store": self.store.health(), "hosts": hosts}
+
+
+def _opt(body: dict[str, Any], field: str, check) -> Any:
+    """An optional, nullable field: None when absent or null, else ``check``ed."""
+    value = body.get(field)
+    return None if value is None else check(value, field)
+
+
+def _route_key(route: Data) -> tuple:
+    """Routing-table order: longest destination prefix first, then address, source,
+    weight (lowest first)."""
+    dst = v.network(*route["dst_cidr"].split("/"))
+    src = v.network(*route["src_cidr"].split("/"))
+    return (-dst.prefixlen, dst.first, -src.prefixlen, src.first, route["weight"], route["id"])
 
 
 def _status_host(hid: str, name: str, state: Data | None) -> Data:

@@ -140,3 +140,64 @@ def _norm(v: Any) -> Any:
     if isinstance(v, bool):
         return ("bool", v)
     return v
+
+
+_IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_PREFIX_RE = re.compile(r"0|[1-9][0-9]?")
+
+
+def ipv4(value: Any, field: str) -> str:
+    """Any dotted-quad IPv4 address (broadcast, multicast and 0.0.0.0 included)."""
+    if not isinstance(value, str) or not _IPV4_RE.fullmatch(value):
+        raise Invalid(f"{field} must be an IPv4 address (a.b.c.d)", field)
+    try:
+        return str(netaddr.IPAddress(value, 4, flags=netaddr.INET_PTON))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(f"{field} must be an IPv4 address (a.b.c.d)", field) from None
+
+
+def cidr(value: Any, field: str) -> str:
+    """An IPv4 network ``a.b.c.d/len`` (len 0..32) with no host bits set."""
+    what = f"{field} must be an IPv4 network a.b.c.d/len (len 0 to 32)"
+    if not isinstance(value, str) or "/" not in value:
+        raise Invalid(what, field)
+    addr, _, plen = value.partition("/")
+    if not _IPV4_RE.fullmatch(addr) or not _PREFIX_RE.fullmatch(plen) or int(plen) > 32:
+        raise Invalid(what, field)
+    try:
+        ip = netaddr.IPAddress(addr, 4, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(what, field) from None
+    net = netaddr.IPNetwork(f"{ip}/{plen}")
+    if net.network != ip:
+        raise Invalid(f"{field} {value} has host bits set: did you mean {net.cidr}?", field)
+    return str(net.cidr)
+
+
+def mac(value: Any, field: str, unicast: bool = True) -> str:
+    """A MAC address ``aa:bb:cc:dd:ee:ff`` (either case), returned lower-case.
+
+    With ``unicast`` the group bit must be clear and the address not all zeros."""
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
+        raise Invalid(f"{field} must be a MAC address (six hex octets separated by ':')", field)
+    value = value.lower()
+    if unicast and (int(value[:2], 16) & 1 or value == "00:00:00:00:00:00"):
+        raise Invalid(f"{field} must be a unicast MAC address, not {value}", field)
+    return value
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (first octet x2, x6, xa or xe)."""
+    octets = bytearray(uuid.uuid4().bytes[:6])
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def network(ip: str, prefix_len: int) -> netaddr.IPNetwork:
+    """The network an interface address lies on."""
+    return netaddr.IPNetwork(f"{ip}/{prefix_len}").cidr
+
+
+def overlaps(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
+    return a.first <= b.last and b.first <= a.last

@@ -6,7 +6,9 @@ the seeded objects' ids, so the fuzzer reaches the real code paths (binding,
 linking, membership, deletes with references) and not only 404s.
 
 Checks: no 5xx, status codes / content types / bodies conform to the document,
-schema-violating input is rejected, and a request answered 4xx changed nothing.
+schema-violating input is rejected, a request answered 4xx (and any GET or
+trace) changed nothing, and no request, whatever its answer, breaks the
+topology's referential integrity (device port lists, links, bindings, routes).
 """
 
 from __future__ import annotations
@@ -38,13 +40,40 @@ P_FREE = "88888888-8888-4888-8888-888888888888"
 P_INT1 = "99999999-9999-4999-8999-999999999999"
 P_INT2 = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 P_INT3 = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
-KNOWN = [HOST1, HOST2, TZ1, BR1, BR2, BR3, P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3]
+RT1 = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"  # tenant router: 10.0.1.1/24 on br1, uplink
+RT2 = "dddddddd-dddd-4ddd-8ddd-dddddddddddd"  # provider router, linked to RT1
+RT3 = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee"  # no ports, one blackhole route
+RP_BR = "c1c1c1c1-c1c1-4c1c-8c1c-c1c1c1c1c1c1"  # RT1 interior, linked to P_INT1 (br1)
+RP_UP = "c2c2c2c2-c2c2-4c2c-8c2c-c2c2c2c2c2c2"  # RT1 interior, linked to RP_DOWN (RT2)
+RP_EXT = "c3c3c3c3-c3c3-4c3c-8c3c-c3c3c3c3c3c3"  # RT1 exterior, free
+RP_DOWN = "d1d1d1d1-d1d1-4d1d-8d1d-d1d1d1d1d1d1"  # RT2 interior, linked to RP_UP
+RP_GW = "d2d2d2d2-d2d2-4d2d-8d2d-d2d2d2d2d2d2"  # RT2 exterior, bound on HOST2 (uplink)
+RO_DEF = "f1f1f1f1-f1f1-4f1f-8f1f-f1f1f1f1f1f1"  # RT1 0.0.0.0/0 via 169.254.0.2 on RP_UP
+RO_BH = "f2f2f2f2-f2f2-4f2f-8f2f-f2f2f2f2f2f2"  # RT1 blackhole 192.0.2.0/24
+RO_UP = "f3f3f3f3-f3f3-4f3f-8f3f-f3f3f3f3f3f3"  # RT2 0.0.0.0/0 via 203.0.113.254 on RP_GW
+RO_T1 = "f4f4f4f4-f4f4-4f4f-8f4f-f4f4f4f4f4f4"  # RT2 10.0.1.0/24 via 169.254.0.1 on RP_DOWN
+RO_RT3 = "f5f5f5f5-f5f5-4f5f-8f5f-f5f5f5f5f5f5"  # RT3 reject 198.51.100.0/24
+KNOWN = [HOST1, HOST2, TZ1, BR1, BR2, BR3, P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3,
+         RT1, RT2, RT3, RP_BR, RP_UP, RP_EXT, RP_DOWN, RP_GW,
+         RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3]
+VM_MAC, VM2_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
 def _port(pid, bridge, key, type_=model.PORT_EXTERIOR, host=None, iface=None, peer=None):
     return {"id": pid, "device_id": bridge, "device_type": "bridge", "type": type_,
             "admin_state_up": True, "host_id": host, "interface_name": iface,
             "peer_id": peer, "name": f"port{key}", "tunnel_key": key}
+
+
+def _rport(pid, router, key, mac, ip, plen, type_=model.PORT_INTERIOR, host=None, iface=None,
+           peer=None):
+    return dict(_port(pid, router, key, type_, host, iface, peer), device_type="router",
+                mac=mac, ip_address=ip, prefix_len=plen)
+
+
+def _route(rid, router, dst, port=None, gw=None, type_="normal", weight=100):
+    return {"id": rid, "router_id": router, "dst_cidr": dst, "src_cidr": "0.0.0.0/0",
+            "next_hop_port": port, "next_hop_gateway": gw, "weight": weight, "type": type_}
 
 
 def seeded_backend() -> MemoryBackend:
@@ -65,18 +94,46 @@ def seeded_backend() -> MemoryBackend:
         model.PORTS: [
             _port(P_BOUND, BR1, 1, host=HOST1, iface="tap0"),
             _port(P_FREE, BR1, 2),
-            _port(P_INT1, BR1, 3, model.PORT_INTERIOR),
+            _port(P_INT1, BR1, 3, model.PORT_INTERIOR, peer=RP_BR),
             _port(P_INT2, BR2, 4, model.PORT_INTERIOR),
             _port(P_INT3, BR2, 5, model.PORT_INTERIOR, peer=None),
+            _rport(RP_BR, RT1, 6, "02:aa:00:00:01:01", "10.0.1.1", 24, peer=P_INT1),
+            _rport(RP_UP, RT1, 7, "02:aa:00:00:01:02", "169.254.0.1", 30, peer=RP_DOWN),
+            _rport(RP_EXT, RT1, 8, "02:aa:00:00:01:03", "172.16.0.1", 16,
+                   model.PORT_EXTERIOR),
+            _rport(RP_DOWN, RT2, 9, "02:aa:00:00:02:01", "169.254.0.2", 30, peer=RP_UP),
+            _rport(RP_GW, RT2, 10, "02:aa:00:00:02:02", "203.0.113.1", 24,
+                   model.PORT_EXTERIOR, host=HOST2, iface="uplink0"),
+        ],
+        model.ROUTERS: [
+            {"id": RT1, "name": "tenant", "tenant_id": "t1", "admin_state_up": True,
+             "port_ids": [RP_BR, RP_UP, RP_EXT]},
+            {"id": RT2, "name": "provider", "tenant_id": "", "admin_state_up": True,
+             "port_ids": [RP_DOWN, RP_GW]},
+            {"id": RT3, "name": "empty", "tenant_id": "t2", "admin_state_up": False,
+             "port_ids": []},
+        ],
+        model.ROUTES: [
+            _route(RO_DEF, RT1, "0.0.0.0/0", RP_UP, "169.254.0.2"),
+            _route(RO_BH, RT1, "192.0.2.0/24", type_="blackhole"),
+            _route(RO_UP, RT2, "0.0.0.0/0", RP_GW, "203.0.113.254"),
+            _route(RO_T1, RT2, "10.0.1.0/24", RP_DOWN, "169.254.0.1", weight=10),
+            _route(RO_RT3, RT3, "198.51.100.0/24", type_="reject"),
         ],
     }
     for kind, items in objs.items():
         for o in items:
             b.models[kind][o["id"]] = (o, 0)
-    b.counters["tunnel_key"] = 5
+    b.counters["tunnel_key"] = 10
     b.state[paths.host_alive(HOST1)] = (
         {"host_id": HOST1, "hostname": "host1", "tunnel_ips": {"vxlan": "10.0.0.1"},
          "ovs_connected": True, "started_at": 1.0}, None)
+    b.state[paths.port_active(P_BOUND)] = ({"host_id": HOST1}, None)
+    # Replicated tables the trace reads: a VM learned on br1, ARP entries on RT1.
+    b.state[paths.mac_entry(BR1, VM_MAC, P_BOUND)] = ({}, None)
+    b.state[paths.mac_entry(BR1, VM2_MAC, P_FREE)] = ({}, None)
+    b.state[paths.arp_entry(RT1, "10.0.1.10", VM_MAC, 1e9)] = ({}, None)
+    b.state[paths.arp_entry(RT1, "169.254.0.2", "02:aa:00:00:02:01", 4e9)] = ({}, None)
     return b
 
 
@@ -90,17 +147,83 @@ schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", APP)
 
 
 HOSTS = [HOST1, HOST2]
-PORTS = [P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3]
-POOLS = {"hosts": HOSTS, "tunnel_zones": [TZ1], "bridges": [BR1, BR2, BR3], "ports": PORTS}
+ROUTER_PORTS = [RP_BR, RP_UP, RP_EXT, RP_DOWN, RP_GW]
+PORTS = [P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3] + ROUTER_PORTS
+POOLS = {"hosts": HOSTS, "tunnel_zones": [TZ1], "bridges": [BR1, BR2, BR3], "ports": PORTS,
+         "routers": [RT1, RT2, RT3], "routes": [RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3]}
+# Values that pass the format checks and reach the deeper ones (overlap, host
+# bits, gateway on the port's network, duplicates, the simulation's branches).
+VALUES = {
+    "ip_address": ["10.0.1.7", "10.9.0.1", "172.16.5.5", "192.168.7.1", "10.9.0.0"],
+    "dst_cidr": ["0.0.0.0/0", "10.0.1.0/24", "10.8.0.0/16", "192.0.2.0/24", "10.8.0.1/16"],
+    "src_cidr": ["0.0.0.0/0", "10.0.1.0/24", "10.0.1.1/24"],
+    "next_hop_gateway": ["169.254.0.2", "169.254.0.1", "10.0.1.20", "203.0.113.254",
+                         "172.16.0.1"],
+    "mac": ["02:aa:00:00:01:01", "02:AA:00:00:09:09", "01:00:5e:00:00:01"],
+    "eth_src": [VM_MAC, VM2_MAC, "02:00:00:00:00:99"],
+    "eth_dst": [VM_MAC, VM2_MAC, "02:aa:00:00:01:01", "ff:ff:ff:ff:ff:ff"],
+    "ip_dst": ["10.0.1.10", "10.0.1.1", "8.8.8.8", "192.0.2.1", "169.254.0.2"],
+    "ip_src": ["10.0.1.10", "203.0.113.7"],
+    "arp_tpa": ["10.0.1.1", "10.0.1.10", "10.0.1.99"],
+}
+
+
+def _hash(salt: str, value: Any) -> int:
+    return int(hashlib.sha256((salt + repr(value)).encode()).hexdigest(), 16)
 
 
 def _pick(value: Any, salt: str, pool: list[str]) -> Any:
     """Deterministically replace a generated UUID by a seeded id most of the time."""
     if not isinstance(value, str) or len(value) != 36:
         return value
-    h = int(hashlib.sha256((salt + value).encode()).hexdigest(), 16)
-    i = h % (len(pool) + 1)
+    i = _hash(salt, value) % (len(pool) + 1)
     return pool[i] if i < len(pool) else value
+
+
+def _pick_value(value: Any, field: str, salt: str) -> Any:
+    """Replace a well-typed generated value by a meaningful one 3 times in 4."""
+    pool = VALUES[field]
+    if not isinstance(value, str):
+        return value
+    h = _hash(field + salt, value)
+    return value if h % 4 == 0 else pool[(h // 4) % len(pool)]
+
+
+# (next_hop_port, next_hop_gateway): valid for their router, and a few that are not.
+HOPS = [(RP_UP, "169.254.0.2"), (RP_BR, "10.0.1.20"), (RP_BR, None), (RP_EXT, None),
+        (RP_GW, "203.0.113.254"), (RP_DOWN, "169.254.0.1"), (RP_EXT, "10.0.1.20"),
+        (RP_UP, "169.254.0.3"), (None, None)]
+IP_KEYS = ("ip_src", "ip_dst", "ip_proto", "ip_ttl", "tp_src", "tp_dst")
+ARP_KEYS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
+
+
+def _steer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Make a schema-valid body more often valid for the server too (only for
+    positive cases: a negative case must stay invalid)."""
+    salt = repr(sorted(body.items(), key=lambda kv: kv[0]))
+    h = _hash("steer", salt)
+    if path == "/v1/trace":
+        ip = [k for k in IP_KEYS if k in body]
+        arp = [k for k in ARP_KEYS if k in body]
+        if ip and arp:  # a packet is one or the other
+            for k in (arp if h % 2 else ip):
+                del body[k]
+        if "eth_type" in body and h % 5:
+            del body["eth_type"]
+        if ("tp_src" in body or "tp_dst" in body) and h % 3:
+            body["ip_proto"] = (6, 17, 1)[h % 3]
+            if body["ip_proto"] == 1:
+                for k in ("tp_src", "tp_dst"):
+                    if k in body:
+                        body[k] %= 256
+    elif "next_hop_port" in body or "next_hop_gateway" in body or "dst_cidr" in body:
+        if h % 5:
+            port, gw = HOPS[h % len(HOPS)]
+            body["next_hop_port"], body["next_hop_gateway"] = port, gw
+    for k in VALUES:
+        if k in body:
+            body[k] = _pick_value(body[k], k, salt)
+    return body
 
 
 @schema.hook
@@ -113,11 +236,51 @@ def map_case(ctx, case):
         }
     if isinstance(case.body, dict):
         body = dict(case.body)
-        for k, pool in (("host_id", HOSTS), ("peer_id", PORTS)):
+        for k, pool in (("host_id", HOSTS), ("peer_id", PORTS), ("in_port", PORTS),
+                        ("next_hop_port", ROUTER_PORTS)):
             if k in body:
                 body[k] = _pick(body[k], k, pool)
+        meta = getattr(case, "meta", None)
+        if meta is None or not meta.generation.mode.is_negative:
+            body = _steer(case.path, body)
         case.body = body
     return case
+
+
+def integrity_errors(b: MemoryBackend) -> list[str]:
+    """Referential integrity of the topology: what no request may ever break."""
+    m = {kind: {oid: d for oid, (d, _) in objs.items()} for kind, objs in b.models.items()}
+    hosts, ports = m.get(model.HOSTS, {}), m.get(model.PORTS, {})
+    devices = {model.DEVICE_BRIDGE: m.get(model.BRIDGES, {}),
+               model.DEVICE_ROUTER: m.get(model.ROUTERS, {})}
+    errs = []
+    for dtype, devs in devices.items():
+        for did, d in devs.items():
+            for pid in d.get("port_ids", ()):
+                p = ports.get(pid)
+                if p is None or p["device_id"] != did or p.get("device_type", "bridge") != dtype:
+                    errs.append(f"{dtype} {did} lists port {pid} that is not its own")
+    for pid, p in ports.items():
+        dev = devices.get(p.get("device_type", "bridge"), {}).get(p["device_id"])
+        if dev is None or pid not in dev.get("port_ids", ()):
+            errs.append(f"port {pid} is not listed by its device {p['device_id']}")
+        if p.get("peer_id") and ports.get(p["peer_id"], {}).get("peer_id") != pid:
+            errs.append(f"port {pid} is linked to {p['peer_id']}, which is not linked back")
+        if p.get("host_id") and p["host_id"] not in hosts:
+            errs.append(f"port {pid} is bound to a missing host {p['host_id']}")
+    for zid, z in m.get(model.TUNNEL_ZONES, {}).items():
+        for mem in z.get("members", ()):
+            if mem["host_id"] not in hosts:
+                errs.append(f"tunnel zone {zid} lists a missing host {mem['host_id']}")
+    for rid, r in m.get(model.ROUTES, {}).items():
+        if r["router_id"] not in devices[model.DEVICE_ROUTER]:
+            errs.append(f"route {rid} belongs to a missing router {r['router_id']}")
+        hop = r.get("next_hop_port")
+        if hop and ports.get(hop, {}).get("device_id") != r["router_id"]:
+            errs.append(f"route {rid} goes through {hop}, not a port of its router")
+        if r.get("type") == "normal" and not hop:
+            errs.append(f"normal route {rid} has no next_hop_port")
+    return errs
 
 
 CHECKS = [
@@ -143,3 +306,12 @@ def test_api_from_openapi(case):
             f"{case.method} {case.formatted_path} answered {response.status_code} "
             "but changed the store"
         )
+    if case.path == "/v1/trace" or case.method.upper() == "GET":
+        assert snapshot(STORE.backend) == before, (
+            f"{case.method} {case.formatted_path} is read-only but changed the store")
+    errs = integrity_errors(STORE.backend)
+    assert not errs, f"{case.method} {case.formatted_path} broke the topology: {errs}"
+
+
+def test_seed_is_consistent():
+    assert integrity_errors(seeded_backend()) == []

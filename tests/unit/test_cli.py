@@ -352,8 +352,179 @@ def test_unreachable_exit_3(capsys, monkeypatch):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for c in ("host", "tunnel-zone", "bridge", "port", "status"):
+    for c in ("host", "tunnel-zone", "bridge", "port", "status", "router", "route", "trace"):
         assert c in out
+
+
+# ---------------------------------------------------------- routers, routes
+
+
+def test_router_crud(cli):
+    r1 = create(cli, "router", "create", "--name", "r1", "--tenant", "alice")
+    r2 = create(cli, "router", "create", "--name", "r2", "--tenant", "bob", "--down")
+    assert r1["admin_state_up"] is True and r2["admin_state_up"] is False
+
+    r = ok(cli("router", "list"))
+    assert r.out.splitlines()[0].split() == ["ID", "NAME", "TENANT", "STATE", "PORTS"]
+    assert r1["id"] in r.out and r2["id"] in r.out and "down" in r.out
+    assert [x["id"] for x in ok(cli("--json", "router", "list", "--tenant", "bob")).json()] \
+        == [r2["id"]]
+
+    ok(cli("router", "update", "r2", "--up", "--name", "edge"))
+    got = ok(cli("--json", "router", "show", r2["id"])).json()
+    assert (got["name"], got["admin_state_up"]) == ("edge", True)
+    assert "alice" in ok(cli("router", "show", "r1")).out
+
+    one_error_line(cli("router", "update", "edge", "--name", "x", "--if-version", "0"), 1,
+                   "409", "(field: version)")
+    one_error_line(cli("router", "update", "edge"), 2, "nothing to update")
+    r = ok(cli("router", "delete", "edge"))
+    assert r2["id"] in r.out
+    one_error_line(cli("router", "show", "edge"), 1, "no router", "edge")
+    one_error_line(cli("router", "show", r2["id"]), 1, "404")
+
+
+def test_router_ports_and_routes(cli):
+    create(cli, "bridge", "create", "--name", "net1")
+    link = create(cli, "port", "create", "--bridge", "net1", "--type", "interior")
+    r = create(cli, "router", "create", "--name", "r1")
+    lan = create(cli, "router", "add-port", "r1", "--ip", "10.0.1.1/24", "--type", "interior",
+                 "--name", "lan", "--mac", "02:AA:00:00:00:01")
+    assert (lan["ip_address"], lan["prefix_len"], lan["mac"]) == \
+        ("10.0.1.1", 24, "02:aa:00:00:00:01")
+    up = create(cli, "router", "add-port", r["id"], "--address", "203.0.113.2/24",
+                "--name", "uplink")
+    assert up["type"] == "exterior" and up["mac"]
+
+    r_ = ok(cli("router", "ports", "r1"))
+    head = r_.out.splitlines()[0].split()
+    assert head[:4] == ["ID", "NAME", "TYPE", "ADDRESS"]
+    assert "10.0.1.1/24" in r_.out and "203.0.113.2/24" in r_.out and "02:aa:00:00:00:01" in r_.out
+    rows = ok(cli("--json", "port", "list", "--router", "r1")).json()
+    assert {p["id"] for p in rows} == {lan["id"], up["id"]}
+    assert "10.0.1.1/24" in ok(cli("port", "list")).out
+    assert "10.0.1.1" in ok(cli("port", "show", lan["id"])).out
+    ok(cli("port", "link", lan["id"], "--peer", link["id"]))
+
+    # the next-hop port by name, among the router's ports
+    default = create(cli, "route", "create", "r1", "--dst", "0.0.0.0/0", "--port", "uplink",
+                     "--gateway", "203.0.113.1")
+    assert (default["next_hop_port"], default["next_hop_gateway"]) == (up["id"], "203.0.113.1")
+    bh = create(cli, "route", "create", "r1", "--dst", "192.0.2.0/24", "--type", "blackhole",
+                "--weight", "5")
+    assert bh["type"] == "blackhole" and bh["next_hop_port"] is None and bh["weight"] == 5
+    src = create(cli, "route", "create", "r1", "--dst", "10.9.0.0/16", "--src", "10.0.1.0/24",
+                 "--port", lan["id"])
+    r_ = ok(cli("route", "list", "r1"))
+    lines = r_.out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "DESTINATION", "SOURCE"]
+    assert [line.split()[0] for line in lines[1:]] == [bh["id"], src["id"], default["id"]]
+    assert "10.0.1.0/24" in r_.out and "203.0.113.1" in r_.out
+    assert "blackhole" in ok(cli("route", "show", bh["id"])).out
+
+    ok(cli("route", "update", default["id"], "--weight", "7"))
+    assert ok(cli("--json", "route", "show", default["id"])).json()["weight"] == 7
+    ok(cli("route", "update", src["id"], "--port", "uplink", "--gateway", "203.0.113.9"))
+    got = ok(cli("--json", "route", "show", src["id"])).json()
+    assert (got["next_hop_port"], got["next_hop_gateway"]) == (up["id"], "203.0.113.9")
+    ok(cli("route", "update", src["id"], "--no-gateway"))
+    assert ok(cli("--json", "route", "show", src["id"])).json()["next_hop_gateway"] is None
+    one_error_line(cli("route", "update", src["id"]), 2, "nothing to update")
+
+    # errors: each one line, the API's field named
+    one_error_line(cli("route", "create", "r1", "--dst", "10.0.0.1/8", "--port", "lan"), 1,
+                   "400", "(field: dst_cidr)")
+    one_error_line(cli("route", "create", "r1", "--dst", "10.0.0.0/8", "--port", "lan",
+                       "--gateway", "8.8.8.8"), 1, "400", "(field: next_hop_gateway)")
+    one_error_line(cli("route", "create", "r1", "--dst", "10.0.0.0/8", "--port", "nope"), 1,
+                   "no port", "'nope'")
+    one_error_line(cli("route", "create", "r1", "--dst", "0.0.0.0/0", "--port", "uplink",
+                       "--gateway", "203.0.113.1"), 1, "409")
+    one_error_line(cli("router", "add-port", "r1", "--ip", "10.0.1.7/25"), 1, "409",
+                   "(field: ip_address)")
+    one_error_line(cli("router", "add-port", "r1", "--ip", "10.0.7.7"), 2, "ADDRESS/PREFIX_LEN")
+    one_error_line(cli("router", "add-port", "r1", "--ip", "10.0.7.7/x"), 2)
+    one_error_line(cli("router", "add-port", "r1", "--ip", "10.0.7.7/40"), 1,
+                   "(field: prefix_len)")
+    one_error_line(cli("router", "delete", "r1"), 1, "409")
+    one_error_line(cli("route", "show", "nope"), 1, "no route")
+
+    r_ = ok(cli("route", "delete", bh["id"]))
+    assert bh["id"] in r_.out
+    ok(cli("port", "delete", up["id"]))  # takes the routes through it along
+    assert [x["id"] for x in ok(cli("--json", "route", "list", "r1")).json()] == []
+    ok(cli("port", "delete", lan["id"]))
+    ok(cli("router", "delete", "r1"))
+
+
+# --------------------------------------------------------------------- trace
+
+
+@pytest.fixture
+def l2_net(cli, store):
+    b = create(cli, "bridge", "create", "--name", "net")
+    p1 = create(cli, "port", "create", "--bridge", "net", "--name", "vm1")
+    p2 = create(cli, "port", "create", "--bridge", "net", "--name", "vm2")
+    store.put_state(paths.mac_entry(b["id"], "02:00:00:00:00:02", p2["id"]), {})
+    return b, p1, p2
+
+
+def test_trace_human(cli, l2_net):
+    b, p1, p2 = l2_net
+    r = ok(cli("trace", "--in-port", "vm1", "--eth-src", "02:00:00:00:00:01",
+               "--eth-dst", "02:00:00:00:00:02", "--ip-src", "10.0.0.1", "--ip-dst", "10.0.0.2",
+               "--proto", "tcp", "--sport", "1234", "--dport", "80"))
+    lines = r.out.splitlines()
+    assert lines[0].startswith("packet: 02:00:00:00:00:01 > 02:00:00:00:00:02, IPv4 10.0.0.1 "
+                               "> 10.0.0.2 tcp 1234 > 80 ttl 64, into port " + p1["id"])
+    assert lines[1] == "steps:"
+    assert lines[2].startswith(f"  1. bridge {b['id']} (net): learn 02:00:00:00:00:01")
+    assert lines[3].startswith(f"  2. bridge {b['id']} (net): ")
+    assert f"decision: FORWARD to port {p2['id']} (vm2)" in lines
+    match = next(line for line in lines if line.startswith("flow match: "))
+    assert f"in_port={p1['id']}" in match and "eth_dst=02:00:00:00:00:02" in match
+    assert "installed as a flow: yes" in lines
+
+    r = ok(cli("trace", "--in-port", p1["id"], "--eth-src", "02:00:00:00:00:01",
+               "--eth-dst", "ff:ff:ff:ff:ff:ff", "--arp", "request", "--ip-src", "10.0.0.1",
+               "--ip-dst", "10.0.0.2"))
+    assert "ARP request 10.0.0.1 > 10.0.0.2" in r.out and "flood" in r.out
+
+    r = ok(cli("trace", "--in-port", "vm2", "--eth-src", "02:00:00:00:00:02",
+               "--eth-dst", "02:00:00:00:00:02"))
+    assert "decision: DROP (" in r.out
+
+
+def test_trace_json(cli, l2_net):
+    _, p1, p2 = l2_net
+    res = ok(cli("--json", "trace", "--in-port", "vm1", "--eth-src", "02:00:00:00:00:01",
+                 "--eth-dst", "02:00:00:00:00:02", "--ip-src", "10.0.0.1", "--ip-dst",
+                 "10.0.0.2", "--proto", "icmp", "--sport", "8", "--dport", "0", "--ttl",
+                 "3")).json()
+    assert res["action"] == "forward" and res["out_ports"] == [p2["id"]]
+    assert {"steps", "match_fields", "tags", "rewrites", "generated", "cacheable",
+            "wait_arp", "reason"} <= set(res)
+
+
+def test_trace_errors(cli, l2_net):
+    base = ("trace", "--in-port", "vm1", "--eth-src", "02:00:00:00:00:01", "--eth-dst",
+            "02:00:00:00:00:02")
+    one_error_line(cli(*base[:-2]), 2, "--eth-dst")
+    one_error_line(cli(*base, "--ip-dst", "10.0.0.2"), 2, "--ip-src")
+    one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--proto", "gre"),
+                   2, "--proto")
+    one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--dport", "80"),
+                   2, "--proto")
+    one_error_line(cli(*base, "--arp", "request"), 2, "--ip-src")
+    one_error_line(cli(*base, "--arp", "reply", "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2",
+                       "--ttl", "3"), 2, "--ttl")
+    one_error_line(cli(*base, "--eth-type", "ip"), 2, "eth-type")
+    one_error_line(cli("trace", "--in-port", "nope", "--eth-src", "02:00:00:00:00:01",
+                       "--eth-dst", "02:00:00:00:00:02"), 1, "no port")
+    one_error_line(cli("trace", "--in-port", "vm1", "--eth-src", "01:00:00:00:00:01",
+                       "--eth-dst", "02:00:00:00:00:02"), 1, "400", "(field: eth_src)")
+    one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--ttl", "0"), 1,
+                   "(field: ip_ttl)")
 
 
 # ------------------------------------------------------ pure helpers (no API)

@@ -1,0 +1,95 @@
+"""A TopologyView read straight from the store: what a trace simulates against.
+
+The agent simulates against its watched cache (:mod:`midoflow.agent.cache`);
+the API has no cache, so :class:`StoreView` reads the store on demand and
+remembers what it read for the life of one view (one trace sees one
+consistent-enough picture and never reads an object twice). It is read-only:
+nothing a simulation learns is written back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from midoflow import model
+from midoflow.errors import NotFound
+from midoflow.model import Bridge, Port, Route, Router
+from midoflow.store import paths
+from midoflow.store.base import Store
+
+
+class StoreView:
+    """Implements :class:`midoflow.sim.view.TopologyView` over a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # One object per id for the life of the view: the simulation memoises
+        # what it derives from an object by the object's identity.
+        self._objects: dict[tuple[str, str], Any] = {}
+        self._routes: dict[str, tuple[Route, ...]] | None = None
+        self._macs: dict[str, dict[str, str]] = {}
+        self._arps: dict[str, dict[str, tuple[str, float]]] = {}
+        self._active: dict[str, bool] = {}
+
+    def _get(self, kind: str, oid: str, cls: Any) -> Any:
+        key = (kind, oid)
+        if key not in self._objects:
+            try:
+                self._objects[key] = cls.from_dict(self.store.get(kind, oid)[0])
+            except NotFound:
+                self._objects[key] = None
+        return self._objects[key]
+
+    # ---- TopologyView -----------------------------------------------------
+    def port(self, port_id: str) -> Port | None:
+        return self._get(model.PORTS, port_id, Port)
+
+    def bridge(self, bridge_id: str) -> Bridge | None:
+        return self._get(model.BRIDGES, bridge_id, Bridge)
+
+    def router(self, router_id: str) -> Router | None:
+        return self._get(model.ROUTERS, router_id, Router)
+
+    def routes(self, router_id: str) -> Sequence[Route]:
+        if self._routes is None:
+            by_router: dict[str, list[Route]] = {}
+            for d, _ in self.store.list(model.ROUTES):
+                by_router.setdefault(d.get("router_id"), []).append(Route.from_dict(d))
+            self._routes = {rid: tuple(sorted(rs, key=lambda r: r.id))
+                            for rid, rs in by_router.items()}
+        return self._routes.get(router_id, ())
+
+    def mac_port(self, bridge_id: str, mac: str) -> str | None:
+        if bridge_id not in self._macs:
+            table: dict[str, str] = {}
+            for name in sorted(self.store.list_state(paths.mac_table(bridge_id))):
+                entry = paths.parse_mac_entry(name)
+                if entry is None:
+                    continue
+                m, pid = entry
+                # Two entries for one MAC (a VM moving): prefer an active port,
+                # as the agents do.
+                if m not in table or (not self._is_active(table[m]) and self._is_active(pid)):
+                    table[m] = pid
+            self._macs[bridge_id] = table
+        return self._macs[bridge_id].get(mac)
+
+    def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
+        if router_id not in self._arps:
+            table: dict[str, tuple[str, float]] = {}
+            for name in self.store.list_state(paths.arp_table(router_id)):
+                entry = paths.parse_arp_entry(name)
+                if entry is None:
+                    continue
+                eip, emac, learned = entry
+                # During a refresh old and new names coexist: the newest wins.
+                if eip not in table or learned > table[eip][1]:
+                    table[eip] = (emac, learned)
+            self._arps[router_id] = table
+        return self._arps[router_id].get(ip)
+
+    def _is_active(self, port_id: str) -> bool:
+        if port_id not in self._active:
+            self._active[port_id] = self.store.get_state(paths.port_active(port_id)) is not None
+        return self._active[port_id]
