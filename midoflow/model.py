@@ -16,7 +16,12 @@ BRIDGES = "bridges"
 PORTS = "ports"
 ROUTERS = "routers"
 ROUTES = "routes"
-KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES)
+CHAINS = "chains"
+RULES = "rules"
+PORT_GROUPS = "port_groups"
+IP_ADDR_GROUPS = "ip_addr_groups"
+KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
+         IP_ADDR_GROUPS)
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -32,6 +37,33 @@ ROUTE_BLACKHOLE = "blackhole"
 ROUTE_REJECT = "reject"
 ROUTE_TYPES = (ROUTE_NORMAL, ROUTE_BLACKHOLE, ROUTE_REJECT)
 ROUTE_DEFAULT_WEIGHT = 100
+
+# Rule actions. accept/drop/reject end the walk of the chains of this device;
+# jump calls another chain; return leaves the current chain; continue goes on.
+# The NAT actions translate and accept (see midoflow.nat).
+RULE_ACCEPT = "accept"
+RULE_DROP = "drop"
+RULE_REJECT = "reject"
+RULE_JUMP = "jump"
+RULE_RETURN = "return"
+RULE_CONTINUE = "continue"
+RULE_DNAT = "dnat"
+RULE_SNAT = "snat"
+RULE_REV_DNAT = "rev_dnat"
+RULE_REV_SNAT = "rev_snat"
+RULE_ACTIONS = (RULE_ACCEPT, RULE_DROP, RULE_REJECT, RULE_JUMP, RULE_RETURN, RULE_CONTINUE,
+                RULE_DNAT, RULE_SNAT, RULE_REV_DNAT, RULE_REV_SNAT)
+NAT_ACTIONS = (RULE_DNAT, RULE_SNAT)
+# Fragment policies of a rule: which IPv4 packets it may match.
+FRAG_ANY = "any"
+FRAG_UNFRAGMENTED = "unfragmented"
+FRAG_HEADER = "header"  # unfragmented, or the first fragment
+FRAG_NONHEADER = "nonheader"  # a later fragment (no L4 header)
+FRAG_POLICIES = (FRAG_ANY, FRAG_UNFRAGMENTED, FRAG_HEADER, FRAG_NONHEADER)
+# The conditions a rule may invert (listed in Rule.invert).
+RULE_CONDITIONS = ("in_ports", "out_ports", "port_group", "ip_addr_group_src",
+                   "ip_addr_group_dst", "eth_type", "eth_src", "eth_dst", "nw_src", "nw_dst",
+                   "nw_proto", "nw_tos", "tp_src", "tp_dst")
 
 # Tunnel keys name the egress virtual port on the wire (VXLAN VNI is 24 bits).
 TUNNEL_KEY_MIN = 1
@@ -85,6 +117,8 @@ class Bridge(_Model):
     tenant_id: str = ""
     admin_state_up: bool = True
     port_ids: tuple[str, ...] = ()
+    inbound_filter_id: str | None = None
+    outbound_filter_id: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Bridge:
@@ -112,6 +146,109 @@ class Port(_Model):
     mac: str | None = None
     ip_address: str | None = None
     prefix_len: int | None = None
+    # Chains applied to packets entering the topology from this port
+    # (inbound) and leaving through it (outbound).
+    inbound_filter_id: str | None = None
+    outbound_filter_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NatTarget(_Model):
+    """Translate to an address in [addr_from, addr_to] and a port in
+    [port_from, port_to] (0, 0: keep the port)."""
+
+    addr_from: str
+    addr_to: str
+    port_from: int = 0
+    port_to: int = 0
+
+
+@dataclass(frozen=True)
+class Rule(_Model):
+    """One rule of a chain. Unset conditions match anything; ``invert`` names
+    the conditions whose sense is inverted. ``tp_src``/``tp_dst`` are
+    inclusive (lo, hi) ranges; for ICMP they hold the type and the code."""
+
+    id: str
+    chain_id: str
+    action: str
+    jump_chain_id: str | None = None
+    in_ports: tuple[str, ...] = ()
+    out_ports: tuple[str, ...] = ()
+    port_group: str | None = None
+    ip_addr_group_src: str | None = None
+    ip_addr_group_dst: str | None = None
+    eth_type: int | None = None
+    eth_src: str | None = None
+    eth_dst: str | None = None
+    nw_src: str | None = None
+    nw_dst: str | None = None
+    nw_proto: int | None = None
+    nw_tos: int | None = None
+    tp_src: tuple[int, int] | None = None
+    tp_dst: tuple[int, int] | None = None
+    match_forward_flow: bool = False
+    match_return_flow: bool = False
+    fragment_policy: str = FRAG_ANY
+    invert: tuple[str, ...] = ()
+    nat_targets: tuple[NatTarget, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rule:
+        d = dict(d)
+        for k in ("in_ports", "out_ports", "invert"):
+            d[k] = tuple(d.get(k) or ())
+        for k in ("tp_src", "tp_dst"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        d["nat_targets"] = tuple(NatTarget.from_dict(t) for t in d.get("nat_targets") or ())
+        return super().from_dict(d)
+
+
+@dataclass(frozen=True)
+class Chain(_Model):
+    id: str
+    name: str = ""
+    tenant_id: str = ""
+    rule_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Chain:
+        d = dict(d)
+        d["rule_ids"] = tuple(d.get("rule_ids", ()))
+        return super().from_dict(d)
+
+
+@dataclass(frozen=True)
+class PortGroup(_Model):
+    """Ports grouped for rules; a stateful group's members all receive the
+    flow state of connections through any of them (gateway uplinks)."""
+
+    id: str
+    name: str = ""
+    tenant_id: str = ""
+    stateful: bool = False
+    port_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PortGroup:
+        d = dict(d)
+        d["port_ids"] = tuple(d.get("port_ids", ()))
+        return super().from_dict(d)
+
+
+@dataclass(frozen=True)
+class IpAddrGroup(_Model):
+    id: str
+    name: str = ""
+    tenant_id: str = ""
+    addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IpAddrGroup:
+        d = dict(d)
+        d["addresses"] = tuple(d.get("addresses", ()))
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -124,6 +261,8 @@ class Router(_Model):
     tenant_id: str = ""
     admin_state_up: bool = True
     port_ids: tuple[str, ...] = ()
+    inbound_filter_id: str | None = None
+    outbound_filter_id: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Router:
@@ -161,4 +300,5 @@ class HostState:
 
 def from_dict(kind: str, d: dict[str, Any]):
     return {HOSTS: Host, TUNNEL_ZONES: TunnelZone, BRIDGES: Bridge, PORTS: Port,
-            ROUTERS: Router, ROUTES: Route}[kind].from_dict(d)
+            ROUTERS: Router, ROUTES: Route, CHAINS: Chain, RULES: Rule,
+            PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup}[kind].from_dict(d)
