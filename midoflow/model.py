@@ -20,8 +20,9 @@ CHAINS = "chains"
 RULES = "rules"
 PORT_GROUPS = "port_groups"
 IP_ADDR_GROUPS = "ip_addr_groups"
+SECURITY_GROUPS = "security_groups"
 KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
-         IP_ADDR_GROUPS)
+         IP_ADDR_GROUPS, SECURITY_GROUPS)
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -150,6 +151,57 @@ class Port(_Model):
     # (inbound) and leaving through it (outbound).
     inbound_filter_id: str | None = None
     outbound_filter_id: str | None = None
+    # Bridge ports (Neutron's port security): the VM's addresses, its
+    # security groups and the extra (ip, mac) pairs it may send from.
+    fixed_ips: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    port_security_enabled: bool = False
+    allowed_address_pairs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Port:
+        d = dict(d)
+        for k in ("fixed_ips", "security_group_ids"):
+            d[k] = tuple(d.get(k) or ())
+        d["allowed_address_pairs"] = tuple(
+            (p["ip_address"], p.get("mac_address") or "") if isinstance(p, dict) else tuple(p)
+            for p in d.get("allowed_address_pairs") or ())
+        return super().from_dict(d)
+
+
+@dataclass(frozen=True)
+class SecurityGroupRule(_Model):
+    """Neutron's rule: ``direction`` ingress (to the VM) or egress; None
+    fields match anything. ``remote_group_id`` means "from/to any port of
+    that group"."""
+
+    id: str
+    direction: str
+    ethertype: str = "IPv4"
+    protocol: int | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SecurityGroup(_Model):
+    """A Neutron security group. The service keeps it expressed as chains
+    (one ingress and one egress chain per group), an IP address group of its
+    members' addresses, and a filter chain pair per member port."""
+
+    id: str
+    name: str = ""
+    tenant_id: str = ""
+    description: str = ""
+    rules: tuple[SecurityGroupRule, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SecurityGroup:
+        d = dict(d)
+        d["rules"] = tuple(SecurityGroupRule.from_dict(r) for r in d.get("rules") or ())
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -301,4 +353,5 @@ class HostState:
 def from_dict(kind: str, d: dict[str, Any]):
     return {HOSTS: Host, TUNNEL_ZONES: TunnelZone, BRIDGES: Bridge, PORTS: Port,
             ROUTERS: Router, ROUTES: Route, CHAINS: Chain, RULES: Rule,
-            PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup}[kind].from_dict(d)
+            PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup,
+            SECURITY_GROUPS: SecurityGroup}[kind].from_dict(d)
