@@ -1,0 +1,157 @@
+"""Connection tracking, pure: keys both ways, a table with idle expiry and
+TCP close handling.
+
+A connection is tracked by the device (port, bridge or router) whose rules
+asked for it. When its first packet (the forward flow) passes, the *return*
+key -- the reply's 5-tuple at that device -- is recorded; a later packet is
+a return flow when its own key is in the table. The agent pushes the return
+key to every host that may see the reply before it forwards the first packet
+("zero-delay"), and files it in the flow-state store for recovery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from midoflow.sim.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+
+# MidoNet's idle timeout for flow state; refreshed by traffic.
+IDLE_SECONDS = 60.0
+# A TCP connection seen closing (FIN both ways, or RST) lingers this long.
+CLOSING_SECONDS = 10.0
+TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
+_WITH_PORTS = (PROTO_TCP, PROTO_UDP)
+
+
+@dataclass(frozen=True, order=True)
+class ConnKey:
+    """A connection's 5-tuple at a device. ICMP carries no ports (0, 0)."""
+
+    device: str
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    @classmethod
+    def of(cls, device: str, pkt: Packet) -> ConnKey | None:
+        """The key of an IPv4 packet at ``device`` (None for non-IP)."""
+        if pkt.ip_src is None or pkt.ip_dst is None or pkt.ip_proto is None:
+            return None
+        if pkt.ip_proto in _WITH_PORTS:
+            return cls(device, pkt.ip_proto, pkt.ip_src, pkt.tp_src or 0, pkt.ip_dst,
+                       pkt.tp_dst or 0)
+        return cls(device, pkt.ip_proto, pkt.ip_src, 0, pkt.ip_dst, 0)
+
+    def reverse(self) -> ConnKey:
+        """The key of the reply at the same device."""
+        return ConnKey(self.device, self.proto, self.dst, self.dport, self.src, self.sport)
+
+    def encode(self) -> str:
+        return f"{self.device}|{self.proto}|{self.src}|{self.sport}|{self.dst}|{self.dport}"
+
+    @classmethod
+    def decode(cls, text: str) -> ConnKey:
+        """Inverse of :meth:`encode`; ValueError on anything else."""
+        parts = text.split("|")
+        if len(parts) != 6:
+            raise ValueError(f"not a connection key: {text!r}")
+        dev, proto, src, sport, dst, dport = parts
+        return cls(dev, int(proto), src, int(sport), dst, int(dport))
+
+
+@dataclass
+class Conn:
+    expires: float
+    closing: bool = False
+    fin_fwd: bool = False
+    fin_ret: bool = False
+
+
+class ConnTrackTable:
+    """Return keys of live connections, with idle expiry. The clock is the
+    caller's (``now`` arguments): no I/O, no threads."""
+
+    def __init__(self, idle: float = IDLE_SECONDS, closing: float = CLOSING_SECONDS) -> None:
+        self.idle = idle
+        self.closing = closing
+        self._conns: dict[ConnKey, Conn] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __contains__(self, key: ConnKey) -> bool:
+        return key in self._conns
+
+    def keys(self) -> list[ConnKey]:
+        return list(self._conns)
+
+    def track(self, forward: ConnKey, now: float) -> ConnKey:
+        """Record a connection by its forward key; returns its return key."""
+        ret = forward.reverse()
+        c = self._conns.get(ret)
+        if c is None or c.closing:
+            self._conns[ret] = Conn(now + self.idle)
+        else:
+            c.expires = max(c.expires, now + self.idle)
+        return ret
+
+    def install(self, ret: ConnKey, now: float, ttl: float | None = None) -> None:
+        """Accept a return key pushed by another host or recovered from the store."""
+        until = now + (self.idle if ttl is None else ttl)
+        c = self._conns.get(ret)
+        if c is None:
+            self._conns[ret] = Conn(until)
+        else:
+            c.expires = max(c.expires, until)
+
+    def is_return(self, key: ConnKey, now: float) -> bool:
+        """Is a packet with this key the reply of a tracked connection?"""
+        c = self._conns.get(key)
+        if c is None:
+            return False
+        if c.expires <= now:
+            del self._conns[key]
+            return False
+        return True
+
+    def refresh(self, ret: ConnKey, now: float) -> None:
+        c = self._conns.get(ret)
+        if c is not None and not c.closing:
+            c.expires = max(c.expires, now + self.idle)
+
+    def tcp_flags(self, key: ConnKey, flags: int, now: float) -> None:
+        """A TCP segment of a tracked connection (``key`` as seen: a forward
+        or a return key): RST closes it; FIN from both sides closes it."""
+        if key.proto != PROTO_TCP:
+            return
+        ret, is_fwd = (key.reverse(), True) if key.reverse() in self._conns else (key, False)
+        c = self._conns.get(ret)
+        if c is None:
+            return
+        if flags & TCP_RST:
+            c.closing, c.expires = True, min(c.expires, now + self.closing)
+            return
+        if flags & TCP_FIN:
+            if is_fwd:
+                c.fin_fwd = True
+            else:
+                c.fin_ret = True
+            if c.fin_fwd and c.fin_ret:
+                c.closing, c.expires = True, min(c.expires, now + self.closing)
+
+    def remove(self, ret: ConnKey) -> None:
+        self._conns.pop(ret, None)
+
+    def expire(self, now: float) -> list[ConnKey]:
+        """Drop and return the return keys of idle or closed connections."""
+        gone = [k for k, c in self._conns.items() if c.expires <= now]
+        for k in gone:
+            del self._conns[k]
+        return gone
+
+
+def icmp_is_error(pkt: Packet) -> bool:
+    """ICMP errors relate to a connection by the packet they quote."""
+    return pkt.ip_proto == PROTO_ICMP and pkt.tp_src in (3, 4, 5, 11, 12)
