@@ -43,6 +43,8 @@ class Packet:
     ip_dst: str | None = None
     ip_proto: int | None = None
     ip_ttl: int = 64
+    ip_tos: int = 0
+    ip_frag: int = 0  # 0 unfragmented, 1 first fragment, 2 a later fragment
     tp_src: int | None = None
     tp_dst: int | None = None
     arp_op: int | None = None
@@ -50,6 +52,7 @@ class Packet:
     arp_spa: str | None = None
     arp_tha: str | None = None
     arp_tpa: str | None = None
+    tcp_flags: int | None = None
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)

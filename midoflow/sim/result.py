@@ -11,6 +11,8 @@ of the changed thing:
 * ``router:<id>`` the router object (existence, admin state, its port set)
 * ``routes:<id>`` the router's routing table (any route added, changed, removed)
 * ``arp:<router>:<ip>`` the router's ARP entry for a next hop
+* ``chain:<id>`` a chain (its rule list or any of its rules)
+* ``pg:<id>`` / ``ipag:<id>`` a port group / an IP address group's members
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def routes_tag(router_id: str) -> str:
 
 def arp_tag(router_id: str, ip: str) -> str:
     return f"arp:{router_id}:{ip}"
+
+
+def chain_tag(chain_id: str) -> str:
+    return f"chain:{chain_id}"
+
+
+def port_group_tag(group_id: str) -> str:
+    return f"pg:{group_id}"
+
+
+def ip_addr_group_tag(group_id: str) -> str:
+    return f"ipag:{group_id}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,9 @@ class Result:
     # False: the decision must not become a flow (the topology itself answered,
     # or the decision depends on something a flow cannot match, like the TTL).
     cacheable: bool = True
+    # Forward keys of connections this packet opens (midoflow.nat.conntrack
+    # ConnKey): the agent tracks them and pushes their return keys first.
+    conntrack: tuple = ()
 
     @property
     def dropped(self) -> bool:
@@ -134,6 +151,7 @@ class _Builder:
     arp_learned: list[tuple[str, str, str]] = field(default_factory=list)
     wait_arp: tuple[str, str] | None = None
     cacheable: bool = True
+    conntrack: list = field(default_factory=list)
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -153,5 +171,6 @@ class _Builder:
             generated=tuple(self.generated),
             arp_learned=tuple(self.arp_learned),
             wait_arp=self.wait_arp,
-            cacheable=self.cacheable and not self.generated and self.wait_arp is None,
+            cacheable=self.cacheable and self.wait_arp is None,
+            conntrack=tuple(dict.fromkeys(self.conntrack)),
         )

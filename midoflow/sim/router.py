@@ -172,6 +172,19 @@ def icmp_error(b: _Builder, inport: Port, pkt: Packet, icmp_type: int, code: int
            f"{why}: ICMP type {icmp_type} code {code} to {pkt.ip_src}")
 
 
+def reject(b: _Builder, inport: Port, pkt: Packet) -> None:
+    """A filter rejected ``pkt``: ICMP administratively prohibited to its
+    sender, sent back out of the port it came in by, from the address it
+    was sent to (as a host firewall answers)."""
+    b.cacheable = False
+    if pkt.ip_src is None or pkt.ip_dst is None or pkt.eth_dst == BROADCAST or (
+            pkt.ip_proto == PROTO_ICMP and pkt.tp_src in ICMP_ERRORS):
+        return
+    b.generated.append(_gen("icmp_error", inport.id, icmp_type=ICMP_UNREACH,
+                            icmp_code=UNREACH_FILTER, eth_src=pkt.eth_dst,
+                            eth_dst=pkt.eth_src, ip_src=pkt.ip_dst, ip_dst=pkt.ip_src))
+
+
 def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
           now: float) -> tuple[Port, Packet] | None:
     """One router: the port the packet leaves through and the packet as it

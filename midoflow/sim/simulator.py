@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from midoflow.model import DEVICE_BRIDGE, DEVICE_ROUTER, PORT_INTERIOR, Port
-from midoflow.sim import router
+from midoflow.sim import chains, router
 from midoflow.sim.packet import Packet, is_multicast
 from midoflow.sim.result import (
     Action,
@@ -53,14 +53,31 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
             b.step("sim", port.device_id, f"more than {MAX_DEVICES} devices: drop")
             return b.result(Action.DROP, "loop guard")
         if port.device_type == DEVICE_BRIDGE:
-            nexts = [(p, cur) for p in _bridge(view, port, cur, b)]
+            device = view.bridge(port.device_id)
         elif port.device_type == DEVICE_ROUTER:
-            hop = router.route(view, port, cur, b, now)
-            nexts = [hop] if hop else []
+            device = view.router(port.device_id)
         else:
             b.step("port", port.id, f"device type {port.device_type} not supported: drop")
             continue
+        # MidoNet's order: port inbound, device inbound, the device, device
+        # outbound, port outbound.
+        if not _filter(view, port.inbound_filter_id, cur, port, port.id, None, b, "inbound"):
+            continue
+        if device is not None and not _filter(view, device.inbound_filter_id, cur, port,
+                                              port.device_id, None, b, "inbound"):
+            continue
+        if port.device_type == DEVICE_BRIDGE:
+            nexts = [(p, cur) for p in _bridge(view, port, cur, b)]
+        else:
+            hop = router.route(view, port, cur, b, now)
+            nexts = [hop] if hop else []
         for nxt, npkt in nexts:
+            if device is not None and not _filter(view, device.outbound_filter_id, npkt, port,
+                                                  port.device_id, nxt.id, b, "outbound"):
+                continue
+            if not _filter(view, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
+                           "outbound"):
+                continue
             if nxt.type == PORT_INTERIOR:
                 peer = view.port(nxt.peer_id) if nxt.peer_id else None
                 b.tags.add(port_tag(nxt.id))
@@ -146,3 +163,18 @@ def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
         if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac == mac:
             return pid
     return None
+
+
+def _filter(view: TopologyView, chain_id: str | None, pkt: Packet, inport: Port,
+            ct_device: str, out_port: str | None, b: _Builder, where: str) -> bool:
+    """Run one filter chain; True when the packet may go on. A reject answers
+    the sender with ICMP administratively prohibited."""
+    if not chain_id:
+        return True
+    verdict = chains.run(view, chain_id, pkt, chains.Context(inport.id, out_port, ct_device), b)
+    if verdict in (None, chains.RULE_ACCEPT):
+        return True
+    b.step("filter", ct_device, f"{where} chain {chain_id}: {verdict}")
+    if verdict == chains.RULE_REJECT:
+        router.reject(b, inport, pkt)
+    return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from midoflow.model import Bridge, Port, Route, Router
+from midoflow.model import Bridge, Chain, IpAddrGroup, Port, PortGroup, Route, Router, Rule
 
 
 class TopologyView(Protocol):
@@ -27,6 +27,19 @@ class TopologyView(Protocol):
         """(MAC, time learned) from the router's replicated ARP table."""
         ...
 
+    def chain(self, chain_id: str) -> Chain | None: ...
+
+    def rule(self, rule_id: str) -> Rule | None: ...
+
+    def port_group(self, group_id: str) -> PortGroup | None: ...
+
+    def ip_addr_group(self, group_id: str) -> IpAddrGroup | None: ...
+
+    def is_return_flow(self, key) -> bool:
+        """Is a packet with this connection key (midoflow.nat.conntrack.ConnKey)
+        the reply of a tracked connection?"""
+        ...
+
 
 class DictView:
     """A TopologyView over plain dicts: unit tests, tracing, benchmarks.
@@ -42,6 +55,11 @@ class DictView:
         routers: dict[str, Router] | None = None,
         routes_by_router: dict[str, Sequence[Route]] | None = None,
         arps: dict[tuple[str, str], tuple[str, float]] | None = None,
+        chains: dict[str, Chain] | None = None,
+        rules: dict[str, Rule] | None = None,
+        port_groups: dict[str, PortGroup] | None = None,
+        ip_addr_groups: dict[str, IpAddrGroup] | None = None,
+        return_keys: set | None = None,
     ) -> None:
         self.ports = ports or {}
         self.bridges = bridges or {}
@@ -49,6 +67,11 @@ class DictView:
         self.routers = routers or {}
         self.routes_by_router = routes_by_router or {}
         self.arps = arps or {}
+        self.chains = chains or {}
+        self.rules = rules or {}
+        self.port_groups = port_groups or {}
+        self.ip_addr_groups = ip_addr_groups or {}
+        self.return_keys = return_keys if return_keys is not None else set()
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -67,3 +90,18 @@ class DictView:
 
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         return self.arps.get((router_id, ip))
+
+    def chain(self, chain_id: str) -> Chain | None:
+        return self.chains.get(chain_id)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return self.rules.get(rule_id)
+
+    def port_group(self, group_id: str) -> PortGroup | None:
+        return self.port_groups.get(group_id)
+
+    def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
+        return self.ip_addr_groups.get(group_id)
+
+    def is_return_flow(self, key) -> bool:
+        return key in self.return_keys
