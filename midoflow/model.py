@@ -67,8 +67,10 @@ RULE_CONDITIONS = ("in_ports", "out_ports", "port_group", "ip_addr_group_src",
                    "nw_proto", "nw_tos", "tp_src", "tp_dst")
 
 # Tunnel keys name the egress virtual port on the wire (VXLAN VNI is 24 bits).
+# The last one carries flow state between agents, never a packet of a VM.
 TUNNEL_KEY_MIN = 1
-TUNNEL_KEY_MAX = (1 << 24) - 1
+TUNNEL_KEY_MAX = (1 << 24) - 2
+STATE_TUNNEL_KEY = (1 << 24) - 1
 
 
 class _Model:

@@ -13,24 +13,35 @@ from collections.abc import Callable
 from midoflow import model
 from midoflow.model import (
     BRIDGES,
+    CHAINS,
     DEVICE_ROUTER,
     HOSTS,
+    IP_ADDR_GROUPS,
+    PORT_GROUPS,
     PORT_INTERIOR,
     PORTS,
     ROUTERS,
     ROUTES,
+    RULES,
     TUNNEL_ZONES,
     Bridge,
+    Chain,
+    IpAddrGroup,
     Port,
+    PortGroup,
     Route,
     Router,
+    Rule,
     TunnelZone,
 )
 from midoflow.sim.result import (
     arp_tag,
     bridge_tag,
+    chain_tag,
     flood_tag,
+    ip_addr_group_tag,
     mac_tag,
+    port_group_tag,
     port_tag,
     router_tag,
     routes_tag,
@@ -39,6 +50,20 @@ from midoflow.store import paths
 from midoflow.store.base import Data, Store
 
 LOG = logging.getLogger(__name__)
+
+
+def _device_state(d) -> tuple:
+    """What of a bridge or router its flows depend on, besides ports."""
+    return (d.admin_state_up, d.name, d.inbound_filter_id, d.outbound_filter_id)
+
+
+# Kinds kept as plain objects: (attribute, class, the tag a change invalidates).
+_SIMPLE = {
+    CHAINS: ("chains", Chain, lambda c: chain_tag(c.id)),
+    RULES: ("rules", Rule, lambda r: chain_tag(r.chain_id)),
+    PORT_GROUPS: ("port_groups", PortGroup, lambda g: port_group_tag(g.id)),
+    IP_ADDR_GROUPS: ("ip_addr_groups", IpAddrGroup, lambda g: ip_addr_group_tag(g.id)),
+}
 
 
 def host_tag(host_id: str) -> str:
@@ -71,6 +96,13 @@ class TopologyCache:
         self.arps: dict[tuple[str, str], tuple[str, float, str]] = {}
         # Called with (router_id, ip) when an ARP entry appears or changes.
         self.on_arp: Callable[[str, str], None] = lambda _r, _ip: None
+        self.chains: dict[str, Chain] = {}
+        self.rules: dict[str, Rule] = {}
+        self.port_groups: dict[str, PortGroup] = {}
+        self.ip_addr_groups: dict[str, IpAddrGroup] = {}
+        # Return keys of tracked connections (midoflow.nat.conntrack), owned
+        # by the agent core; the simulation reads them through this view.
+        self.conntrack = None
         # (bridge, router port MAC) -> the bridge's interior port linked to it
         self.router_macs: dict[tuple[str, str], str] = {}
         self._watched: set[tuple[str, str]] = set()
@@ -87,6 +119,21 @@ class TopologyCache:
 
     def router(self, router_id: str) -> Router | None:
         return self.routers.get(router_id)
+
+    def chain(self, chain_id: str) -> Chain | None:
+        return self.chains.get(chain_id)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return self.rules.get(rule_id)
+
+    def port_group(self, group_id: str) -> PortGroup | None:
+        return self.port_groups.get(group_id)
+
+    def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
+        return self.ip_addr_groups.get(group_id)
+
+    def is_return_flow(self, key) -> bool:
+        return self.conntrack is not None and self.conntrack(key)
 
     def router_mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.router_macs.get((bridge_id, mac))
@@ -122,7 +169,8 @@ class TopologyCache:
 
     # ---- watches ----------------------------------------------------------
     def start(self) -> None:
-        for kind in (TUNNEL_ZONES, HOSTS, BRIDGES, ROUTERS, ROUTES, PORTS):
+        for kind in (TUNNEL_ZONES, HOSTS, CHAINS, RULES, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
+                     ROUTERS, ROUTES, PORTS):
             self.store.watch_kind(kind, self._kind_cb(kind))
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
@@ -186,7 +234,7 @@ class TopologyCache:
             elif old_b != new_b:
                 if old_b.port_ids != new_b.port_ids:
                     tags.add(flood_tag(oid))
-                if (old_b.admin_state_up, old_b.name) != (new_b.admin_state_up, new_b.name):
+                if _device_state(old_b) != _device_state(new_b):
                     tags.add(bridge_tag(oid))
         elif kind == ROUTERS:
             old_r = self.routers.get(oid)
@@ -199,6 +247,17 @@ class TopologyCache:
                 self.routers.pop(oid, None)
             if old_r != new_r:
                 tags |= {router_tag(oid), routes_tag(oid)}
+        elif kind in _SIMPLE:
+            store, cls, tag_of = _SIMPLE[kind]
+            table = getattr(self, store)
+            old_o = table.get(oid)
+            new_o = cls.from_dict(data) if data else None
+            if new_o is not None:
+                table[oid] = new_o
+            else:
+                table.pop(oid, None)
+            if old_o != new_o:
+                tags |= {tag_of(o) for o in (old_o, new_o) if o is not None}
         elif kind == ROUTES:
             old_rt = self.route_objs.pop(oid, None)
             new_rt = model.Route.from_dict(data) if data else None

@@ -16,7 +16,10 @@ from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.flows import FlowIndex
 from midoflow.errors import MidoflowError
-from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, TUNNEL_GRE
+from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, STATE_TUNNEL_KEY, TUNNEL_GRE
+from midoflow.nat import statewire
+from midoflow.nat.conntrack import IDLE_SECONDS, ConnKey, ConnTrackTable
+from midoflow.nat.flowstate import CONNTRACK, Entry, FlowStateStore, LocalFlowState
 from midoflow.sim.packet import Packet
 from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
 from midoflow.sim.simulator import simulate
@@ -61,6 +64,8 @@ class Decision:
     rewrites: tuple[Rewrite, ...] = ()
     emits: list[Emit] = field(default_factory=list)
     install: bool = True
+    # Flow state for other hosts: sent before the packet itself.
+    pushes: list[Emit] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +124,7 @@ class AgentCore:
         frames: Frames | None = None,
         replay: Callable[[int, bytes], None] = lambda ofport, frame: None,
         clock: Callable[[], float] = time.time,
+        flow_state: FlowStateStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -144,6 +150,11 @@ class AgentCore:
         self.arp_asked: dict[tuple[str, str], float] = {}
         self.cache.on_arp = self._arp_resolved
         self._writing: dict[tuple, float] = {}  # learned entry -> claimed until
+        # Connection tracking: return keys, kept alive while a flow uses them.
+        self.ct = ConnTrackTable()
+        self.ct_cookies: dict[int, tuple[ConnKey, ...]] = {}
+        self.cache.conntrack = lambda key: self.ct.is_return(key, self.clock())
+        self.flow_state = flow_state or LocalFlowState()
         # State the store refused (no quorum): written again by resync().
         self.unsynced_ports: set[str] = set()
         self.unsynced_host = False
@@ -200,6 +211,7 @@ class AgentCore:
 
     def flow_removed(self, cookie: int) -> None:
         self.flows.remove(cookie)
+        self.ct_cookies.pop(cookie, None)
 
     # ---- bindings ---------------------------------------------------------
     def set_interfaces(self, interfaces: dict[str, tuple[int, str | None]]) -> None:
@@ -263,6 +275,7 @@ class AgentCore:
         return change
 
     def _activate(self, port_id: str) -> None:
+        self.recover_state(port_id)
         try:
             self.store.put_state(paths.port_active(port_id), {"host_id": self.cfg.host_id})
             self.unsynced_ports.discard(port_id)
@@ -324,13 +337,90 @@ class AgentCore:
         result = simulate(self.cache, pkt, self.clock())
         self.stats["simulated"] += 1
         decision = self._decide(result, pkt, frame)
+        if pkt.ip_frag:  # flows cannot tell fragments apart: decide each one here
+            decision.install = False
         if result.wait_arp is not None and frame is not None:
             self._hold(result.wait_arp, ofport, frame)
         if decision.install:
             decision.cookie = self.flows.add(decision.tags)
+            used = tuple(result.ct_hits) + tuple(k.reverse() for k in result.conntrack)
+            if used:
+                self.ct_cookies[decision.cookie] = used
+        if result.conntrack and decision.actions:
+            decision.pushes = self._track(result, in_port)
         if not decision.actions:
             self.stats["dropped"] += 1
         return decision
+
+    # ---- connection tracking ------------------------------------------------
+    def _track(self, result: Result, in_port: str) -> list[Emit]:
+        """Track the connections a packet opens and tell every host that may
+        see a reply, before the packet leaves ("zero-delay"): the hosts of
+        its egress ports. Also filed in the flow-state store for recovery."""
+        now = self.clock()
+        rets = [self.ct.track(fwd, now) for fwd in result.conntrack]
+        self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
+        hosts = {self.cache.port_hosts.get(p) for p in result.out_ports}
+        hosts.discard(None)
+        hosts.discard(self.cfg.host_id)
+        pushes = []
+        frame = statewire.encode(rets, int(self.ct.idle))
+        for host in sorted(hosts):
+            route = self.cache.tunnel_to(self.cfg.host_id, host)
+            ofport = self.tunnel_ofports.get("gre" if route and route[1] == TUNNEL_GRE
+                                             else "vxlan")
+            if route is None or ofport is None:
+                continue
+            pushes.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, route[0], ofport)]))
+        self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(pushes)
+        ports = (in_port, *result.out_ports)
+        self.spawn(self._save_state, ports, [Entry(CONNTRACK, k.encode()) for k in rets])
+        return pushes
+
+    def _save_state(self, ports, entries) -> None:
+        try:
+            self.flow_state.save(ports, entries, int(IDLE_SECONDS))
+        except Exception as e:  # the store is for recovery: forwarding goes on
+            self.stats["state_save_failed"] = self.stats.get("state_save_failed", 0) + 1
+            LOG.warning("cannot file flow state for %s: %s", ",".join(ports), e)
+
+    def receive_state(self, frame: bytes) -> int:
+        """Flow state pushed by another host's agent; returns keys installed."""
+        try:
+            keys, ttl = statewire.decode(frame)
+        except ValueError as e:
+            self.stats["malformed"] += 1
+            LOG.warning("bad flow-state message: %s", e)
+            return 0
+        now = self.clock()
+        for k in keys:
+            self.ct.install(k, now, ttl)
+        self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys)
+        return len(keys)
+
+    def recover_state(self, port_id: str) -> int:
+        """Connections of a port bound here, from the flow-state store (an
+        agent restart, a VM that moved here)."""
+        try:
+            entries = self.flow_state.load(port_id)
+        except Exception as e:
+            LOG.warning("cannot recover flow state of port %s: %s", port_id, e)
+            return 0
+        now = self.clock()
+        n = 0
+        for e in entries:
+            if e.kind == CONNTRACK:
+                try:
+                    self.ct.install(ConnKey.decode(e.key), now)
+                    n += 1
+                except ValueError:
+                    continue
+        return n
+
+    def expire_state(self) -> int:
+        """Forget idle connections (those no installed flow uses)."""
+        keep = {k for keys in self.ct_cookies.values() for k in keys}
+        return len(self.ct.expire(self.clock(), keep))
 
     def _decide(self, result: Result, pkt: Packet, frame: bytes | None,
                 depth: int = 0) -> Decision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -25,11 +26,14 @@ from os_ken.ofproto import ofproto_v1_3
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import AgentCore, BindingChange, Frames
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
+from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.store.factory import make_store
 
 LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
+EXPIRY_INTERVAL = 5.0
+hub_time = time.monotonic
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
 
 
@@ -57,6 +61,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                               on_bindings=self._bindings_changed, spawn=hub.spawn,
                               frames=_OsKenFrames(), replay=self._replay)
         self._poke = hub.Event()
+        self._last_expiry = 0.0
 
     def start(self):
         thread = super().start()
@@ -89,6 +94,9 @@ class MidoflowAgent(app_manager.OSKenApp):
                 LOG.exception("OVSDB poll failed")
             if self.core.unsynced_ports or self.core.unsynced_host:
                 self.core.resync()  # quorum may be back: write what was refused
+            if hub_time() - self._last_expiry > EXPIRY_INTERVAL:
+                self._last_expiry = hub_time()
+                self.core.expire_state()
             self._poke.wait(timeout=POLL_INTERVAL)
             self._poke.clear()
 
@@ -137,6 +145,9 @@ class MidoflowAgent(app_manager.OSKenApp):
         msg = ev.msg
         ofp = msg.datapath.ofproto
         data = bytes(msg.data)
+        if msg.match.get("tunnel_id") == STATE_TUNNEL_KEY:
+            self.core.receive_state(data)  # flow state from another host's agent
+            return
         buffer_id = msg.buffer_id if msg.buffer_id != ofp.OFP_NO_BUFFER else None
         self._process(msg.datapath, msg.match["in_port"], data, buffer_id)
 
@@ -160,6 +171,10 @@ class MidoflowAgent(app_manager.OSKenApp):
         if decision is None:
             return
         p, ofp = dp.ofproto_parser, dp.ofproto
+        for push in decision.pushes:  # flow state first: it must arrive before the reply
+            dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                       in_port=ofp.OFPP_CONTROLLER, data=push.frame,
+                                       actions=pipeline.output_actions(dp, push.actions)))
         actions = pipeline.actions_for(dp, decision)
         if decision.install:
             dp.send_msg(pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout,

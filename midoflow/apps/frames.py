@@ -36,10 +36,18 @@ def parse(frame: bytes) -> dict[str, Any]:
             # A broken IPv4 header still switches at L2 (the flow matches only
             # MACs there); a router drops it without installing a flow.
             return f
-        f.update(ip_src=ip.src, ip_dst=ip.dst, ip_proto=ip.proto, ip_ttl=ip.ttl)
-        l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
+        f.update(ip_src=ip.src, ip_dst=ip.dst, ip_proto=ip.proto, ip_ttl=ip.ttl, ip_tos=ip.tos)
+        if ip.offset:  # a later fragment: no L4 header (whatever os-ken made of it)
+            f["ip_frag"] = 2
+            return f
+        if ip.flags & 0x1:  # more fragments: the first one
+            f["ip_frag"] = 1
+        t = pkt.get_protocol(tcp.tcp)
+        l4 = t or pkt.get_protocol(udp.udp)
         if l4 is not None:
             f.update(tp_src=l4.src_port, tp_dst=l4.dst_port)
+            if t is not None:
+                f["tcp_flags"] = t.bits
         else:
             ic = pkt.get_protocol(icmp.icmp)
             if ic is not None:

@@ -1,6 +1,8 @@
 """The agent's OpenFlow 1.3 pipeline, declared in one place.
 
 Table 0 (CLASSIFY)
+    * flow state from another host's agent (the reserved tunnel key) → the
+      controller;
     * from a bound VM port → table 1;
     * from a tunnel port with the tunnel key of a local port → that port
       (egress delivery by key alone: the ingress host already simulated it);
@@ -17,6 +19,7 @@ Table 1 (SIMULATED)
 from __future__ import annotations
 
 from midoflow.agent.core import Decision, Output, Tunnel
+from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import Rewrite
 
@@ -27,6 +30,7 @@ PRIO_MISS = 0
 PRIO_CLASSIFY = 100
 PRIO_SIMULATED = 100
 PRIO_LOW_TTL = 200
+PRIO_STATE = 300
 # More routers than this in one simulated flow is impossible (MAX_DEVICES).
 LOW_TTL = 8
 
@@ -48,6 +52,8 @@ def match_kwargs(fields: frozenset[str], pkt: Packet, ofport: int) -> dict:
             m["ipv4_src"] = pkt.ip_src
         if "ip_dst" in fields and pkt.ip_dst:
             m["ipv4_dst"] = pkt.ip_dst
+        if "ip_tos" in fields:
+            m["ip_dscp"], m["ip_ecn"] = pkt.ip_tos >> 2, pkt.ip_tos & 3
         tp = fields & {"tp_src", "tp_dst"}
         if ("ip_proto" in fields or tp) and pkt.ip_proto is not None:
             m["ip_proto"] = pkt.ip_proto
@@ -86,7 +92,8 @@ def base_flows(dp) -> list:
     low_ttl = [_flow(dp, TABLE_SIMULATED, PRIO_LOW_TTL,
                      p.OFPMatch(_ordered_fields=[("eth_type", ETH_IP), ("nw_ttl", t)]), to_ctl)
                for t in range(LOW_TTL)]
-    return [wipe, drop, miss, *low_ttl]
+    state = _flow(dp, TABLE_CLASSIFY, PRIO_STATE, p.OFPMatch(tunnel_id=STATE_TUNNEL_KEY), to_ctl)
+    return [wipe, drop, miss, *low_ttl, state]
 
 
 def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int]) -> list:

@@ -144,8 +144,14 @@ class ConnTrackTable:
     def remove(self, ret: ConnKey) -> None:
         self._conns.pop(ret, None)
 
-    def expire(self, now: float) -> list[ConnKey]:
-        """Drop and return the return keys of idle or closed connections."""
+    def expire(self, now: float, keep: set[ConnKey] | frozenset = frozenset()) -> list[ConnKey]:
+        """Drop and return the return keys of idle or closed connections;
+        ``keep``: keys an installed flow still uses (their idle time starts
+        when the flow goes)."""
+        for k in keep:
+            c = self._conns.get(k)
+            if c is not None and not c.closing:
+                c.expires = max(c.expires, now + self.idle)
         gone = [k for k, c in self._conns.items() if c.expires <= now]
         for k in gone:
             del self._conns[k]

@@ -85,6 +85,7 @@ def is_return_flow(view: TopologyView, pkt: Packet, ctx: Context, b: _Builder) -
     if key is None:
         return False
     if view.is_return_flow(key):
+        b.ct_hits.append(key)
         return True
     b.conntrack.append(key)
     return False

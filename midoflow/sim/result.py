@@ -130,6 +130,8 @@ class Result:
     # Forward keys of connections this packet opens (midoflow.nat.conntrack
     # ConnKey): the agent tracks them and pushes their return keys first.
     conntrack: tuple = ()
+    # Return keys this decision found (its flow keeps them alive).
+    ct_hits: tuple = ()
 
     @property
     def dropped(self) -> bool:
@@ -152,6 +154,7 @@ class _Builder:
     wait_arp: tuple[str, str] | None = None
     cacheable: bool = True
     conntrack: list = field(default_factory=list)
+    ct_hits: list = field(default_factory=list)
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -173,4 +176,5 @@ class _Builder:
             wait_arp=self.wait_arp,
             cacheable=self.cacheable and self.wait_arp is None,
             conntrack=tuple(dict.fromkeys(self.conntrack)),
+            ct_hits=tuple(dict.fromkeys(self.ct_hits)),
         )

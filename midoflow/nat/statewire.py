@@ -1,0 +1,37 @@
+"""Flow state on the wire between agents: a frame sent over the tunnel with
+the reserved tunnel key, delivered by the peer's OVS to its agent. Pure."""
+
+from __future__ import annotations
+
+import json
+
+from midoflow.nat.conntrack import ConnKey
+
+ETHERTYPE = 0x88B5  # IEEE local experimental
+MAGIC = b"MFS1"
+# Locally administered addresses; the frame never reaches a VM.
+SRC_MAC = bytes.fromhex("02000000fe01")
+DST_MAC = bytes.fromhex("02000000fe02")
+MAX_KEYS = 256
+
+
+def encode(keys: list[ConnKey], ttl: int) -> bytes:
+    body = json.dumps({"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl},
+                      separators=(",", ":")).encode()
+    return DST_MAC + SRC_MAC + ETHERTYPE.to_bytes(2, "big") + MAGIC + body
+
+
+def decode(frame: bytes) -> tuple[list[ConnKey], int]:
+    """Inverse of :func:`encode`; ValueError on anything else."""
+    if len(frame) < 18 or frame[12:14] != ETHERTYPE.to_bytes(2, "big") \
+            or frame[14:18] != MAGIC:
+        raise ValueError("not a flow-state frame")
+    try:
+        msg = json.loads(frame[18:].rstrip(b"\x00"))
+        ttl = int(msg["ttl"])
+        keys = [ConnKey.decode(k) for k in msg["ct"][:MAX_KEYS]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad flow-state payload: {e}") from None
+    if not 0 < ttl <= 3600:
+        raise ValueError(f"bad flow-state ttl {ttl}")
+    return keys, ttl
