@@ -20,15 +20,26 @@ from midoflow.model import (
     FRAG_UNFRAGMENTED,
     RULE_ACCEPT,
     RULE_CONTINUE,
+    RULE_DNAT,
     RULE_DROP,
     RULE_JUMP,
     RULE_REJECT,
     RULE_RETURN,
+    RULE_REV_DNAT,
+    RULE_REV_SNAT,
+    RULE_SNAT,
     Rule,
 )
+from midoflow.nat.bindings import DNAT, SNAT, NatBinding
 from midoflow.nat.conntrack import ConnKey
-from midoflow.sim.packet import Packet
-from midoflow.sim.result import _Builder, chain_tag, ip_addr_group_tag, port_group_tag
+from midoflow.sim.packet import PROTO_TCP, PROTO_UDP, Packet
+from midoflow.sim.result import (
+    Rewrite,
+    _Builder,
+    chain_tag,
+    ip_addr_group_tag,
+    port_group_tag,
+)
 from midoflow.sim.view import TopologyView
 
 MAX_JUMPS = 16  # jump depth: a loop of chains is cut here
@@ -162,17 +173,17 @@ def matches(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Build
 
 
 def run(view: TopologyView, chain_id: str, pkt: Packet, ctx: Context, b: _Builder,
-        depth: int = 0) -> str | None:
-    """Evaluate a chain: accept, drop or reject, or None when it ends or
-    returns without deciding (the caller carries on)."""
+        depth: int = 0) -> tuple[str | None, Packet]:
+    """Evaluate a chain: (accept, drop or reject, or None when it ends or
+    returns without deciding), and the packet as NAT rules left it."""
     b.tags.add(chain_tag(chain_id))
     chain = view.chain(chain_id)
     if chain is None:
         b.step("chain", chain_id, "chain missing: drop")
-        return RULE_DROP
+        return RULE_DROP, pkt
     if depth > MAX_JUMPS:
         b.step("chain", chain_id, f"more than {MAX_JUMPS} nested jumps: drop")
-        return RULE_DROP
+        return RULE_DROP, pkt
     for rid in chain.rule_ids:
         rule = view.rule(rid)
         if rule is None or not matches(view, rule, pkt, ctx, b):
@@ -180,17 +191,92 @@ def run(view: TopologyView, chain_id: str, pkt: Packet, ctx: Context, b: _Builde
         label = f"{chain.name or chain_id} rule {rid}"
         if rule.action in TERMINAL:
             b.step("chain", chain_id, f"{label}: {rule.action}")
-            return rule.action
+            return rule.action, pkt
         if rule.action == RULE_RETURN:
             b.step("chain", chain_id, f"{label}: return")
-            return None
+            return None, pkt
         if rule.action == RULE_JUMP and rule.jump_chain_id:
             b.step("chain", chain_id, f"{label}: jump to {rule.jump_chain_id}")
-            verdict = run(view, rule.jump_chain_id, pkt, ctx, b, depth + 1)
+            verdict, pkt = run(view, rule.jump_chain_id, pkt, ctx, b, depth + 1)
             if verdict is not None:
-                return verdict
+                return verdict, pkt
             continue
         if rule.action == RULE_CONTINUE:
             continue
+        if rule.action in (RULE_SNAT, RULE_DNAT):
+            verdict, pkt = _nat(view, rule, pkt, ctx, b, label)
+            return verdict, pkt
+        if rule.action in (RULE_REV_SNAT, RULE_REV_DNAT):
+            out = _rev_nat(view, rule, pkt, ctx, b, label)
+            if out is not None:
+                return RULE_ACCEPT, out
+            continue
         b.step("chain", chain_id, f"{label}: {rule.action} not applicable here: continue")
-    return None
+    return None, pkt
+
+
+def _translate(b: _Builder, pkt: Packet, which: str, addr: tuple[str, int]) -> Packet:
+    """Rewrite the source ("src") or destination ("dst") address and port."""
+    ip_f, tp_f = f"ip_{which}", f"tp_{which}"
+    changes: dict = {}
+    if getattr(pkt, ip_f) != addr[0]:
+        b.rewrites.append(Rewrite(ip_f, addr[0]))
+        changes[ip_f] = addr[0]
+    if pkt.ip_proto in (PROTO_TCP, PROTO_UDP) and getattr(pkt, tp_f) != addr[1]:
+        b.rewrites.append(Rewrite(tp_f, addr[1]))
+        changes[tp_f] = addr[1]
+    return pkt.evolve(**changes) if changes else pkt
+
+
+def _nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
+         label: str) -> tuple[str | None, Packet]:
+    """SNAT or DNAT a connection's packet (the same binding for all its
+    packets), then accept. ICMP is translated by address only."""
+    kind = SNAT if rule.action == RULE_SNAT else DNAT
+    key = ConnKey.of(ctx.ct_device, pkt)
+    if key is None or not rule.nat_targets:
+        b.step("chain", ctx.ct_device, f"{label}: {kind} of a non-IP packet: continue")
+        return None, pkt
+    b.fields.update(CT_FIELDS)
+    ports = pkt.ip_proto in (PROTO_TCP, PROTO_UDP)
+    binding = view.nat_forward(kind, key)
+    if binding is None:
+        t = rule.nat_targets[0]
+        if kind == SNAT:
+            orig = (key.src, key.sport)
+            keep = not t.port_from and not t.port_to and t.addr_from == t.addr_to
+            if keep or not ports:  # 1:1 (a floating IP) or ICMP: the address only
+                xl = (t.addr_from, key.sport)
+            else:
+                xl = view.nat_allocate(rule.nat_targets, key.proto)
+                if xl is None:
+                    b.cacheable = False
+                    b.step("chain", ctx.ct_device, f"{label}: no SNAT port left: drop")
+                    return RULE_DROP, pkt
+        else:
+            orig = (key.dst, key.dport)
+            xl = (t.addr_from, t.port_from if t.port_from and ports else key.dport)
+        binding = NatBinding(kind, key, orig, xl)
+        b.nat.append(binding)
+    which = "src" if kind == SNAT else "dst"
+    b.step("chain", ctx.ct_device, f"{label}: {kind} {binding.orig[0]}:{binding.orig[1]} -> "
+                                   f"{binding.xlated[0]}:{binding.xlated[1]}")
+    return RULE_ACCEPT, _translate(b, pkt, which, binding.xlated)
+
+
+def _rev_nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
+             label: str) -> Packet | None:
+    """A reply of a translated connection: restore the original address."""
+    kind = SNAT if rule.action == RULE_REV_SNAT else DNAT
+    key = ConnKey.of(ctx.ct_device, pkt)
+    if key is None:
+        return None
+    b.fields.update(CT_FIELDS)
+    binding = view.nat_reverse(kind, key)
+    if binding is None:
+        return None
+    b.ct_hits.append(("nat", binding))
+    which = "dst" if kind == SNAT else "src"
+    b.step("chain", ctx.ct_device, f"{label}: reverse {kind} -> "
+                                   f"{binding.orig[0]}:{binding.orig[1]}")
+    return _translate(b, pkt, which, binding.orig)

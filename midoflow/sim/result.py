@@ -69,7 +69,8 @@ def ip_addr_group_tag(group_id: str) -> str:
 @dataclass(frozen=True)
 class Rewrite:
     """A header change applied before output, in order: ``field`` is one of
-    eth_src, eth_dst (value: the MAC) or ttl (value: how much to decrement)."""
+    eth_src, eth_dst (value: the MAC), ttl (value: how much to decrement),
+    ip_src, ip_dst (an address), tp_src, tp_dst (a TCP/UDP port)."""
 
     field: str
     value: str | int
@@ -132,6 +133,8 @@ class Result:
     conntrack: tuple = ()
     # Return keys this decision found (its flow keeps them alive).
     ct_hits: tuple = ()
+    # NAT bindings this packet made (midoflow.nat.bindings.NatBinding).
+    nat: tuple = ()
 
     @property
     def dropped(self) -> bool:
@@ -155,6 +158,7 @@ class _Builder:
     cacheable: bool = True
     conntrack: list = field(default_factory=list)
     ct_hits: list = field(default_factory=list)
+    nat: list = field(default_factory=list)
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -177,4 +181,5 @@ class _Builder:
             cacheable=self.cacheable and self.wait_arp is None,
             conntrack=tuple(dict.fromkeys(self.conntrack)),
             ct_hits=tuple(dict.fromkeys(self.ct_hits)),
+            nat=tuple(dict.fromkeys(self.nat)),
         )

@@ -61,22 +61,28 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
             continue
         # MidoNet's order: port inbound, device inbound, the device, device
         # outbound, port outbound.
-        if not _filter(view, port.inbound_filter_id, cur, port, port.id, None, b, "inbound"):
+        cur = _filter(view, port.inbound_filter_id, cur, port, port.id, None, b, "inbound")
+        if cur is None:
             continue
-        if device is not None and not _filter(view, device.inbound_filter_id, cur, port,
-                                              port.device_id, None, b, "inbound"):
-            continue
+        if device is not None:
+            cur = _filter(view, device.inbound_filter_id, cur, port, port.device_id, None, b,
+                          "inbound")
+            if cur is None:
+                continue
         if port.device_type == DEVICE_BRIDGE:
             nexts = [(p, cur) for p in _bridge(view, port, cur, b)]
         else:
             hop = router.route(view, port, cur, b, now)
             nexts = [hop] if hop else []
         for nxt, npkt in nexts:
-            if device is not None and not _filter(view, device.outbound_filter_id, npkt, port,
-                                                  port.device_id, nxt.id, b, "outbound"):
-                continue
-            if not _filter(view, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
-                           "outbound"):
+            if device is not None:
+                npkt = _filter(view, device.outbound_filter_id, npkt, port, port.device_id,
+                               nxt.id, b, "outbound")
+                if npkt is None:
+                    continue
+            npkt = _filter(view, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
+                           "outbound")
+            if npkt is None:
                 continue
             if nxt.type == PORT_INTERIOR:
                 peer = view.port(nxt.peer_id) if nxt.peer_id else None
@@ -166,15 +172,17 @@ def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
 
 
 def _filter(view: TopologyView, chain_id: str | None, pkt: Packet, inport: Port,
-            ct_device: str, out_port: str | None, b: _Builder, where: str) -> bool:
-    """Run one filter chain; True when the packet may go on. A reject answers
-    the sender with ICMP administratively prohibited."""
+            ct_device: str, out_port: str | None, b: _Builder, where: str) -> Packet | None:
+    """Run one filter chain: the packet (as NAT rules left it) when it may go
+    on, else None. A reject answers the sender with ICMP administratively
+    prohibited."""
     if not chain_id:
-        return True
-    verdict = chains.run(view, chain_id, pkt, chains.Context(inport.id, out_port, ct_device), b)
+        return pkt
+    ctx = chains.Context(inport.id, out_port, ct_device)
+    verdict, out = chains.run(view, chain_id, pkt, ctx, b)
     if verdict in (None, chains.RULE_ACCEPT):
-        return True
+        return out
     b.step("filter", ct_device, f"{where} chain {chain_id}: {verdict}")
     if verdict == chains.RULE_REJECT:
         router.reject(b, inport, pkt)
-    return False
+    return None

@@ -40,6 +40,20 @@ class TopologyView(Protocol):
         the reply of a tracked connection?"""
         ...
 
+    def nat_forward(self, kind: str, key):
+        """The NatBinding (midoflow.nat.bindings) of a connection, by its key
+        before translation, if one was made."""
+        ...
+
+    def nat_reverse(self, kind: str, key):
+        """The NatBinding a reply (its key as it arrives) belongs to."""
+        ...
+
+    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
+        """A free SNAT (address, port) from the targets (None: exhausted).
+        The only call of the simulation with an effect: it takes a port."""
+        ...
+
 
 class DictView:
     """A TopologyView over plain dicts: unit tests, tracing, benchmarks.
@@ -60,6 +74,8 @@ class DictView:
         port_groups: dict[str, PortGroup] | None = None,
         ip_addr_groups: dict[str, IpAddrGroup] | None = None,
         return_keys: set | None = None,
+        nat=None,
+        allocator=None,
     ) -> None:
         self.ports = ports or {}
         self.bridges = bridges or {}
@@ -72,6 +88,8 @@ class DictView:
         self.port_groups = port_groups or {}
         self.ip_addr_groups = ip_addr_groups or {}
         self.return_keys = return_keys if return_keys is not None else set()
+        self.nat = nat  # a midoflow.nat.bindings.NatTable, or None
+        self.allocator = allocator  # a midoflow.nat.allocator.NatAllocator, or None
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -105,3 +123,19 @@ class DictView:
 
     def is_return_flow(self, key) -> bool:
         return key in self.return_keys
+
+    def nat_forward(self, kind: str, key):
+        return self.nat.forward(kind, key) if self.nat is not None else None
+
+    def nat_reverse(self, kind: str, key):
+        return self.nat.reverse(kind, key) if self.nat is not None else None
+
+    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
+        if self.allocator is None:
+            return None
+        from midoflow.nat.allocator import NatExhausted
+
+        try:
+            return self.allocator.allocate(targets, proto)
+        except NatExhausted:
+            return None

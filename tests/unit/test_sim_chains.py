@@ -46,7 +46,7 @@ def R(rid, action, chain="c", **kw) -> Rule:
 
 def verdict(v: DictView, p: Packet, chain="c", in_port="pa", out_port=None):
     b = _Builder()
-    return chains.run(v, chain, p, chains.Context(in_port, out_port, "dev"), b), b
+    return chains.run(v, chain, p, chains.Context(in_port, out_port, "dev"), b)[0], b
 
 
 CASES = [  # (condition, value, matching packet fields, non-matching fields, flow field)

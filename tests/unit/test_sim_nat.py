@@ -1,0 +1,135 @@
+"""NAT in the simulation: SNAT with ports from the allocator, the reply
+translated back, floating IPs (DNAT in, SNAT out), on a provider router."""
+
+from __future__ import annotations
+
+from midoflow.model import Chain, NatTarget, Router, Rule
+from midoflow.nat.allocator import MemoryLeaser, NatAllocator
+from midoflow.nat.bindings import SNAT, NatBinding, NatTable
+from midoflow.nat.conntrack import ConnKey
+from midoflow.sim.packet import PROTO_ICMP, PROTO_TCP, Packet
+from midoflow.sim.simulator import simulate
+from tests.unit.test_sim_router import NOW, VM1, VM2, Topo, ip_pkt
+
+EXT_GW = "02:ee:00:00:00:01"
+UPLINK_MAC = "02:aa:00:00:00:09"
+PUBLIC = "203.0.113.10"
+FIP = "203.0.113.20"
+
+
+def nat_topo():
+    """r1 with an uplink 198.51.100.1/24 (gateway .254): SNAT to PUBLIC for
+    traffic leaving the uplink, floating IP FIP for 192.168.2.20."""
+    t = Topo()
+    t.rport("r1", "up", UPLINK_MAC, "198.51.100.1", 24)
+    t.route("r1", "default", "0.0.0.0/0", "up", "198.51.100.254")
+    t.route("r1", "nat-ip", f"{PUBLIC}/32", type="blackhole")  # no binding: nowhere to go
+    t.v.arps[("r1", "198.51.100.254")] = (EXT_GW, NOW)
+    rules = [
+        Rule(id="fip-out", chain_id="post", action="snat", out_ports=("up",),
+             nw_src="192.168.2.20/32", nat_targets=(NatTarget(FIP, FIP),)),
+        Rule(id="snat", chain_id="post", action="snat", out_ports=("up",),
+             nat_targets=(NatTarget(PUBLIC, PUBLIC, 1024, 65535),)),
+        Rule(id="fip-in", chain_id="pre", action="dnat", nw_dst=f"{FIP}/32",
+             nat_targets=(NatTarget("192.168.2.20", "192.168.2.20"),)),
+        Rule(id="rev", chain_id="pre", action="rev_snat"),
+    ]
+    for r in rules:
+        t.v.rules[r.id] = r
+    t.v.chains["post"] = Chain(id="post", rule_ids=("fip-out", "snat"))
+    t.v.chains["pre"] = Chain(id="pre", rule_ids=("fip-in", "rev"))
+    r = t.v.routers["r1"]
+    t.v.routers["r1"] = Router(**{**r.to_dict(), "inbound_filter_id": "pre",
+                                  "outbound_filter_id": "post"})
+    t.v.nat = NatTable()
+    t.v.allocator = NatAllocator(MemoryLeaser().for_host("h1"))
+    return t
+
+
+def _commit(t, r):
+    """What the agent does with a decision's NAT bindings."""
+    for b in r.nat:
+        t.v.nat.add(b)
+
+
+def test_snat_allocates_distinct_ports_and_rewrites_the_source():
+    t = nat_topo()
+    seen = set()
+    for sport in (1000, 1001, 1002):
+        r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=sport), NOW)
+        assert r.out_ports == ("up",)
+        (b,) = r.nat
+        assert b.kind == SNAT and b.xlated[0] == PUBLIC and b.orig == ("192.168.1.10", sport)
+        rw = dict((w.field, w.value) for w in r.rewrites)
+        assert rw["ip_src"] == PUBLIC and rw["tp_src"] == b.xlated[1]
+        assert rw["eth_dst"] == EXT_GW
+        seen.add(b.xlated)
+        _commit(t, r)
+    assert len(seen) == 3
+    # the same connection again: the same binding, nothing new
+    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
+    assert r.nat == () and dict((w.field, w.value) for w in r.rewrites)["ip_src"] == PUBLIC
+
+
+def test_the_reply_is_translated_back_and_routed_to_the_vm():
+    t = nat_topo()
+    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
+    _commit(t, r)
+    (b,) = r.nat
+    reply = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
+                   ip_dst=PUBLIC, ip_proto=PROTO_TCP, tp_src=80, tp_dst=b.xlated[1])
+    r = simulate(t.v, reply, NOW)
+    assert r.out_ports == ("p1",)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert (rw["ip_dst"], rw["tp_dst"], rw["eth_dst"]) == ("192.168.1.10", 1000, VM1)
+    # an unsolicited packet to the public address is not translated: no route back
+    stray = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
+                   ip_dst=PUBLIC, ip_proto=PROTO_TCP, tp_src=80, tp_dst=4444)
+    r = simulate(t.v, stray, NOW)
+    assert r.dropped and "blackhole" in r.trace[-1].decision
+
+
+def test_floating_ip_in_and_out():
+    t = nat_topo()
+    inbound = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.4.4",
+                     ip_dst=FIP, ip_proto=PROTO_TCP, tp_src=5555, tp_dst=22)
+    r = simulate(t.v, inbound, NOW)
+    assert r.out_ports == ("p2",)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert rw["ip_dst"] == "192.168.2.20" and "tp_dst" not in rw  # 1:1, port kept
+    assert rw["eth_dst"] == VM2
+    # the VM's own outbound traffic leaves with its floating IP, port kept
+    out = ip_pkt(src="192.168.2.20", dst="8.8.8.8", in_port="p2", eth_src=VM2,
+                 eth_dst="02:aa:00:00:00:02", sport=3333)
+    r = simulate(t.v, out, NOW)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert r.out_ports == ("up",) and rw["ip_src"] == FIP and "tp_src" not in rw
+
+
+def test_icmp_is_translated_by_address_and_east_west_is_not_translated():
+    t = nat_topo()
+    r = simulate(t.v, ip_pkt(dst="8.8.8.8", proto=PROTO_ICMP, sport=8, dport=0), NOW)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert rw["ip_src"] == PUBLIC and "tp_src" not in rw
+    r = simulate(t.v, ip_pkt(), NOW)  # 192.168.1.10 -> 192.168.2.20: not via the uplink
+    assert r.out_ports == ("p2",) and r.nat == ()
+    assert "ip_src" not in {w.field for w in r.rewrites}
+
+
+def test_exhaustion_drops_without_crashing():
+    t = nat_topo()
+    rule = t.v.rules["snat"]
+    t.v.rules["snat"] = Rule(**{**rule.to_dict(), "nat_targets": (
+        NatTarget(PUBLIC, PUBLIC, 2000, 2001),)})
+    for sport in (1, 2):
+        _commit(t, simulate(t.v, ip_pkt(dst="8.8.8.8", sport=sport), NOW))
+    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=3), NOW)
+    assert r.dropped and not r.cacheable and r.nat == ()
+
+
+def test_binding_encoding_round_trips():
+    b = NatBinding(SNAT, ConnKey("r", 6, "10.0.0.1", 1, "8.8.8.8", 80), ("10.0.0.1", 1),
+                   (PUBLIC, 2000))
+    assert NatBinding.decode(b.encode()) == b
+    assert b.rev == ConnKey("r", 6, "8.8.8.8", 80, PUBLIC, 2000)
+
