@@ -268,6 +268,19 @@ class StoreContract:
         settle()
         assert store.get_state("state/hosts/h1") == {"gen": 2}
 
+    def test_claim_is_a_lease_given_back_with_its_session(self, store, new_session):
+        a, b = new_session(), new_session()
+        assert a.claim_state("state/nat/1.2.3.4/6/3", {"host": "a"}) is True
+        assert a.claim_state("state/nat/1.2.3.4/6/3", {"host": "a"}) is True  # ours already
+        assert b.claim_state("state/nat/1.2.3.4/6/3", {"host": "b"}) is False
+        assert store.get_state("state/nat/1.2.3.4/6/3") == {"host": "a"}
+        a.close()
+        wait_until(lambda: store.get_state("state/nat/1.2.3.4/6/3") is None,
+                   what="the lease to go with its session")
+        assert b.claim_state("state/nat/1.2.3.4/6/3", {"host": "b"}) is True
+        b.delete_state("state/nat/1.2.3.4/6/3")
+        assert store.get_state("state/nat/1.2.3.4/6/3") is None
+
     def test_health(self, store):
         h = store.health()
         assert h["connected"] is True

@@ -88,6 +88,12 @@ class Store(ABC):
         """Create or overwrite; an ephemeral node is owned by this session."""
 
     @abstractmethod
+    def claim_state(self, path: str, data: Data) -> bool:
+        """Create an ephemeral node owned by this session unless it exists:
+        True if it is (now or already) ours, False if another session holds
+        it. A lease: it is given back when this session ends."""
+
+    @abstractmethod
     def get_state(self, path: str) -> Data | None: ...
 
     @abstractmethod

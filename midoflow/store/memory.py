@@ -146,6 +146,17 @@ class MemoryStore(Store):
         if new:
             self._fire_children(_parent(path))
 
+    def claim_state(self, path: str, data: Data) -> bool:
+        b = self.backend
+        with b.lock:
+            cur = b.state.get(path)
+            if cur is not None:
+                return cur[1] == self.session
+            b.state[path] = (copy.deepcopy(data), self.session)
+        _fire(b.state_watches[path], copy.deepcopy(data))
+        self._fire_children(_parent(path))
+        return True
+
     def get_state(self, path: str) -> Data | None:
         with self.backend.lock:
             cur = self.backend.state.get(path)

@@ -358,6 +358,21 @@ class ZkStore(Store):
             else:
                 self._ephemerals.pop(key, None)
 
+    def claim_state(self, path: str, data: Data) -> bool:
+        value = _encode(data)
+        zpath = self._state_path(path)
+        key = "/".join(p for p in path.split("/") if p)
+        try:
+            self._op("create", zpath, value, ephemeral=True, makepath=True)
+        except NodeExistsError:
+            stat = self._op("exists", zpath)
+            cid = self._client.client_id
+            if stat is None or not cid or stat.ephemeralOwner != cid[0]:
+                return False
+        with self._lock:
+            self._ephemerals[key] = value
+        return True
+
     def get_state(self, path: str) -> Data | None:
         try:
             raw, _ = self._op("get", self._state_path(path))

@@ -61,6 +61,10 @@ class FlakyStore(Store):
         self._check()
         return self.inner.put_state(path, data, ephemeral)
 
+    def claim_state(self, path, data):
+        self._check()
+        return self.inner.claim_state(path, data)
+
     def get_state(self, path):
         self._check()
         return self.inner.get_state(path)
