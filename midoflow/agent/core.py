@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.flows import FlowIndex
+from midoflow.agent.natlease import StoreLeaser
 from midoflow.errors import MidoflowError
 from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, STATE_TUNNEL_KEY, TUNNEL_GRE
 from midoflow.nat import statewire
+from midoflow.nat.allocator import NatAllocator, NatExhausted
+from midoflow.nat.bindings import NatBinding, NatTable
 from midoflow.nat.conntrack import IDLE_SECONDS, ConnKey, ConnTrackTable
-from midoflow.nat.flowstate import CONNTRACK, Entry, FlowStateStore, LocalFlowState
+from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore, LocalFlowState
 from midoflow.sim.packet import Packet
 from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
 from midoflow.sim.simulator import simulate
@@ -155,6 +158,13 @@ class AgentCore:
         self.ct_cookies: dict[int, tuple[ConnKey, ...]] = {}
         self.cache.conntrack = lambda key: self.ct.is_return(key, self.clock())
         self.flow_state = flow_state or LocalFlowState()
+        # NAT: bindings of connections through this host, ports from leased blocks.
+        self.nat = NatTable()
+        self.nat_until: dict[NatBinding, float] = {}
+        self.allocator = NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id)
+        self.cache.nat_forward = self.nat.forward
+        self.cache.nat_reverse = self.nat.reverse
+        self.cache.nat_allocate = self._nat_allocate
         # State the store refused (no quorum): written again by resync().
         self.unsynced_ports: set[str] = set()
         self.unsynced_host = False
@@ -343,10 +353,16 @@ class AgentCore:
             self._hold(result.wait_arp, ofport, frame)
         if decision.install:
             decision.cookie = self.flows.add(decision.tags)
-            used = tuple(result.ct_hits) + tuple(k.reverse() for k in result.conntrack)
+            used = tuple(result.ct_hits) + tuple(k.reverse() for k in result.conntrack) \
+                + tuple(("nat", b) for b in result.nat)
             if used:
                 self.ct_cookies[decision.cookie] = used
-        if result.conntrack and decision.actions:
+        if result.nat:
+            now = self.clock()
+            for b in result.nat:
+                self.nat.add(b)
+                self.nat_until[b] = now + IDLE_SECONDS
+        if (result.conntrack or result.nat) and decision.actions:
             decision.pushes = self._track(result, in_port)
         if not decision.actions:
             self.stats["dropped"] += 1
@@ -360,11 +376,11 @@ class AgentCore:
         now = self.clock()
         rets = [self.ct.track(fwd, now) for fwd in result.conntrack]
         self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
-        hosts = {self.cache.port_hosts.get(p) for p in result.out_ports}
+        hosts = {self.cache.port_hosts.get(p) for p in self._state_ports(result)}
         hosts.discard(None)
         hosts.discard(self.cfg.host_id)
         pushes = []
-        frame = statewire.encode(rets, int(self.ct.idle))
+        frame = statewire.encode(rets, int(self.ct.idle), list(result.nat))
         for host in sorted(hosts):
             route = self.cache.tunnel_to(self.cfg.host_id, host)
             ofport = self.tunnel_ofports.get("gre" if route and route[1] == TUNNEL_GRE
@@ -374,8 +390,27 @@ class AgentCore:
             pushes.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, route[0], ofport)]))
         self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(pushes)
         ports = (in_port, *result.out_ports)
-        self.spawn(self._save_state, ports, [Entry(CONNTRACK, k.encode()) for k in rets])
+        entries = [Entry(CONNTRACK, k.encode()) for k in rets]
+        entries += [Entry(NAT, b.encode()) for b in result.nat]
+        self.spawn(self._save_state, ports, entries)
         return pushes
+
+    def _state_ports(self, result: Result) -> set[str]:
+        """Ports whose hosts may see a reply: the egress ports, and every
+        member of a stateful port group one of them is in (gateway uplinks)."""
+        ports = set(result.out_ports)
+        for g in self.cache.port_groups.values():
+            if g.stateful and ports & set(g.port_ids):
+                ports |= set(g.port_ids)
+        return ports
+
+    def _nat_allocate(self, targets, proto: int):
+        try:
+            return self.allocator.allocate(targets, proto)
+        except NatExhausted as e:
+            self.stats["nat_exhausted"] = self.stats.get("nat_exhausted", 0) + 1
+            LOG.warning("SNAT: %s", e)
+            return None
 
     def _save_state(self, ports, entries) -> None:
         try:
@@ -387,7 +422,7 @@ class AgentCore:
     def receive_state(self, frame: bytes) -> int:
         """Flow state pushed by another host's agent; returns keys installed."""
         try:
-            keys, ttl = statewire.decode(frame)
+            keys, nat, ttl = statewire.decode_all(frame)
         except ValueError as e:
             self.stats["malformed"] += 1
             LOG.warning("bad flow-state message: %s", e)
@@ -395,8 +430,11 @@ class AgentCore:
         now = self.clock()
         for k in keys:
             self.ct.install(k, now, ttl)
-        self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys)
-        return len(keys)
+        for b in nat:
+            self.nat.add(b)
+            self.nat_until[b] = max(self.nat_until.get(b, 0.0), now + ttl)
+        self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys) + len(nat)
+        return len(keys) + len(nat)
 
     def recover_state(self, port_id: str) -> int:
         """Connections of a port bound here, from the flow-state store (an
@@ -409,18 +447,36 @@ class AgentCore:
         now = self.clock()
         n = 0
         for e in entries:
-            if e.kind == CONNTRACK:
-                try:
+            try:
+                if e.kind == CONNTRACK:
                     self.ct.install(ConnKey.decode(e.key), now)
-                    n += 1
-                except ValueError:
+                elif e.kind == NAT:
+                    b = NatBinding.decode(e.key)
+                    self.nat.add(b)
+                    self.nat_until[b] = max(self.nat_until.get(b, 0.0), now + IDLE_SECONDS)
+                else:
                     continue
+                n += 1
+            except ValueError:
+                continue
         return n
 
     def expire_state(self) -> int:
-        """Forget idle connections (those no installed flow uses)."""
+        """Forget idle connections and NAT bindings (those no installed flow
+        uses); give their SNAT ports back."""
         keep = {k for keys in self.ct_cookies.values() for k in keys}
-        return len(self.ct.expire(self.clock(), keep))
+        now = self.clock()
+        gone = len(self.ct.expire(now, keep))
+        for b, until in list(self.nat_until.items()):
+            if ("nat", b) in keep:
+                self.nat_until[b] = max(until, now + IDLE_SECONDS)
+            elif until <= now:
+                del self.nat_until[b]
+                self.nat.remove(b)
+                if b.kind == "snat":
+                    self.allocator.free(b.xlated[0], b.xlated[1], b.fwd.proto)
+                gone += 1
+        return gone
 
     def _decide(self, result: Result, pkt: Packet, frame: bytes | None,
                 depth: int = 0) -> Decision:

@@ -124,7 +124,9 @@ def unclassify_flows(dp, ofport: int, tunnel_key: int) -> list:
     ]
 
 
-def rewrite_actions(dp, rewrites: tuple[Rewrite, ...]) -> list:
+def rewrite_actions(dp, rewrites: tuple[Rewrite, ...], proto: int | None = None) -> list:
+    """Header rewrites as set-field / dec_ttl actions; ``proto`` (the packet's
+    IP protocol) names the TCP or UDP port fields."""
     p = dp.ofproto_parser
     out = []
     for r in rewrites:
@@ -132,16 +134,23 @@ def rewrite_actions(dp, rewrites: tuple[Rewrite, ...]) -> list:
             out.append(p.OFPActionSetField(**{r.field: r.value}))
         elif r.field == "ttl":
             out += [p.OFPActionDecNwTtl()] * int(r.value)
+        elif r.field in ("ip_src", "ip_dst"):
+            out.append(p.OFPActionSetField(**{"ipv4_" + r.field[3:]: r.value}))
+        elif r.field in ("tp_src", "tp_dst") and proto in (PROTO_TCP, PROTO_UDP):
+            name = _TP_FIELDS[proto][0 if r.field == "tp_src" else 1]
+            out.append(p.OFPActionSetField(**{name: int(r.value)}))
     return out
 
 
 def actions_for(dp, decision: Decision) -> list:
-    return output_actions(dp, decision.actions, decision.rewrites)
+    proto = decision.packet.ip_proto if decision.packet is not None else None
+    return output_actions(dp, decision.actions, decision.rewrites, proto)
 
 
-def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = ()) -> list:
+def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = (),
+                   proto: int | None = None) -> list:
     p = dp.ofproto_parser
-    out = rewrite_actions(dp, rewrites) if outputs else []
+    out = rewrite_actions(dp, rewrites, proto) if outputs else []
     for a in outputs:
         if isinstance(a, Output):
             out.append(p.OFPActionOutput(a.ofport))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from midoflow.nat.bindings import NatBinding
 from midoflow.nat.conntrack import ConnKey
 
 ETHERTYPE = 0x88B5  # IEEE local experimental
@@ -15,14 +16,27 @@ DST_MAC = bytes.fromhex("02000000fe02")
 MAX_KEYS = 256
 
 
-def encode(keys: list[ConnKey], ttl: int) -> bytes:
-    body = json.dumps({"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl},
-                      separators=(",", ":")).encode()
+def encode(keys: list[ConnKey], ttl: int, nat: list[NatBinding] = ()) -> bytes:
+    msg = {"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl}
+    if nat:
+        msg["nat"] = [b.encode() for b in nat[:MAX_KEYS]]
+    body = json.dumps(msg, separators=(",", ":")).encode()
     return DST_MAC + SRC_MAC + ETHERTYPE.to_bytes(2, "big") + MAGIC + body
 
 
+def decode_all(frame: bytes) -> tuple[list[ConnKey], list[NatBinding], int]:
+    """Return keys, NAT bindings and their TTL; ValueError on anything else."""
+    keys, ttl = decode(frame)
+    try:
+        msg = json.loads(frame[18:].rstrip(b"\x00"))
+        nat = [NatBinding.decode(b) for b in msg.get("nat", [])[:MAX_KEYS]]
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"bad flow-state payload: {e}") from None
+    return keys, nat, ttl
+
+
 def decode(frame: bytes) -> tuple[list[ConnKey], int]:
-    """Inverse of :func:`encode`; ValueError on anything else."""
+    """Inverse of :func:`encode` (without NAT); ValueError on anything else."""
     if len(frame) < 18 or frame[12:14] != ETHERTYPE.to_bytes(2, "big") \
             or frame[14:18] != MAGIC:
         raise ValueError("not a flow-state frame")
