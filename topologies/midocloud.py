@@ -224,3 +224,24 @@ class MidoCloud:
         if gateway:
             body["next_hop_gateway"] = gateway
         return self.api.request("POST", f"/routers/{router_id}/routes", body)["id"]
+
+    def external(self, host, router_port_id: str, name: str, ip: str, mac: str,
+                 routes: tuple[tuple[str, str], ...] = ()):
+        """The outside world: a namespace no one configured as a VM, wired to
+        ``host``'s OVS as the interface the router's exterior port
+        ``router_port_id`` is bound to (an uplink). ``routes``: (prefix, via)
+        static routes of the outside host, e.g. the floating-IP range."""
+        h = self.cloud.host(host)
+        ext = self.cloud.add_vm(h, name, ip, mac, iface_id=router_port_id)
+        ext.port_id = router_port_id
+        for prefix, via in routes:
+            ext.cmd(f"ip route add {prefix} via {via}")
+        self.wait_port(router_port_id, h)
+        return ext
+
+    def chain(self, name: str, rules: list[dict] = (), tenant: str = "") -> str:
+        """A chain with ``rules`` (bodies of POST /chains/{id}/rules) in order."""
+        cid = self.api.request("POST", "/chains", {"name": name, "tenant_id": tenant})["id"]
+        for r in rules:
+            self.api.request("POST", f"/chains/{cid}/rules", r)
+        return cid

@@ -175,6 +175,12 @@ class MidoflowAgent(app_manager.OSKenApp):
             dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
                                        in_port=ofp.OFPP_CONTROLLER, data=push.frame,
                                        actions=pipeline.output_actions(dp, push.actions)))
+        icmp_id = next((r.value for r in decision.rewrites if r.field == "icmp_id"), None)
+        if icmp_id is not None:  # OpenFlow cannot set it: rewrite the packet itself
+            try:
+                data, buffer_id = frames.set_icmp_id(data, int(icmp_id)), None
+            except frames.FrameError:
+                return
         actions = pipeline.actions_for(dp, decision)
         if decision.install:
             dp.send_msg(pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout,

@@ -52,6 +52,8 @@ def parse(frame: bytes) -> dict[str, Any]:
             ic = pkt.get_protocol(icmp.icmp)
             if ic is not None:
                 f.update(tp_src=ic.type, tp_dst=ic.code)
+                if ic.type in (0, 8) and isinstance(ic.data, icmp.echo):
+                    f["icmp_id"] = ic.data.id
     elif eth.ethertype == ETH_ARP:
         a = pkt.get_protocol(arp.arp)
         if a is None:
@@ -59,6 +61,26 @@ def parse(frame: bytes) -> dict[str, Any]:
         f.update(arp_op=a.opcode, arp_sha=a.src_mac.lower(), arp_spa=a.src_ip,
                  arp_tha=a.dst_mac.lower(), arp_tpa=a.dst_ip)
     return f
+
+
+def set_icmp_id(frame: bytes, ident: int) -> bytes:
+    """The frame with its ICMP echo identifier replaced (checksum updated)."""
+    pkt = packet.Packet(frame)
+    ic = pkt.get_protocol(icmp.icmp)
+    if ic is None or not isinstance(ic.data, icmp.echo):
+        raise FrameError("not an ICMP echo")
+    out = packet.Packet()
+    for proto in pkt.protocols:
+        if isinstance(proto, icmp.icmp):
+            out.add_protocol(icmp.icmp(type_=ic.type, code=ic.code, data=icmp.echo(
+                id_=ident, seq=ic.data.seq, data=ic.data.data)))
+            break
+        if isinstance(proto, ipv4.ipv4):
+            proto.csum = 0
+            proto.total_length = 0
+        out.add_protocol(proto)
+    out.serialize()
+    return bytes(out.data)
 
 
 def build(gen: Generated, original: bytes | None = None) -> bytes:

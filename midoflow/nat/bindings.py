@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from midoflow.nat.conntrack import ConnKey
+from midoflow.sim.packet import PROTO_ICMP
 
 SNAT, DNAT = "snat", "dnat"
 
@@ -24,6 +25,11 @@ class NatBinding:
     @property
     def rev(self) -> ConnKey:
         f = self.fwd
+        if f.proto == PROTO_ICMP and f.sport == f.dport:  # an echo: the id is both ports
+            if self.kind == SNAT:
+                return ConnKey(f.device, f.proto, f.dst, self.xlated[1], self.xlated[0],
+                               self.xlated[1])
+            return ConnKey(f.device, f.proto, self.xlated[0], f.sport, f.src, f.sport)
         if self.kind == SNAT:  # reply: from the original destination to the new source
             return ConnKey(f.device, f.proto, f.dst, f.dport, self.xlated[0], self.xlated[1])
         return ConnKey(f.device, f.proto, self.xlated[0], self.xlated[1], f.src, f.sport)

@@ -25,7 +25,8 @@ _WITH_PORTS = (PROTO_TCP, PROTO_UDP)
 
 @dataclass(frozen=True, order=True)
 class ConnKey:
-    """A connection's 5-tuple at a device. ICMP carries no ports (0, 0)."""
+    """A connection's 5-tuple at a device. An ICMP echo's identifier stands
+    in both port slots; other ICMP carries none (0, 0)."""
 
     device: str
     proto: int
@@ -42,6 +43,9 @@ class ConnKey:
         if pkt.ip_proto in _WITH_PORTS:
             return cls(device, pkt.ip_proto, pkt.ip_src, pkt.tp_src or 0, pkt.ip_dst,
                        pkt.tp_dst or 0)
+        if pkt.ip_proto == PROTO_ICMP and pkt.icmp_id is not None:
+            # an echo and its reply share the identifier: it is both "ports"
+            return cls(device, pkt.ip_proto, pkt.ip_src, pkt.icmp_id, pkt.ip_dst, pkt.icmp_id)
         return cls(device, pkt.ip_proto, pkt.ip_src, 0, pkt.ip_dst, 0)
 
     def reverse(self) -> ConnKey:

@@ -225,27 +225,36 @@ def _translate(b: _Builder, pkt: Packet, which: str, addr: tuple[str, int]) -> P
     if pkt.ip_proto in (PROTO_TCP, PROTO_UDP) and getattr(pkt, tp_f) != addr[1]:
         b.rewrites.append(Rewrite(tp_f, addr[1]))
         changes[tp_f] = addr[1]
+    elif pkt.icmp_id is not None and pkt.icmp_id != addr[1]:
+        # OpenFlow can neither match nor set an echo identifier: the agent
+        # rewrites it in the packet itself, every packet (no flow).
+        b.rewrites.append(Rewrite("icmp_id", addr[1]))
+        b.cacheable = False
+        changes["icmp_id"] = addr[1]
     return pkt.evolve(**changes) if changes else pkt
 
 
 def _nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
          label: str) -> tuple[str | None, Packet]:
     """SNAT or DNAT a connection's packet (the same binding for all its
-    packets), then accept. ICMP is translated by address only."""
+    packets), then accept. An ICMP echo's identifier is translated like a
+    port; other ICMP by address only."""
     kind = SNAT if rule.action == RULE_SNAT else DNAT
     key = ConnKey.of(ctx.ct_device, pkt)
     if key is None or not rule.nat_targets:
         b.step("chain", ctx.ct_device, f"{label}: {kind} of a non-IP packet: continue")
         return None, pkt
     b.fields.update(CT_FIELDS)
-    ports = pkt.ip_proto in (PROTO_TCP, PROTO_UDP)
+    ports = pkt.ip_proto in (PROTO_TCP, PROTO_UDP) or pkt.icmp_id is not None
+    if pkt.icmp_id is not None:
+        b.cacheable = False  # replies must be told apart by identifier: no flow
     binding = view.nat_forward(kind, key)
     if binding is None:
         t = rule.nat_targets[0]
         if kind == SNAT:
             orig = (key.src, key.sport)
             keep = not t.port_from and not t.port_to and t.addr_from == t.addr_to
-            if keep or not ports:  # 1:1 (a floating IP) or ICMP: the address only
+            if keep or not ports:  # 1:1 (a floating IP), or no ports: the address only
                 xl = (t.addr_from, key.sport)
             else:
                 xl = view.nat_allocate(rule.nat_targets, key.proto)
@@ -275,6 +284,8 @@ def _rev_nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Buil
     binding = view.nat_reverse(kind, key)
     if binding is None:
         return None
+    if pkt.icmp_id is not None:
+        b.cacheable = False
     b.ct_hits.append(("nat", binding))
     which = "dst" if kind == SNAT else "src"
     b.step("chain", ctx.ct_device, f"{label}: reverse {kind} -> "

@@ -53,6 +53,7 @@ class Packet:
     arp_tha: str | None = None
     arp_tpa: str | None = None
     tcp_flags: int | None = None
+    icmp_id: int | None = None  # ICMP echo request/reply identifier
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)

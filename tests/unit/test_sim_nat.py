@@ -133,3 +133,50 @@ def test_binding_encoding_round_trips():
     assert NatBinding.decode(b.encode()) == b
     assert b.rev == ConnKey("r", 6, "8.8.8.8", 80, PUBLIC, 2000)
 
+
+
+def test_icmp_echo_identifier_is_translated_like_a_port_and_never_cached():
+    t = nat_topo()
+    t.v.arps[("r1", "192.168.1.11")] = ("02:00:00:00:01:11", NOW)
+    ids = set()
+    for vm_id in (7, 7):  # two pings with the same identifier: distinct translations
+        p = ip_pkt(dst="8.8.8.8", proto=PROTO_ICMP, sport=8, dport=0, src="192.168.1.10")
+        p = p.evolve(icmp_id=vm_id, tp_src=8, tp_dst=0)
+        p = p.evolve(ip_src="192.168.1.10" if not ids else "192.168.1.11")
+        r = simulate(t.v, p, NOW)
+        (b,) = r.nat
+        rw = dict((w.field, w.value) for w in r.rewrites)
+        assert rw["ip_src"] == PUBLIC and rw["icmp_id"] == b.xlated[1] and not r.cacheable
+        ids.add(b.xlated[1])
+        _commit(t, r)
+    assert len(ids) == 2
+    # the echo reply to the second translation goes back to the second sender
+    nid = sorted(ids)[1] if len(ids) == 2 else None
+    reply = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
+                   ip_dst=PUBLIC, ip_proto=PROTO_ICMP, tp_src=0, tp_dst=0, icmp_id=nid)
+    r = simulate(t.v, reply, NOW)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert rw["icmp_id"] == 7 and rw["ip_dst"] in ("192.168.1.10", "192.168.1.11")
+    assert not r.cacheable
+
+
+def test_set_icmp_id_rewrites_the_frame():
+    from os_ken.lib.packet import ethernet, icmp, ipv4, packet
+
+    from midoflow.apps import frames
+
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=EXT_GW, src=VM1, ethertype=0x800))
+    p.add_protocol(ipv4.ipv4(src="10.0.0.1", dst="8.8.8.8", proto=1))
+    p.add_protocol(icmp.icmp(type_=8, code=0, data=icmp.echo(id_=7, seq=1, data=b"x" * 8)))
+    p.serialize()
+    out = frames.set_icmp_id(bytes(p.data), 4242)
+    f = frames.parse(out)
+    assert f["icmp_id"] == 4242 and f["ip_dst"] == "8.8.8.8"
+    ic = packet.Packet(out).get_protocol(icmp.icmp)
+    assert ic.data.seq == 1 and ic.data.data == b"x" * 8
+    # the checksum is right: re-serialising the parsed packet changes nothing
+    q = packet.Packet(out)
+    q.get_protocol(icmp.icmp).csum = 0
+    q.serialize()
+    assert bytes(q.data)[-16:] == out[-16:]
