@@ -58,6 +58,7 @@ class MidoCloud:
         tunnel: str = "vxlan",
         progress: Callable[[str], None] | None = None,
         agent_args: tuple[str, ...] = (),
+        flow_state: str = "local",
     ) -> None:
         self.n_hosts = n_hosts
         self.subnet = subnet
@@ -65,6 +66,7 @@ class MidoCloud:
         self.tunnel = tunnel
         self.progress = progress or (lambda _msg: None)
         self.agent_args = agent_args
+        self.flow_state = flow_state  # the agents' flow_state option
         self.zk_hosts = zk_hosts
         self.zk = None  # our own server, when none was given
         self.cloud: Cloud | None = None
@@ -128,7 +130,8 @@ class MidoCloud:
 
     def start_agent(self, h: CloudHost) -> None:
         hid = self.host_ids.setdefault(h.name, host_uuid(h.name))
-        cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid)
+        cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid,
+                                            flow_state=self.flow_state)
         cmd = [_agent_bin(), "--config", cfg, *self.agent_args]
         self.cloud.start_agent(h, cmd)
 

@@ -25,6 +25,9 @@ class AgentConfig:
     vxlan_port: str = "vxlan0"
     gre_port: str = "gre0"
     of_listen: str = "127.0.0.1:6653"  # or a unix socket path
+    # Where flow state is filed for recovery: "local" (this process only) or
+    # "cassandra:HOST[,HOST...][:PORT][/KEYSPACE]" (QUORUM writes).
+    flow_state: str = "local"
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -62,6 +65,7 @@ class AgentConfig:
             vxlan_port=sec.get("vxlan_port", "vxlan0"),
             gre_port=sec.get("gre_port", "gre0"),
             of_listen=sec.get("of_listen", "127.0.0.1:6653"),
+            flow_state=_flow_state(path, sec.get("flow_state", "local")),
         )
 
     def write(self, path: str) -> None:
@@ -69,3 +73,29 @@ class AgentConfig:
         cp["agent"] = {k: str(v) for k, v in self.__dict__.items()}
         with open(path, "w") as f:
             cp.write(f)
+
+
+def _flow_state(path: str, spec: str) -> str:
+    spec = spec.strip()
+    if spec == "local":
+        return spec
+    if spec.startswith("cassandra:") and parse_cassandra(spec) is not None:
+        return spec
+    raise ConfigError(f"{path}: flow_state {spec!r}: use 'local' or "
+                      "'cassandra:HOST[,HOST...][:PORT][/KEYSPACE]'")
+
+
+def parse_cassandra(spec: str) -> tuple[list[str], int, str] | None:
+    """"cassandra:h1,h2:9042/ks" -> (["h1", "h2"], 9042, "ks"); None if malformed."""
+    rest = spec.removeprefix("cassandra:")
+    rest, _, keyspace = rest.partition("/")
+    hosts, port = rest, 9042
+    if ":" in rest:
+        hosts, _, p = rest.rpartition(":")
+        if not p.isdigit() or not 0 < int(p) < 65536:
+            return None
+        port = int(p)
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not names or (keyspace and not keyspace.replace("_", "").isalnum()):
+        return None
+    return names, port, keyspace or "midoflow"

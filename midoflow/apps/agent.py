@@ -25,6 +25,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import AgentCore, BindingChange, Frames
+from midoflow.agent.flowstate_client import make_flow_state
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.store.factory import make_store
@@ -59,7 +60,8 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.store = make_store(self.cfg.zookeeper, handler="eventlet")
         self.core = AgentCore(self.cfg, self.store, on_invalidate=self._delete_cookies,
                               on_bindings=self._bindings_changed, spawn=hub.spawn,
-                              frames=_OsKenFrames(), replay=self._replay)
+                              frames=_OsKenFrames(), replay=self._replay,
+                              flow_state=make_flow_state(self.cfg.flow_state, eventlet=True))
         self._poke = hub.Event()
         self._last_expiry = 0.0
 

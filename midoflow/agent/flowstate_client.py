@@ -1,0 +1,68 @@
+"""The agent's flow-state store, from its configuration: the local one, or
+Cassandra reached lazily (an agent starts, and forwards, while Cassandra is
+down; it connects when it can and says so)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from midoflow.agent.config import parse_cassandra
+from midoflow.nat.flowstate import (
+    Entry,
+    FlowStateStore,
+    FlowStateUnavailable,
+    LocalFlowState,
+)
+
+LOG = logging.getLogger(__name__)
+RETRY_SECONDS = 5.0
+
+
+class LazyCassandra(FlowStateStore):
+    def __init__(self, hosts: list[str], port: int, keyspace: str, eventlet: bool) -> None:
+        self.hosts, self.port, self.keyspace, self.eventlet = hosts, port, keyspace, eventlet
+        self._store: FlowStateStore | None = None
+        self._next_try = 0.0
+
+    def _get(self) -> FlowStateStore:
+        if self._store is not None:
+            return self._store
+        now = time.monotonic()
+        if now < self._next_try:
+            raise FlowStateUnavailable(f"Cassandra at {self.hosts} unreachable; retrying in "
+                                       f"{self._next_try - now:.0f} s")
+        from midoflow.store.cassandra_flowstate import CassandraFlowState
+
+        try:
+            self._store = CassandraFlowState(self.hosts, self.port, keyspace=self.keyspace,
+                                             eventlet=self.eventlet,
+                                             replication_factor=min(3, len(self.hosts)))
+            LOG.info("flow state: connected to Cassandra at %s", ",".join(self.hosts))
+        except (FlowStateUnavailable, OSError) as e:
+            self._next_try = now + RETRY_SECONDS
+            raise FlowStateUnavailable(str(e)) from e
+        return self._store
+
+    def save(self, port_ids: Iterable[str], entries: Sequence[Entry], ttl: int) -> None:
+        self._get().save(port_ids, entries, ttl)
+
+    def load(self, port_id: str) -> list[Entry]:
+        return self._get().load(port_id)
+
+    def delete(self, port_ids: Iterable[str], entries: Sequence[Entry]) -> None:
+        self._get().delete(port_ids, entries)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def make_flow_state(spec: str, eventlet: bool = False) -> FlowStateStore:
+    if spec == "local":
+        return LocalFlowState()
+    parsed = parse_cassandra(spec)
+    if parsed is None:
+        raise ValueError(f"bad flow_state {spec!r}")
+    return LazyCassandra(*parsed, eventlet=eventlet)
