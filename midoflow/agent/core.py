@@ -153,6 +153,11 @@ class AgentCore:
         self.arp_asked: dict[tuple[str, str], float] = {}
         self.cache.on_arp = self._arp_resolved
         self._writing: dict[tuple, float] = {}  # learned entry -> claimed until
+        # Entries this process wrote: others (a previous run's, about to vanish
+        # with its session) are written again when seen.
+        self._mine: set = set()
+        self._by_match: dict[tuple, int] = {}  # installed flow match -> its cookie
+        self._match_of: dict[int, tuple] = {}
         # Connection tracking: return keys, kept alive while a flow uses them.
         self.ct = ConnTrackTable()
         self.ct_cookies: dict[int, tuple[ConnKey, ...]] = {}
@@ -203,10 +208,17 @@ class AgentCore:
                 LOG.warning("cannot publish host state (will retry): %s", e)
             self.unsynced_host = True
 
+    def forget_flows(self) -> None:
+        """OVS's simulated flows are gone (wiped, or the switch is lost)."""
+        self.flows.clear()
+        self.ct_cookies.clear()
+        self._by_match.clear()
+        self._match_of.clear()
+
     def set_connected(self, connected: bool) -> None:
         self.ovs_connected = connected
         if not connected:
-            self.flows.clear()
+            self.forget_flows()
         self.publish_state()
 
     # ---- invalidation -----------------------------------------------------
@@ -219,9 +231,21 @@ class AgentCore:
             LOG.debug("invalidate %d flow(s) for %s", len(cookies), sorted(tags))
             self.on_invalidate(cookies)
 
+    def flow_replaced(self, match_key: tuple, cookie: int) -> None:
+        """A new flow with the same match and priority as an installed one
+        replaces it in OVS, which says nothing: forget the old cookie."""
+        old = self._by_match.get(match_key)
+        if old is not None and old != cookie:
+            self.flow_removed(old)
+        self._by_match[match_key] = cookie
+        self._match_of[cookie] = match_key
+
     def flow_removed(self, cookie: int) -> None:
         self.flows.remove(cookie)
         self.ct_cookies.pop(cookie, None)
+        key = self._match_of.pop(cookie, None)
+        if key is not None and self._by_match.get(key) == cookie:
+            del self._by_match[key]
 
     # ---- bindings ---------------------------------------------------------
     def set_interfaces(self, interfaces: dict[str, tuple[int, str | None]]) -> None:
@@ -240,7 +264,7 @@ class AgentCore:
             if rest:
                 self.on_bindings(BindingChange(added=rest))
             everything = set(self.flows.tags_of)
-            self.flows.clear()
+            self.forget_flows()
             if everything:
                 self.on_invalidate(everything)
 
@@ -586,7 +610,8 @@ class AgentCore:
         for router_id, ip, mac in entries:
             cur = self.cache.arps.get((router_id, ip))
             now = self.clock()
-            if cur and cur[0] == mac and now - cur[1] < ARP_REWRITE_SECONDS:
+            if cur and cur[0] == mac and now - cur[1] < ARP_REWRITE_SECONDS \
+                    and cur[2] in self._mine:
                 continue
             try:
                 table = paths.arp_table(router_id)
@@ -594,8 +619,12 @@ class AgentCore:
                     e = paths.parse_arp_entry(name)
                     if e and e[0] == ip:
                         self.store.delete_state(f"{table}/{name}")
+                name = paths.arp_entry(router_id, ip, mac, now).rsplit("/", 1)[1]
+                self._mine = {n for n in self._mine
+                              if not (isinstance(n, str) and n.startswith(ip + ","))}
                 self.store.put_state(paths.arp_entry(router_id, ip, mac, now), {},
                                      ephemeral=True)
+                self._mine.add(name)
                 self._writing.pop((router_id, ip, mac), None)
             except MidoflowError as e:  # the claim stays: no retry for a while
                 LOG.warning("cannot record ARP %s -> %s on router %s: %s", ip, mac,
@@ -621,7 +650,7 @@ class AgentCore:
     def _learn(self, learned) -> None:
         for entry in learned:
             bridge_id, mac, port_id = entry
-            if self.cache.macs.get((bridge_id, mac)) == port_id:
+            if self.cache.macs.get((bridge_id, mac)) == port_id and entry in self._mine:
                 self._writing.pop(entry, None)
                 continue
             try:
@@ -632,6 +661,7 @@ class AgentCore:
                 self.store.put_state(paths.mac_entry(bridge_id, mac, port_id), {}, ephemeral=True)
                 self.stats["learned"] += 1
                 self._writing.pop(entry, None)
+                self._mine.add(entry)
             except MidoflowError as e:  # the claim stays: no retry for a while
                 LOG.warning("cannot record %s on bridge %s (retry in %.0f s): %s", mac,
                             bridge_id, LEARN_RETRY_SECONDS, e)

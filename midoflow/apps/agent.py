@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 
 from os_ken.base import app_manager
@@ -66,6 +67,10 @@ class MidoflowAgent(app_manager.OSKenApp):
         self._last_expiry = 0.0
 
     def start(self):
+        # osken-manager only handles SIGINT: on SIGTERM (systemd, kill) close
+        # the ZooKeeper session first, so this host's ephemeral state (alive,
+        # ports, learned MACs and ARP entries) goes now, not a session timeout later.
+        signal.signal(signal.SIGTERM, self._terminate)
         thread = super().start()
         self.core.start()
         self.threads.append(hub.spawn(self._ovsdb_loop))
@@ -77,6 +82,15 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.store.close()
         finally:
             super().stop()
+
+    def _terminate(self, _signum, _frame):
+        LOG.info("SIGTERM: closing the ZooKeeper session and exiting")
+        try:
+            self.store.close()
+            self.core.flow_state.close()
+        finally:
+            logging.shutdown()
+            os._exit(0)
 
     # ---- OVSDB ------------------------------------------------------------
     def _ovsdb_loop(self):
@@ -110,7 +124,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         for m in pipeline.base_flows(dp):
             dp.send_msg(m)
         self.classified.clear()
-        self.core.flows.clear()
+        self.core.forget_flows()
         # Re-install the classify flows of every current binding.
         self.core.bindings = {}
         self.core.set_connected(True)
@@ -185,8 +199,11 @@ class MidoflowAgent(app_manager.OSKenApp):
                 return
         actions = pipeline.actions_for(dp, decision)
         if decision.install:
-            dp.send_msg(pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout,
-                                               actions))
+            flow = pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout, actions)
+            # a burst's queued packets each install the same flow: OVS keeps
+            # the last, the index must too
+            self.core.flow_replaced(tuple(sorted(flow.match.items())), decision.cookie)
+            dp.send_msg(flow)
         if actions:
             if buffer_id is not None:
                 dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=buffer_id, in_port=in_port,

@@ -115,9 +115,12 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
         return []
     b.fields.update(("eth_src", "eth_dst"))
 
-    if not is_multicast(pkt.eth_src) and view.mac_port(bid, pkt.eth_src) != inport.id:
+    if not is_multicast(pkt.eth_src):
+        # Always reported: the agent decides whether the store needs a write
+        # (a restarted agent takes over what its previous run learned).
         b.learned.append((bid, pkt.eth_src, inport.id))
-        b.step("bridge", bid, f"learn {pkt.eth_src} on port {inport.id}")
+        if view.mac_port(bid, pkt.eth_src) != inport.id:
+            b.step("bridge", bid, f"learn {pkt.eth_src} on port {inport.id}")
 
     if not is_multicast(pkt.eth_dst):
         b.tags.add(mac_tag(bid, pkt.eth_dst))

@@ -147,3 +147,30 @@ def test_gre_zone_uses_the_gre_port(world):
 def test_packet_from_unbound_ofport_is_ignored(world):
     _, agents, _ = world
     assert agents["h1"].handle_miss(42, eth(M1, BCAST, 0x806)) is None
+
+
+def test_a_replaced_flow_leaves_the_index(world):
+    _, agents, _ = world
+    a = agents["h1"]
+    cookies = []
+    for _ in range(5):  # a burst: each queued packet-in installs the same flow
+        d = a.handle_miss(5, eth(M1, M2, 0x800))
+        a.flow_replaced((("eth_dst", M2), ("in_port", 5)), d.cookie)
+        cookies.append(d.cookie)
+    assert len(set(cookies)) == 5 and len(a.flows) == 1
+    a.flow_removed(cookies[-1])
+    assert len(a.flows) == 0
+
+
+def test_a_restarted_agent_writes_again_what_its_previous_run_learned(world):
+    api, agents, _ = world
+    agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))
+    assert paths.parse_mac_entry(api.list_state(paths.mac_table("b"))[0]) == (M1, "p1")
+    # a new agent process: its cache shows the entry, but the old session owns it
+    fresh = AgentCore(cfg("h1"), MemoryStore(api.backend))
+    fresh.spawn = lambda f, *args: f(*args)
+    fresh.start()
+    fresh.set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1")})
+    fresh.handle_miss(5, eth(M1, BCAST, 0x806))  # takes the entry over...
+    agents["h1"].store.close()  # ...so when the old session ends, it stays
+    assert (M1, "p1") in [paths.parse_mac_entry(n) for n in api.list_state(paths.mac_table("b"))]

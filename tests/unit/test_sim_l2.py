@@ -43,7 +43,9 @@ def test_known_destination_goes_to_one_port_only():
     v.macs[("b1", MAC[0])] = "b1-p0"
     r = simulate(v, Packet("b1-p0", MAC[0], MAC[1]))
     assert r.out_ports == ("b1-p2",)
-    assert r.learned == ()
+    # the source is reported (the agent decides on a write), but nothing new is learned
+    assert r.learned == (("b1", MAC[0], "b1-p0"),)
+    assert not any("learn" in s.decision for s in r.trace)
     assert not r.flooded and flood_tag("b1") not in r.tags
     assert {port_tag("b1-p0"), port_tag("b1-p2"), bridge_tag("b1"), mac_tag("b1", MAC[1])} <= r.tags
     assert r.match_fields == {"in_port", "eth_src", "eth_dst"}
