@@ -33,4 +33,21 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]' || { echo "[setup] pip install failed (is PyPI reachable?)" >&2; exit 1; }
   touch "$stamp"
 fi
+# ---- Cassandra 5.0 (begin) ---------------------------------------------------
+# Cassandra runs from Maven Central's jars on JDK 17 (midoflow.devenv.cassandra):
+# Maven and the JDK from Debian, then the jars resolved once into .cache/cassandra/lib
+# (scripts/cassandra-jars.sh: skips when cached).
+cass_missing=()
+for p in maven openjdk-17-jre-headless; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || cass_missing+=("$p")
+done
+if ((${#cass_missing[@]})); then
+  echo "[setup] installing Debian packages for Cassandra: ${cass_missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq || { echo "[setup] apt-get update failed: check the package mirror" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${cass_missing[@]}" >/tmp/midoflow-apt-cassandra.log 2>&1 \
+    || { echo "[setup] apt-get install failed; see /tmp/midoflow-apt-cassandra.log" >&2; exit 1; }
+fi
+bash scripts/cassandra-jars.sh || { echo "[setup] could not resolve the Cassandra jars (see above)" >&2; exit 1; }
+# ---- Cassandra 5.0 (end) -----------------------------------------------------
 echo "[setup] ready"

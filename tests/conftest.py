@@ -84,3 +84,38 @@ def zk_store_factory(zk_server) -> Callable:
 def zk_store(zk_store_factory):
     return zk_store_factory()
 
+
+# ------------------------------------------------------------------ Cassandra
+
+
+class _ExternalCassandra:
+    def __init__(self, hosts: str) -> None:
+        addrs = [h.strip() for h in hosts.split(",") if h.strip()]
+        self.addresses = [a.rsplit(":", 1)[0] for a in addrs]
+        self.native_port = int(addrs[0].rsplit(":", 1)[1]) if ":" in addrs[0] else 9042
+        self.address = self.addresses[0]
+        self.hosts = hosts
+
+
+@pytest.fixture(scope="session")
+def cassandra_server(tmp_path_factory):
+    """ONE real Cassandra 5.0 node for the whole run (per xdist worker), started
+    on first use (tens of seconds; the jars are resolved first if missing).
+    ``MIDOFLOW_CASSANDRA_HOSTS=127.0.0.1:9042`` uses a node you started yourself.
+    Tests share it: each uses its own keyspace or its own port ids."""
+    hosts = os.environ.get("MIDOFLOW_CASSANDRA_HOSTS")
+    if hosts:
+        yield _ExternalCassandra(hosts)
+        return
+    from midoflow.devenv.cassandra import CassandraError, CassandraNode
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    node = CassandraNode(tmp_path_factory.mktemp(f"cassandra-{worker}"), quiet=False)
+    try:
+        node.start()
+    except CassandraError as e:
+        pytest.fail(f"could not start Cassandra for the tests: {e}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.kill()  # its data is thrown away: no need to drain

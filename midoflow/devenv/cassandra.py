@@ -1,0 +1,917 @@
+"""Start and stop real Apache Cassandra 5.0 nodes (the jars of Maven Central's
+``org.apache.cassandra:cassandra-all``, run on JDK 17) on loopback addresses,
+for tests, the demo and by hand.
+
+    with CassandraNode() as node:              # one node on 127.0.0.1
+        store = CassandraFlowState([node.address], port=node.native_port, ...)
+    with CassandraCluster(n=3) as cluster:     # three nodes on 127.0.0.1/.2/.3
+        cluster.nodes[2].stop()
+
+From a shell::
+
+    python -m midoflow.devenv.cassandra jars           # resolve the jars (once)
+    python -m midoflow.devenv.cassandra start [--nodes 3] [--dir D] [--port P] [--background]
+    python -m midoflow.devenv.cassandra stop --dir D
+
+The jars are resolved once by ``scripts/cassandra-jars.sh`` (Maven, from
+``scripts/cassandra-pom.xml``) into ``.cache/cassandra/lib`` in the source tree
+(or ``$MIDOFLOW_CASSANDRA_LIB``); ``make setup`` does it, and so does the first
+start here when they are missing.
+
+Every node started here is stopped at interpreter exit (atexit) and, unless
+started with ``die_with_parent=False`` (``--background``), also dies with the
+thread that started it (Linux ``PR_SET_PDEATHSIG``), so a killed test run
+leaves no JVM behind. Nodes are configured for tests: one token each, no JMX,
+no commit-log fsync, small heap, fast start (see :data:`TEST_JVM_FLAGS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64/bin/java",)
+CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_LIB = REPO_ROOT / ".cache" / "cassandra" / "lib"
+JARS_SCRIPT = REPO_ROOT / "scripts" / "cassandra-jars.sh"
+JARS_POM = REPO_ROOT / "scripts" / "cassandra-pom.xml"
+RESOLVED_STAMP = ".resolved"  # written by scripts/cassandra-jars.sh when the copy is complete
+PID_FILE = "cassandra.pid"
+LOG_FILE = "cassandra.log"
+CLUSTER_NAME = "midoflow"
+DEFAULT_HEAP = "512M"
+
+# Three evenly spaced Murmur3 tokens, one per node (num_tokens: 1).
+TOKENS_3 = (-9223372036854775808, -3074457345618258603, 3074457345618258602)
+
+# From Cassandra 5.0's conf/jvm17-server.options (JPMS): without them the
+# daemon stops with "unable to access required classes" or
+# InaccessibleObjectException. Modules this JVM lacks are skipped.
+JPMS_FLAGS = (
+    ("--add-exports", "java.base/jdk.internal.misc"),
+    ("--add-exports", "java.management.rmi/com.sun.jmx.remote.internal.rmi"),
+    ("--add-exports", "java.rmi/sun.rmi.registry"),
+    ("--add-exports", "java.rmi/sun.rmi.server"),
+    ("--add-exports", "java.sql/java.sql"),
+    ("--add-exports", "java.base/java.lang.ref"),
+    ("--add-exports", "jdk.unsupported/sun.misc"),
+    ("--add-exports", "jdk.compiler/com.sun.tools.javac.file"),
+    ("--add-exports", "jdk.attach/sun.tools.attach"),
+    ("--add-opens", "java.base/java.lang.module"),
+    ("--add-opens", "java.base/jdk.internal.loader"),
+    ("--add-opens", "java.base/jdk.internal.ref"),
+    ("--add-opens", "java.base/jdk.internal.reflect"),
+    ("--add-opens", "java.base/jdk.internal.math"),
+    ("--add-opens", "java.base/jdk.internal.module"),
+    ("--add-opens", "java.base/jdk.internal.util.jar"),
+    ("--add-opens", "jdk.management/com.sun.management.internal"),
+    ("--add-opens", "java.base/sun.nio.ch"),
+    ("--add-opens", "java.base/java.io"),
+    ("--add-opens", "java.base/java.lang.reflect"),
+    ("--add-opens", "jdk.compiler/com.sun.tools.javac"),
+    ("--add-opens", "java.base/java.lang"),
+    ("--add-opens", "java.base/java.util"),
+    ("--add-opens", "java.base/java.nio"),
+)
+
+# Test-only start-up shortcuts (Cassandra's own test harness uses them): no
+# gossip settle wait, no fsync of the commit log (a killed process loses
+# nothing, a crashed machine would). Deliberately NOT
+# ``cassandra.unsafesystem=true`` nor ``cassandra.test.flush_local_schema_changes
+# =false``: with either, a node killed with SIGKILL comes back without the
+# schema changes it had seen (the schema is loaded before the commit log is
+# replayed), answering "keyspace ... does not exist" or INCOMPATIBLE_SCHEMA and
+# dropping the replayed writes of those tables (seen here); and neither saved
+# measurable start time.
+TEST_JVM_FLAGS = (
+    "-Dcassandra-foreground=yes",  # otherwise the daemon closes stdout/stderr
+    "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+    "-Dcassandra.skip_sync=true",
+    "-Dcassandra.libjemalloc=-",
+    "-Dcassandra.ring_delay_ms=1000",
+    "-Dcassandra.superuser_setup_delay_ms=0",
+    "-Djava.net.preferIPv4Stack=true",
+    "-Djava.awt.headless=true",
+    "-Djdk.attach.allowAttachSelf=true",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+)
+
+LOGBACK_XML = """\
+<configuration scan="false" debug="false">
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder>
+      <pattern>%d{HH:mm:ss.SSS} %-5level [%thread] %logger{0}: %msg%n</pattern>
+    </encoder>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="STDOUT"/>
+  </root>
+</configuration>
+"""
+
+
+class CassandraError(RuntimeError):
+    """A node could not be started; the message says what to do."""
+
+
+# --------------------------------------------------------------------- helpers
+
+_port_lock = threading.Lock()
+_ports_given: set[int] = set()
+
+
+def _bindable(addr: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(addresses: Sequence[str] = ("127.0.0.1",)) -> int:
+    """A TCP port free now on every address in ``addresses`` (so three nodes on
+    127.0.0.1/.2/.3 can share it) and not handed out before by this process."""
+    with _port_lock:
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((addresses[0], 0))
+                port = s.getsockname()[1]
+            if port in _ports_given:
+                continue
+            if all(_bindable(a, port) for a in addresses[1:]):
+                _ports_given.add(port)
+                return port
+    raise CassandraError(f"no TCP port free on all of {', '.join(addresses)}")
+
+
+@functools.lru_cache(maxsize=4)
+def java_major(java: str) -> int | None:
+    """The feature version of a java binary (17 for "17.0.15"), None if unknown."""
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major
+
+
+def find_java(java: str | None = None) -> str:
+    for cand in (java, os.environ.get("MIDOFLOW_JAVA"), *JAVA_CANDIDATES):
+        if cand and os.access(cand, os.X_OK):
+            major = java_major(cand)
+            if major is not None and major not in (11, 17):
+                raise CassandraError(
+                    f"{cand} is Java {major}; Cassandra 5.0 runs on Java 11 or 17 only (on "
+                    f"newer ones it stops with \"Setting a system-wide Policy object is not "
+                    f"supported\"): install openjdk-17-jre-headless (`make setup`) or point "
+                    f"MIDOFLOW_JAVA at a java 17 binary")
+            return cand
+    raise CassandraError(
+        "JDK 17's java not found (Cassandra 5.0 runs on Java 11 or 17 only): run "
+        "`make setup` (installs openjdk-17-jre-headless), or set MIDOFLOW_JAVA to a java 17 "
+        "binary")
+
+
+@functools.lru_cache(maxsize=4)
+def java_modules(java: str) -> frozenset[str]:
+    """The module names this JVM has (``java --list-modules``)."""
+    try:
+        out = subprocess.run([java, "--list-modules"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise CassandraError(f"{java} --list-modules failed ({e}): is it a working JDK 17?") \
+            from e
+    return frozenset(line.split("@", 1)[0].strip() for line in out.splitlines() if line.strip())
+
+
+def jpms_flags(java: str) -> list[str]:
+    have = java_modules(java)
+    flags = []
+    for opt, target in JPMS_FLAGS:
+        if target.split("/", 1)[0] in have:
+            flags.append(f"{opt}={target}=ALL-UNNAMED")
+    return flags
+
+
+def lib_dir(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("MIDOFLOW_CASSANDRA_LIB") or DEFAULT_LIB)
+
+
+def wanted_version() -> str | None:
+    """The Cassandra version scripts/cassandra-pom.xml names (None without it)."""
+    try:
+        pom = JARS_POM.read_text()
+    except OSError:
+        return None
+    m = re.search(r"<cassandra.version>\s*([^<\s]+)\s*</cassandra.version>", pom)
+    return m.group(1) if m else None
+
+
+def jars_resolved(lib: Path) -> bool:
+    """The folder holds a complete copy, of the version the pom names."""
+    try:
+        have = (lib / RESOLVED_STAMP).read_text().strip()
+    except OSError:
+        return False
+    want = wanted_version()
+    return (want is None or have == want) and any(lib.glob(f"cassandra-all-{have}.jar"))
+
+
+def ensure_jars(path: str | os.PathLike | None = None, *, resolve: bool = True,
+                quiet: bool = False) -> Path:
+    """The folder holding cassandra-all and its dependencies; runs
+    ``scripts/cassandra-jars.sh`` (Maven) first if they are not there yet and
+    ``resolve`` is true."""
+    lib = lib_dir(path)
+    if jars_resolved(lib):
+        return lib
+    if not resolve or not JARS_SCRIPT.exists():
+        raise CassandraError(
+            f"Cassandra jars not found in {lib}: run `make setup` or "
+            "`bash scripts/cassandra-jars.sh` (resolves org.apache.cassandra:cassandra-all "
+            "from Maven Central), or set "
+            "MIDOFLOW_CASSANDRA_LIB to a folder holding them")
+    _progress(f"jars not in {lib} yet: running {JARS_SCRIPT} ...", quiet)
+    env = dict(os.environ, MIDOFLOW_CASSANDRA_LIB=str(lib))
+    try:  # its progress lines go where ours do (pytest may have replaced sys.stderr)
+        out: int | None = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        out = None
+    res = subprocess.run(["bash", str(JARS_SCRIPT)], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL if quiet else out)
+    if res.returncode != 0 or not jars_resolved(lib):
+        raise CassandraError(
+            f"{JARS_SCRIPT} failed (exit {res.returncode}): see its messages above; is Maven "
+            "installed (`make setup`) and Maven Central reachable?")
+    return lib
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _is_cassandra_process(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return CASSANDRA_MAIN.encode() in cmd
+
+
+def _progress(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[cassandra] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------- a minimal CQL client
+# Enough of the native protocol (v4) to ask a node whether it serves, without
+# the driver (its threads and reconnection logic are not wanted in a probe).
+
+_CQL_VERSION = 0x04
+_OP_ERROR, _OP_STARTUP, _OP_READY, _OP_QUERY, _OP_RESULT = 0x00, 0x01, 0x02, 0x07, 0x08
+CL_ONE, CL_QUORUM, CL_ALL = 0x0001, 0x0004, 0x0005
+
+
+class CqlError(Exception):
+    """The node answered with an error frame (code, message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code:#06x}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def int(self) -> int:
+        return struct.unpack(">i", self.take(4))[0]
+
+    def short(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def string(self) -> str:
+        return self.take(self.short()).decode(errors="replace")
+
+    def bytes(self) -> bytes | None:
+        n = self.int()
+        return None if n < 0 else self.take(n)
+
+    def option(self) -> None:
+        kind = self.short()
+        if kind == 0x0000:  # custom
+            self.string()
+        elif kind in (0x0020, 0x0022):  # list, set
+            self.option()
+        elif kind == 0x0021:  # map
+            self.option()
+            self.option()
+        elif kind == 0x0030:  # UDT
+            self.string()
+            self.string()
+            for _ in range(self.short()):
+                self.string()
+                self.option()
+        elif kind == 0x0031:  # tuple
+            for _ in range(self.short()):
+                self.option()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by the node")
+        buf += chunk
+    return bytes(buf)
+
+
+def _frame(sock: socket.socket, stream: int, opcode: int, body: bytes) -> tuple[int, bytes]:
+    sock.sendall(struct.pack(">BBhBi", _CQL_VERSION, 0, stream, opcode, len(body)) + body)
+    while True:
+        _ver, _flags, rstream, op, length = struct.unpack(">BBhBi", _recv_exact(sock, 9))
+        payload = _recv_exact(sock, length)
+        if rstream == stream:
+            break  # stream -1 frames are server events; none are registered here
+    if op == _OP_ERROR:
+        r = _Reader(payload)
+        code = r.int()
+        raise CqlError(code, r.string())
+    return op, payload
+
+
+def cql_query(host: str, port: int, query: str, consistency: int = CL_ONE,
+              timeout: float = 5.0) -> list[list[bytes | None]]:
+    """Run one CQL query over a fresh connection; the rows (cells as raw
+    bytes). Raises OSError when nothing answers, CqlError on an error frame."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        startup = struct.pack(">H", 1) + _string("CQL_VERSION") + _string("3.0.0")
+        op, _ = _frame(sock, 1, _OP_STARTUP, startup)
+        if op != _OP_READY:
+            raise CqlError(-1, f"unexpected answer to STARTUP (opcode {op:#x})")
+        qb = query.encode()
+        body = struct.pack(">i", len(qb)) + qb + struct.pack(">HB", consistency, 0)
+        op, payload = _frame(sock, 2, _OP_QUERY, body)
+    if op != _OP_RESULT:
+        raise CqlError(-1, f"unexpected answer to QUERY (opcode {op:#x})")
+    r = _Reader(payload)
+    if r.int() != 0x0002:  # not Rows (Void, SetKeyspace, SchemaChange)
+        return []
+    flags, ncols = r.int(), r.int()
+    if flags & 0x0002:  # has_more_pages
+        r.bytes()
+    if not flags & 0x0004:  # metadata present
+        if flags & 0x0001:  # global table spec
+            r.string()
+            r.string()
+        for _ in range(ncols):
+            if not flags & 0x0001:
+                r.string()
+                r.string()
+            r.string()
+            r.option()
+    return [[r.bytes() for _ in range(ncols)] for _ in range(r.int())]
+
+
+def release_version(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """The node's Cassandra version if it serves CQL now, else None."""
+    try:
+        rows = cql_query(host, port, "SELECT release_version FROM system.local", timeout=timeout)
+    except (OSError, CqlError, struct.error):
+        return None
+    if rows and rows[0][0] is not None:
+        return rows[0][0].decode()
+    return None
+
+
+# ------------------------------------------------------------------------ node
+
+_live: set[CassandraNode] = set()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _live_lock:
+        nodes = list(_live)
+    for n in nodes:
+        with contextlib.suppress(Exception):
+            n.kill()
+
+
+class CassandraNode:
+    """One Cassandra process. Alone it is a one-node cluster on 127.0.0.1 with
+    free ports; :class:`CassandraCluster` gives its nodes an ``address`` each,
+    shared ports, the seed and a token."""
+
+    def __init__(self, base_dir: str | os.PathLike | None = None, address: str = "127.0.0.1",
+                 native_port: int | None = None, storage_port: int | None = None, *,
+                 seeds: Sequence[str] | None = None, initial_token: int = TOKENS_3[0],
+                 cluster_name: str = CLUSTER_NAME, heap: str = DEFAULT_HEAP,
+                 java: str | None = None, lib: str | os.PathLike | None = None,
+                 extra_yaml: dict[str, object] | None = None, die_with_parent: bool = True,
+                 quiet: bool = True) -> None:
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="midoflow-cassandra-"))
+        self.address = address
+        self.native_port = native_port or free_port((address,))
+        self.storage_port = storage_port or free_port((address,))
+        self.seeds = list(seeds or [address])
+        self.initial_token = initial_token
+        self.cluster_name = cluster_name
+        self.heap = heap
+        self.java = java
+        self.lib = lib
+        self.extra_yaml = dict(extra_yaml or {})
+        self.die_with_parent = die_with_parent
+        self.quiet = quiet
+        self.proc: subprocess.Popen | None = None
+        self.started_in: float | None = None  # seconds the last start took
+        self._log = None
+        self._t_launch = 0.0
+
+    # ---- paths and config
+    @property
+    def hosts(self) -> str:
+        return f"{self.address}:{self.native_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / LOG_FILE
+
+    @property
+    def pid_path(self) -> Path:
+        return self.base_dir / PID_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def config(self) -> str:
+        d = self.base_dir
+        seeds = ",".join(f"{s}:{self.storage_port}" for s in self.seeds)
+        conf: dict[str, object] = {
+            "cluster_name": f"'{self.cluster_name}'",
+            "num_tokens": 1,
+            "initial_token": self.initial_token,
+            "allocate_tokens_for_local_replication_factor": None,
+            "partitioner": "org.apache.cassandra.dht.Murmur3Partitioner",
+            "endpoint_snitch": "SimpleSnitch",
+            "listen_address": self.address,
+            "rpc_address": self.address,
+            "storage_port": self.storage_port,
+            "native_transport_port": self.native_port,
+            "start_native_transport": "true",
+            "auto_bootstrap": "false",
+            "commitlog_sync": "periodic",
+            "commitlog_sync_period": "10000ms",
+            "commitlog_segment_size": "8MiB",
+            "commitlog_directory": d / "commitlog",
+            "hints_directory": d / "hints",
+            "saved_caches_directory": d / "saved_caches",
+            "cdc_raw_directory": d / "cdc_raw",
+            "auto_snapshot": "false",
+            "concurrent_compactors": 1,
+            "phi_convict_threshold": 12,
+            "write_request_timeout": "2000ms",
+            "read_request_timeout": "5000ms",
+            "max_hint_window": "3h",
+            "hints_flush_period": "1000ms",
+            "dynamic_snitch": "true",
+        }
+        conf.update(self.extra_yaml)
+        lines = [f"{k}: {v}" for k, v in conf.items() if v is not None]
+        lines += [
+            "data_file_directories:",
+            f"  - {d / 'data'}",
+            "seed_provider:",
+            "  - class_name: org.apache.cassandra.locator.SimpleSeedProvider",
+            "    parameters:",
+            f"      - seeds: \"{seeds}\"",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write_config(self) -> Path:
+        for sub in ("data", "commitlog", "hints", "saved_caches", "cdc_raw", "tmp", "triggers"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.base_dir / "logback.xml").write_text(LOGBACK_XML)
+        cfg = self.base_dir / "cassandra.yaml"
+        cfg.write_text(self.config())
+        return cfg
+
+    def command(self) -> list[str]:
+        java = find_java(self.java)
+        lib = ensure_jars(self.lib, quiet=self.quiet)
+        cfg = self.write_config()
+        jamm = sorted(lib.glob("jamm-*.jar"))
+        d = self.base_dir
+        cmd = [
+            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss256k",
+            # C1 only: on 2 cores C2 compiling competes with start-up (measured: 6-7 s to
+            # serve CQL instead of 14-15 s); plenty fast for tests.
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC", "-XX:+UseThreadPriorities", "-XX:+PerfDisableSharedMem",
+            "-XX:MaxDirectMemorySize=512M", "-XX:+CrashOnOutOfMemoryError",
+            f"-XX:ErrorFile={d / 'hs_err_%p.log'}",
+            *([f"-javaagent:{jamm[0]}"] if jamm else []),
+            *jpms_flags(java), *TEST_JVM_FLAGS,
+            f"-Dcassandra.config=file://{cfg}",
+            f"-Dcassandra.storagedir={d}",
+            f"-Dcassandra.logdir={d}",
+            f"-Dcassandra.triggers_dir={d / 'triggers'}",
+            f"-Dlogback.configurationFile=file://{d / 'logback.xml'}",
+            f"-Djava.io.tmpdir={d / 'tmp'}",  # JNA and netty unpack native code here
+            "-cp", f"{d}:{lib}/*", CASSANDRA_MAIN,
+        ]
+        return cmd
+
+    # ---- lifecycle
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def launch(self) -> None:
+        """Start the JVM without waiting for it to serve. Call it from a thread
+        that outlives the node (the node dies with it, PR_SET_PDEATHSIG)."""
+        if self.running():
+            return
+        cmd = self.command()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self._log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
+        self._log.flush()
+        self._t_launch = time.monotonic()
+        preexec = None
+        if self.die_with_parent:
+            # util-linux's setpriv sets the death signal and execs java; it spares
+            # a Python fork (which eventlet, imported by cassandra-driver, warns about).
+            setpriv = shutil.which("setpriv")
+            if setpriv:
+                cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+            else:
+                preexec = _set_pdeathsig
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.base_dir, preexec_fn=preexec, start_new_session=not self.die_with_parent)
+        self.pid_path.write_text(f"{self.proc.pid}\n")
+        with _live_lock:
+            _live.add(self)
+
+    def _log_tail(self, n: int = 8) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        keep = [ln for ln in lines if "ERROR" in ln or "Exception" in ln or "FATAL" in ln]
+        return "\n".join((keep or lines)[-n:])
+
+    def wait_ready(self, timeout: float = 180.0) -> str:
+        """Wait until the node answers ``SELECT release_version FROM
+        system.local``; that version."""
+        deadline = time.monotonic() + timeout
+        last_note = time.monotonic()
+        while time.monotonic() < deadline:
+            if not self.running():
+                code = self.proc.returncode if self.proc else "?"
+                tail = self._log_tail()
+                raise CassandraError(
+                    f"Cassandra {self.hosts} exited (code {code}) while starting: see "
+                    f"{self.log_path}" + (f"; it ends with:\n{tail}" if tail else ""))
+            version = release_version(self.address, self.native_port)
+            if version:
+                self.started_in = time.monotonic() - self._t_launch
+                return version
+            if time.monotonic() - last_note > 10:
+                _progress(f"waiting for {self.hosts} to serve CQL "
+                          f"({time.monotonic() - self._t_launch:.0f} s; log {self.log_path}) ...",
+                          self.quiet)
+                last_note = time.monotonic()
+            time.sleep(0.5)
+        raise CassandraError(
+            f"Cassandra {self.hosts} not serving CQL after {timeout:.0f} s: see {self.log_path}")
+
+    def start(self, timeout: float = 180.0) -> CassandraNode:
+        self.launch()
+        try:
+            version = self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        _progress(f"Cassandra {version} serving CQL on {self.hosts} in {self.started_in:.1f} s "
+                  f"(log {self.log_path})", self.quiet)
+        return self
+
+    def _reap(self, timeout: float) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        with contextlib.suppress(OSError):
+            self.pid_path.unlink()
+        with _live_lock:
+            _live.discard(self)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the node drains and tells its peers it is shutting down),
+        then SIGKILL if it has not exited within ``timeout``."""
+        if self.running():
+            self.proc.terminate()
+        self._reap(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without a goodbye, like a crashed host; its
+        peers notice by the failure detector."""
+        if self.running():
+            self.proc.kill()
+        self._reap(10.0)
+
+    def restart(self, timeout: float = 180.0) -> CassandraNode:
+        self.stop()
+        return self.start(timeout)
+
+    def cleanup(self) -> None:
+        """Kill, and remove the base dir if this object created it."""
+        self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> CassandraNode:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"CassandraNode({self.hosts}, pid={self.pid}, dir={self.base_dir})"
+
+
+# --------------------------------------------------------------------- cluster
+
+
+class CassandraCluster:
+    """``n`` (1 to 3) nodes on 127.0.0.1, 127.0.0.2, ... sharing one native
+    and one storage port, seed 127.0.0.1, one token each. ``nodes[i]`` can be
+    stopped, killed and started again one by one."""
+
+    def __init__(self, base_dir: str | os.PathLike | None = None, n: int = 3, *,
+                 native_port: int | None = None, storage_port: int | None = None,
+                 heap: str = DEFAULT_HEAP, java: str | None = None,
+                 lib: str | os.PathLike | None = None, die_with_parent: bool = True,
+                 quiet: bool = True) -> None:
+        if not 1 <= n <= len(TOKENS_3):
+            raise ValueError(f"1 to {len(TOKENS_3)} nodes, not {n}")
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="midoflow-cassandra-"))
+        addresses = [f"127.0.0.{i + 1}" for i in range(n)]
+        native_port = native_port or free_port(addresses)
+        storage_port = storage_port or free_port(addresses)
+        self.quiet = quiet
+        self.nodes = [
+            CassandraNode(self.base_dir / f"node{i + 1}", addr, native_port, storage_port,
+                          seeds=[addresses[0]], initial_token=TOKENS_3[i], heap=heap,
+                          java=java, lib=lib, die_with_parent=die_with_parent, quiet=quiet)
+            for i, addr in enumerate(addresses)
+        ]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes]
+
+    @property
+    def native_port(self) -> int:
+        return self.nodes[0].native_port
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(n.hosts for n in self.nodes)
+
+    def start(self, timeout: float = 240.0) -> CassandraCluster:
+        """Start the seed, wait for CQL, then the others together; then wait
+        until every node sees every other one up (:meth:`wait_up`)."""
+        t0 = time.monotonic()
+        _progress(f"starting {len(self.nodes)} nodes in {self.base_dir} ...", self.quiet)
+        try:
+            self.nodes[0].start(timeout)
+            for node in self.nodes[1:]:
+                node.launch()
+            for node in self.nodes[1:]:
+                node.wait_ready(max(1.0, timeout - (time.monotonic() - t0)))
+                _progress(f"{node.hosts} serving CQL in {node.started_in:.1f} s", self.quiet)
+            self.wait_up(max(1.0, timeout - (time.monotonic() - t0)))
+        except BaseException:
+            self.kill()
+            raise
+        _progress(f"cluster {self.hosts} up in {time.monotonic() - t0:.1f} s", self.quiet)
+        return self
+
+    def start_nodes(self, nodes: Iterable[CassandraNode], timeout: float = 180.0) -> None:
+        """(Re)start some nodes together and wait until the whole running
+        cluster sees itself up."""
+        t0 = time.monotonic()
+        nodes = list(nodes)
+        for node in nodes:
+            node.launch()
+        for node in nodes:
+            node.wait_ready(max(1.0, timeout - (time.monotonic() - t0)))
+        self.wait_up(max(1.0, timeout - (time.monotonic() - t0)))
+
+    def all_up(self) -> bool:
+        """True when each node, as coordinator, finds every replica alive (a
+        CL=ALL read over a keyspace replicated to all nodes, system_distributed
+        with RF 3, succeeds from each) and all have the same schema version."""
+        if any(not n.running() for n in self.nodes):
+            return False
+        query = "SELECT * FROM system_distributed.view_build_status LIMIT 1"
+        versions = set()
+        for n in self.nodes:
+            try:
+                cql_query(n.address, n.native_port, query, consistency=CL_ALL, timeout=5.0)
+                rows = cql_query(n.address, n.native_port,
+                                 "SELECT schema_version FROM system.local", timeout=5.0)
+            except (OSError, CqlError, struct.error):
+                return False
+            versions.add(rows[0][0] if rows else None)
+        return len(versions) == 1 and None not in versions  # and they agree on the schema
+
+    def wait_up(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        last_note = time.monotonic()
+        while time.monotonic() < deadline:
+            dead = [n for n in self.nodes if n.proc is not None and not n.running()]
+            if dead:
+                raise CassandraError(f"Cassandra {dead[0].hosts} exited: see {dead[0].log_path}")
+            if self.all_up():
+                return
+            if time.monotonic() - last_note > 10:
+                _progress("waiting for every node to see the others up ...", self.quiet)
+                last_note = time.monotonic()
+            time.sleep(0.5)
+        raise CassandraError(
+            f"the nodes of {self.hosts} do not all see each other up after {timeout:.0f} s: "
+            f"see the logs in {self.base_dir}/node*/{LOG_FILE}")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.running():
+                n.proc.terminate()
+        for n in self.nodes:
+            n.stop()
+
+    def kill(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
+    def cleanup(self) -> None:
+        self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> CassandraCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def _stop_dir(d: Path) -> int:
+    pids = sorted(d.glob(PID_FILE)) + sorted(d.glob(f"*/{PID_FILE}"))
+    if not pids:
+        print(f"no {PID_FILE} under {d}: nothing to stop", file=sys.stderr)
+        return 1
+    stopped = []
+    for pf in pids:
+        try:
+            pid = int(pf.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if _is_cassandra_process(pid):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        pf.unlink(missing_ok=True)
+    deadline = time.monotonic() + 30
+    for pid in stopped:
+        while _is_cassandra_process(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _is_cassandra_process(pid):
+            os.kill(pid, signal.SIGKILL)
+    print(f"stopped {len(stopped)} Cassandra node(s) in {d}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m midoflow.devenv.cassandra",
+                                 description="Start or stop Cassandra 5.0 on loopback addresses.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("jars", help="resolve the Cassandra jars from Maven Central (once)")
+    st = sub.add_parser("start", help="start one node or a cluster")
+    st.add_argument("--nodes", type=int, default=1, metavar="N",
+                    help="start N nodes (at most 3) on 127.0.0.1..N (default: 1)")
+    st.add_argument("--dir", help="data, config and logs (default: a new temp dir)")
+    st.add_argument("--port", type=int, help="CQL port (default: a free port)")
+    st.add_argument("--heap", default=DEFAULT_HEAP, help=f"heap per node (default {DEFAULT_HEAP})")
+    st.add_argument("--background", action="store_true",
+                    help="leave the nodes running, write pid files, and return")
+    sp = sub.add_parser("stop", help="stop nodes started with --background")
+    sp.add_argument("--dir", required=True)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "stop":
+        return _stop_dir(Path(args.dir))
+    if args.cmd == "jars":
+        try:
+            print(ensure_jars())
+        except CassandraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="midoflow-cassandra-"))
+    base.mkdir(parents=True, exist_ok=True)
+    keep = {"die_with_parent": not args.background, "quiet": False, "heap": args.heap}
+    try:
+        if args.nodes > 1:
+            c: CassandraNode | CassandraCluster = CassandraCluster(
+                base, args.nodes, native_port=args.port, **keep)
+        else:
+            c = CassandraNode(base, native_port=args.port, **keep)
+        c.start()
+    except (CassandraError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    nodes = c.nodes if isinstance(c, CassandraCluster) else [c]
+    print(c.hosts, flush=True)
+    if args.background:
+        with _live_lock:  # not ours to stop at exit any more
+            for n in nodes:
+                _live.discard(n)
+        print(f"running in the background; stop with: python -m midoflow.devenv.cassandra "
+              f"stop --dir {base}", file=sys.stderr)
+        return 0
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    print("[cassandra] running; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(1.0):
+            dead = [n for n in nodes if not n.running()]
+            if dead:
+                print(f"[cassandra] node {dead[0].hosts} exited: see {dead[0].log_path}",
+                      file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.stop()
+        print("[cassandra] stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
