@@ -2,8 +2,8 @@
 # Remove what earlier (crashed or interrupted) midoflow runs left behind:
 #   * cloud hosts' OVS daemons (rundirs /tmp/mfl*) and Mininet shells (mininet:mfl*),
 #     and every process living in their network namespaces (iperf3, nc, ...);
-#   * midoflow agents (osken-manager running midoflow.apps.agent) and the
-#     ZooKeeper servers started by midoflow.devenv (cwd /tmp/midoflow-zk-*);
+#   * midoflow agents (osken-manager running midoflow.apps.agent), and the
+#     ZooKeeper servers and Cassandra nodes started by midoflow.devenv;
 #   * interfaces and bridges in the root namespace named mfl*, named netns mfl*;
 #   * /tmp/mfl*-* run directories.
 # It never touches the system OVS, other Mininet users, or anything not named
@@ -58,6 +58,8 @@ for d in /proc/[0-9]*; do
       *QuorumPeerMain*)
         cwd=$(readlink "$d/cwd" 2>/dev/null)
         case "$cwd $cmd" in *midoflow-zk*) match=1 ;; esac ;;
+      *CassandraDaemon*)  # the project's nodes run from its jar cache
+        case "$cmd" in *cassandra/lib*|*midoflow-cassandra*) match=1 ;; esac ;;
     esac
   fi
   ((match)) || continue
