@@ -534,8 +534,14 @@ class Cloud:
         the VM's namespace (and its processes), MAC and IP. The veth is recreated."""
         vm = self.vms[vm] if isinstance(vm, str) else vm
         iface_id = iface_id if iface_id is not None else vm.iface_id
+        # A migrated VM keeps its configuration: the routes that went with the
+        # old veth come back on the new one (a default gateway, say).
+        routes = [r for r in vm.cmd("ip -4 route show").splitlines()
+                  if r.strip() and " via " in r]
         self._detach(vm)
         self._attach(vm, self.host(new_host), iface_id)
+        for r in routes:
+            vm.cmd(f"ip route replace {r.strip()}")
         return vm
 
     def popen(self, node: Node, cmd: list[str], **kw) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Importing a command module registers its commands (see midoflow.cli.base).
-from midoflow.cli import resources, routers, status, trace  # noqa: F401
+from midoflow.cli import resources, routers, security, status, trace  # noqa: F401
 from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
 from midoflow.cli.client import DEFAULT_API, ApiError, Client, ResolveError, Unreachable
 

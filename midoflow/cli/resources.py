@@ -31,6 +31,49 @@ def _deleted(ctx: Context, label: str, oid: str) -> None:
     ctx.emit(None, f"deleted {label} {oid}")
 
 
+FILTER_ARGS = (
+    exclusive(
+        arg("--inbound-filter", metavar="CHAIN", help="filter packets entering through it "
+            "with this chain (id or name)"),
+        arg("--no-inbound-filter", action="store_true", help="remove the inbound filter"),
+    ),
+    exclusive(
+        arg("--outbound-filter", metavar="CHAIN", help="filter packets leaving through it "
+            "with this chain (id or name)"),
+        arg("--no-outbound-filter", action="store_true", help="remove the outbound filter"),
+    ),
+)
+
+
+def filter_changes(ctx: Context, a: argparse.Namespace) -> dict:
+    """inbound_filter_id / outbound_filter_id from --inbound-filter etc."""
+    body: dict = {}
+    for d in ("inbound", "outbound"):
+        ref = getattr(a, f"{d}_filter")
+        if ref is not None:
+            body[f"{d}_filter_id"] = ctx.client.resolve("chains", ref, "chain")
+        elif getattr(a, f"no_{d}_filter"):
+            body[f"{d}_filter_id"] = None
+    return body
+
+
+def _given(a: argparse.Namespace, *names: str) -> bool:
+    """Whether any of these options was given (False from --down is a value; from an
+    unset --no-* flag it is not)."""
+    for n in names:
+        val = getattr(a, n, None)
+        if val is not None and (val is not False or n in TRI_STATE):
+            return True
+    return False
+
+
+TRI_STATE = ("admin_state_up", "port_security_enabled")
+
+
+FILTER_FLAGS = ("inbound_filter", "no_inbound_filter", "outbound_filter", "no_outbound_filter")
+FILTER_OPTS = "--inbound-filter, --outbound-filter, --no-inbound-filter, --no-outbound-filter"
+
+
 UP_DOWN = exclusive(
     arg("--up", dest="admin_state_up", action="store_const", const=True,
         help="set the admin state up"),
@@ -199,7 +242,8 @@ BRIDGE_COLS = [
     col("STATE", lambda b: render.updown(b.get("admin_state_up"))),
     col("PORTS", lambda b: len(b.get("port_ids") or ())),
 ]
-BRIDGE_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "version")
+BRIDGE_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
+                "outbound_filter_id", "version")
 
 
 def _bridge_id(ctx: Context, ref: str) -> str:
@@ -230,14 +274,27 @@ def bridge_create(ctx: Context, a: argparse.Namespace) -> None:
     ctx.emit(ctx.client.post("/bridges", body), lambda o: render.details(o, BRIDGE_ORDER))
 
 
+def device_changes(ctx: Context, a: argparse.Namespace) -> dict:
+    """The update body of a bridge or router: name, admin state, filters."""
+    if not _given(a, "name", "admin_state_up", *FILTER_FLAGS):
+        raise UsageError(f"nothing to update: give at least one of --name, --up, --down, "
+                         f"{FILTER_OPTS}")
+    body = {n: getattr(a, n) for n in ("name", "admin_state_up") if getattr(a, n) is not None}
+    body.update(filter_changes(ctx, a))
+    if a.version is not None:
+        body["version"] = a.version
+    return body
+
+
 @command("bridge", "update", "change a bridge", [
     arg("bridge", help="bridge id or name"),
     arg("--name"),
     UP_DOWN,
+    *FILTER_ARGS,
     IF_VERSION,
 ])
 def bridge_update(ctx: Context, a: argparse.Namespace) -> None:
-    body = _changes(a, "name", "admin_state_up")
+    body = device_changes(ctx, a)
     obj = ctx.client.put(f"/bridges/{_bridge_id(ctx, a.bridge)}", body)
     ctx.emit(obj, lambda o: render.details(o, BRIDGE_ORDER))
 
@@ -276,8 +333,56 @@ BINDING_COLS = [
 ]
 PORT_ORDER = (
     "id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
-    "mac", "ip_address", "prefix_len", "host_id", "interface_name", "peer_id", "version",
+    "mac", "ip_address", "prefix_len", "host_id", "interface_name", "peer_id",
+    "fixed_ips", "security_group_ids", "port_security_enabled", "allowed_address_pairs",
+    "inbound_filter_id", "outbound_filter_id", "version",
 )
+SECURITY_ARGS = (
+    arg("--mac", help="the VM's MAC (needed by port security)"),
+    exclusive(
+        arg("--fixed-ip", action="append", metavar="IP", help="the VM's address (repeatable; "
+            "replaces the list)"),
+        arg("--no-fixed-ips", action="store_true", help="clear the fixed IPs"),
+    ),
+    exclusive(
+        arg("--security-group", action="append", metavar="GROUP",
+            help="a security group, id or name (repeatable; replaces the list)"),
+        arg("--no-security-groups", action="store_true", help="remove every security group"),
+    ),
+    exclusive(
+        arg("--port-security", dest="port_security_enabled", action="store_const", const=True,
+            help="anti-spoofing: only the port's MAC and fixed IPs (and allowed pairs)"),
+        arg("--no-port-security", dest="port_security_enabled", action="store_const",
+            const=False, help="no anti-spoofing"),
+    ),
+    exclusive(
+        arg("--allowed-address-pair", action="append", metavar="IP[/LEN][,MAC]",
+            help="an extra source the VM may use (repeatable; replaces the list)"),
+        arg("--no-allowed-address-pairs", action="store_true", help="clear the pairs"),
+    ),
+)
+SECURITY_FLAGS = ("mac", "fixed_ip", "no_fixed_ips", "security_group", "no_security_groups",
+                  "port_security_enabled", "allowed_address_pair", "no_allowed_address_pairs")
+
+
+def security_changes(ctx: Context, a: argparse.Namespace) -> dict:
+    """The port-security fields given on the command line."""
+    from midoflow.cli.security import parse_pair
+
+    body: dict = {}
+    if a.mac is not None:
+        body["mac"] = a.mac
+    if a.fixed_ip or a.no_fixed_ips:
+        body["fixed_ips"] = list(a.fixed_ip or [])
+    if a.security_group or a.no_security_groups:
+        body["security_group_ids"] = [
+            ctx.client.resolve("security_groups", g, "security group")
+            for g in a.security_group or []]
+    if a.port_security_enabled is not None:
+        body["port_security_enabled"] = a.port_security_enabled
+    if a.allowed_address_pair or a.no_allowed_address_pairs:
+        body["allowed_address_pairs"] = [parse_pair(p) for p in a.allowed_address_pair or []]
+    return body
 
 
 def port_address(p: dict) -> str | None:
@@ -322,23 +427,36 @@ def port_show(ctx: Context, a: argparse.Namespace) -> None:
     arg("--type", default=PORT_EXTERIOR, choices=(PORT_EXTERIOR, PORT_INTERIOR)),
     arg("--name"),
     arg("--down", action="store_true", help="create it administratively down"),
+    *SECURITY_ARGS,
 ])
 def port_create(ctx: Context, a: argparse.Namespace) -> None:
     body = {"type": a.type, "admin_state_up": not a.down}
     if a.name is not None:
         body["name"] = a.name
+    body.update(security_changes(ctx, a))
     obj = ctx.client.post(f"/bridges/{_bridge_id(ctx, a.bridge)}/ports", body)
     ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
 
 
-@command("port", "update", "change a port", [
+@command("port", "update", "change a port: name, state, filters, and a bridge port's "
+         "security groups, port security and addresses", [
     arg("port", help="port id"),
     arg("--name"),
     UP_DOWN,
+    *SECURITY_ARGS,
+    *FILTER_ARGS,
     IF_VERSION,
 ])
 def port_update(ctx: Context, a: argparse.Namespace) -> None:
-    body = _changes(a, "name", "admin_state_up")
+    if not _given(a, "name", "admin_state_up", *SECURITY_FLAGS, *FILTER_FLAGS):
+        raise UsageError("nothing to update: give at least one of --name, --up, --down, "
+                         "--mac, --fixed-ip, --security-group, --port-security, "
+                         f"--allowed-address-pair (or their --no-* forms), {FILTER_OPTS}")
+    body = {n: getattr(a, n) for n in ("name", "admin_state_up") if getattr(a, n) is not None}
+    body.update(security_changes(ctx, a))
+    body.update(filter_changes(ctx, a))
+    if a.version is not None:
+        body["version"] = a.version
     obj = ctx.client.put(f"/ports/{_port_id(ctx, a.port)}", body)
     ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
 

@@ -9,11 +9,12 @@ from midoflow.cli.base import Context, UsageError, arg, command, exclusive, grou
 from midoflow.cli.client import ResolveError
 from midoflow.cli.render import col
 from midoflow.cli.resources import (
+    FILTER_ARGS,
     IF_VERSION,
     PORT_ORDER,
     UP_DOWN,
-    _changes,
     _deleted,
+    device_changes,
     port_address,
 )
 from midoflow.model import PORT_EXTERIOR, PORT_INTERIOR, ROUTE_NORMAL, ROUTE_TYPES
@@ -29,7 +30,8 @@ ROUTER_COLS = [
     col("STATE", lambda r: render.updown(r.get("admin_state_up"))),
     col("PORTS", lambda r: len(r.get("port_ids") or ())),
 ]
-ROUTER_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "version")
+ROUTER_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
+                "outbound_filter_id", "version")
 ROUTER_PORT_COLS = [
     col("ID", "id"),
     col("NAME", "name"),
@@ -99,10 +101,11 @@ def router_create(ctx: Context, a: argparse.Namespace) -> None:
     arg("router", help="router id or name"),
     arg("--name"),
     UP_DOWN,
+    *FILTER_ARGS,
     IF_VERSION,
 ])
 def router_update(ctx: Context, a: argparse.Namespace) -> None:
-    body = _changes(a, "name", "admin_state_up")
+    body = device_changes(ctx, a)
     obj = ctx.client.put(f"/routers/{router_id(ctx, a.router)}", body)
     ctx.emit(obj, lambda o: render.details(o, ROUTER_ORDER))
 

@@ -1,7 +1,8 @@
 """The midoflow REST API: a WSGI application (webob + routes) over TopologyService.
 
 JSON in and out under ``/v1``: hosts, tunnel zones, bridges, routers, their
-ports and routes, bindings and links, and packet traces. Errors are
+ports and routes, bindings and links, chains and rules, port groups, IP
+address groups, security groups, and packet traces. Errors are
 ``{"error", "message", "field"}`` with 400/404/405/409/413/415/503; the
 OpenAPI document describing all of it is ``openapi.yaml`` beside this file,
 served at ``/v1/openapi.yaml`` and ``/v1/openapi.json``.
@@ -125,8 +126,38 @@ ROUTES: list[tuple[str, str, dict[str, str]]] = [
     ("routes", "/routes", {"GET": "list_routes"}),
     ("route", "/routes/{id}", {"GET": "get_route", "PUT": "update_route",
                                "DELETE": "delete_route"}),
+    ("chains", "/chains", {"GET": "list_chains", "POST": "create_chain"}),
+    ("chain", "/chains/{id}", {"GET": "get_chain", "PUT": "update_chain",
+                               "DELETE": "delete_chain"}),
+    ("chain_rules", "/chains/{id}/rules", {"GET": "list_chain_rules", "POST": "create_rule"}),
+    ("rules", "/rules", {"GET": "list_rules"}),
+    ("rule", "/rules/{id}", {"GET": "get_rule", "PUT": "update_rule", "DELETE": "delete_rule"}),
+    ("pgs", "/port_groups", {"GET": "list_port_groups", "POST": "create_port_group"}),
+    ("pg", "/port_groups/{id}", {"GET": "get_port_group", "PUT": "update_port_group",
+                                 "DELETE": "delete_port_group"}),
+    ("pg_ports", "/port_groups/{id}/ports", {"GET": "list_port_group_ports",
+                                             "POST": "add_port_group_port"}),
+    ("pg_port", "/port_groups/{id}/ports/{port_id}", {"DELETE": "remove_port_group_port"}),
+    ("ipags", "/ip_addr_groups", {"GET": "list_ip_addr_groups", "POST": "create_ip_addr_group"}),
+    ("ipag", "/ip_addr_groups/{id}", {"GET": "get_ip_addr_group", "PUT": "update_ip_addr_group",
+                                      "DELETE": "delete_ip_addr_group"}),
+    ("ipag_addrs", "/ip_addr_groups/{id}/addresses",
+     {"GET": "list_ip_addr_group_addresses", "POST": "add_ip_addr_group_address"}),
+    ("ipag_addr", "/ip_addr_groups/{id}/addresses/{address}",
+     {"DELETE": "remove_ip_addr_group_address"}),
+    ("sgs", "/security_groups", {"GET": "list_security_groups",
+                                 "POST": "create_security_group"}),
+    ("sg", "/security_groups/{id}", {"GET": "get_security_group",
+                                     "PUT": "update_security_group",
+                                     "DELETE": "delete_security_group"}),
+    ("sg_rules", "/security_groups/{id}/rules", {"GET": "list_security_group_rules",
+                                                 "POST": "add_security_group_rule"}),
+    ("sg_rule", "/security_groups/{id}/rules/{rule_id}",
+     {"GET": "get_security_group_rule", "DELETE": "delete_security_group_rule"}),
     ("trace", "/trace", {"POST": "trace"}),
 ]
+# Path parameters besides the object's id.
+PATH_PARAMS = ("id", "host_id", "port_id", "address", "rule_id")
 
 
 class Api:
@@ -139,7 +170,7 @@ class Api:
         self.methods: dict[str, dict[str, str]] = {}
         for name, path, methods in ROUTES:
             self.mapper.connect(name, PREFIX + path, route=name,
-                                requirements={"id": "[^/]+", "host_id": "[^/]+"})
+                                requirements={k: "[^/]+" for k in PATH_PARAMS})
             self.methods[name] = methods
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
@@ -174,7 +205,7 @@ class Api:
             return _error(405, "MethodNotAllowed",
                           f"{req.method} is not allowed here; allowed: {allow}",
                           headers={"Allow": allow})
-        args = {k: val for k, val in match.items() if k in ("id", "host_id")}
+        args = {k: val for k, val in match.items() if k in PATH_PARAMS}
         return getattr(self, "h_" + handler)(req, **args)
 
     # ------------------------------------------------------------ handlers
@@ -190,6 +221,11 @@ class Api:
                 "ports": PREFIX + "/ports",
                 "routers": PREFIX + "/routers",
                 "routes": PREFIX + "/routes",
+                "chains": PREFIX + "/chains",
+                "rules": PREFIX + "/rules",
+                "port_groups": PREFIX + "/port_groups",
+                "ip_addr_groups": PREFIX + "/ip_addr_groups",
+                "security_groups": PREFIX + "/security_groups",
                 "trace": PREFIX + "/trace",
                 "openapi": PREFIX + "/openapi.yaml",
             },
@@ -357,6 +393,136 @@ class Api:
 
     def h_delete_route(self, req, id):
         self.service.delete_route(id)
+        return _json_response(204)
+
+    # chains and rules
+    def h_list_chains(self, req):
+        return _json_response(200, self.service.list_chains(tenant_id=req.GET.get("tenant_id")))
+
+    def h_create_chain(self, req):
+        return _json_response(201, self.service.create_chain(read_json(req)))
+
+    def h_get_chain(self, req, id):
+        return _json_response(200, self.service.get_chain(id))
+
+    def h_update_chain(self, req, id):
+        self.service.get_chain(id)
+        return _json_response(200, self.service.update_chain(id, read_json(req)))
+
+    def h_delete_chain(self, req, id):
+        self.service.delete_chain(id)
+        return _json_response(204)
+
+    def h_list_chain_rules(self, req, id):
+        return _json_response(200, self.service.list_chain_rules(id))
+
+    def h_create_rule(self, req, id):
+        self.service.get_chain(id)
+        return _json_response(201, self.service.create_rule(id, read_json(req)))
+
+    def h_list_rules(self, req):
+        return _json_response(200, self.service.list_rules())
+
+    def h_get_rule(self, req, id):
+        return _json_response(200, self.service.get_rule(id))
+
+    def h_update_rule(self, req, id):
+        self.service.get_rule(id)
+        return _json_response(200, self.service.update_rule(id, read_json(req)))
+
+    def h_delete_rule(self, req, id):
+        self.service.delete_rule(id)
+        return _json_response(204)
+
+    # port groups
+    def h_list_port_groups(self, req):
+        return _json_response(200, self.service.list_port_groups(
+            tenant_id=req.GET.get("tenant_id")))
+
+    def h_create_port_group(self, req):
+        return _json_response(201, self.service.create_port_group(read_json(req)))
+
+    def h_get_port_group(self, req, id):
+        return _json_response(200, self.service.get_port_group(id))
+
+    def h_update_port_group(self, req, id):
+        self.service.get_port_group(id)
+        return _json_response(200, self.service.update_port_group(id, read_json(req)))
+
+    def h_delete_port_group(self, req, id):
+        self.service.delete_port_group(id)
+        return _json_response(204)
+
+    def h_list_port_group_ports(self, req, id):
+        return _json_response(200, self.service.list_port_group_ports(id))
+
+    def h_add_port_group_port(self, req, id):
+        self.service.get_port_group(id)
+        return _json_response(201, self.service.add_port_group_port(id, read_json(req)))
+
+    def h_remove_port_group_port(self, req, id, port_id):
+        return _json_response(200, self.service.remove_port_group_port(id, port_id))
+
+    # IP address groups
+    def h_list_ip_addr_groups(self, req):
+        return _json_response(200, self.service.list_ip_addr_groups(
+            tenant_id=req.GET.get("tenant_id")))
+
+    def h_create_ip_addr_group(self, req):
+        return _json_response(201, self.service.create_ip_addr_group(read_json(req)))
+
+    def h_get_ip_addr_group(self, req, id):
+        return _json_response(200, self.service.get_ip_addr_group(id))
+
+    def h_update_ip_addr_group(self, req, id):
+        self.service.get_ip_addr_group(id)
+        return _json_response(200, self.service.update_ip_addr_group(id, read_json(req)))
+
+    def h_delete_ip_addr_group(self, req, id):
+        self.service.delete_ip_addr_group(id)
+        return _json_response(204)
+
+    def h_list_ip_addr_group_addresses(self, req, id):
+        return _json_response(200, self.service.list_ip_addr_group_addresses(id))
+
+    def h_add_ip_addr_group_address(self, req, id):
+        self.service.get_ip_addr_group(id)
+        return _json_response(201, self.service.add_ip_addr_group_address(id, read_json(req)))
+
+    def h_remove_ip_addr_group_address(self, req, id, address):
+        return _json_response(200, self.service.remove_ip_addr_group_address(id, address))
+
+    # security groups
+    def h_list_security_groups(self, req):
+        return _json_response(200, self.service.list_security_groups(
+            tenant_id=req.GET.get("tenant_id")))
+
+    def h_create_security_group(self, req):
+        return _json_response(201, self.service.create_security_group(read_json(req)))
+
+    def h_get_security_group(self, req, id):
+        return _json_response(200, self.service.get_security_group(id))
+
+    def h_update_security_group(self, req, id):
+        self.service.get_security_group(id)
+        return _json_response(200, self.service.update_security_group(id, read_json(req)))
+
+    def h_delete_security_group(self, req, id):
+        self.service.delete_security_group(id)
+        return _json_response(204)
+
+    def h_list_security_group_rules(self, req, id):
+        return _json_response(200, self.service.list_security_group_rules(id))
+
+    def h_add_security_group_rule(self, req, id):
+        self.service.get_security_group(id)
+        return _json_response(201, self.service.add_security_group_rule(id, read_json(req)))
+
+    def h_get_security_group_rule(self, req, id, rule_id):
+        return _json_response(200, self.service.get_security_group_rule(id, rule_id))
+
+    def h_delete_security_group_rule(self, req, id, rule_id):
+        self.service.delete_security_group_rule(id, rule_id)
         return _json_response(204)
 
     # trace

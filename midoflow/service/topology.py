@@ -9,6 +9,12 @@ Objects that others point at (a host bound by ports or listed in tunnel zones)
 are "touched" (re-written unchanged, which bumps their version) in the commit
 that adds the reference; deleting them is conditional on the version read when
 the references were checked.
+
+Chains, rules, port groups, IP address groups and security groups live in
+:mod:`midoflow.service.chains` (a mixin of this class); the chains generated for
+security groups and protected ports are computed by
+:mod:`midoflow.service.security` and written in the same commit as the port,
+bridge or group change that affects them (through :class:`~.txn.Txn`).
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ from typing import Any
 
 from midoflow import model
 from midoflow.errors import Conflict, Invalid, NotFound
+from midoflow.service import security as sec
 from midoflow.service import trace as tracing
 from midoflow.service import validate as v
+from midoflow.service.chains import FILTERS, ChainsMixin
+from midoflow.service.txn import Txn
 from midoflow.store import paths
 from midoflow.store.base import Create, Data, Delete, Op, Store, Update
 
 HOST_FIELDS = ("id", "name", "description")
 TZ_FIELDS = ("id", "name", "type", "members")
-BRIDGE_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids")
+BRIDGE_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids", "inbound_filter_id",
+                 "outbound_filter_id")
 PORT_FIELDS = (
     "id",
     "device_id",
@@ -39,8 +49,19 @@ PORT_FIELDS = (
     "mac",
     "ip_address",
     "prefix_len",
+    "inbound_filter_id",
+    "outbound_filter_id",
+    "fixed_ips",
+    "security_group_ids",
+    "port_security_enabled",
+    "allowed_address_pairs",
 )
-ROUTER_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids")
+# What a bridge port's create body may hold.
+BRIDGE_PORT_CREATE = ("id", "type", "admin_state_up", "name", "mac", "fixed_ips",
+                      "security_group_ids", "port_security_enabled", "allowed_address_pairs",
+                      "inbound_filter_id", "outbound_filter_id")
+ROUTER_FIELDS = ("id", "tenant_id", "name", "admin_state_up", "port_ids", "inbound_filter_id",
+                 "outbound_filter_id")
 ROUTE_FIELDS = (
     "id",
     "router_id",
@@ -61,6 +82,11 @@ _LABEL = {
     model.PORTS: "port",
     model.ROUTERS: "router",
     model.ROUTES: "route",
+    model.CHAINS: "chain",
+    model.RULES: "rule",
+    model.PORT_GROUPS: "port group",
+    model.IP_ADDR_GROUPS: "IP address group",
+    model.SECURITY_GROUPS: "security group",
 }
 
 
@@ -68,7 +94,7 @@ def _sort_key(obj: Data) -> tuple[str, str]:
     return (obj.get("name") or "", obj["id"])
 
 
-class TopologyService:
+class TopologyService(ChainsMixin):
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -181,7 +207,7 @@ class TopologyService:
     def host_bindings(self, id: str) -> list[Data]:
         data, _ = self._get(model.HOSTS, id)
         return sorted(
-            (self._out(p, pv, PORT_FIELDS) for p, pv in self.store.list(model.PORTS)
+            (self._port_out(p, pv) for p, pv in self.store.list(model.PORTS)
              if p.get("host_id") == data["id"]),
             key=_sort_key,
         )
@@ -301,23 +327,27 @@ class TopologyService:
     def get_bridge(self, id: str) -> Data:
         return self._bridge_out(*self._get(model.BRIDGES, id))
 
-    def create_bridge(self, body: Any) -> Data:
+    def _create_device(self, kind: str, body: Any) -> str:
+        """A bridge or router: name, tenant, admin state, filters."""
         body = v.body_object(body)
-        v.check_fields(body, ("id", "tenant_id", "name", "admin_state_up"))
+        v.check_fields(body, ("id", "tenant_id", "name", "admin_state_up") + FILTERS)
         data = {
             "name": v.string(body.get("name", ""), "name"),
             "tenant_id": v.string(body.get("tenant_id", ""), "tenant_id"),
             "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
             "port_ids": [],
         }
-        data["id"] = self._new_id(model.BRIDGES, body)
-        self._commit([Create(model.BRIDGES, data)])
-        return self.get_bridge(data["id"])
+        txn = Txn(self.store)
+        self._apply_filters(txn, body, data, None)
+        data["id"] = self._new_id(kind, body)
+        txn.put(kind, data)
+        txn.commit()
+        return data["id"]
 
-    def update_bridge(self, id: str, body: Any) -> Data:
+    def _update_device(self, kind: str, id: str, body: Any, fields: tuple[str, ...]) -> str:
         body = v.body_object(body)
-        data, ver = self._get(model.BRIDGES, id)
-        v.check_fields(body, BRIDGE_FIELDS + ("version",))
+        data, ver = self._get(kind, id)
+        v.check_fields(body, fields + ("version",))
         v.readonly(body, data, ("id", "port_ids"))
         new = dict(data)
         if "name" in body:
@@ -326,9 +356,25 @@ class TopologyService:
             new["tenant_id"] = v.string(body["tenant_id"], "tenant_id")
         if "admin_state_up" in body:
             new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
-        self._check_version(body, ver, f"bridge {data['id']}")
-        self._commit([Update(model.BRIDGES, new, ver)])
-        return self.get_bridge(data["id"])
+        txn = Txn(self.store)
+        txn.seen(kind, data, ver)
+        self._apply_filters(txn, body, new, data)
+        self._check_version(body, ver, f"{_LABEL[kind]} {data['id']}")
+        txn.put(kind, new)
+        if kind == model.BRIDGES and new.get("tenant_id") != data.get("tenant_id"):
+            # the generated chains of its protected ports carry the tenant
+            for pid in new.get("port_ids", ()):
+                port = txn.get(model.PORTS, pid)
+                if port is not None and sec.port_managed(port):
+                    self._sync_port(txn, pid)
+        txn.commit()
+        return data["id"]
+
+    def create_bridge(self, body: Any) -> Data:
+        return self.get_bridge(self._create_device(model.BRIDGES, body))
+
+    def update_bridge(self, id: str, body: Any) -> Data:
+        return self.get_bridge(self._update_device(model.BRIDGES, id, body, BRIDGE_FIELDS))
 
     def delete_bridge(self, id: str) -> None:
         data, ver = self._get(model.BRIDGES, id)
@@ -340,24 +386,33 @@ class TopologyService:
     def list_bridge_ports(self, id: str) -> list[Data]:
         bridge, _ = self._get(model.BRIDGES, id)
         return sorted(
-            (self._out(p, pv, PORT_FIELDS) for p, pv in self.store.list(model.PORTS)
+            (self._port_out(p, pv) for p, pv in self.store.list(model.PORTS)
              if p.get("device_id") == bridge["id"]),
             key=_sort_key,
         )
 
     # --------------------------------------------------------------- ports
     def list_ports(self) -> list[Data]:
-        return sorted((self._out(d, ver, PORT_FIELDS) for d, ver in self.store.list(model.PORTS)),
+        return sorted((self._port_out(d, ver) for d, ver in self.store.list(model.PORTS)),
                       key=_sort_key)
 
     def get_port(self, id: str) -> Data:
-        return self._out(*self._get(model.PORTS, id), PORT_FIELDS)
+        return self._port_out(*self._get(model.PORTS, id))
+
+    def _port_out(self, data: Data, version: int) -> Data:
+        out = self._out(data, version, PORT_FIELDS)
+        out["fixed_ips"] = list(data.get("fixed_ips") or ())
+        out["security_group_ids"] = list(data.get("security_group_ids") or ())
+        out["port_security_enabled"] = bool(data.get("port_security_enabled", False))
+        out["allowed_address_pairs"] = self._pairs_out(data.get("allowed_address_pairs"))
+        return out
 
     def create_port(self, bridge_id: str, body: Any) -> Data:
-        """A port on a bridge; its id joins the bridge's port_ids in the same commit."""
+        """A port on a bridge; its id joins the bridge's port_ids in the same commit,
+        with the chains its security groups or port security need."""
         bridge, bver = self._get(model.BRIDGES, bridge_id)
         body = v.body_object(body)
-        v.check_fields(body, ("id", "type", "admin_state_up", "name"))
+        v.check_fields(body, BRIDGE_PORT_CREATE)
         data: Data = {
             "device_id": bridge["id"],
             "device_type": model.DEVICE_BRIDGE,
@@ -372,48 +427,81 @@ class TopologyService:
             "ip_address": None,
             "prefix_len": None,
         }
+        txn = Txn(self.store)
+        txn.seen(model.BRIDGES, bridge, bver)
+        self._port_security_fields(txn, body, data, None)
         data["id"] = self._new_id(model.PORTS, body)
-        data["tunnel_key"] = self._tunnel_key()
         new_bridge = dict(bridge)
         new_bridge["port_ids"] = list(bridge.get("port_ids", ())) + [data["id"]]
-        self._commit([Create(model.PORTS, data), Update(model.BRIDGES, new_bridge, bver)])
+        txn.put(model.BRIDGES, new_bridge)
+        self._check_port_conflicts(txn, body, data, None)
+        data["tunnel_key"] = self._tunnel_key()
+        txn.put(model.PORTS, data)
+        self._sync_port_security(txn, None, data)
+        txn.commit()
         return self.get_port(data["id"])
 
     def update_port(self, id: str, body: Any) -> Data:
+        """Name, admin state, filters and (bridge ports) the port-security fields;
+        the generated chains follow in the same commit."""
         body = v.body_object(body)
         data, ver = self._get(model.PORTS, id)
         v.check_fields(body, PORT_FIELDS + ("version",))
-        v.readonly(body, data, ("id", "device_id", "device_type", "type", "tunnel_key",
-                                "host_id", "interface_name", "peer_id", "mac", "ip_address",
-                                "prefix_len"))
+        fixed = ("id", "device_id", "device_type", "type", "tunnel_key", "host_id",
+                 "interface_name", "peer_id", "ip_address", "prefix_len")
+        if data.get("device_type") == model.DEVICE_ROUTER:
+            fixed += ("mac",)
+        v.readonly(body, data, fixed)
         new = dict(data)
         if "name" in body:
             new["name"] = v.string(body["name"], "name")
         if "admin_state_up" in body:
             new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
+        txn = Txn(self.store)
+        txn.seen(model.PORTS, data, ver)
+        self._port_security_fields(txn, body, new, data)
         self._check_version(body, ver, f"port {data['id']}")
-        self._commit([Update(model.PORTS, new, ver)])
+        self._check_port_conflicts(txn, body, new, data)
+        txn.put(model.PORTS, new)
+        self._sync_port_security(txn, data, new)
+        txn.commit()
         return self.get_port(data["id"])
 
     def delete_port(self, id: str) -> None:
-        """Delete a port, atomically: it leaves its bridge or router, its peer is
-        unlinked, and the routes through it (next_hop_port) are deleted."""
+        """Delete a port, atomically: it leaves its bridge or router and its port
+        groups, its peer is unlinked, the routes through it (next_hop_port) are
+        deleted, and so are its generated chains (its security groups' address
+        groups lose its addresses). Refused while a rule matches on it."""
         port, pver = self._get(model.PORTS, id)
-        ops: list[Op] = [Delete(model.PORTS, port["id"], pver)]
+        pid = port["id"]
+        txn = Txn(self.store)
+        txn.seen(model.PORTS, port, pver)
+        users = sorted(r["id"] for r in txn.list(model.RULES)
+                       if pid in (r.get("in_ports") or ()) or pid in (r.get("out_ports") or ()))
+        if users:
+            raise Conflict(f"port {pid} is matched by rules {', '.join(users)} "
+                           "(in_ports/out_ports): change them first")
+        txn.delete(model.PORTS, pid)
         kind = (model.ROUTERS if port.get("device_type") == model.DEVICE_ROUTER
                 else model.BRIDGES)
-        try:
-            device, dver = self.store.get(kind, port["device_id"])
-        except NotFound:
-            device = None
+        device = txn.get(kind, port["device_id"])
         if device is not None:
-            new_device = dict(device)
-            new_device["port_ids"] = [p for p in device.get("port_ids", ()) if p != port["id"]]
-            ops.append(Update(kind, new_device, dver))
-        ops += [Delete(model.ROUTES, r["id"], rv) for r, rv in self.store.list(model.ROUTES)
-                if r.get("next_hop_port") == port["id"]]
-        ops += self._unlink_peer_ops(port)
-        self._commit(ops)
+            device["port_ids"] = [p for p in device.get("port_ids", ()) if p != pid]
+            txn.put(kind, device)
+        for r in txn.list(model.ROUTES):
+            if r.get("next_hop_port") == pid:
+                txn.delete(model.ROUTES, r["id"])
+        if port.get("peer_id"):
+            peer = txn.get(model.PORTS, port["peer_id"])
+            if peer is not None and peer.get("peer_id") == pid:
+                peer["peer_id"] = None
+                txn.put(model.PORTS, peer)
+        for g in txn.list(model.PORT_GROUPS):
+            if pid in g.get("port_ids", ()):
+                g["port_ids"] = [p for p in g["port_ids"] if p != pid]
+                txn.put(model.PORT_GROUPS, g)
+        self._sync_port_security(txn, port, None)
+        txn.commit()
 
     def _tunnel_key(self) -> int:
         """A new port's tunnel key (one counter for bridge and router ports)."""
@@ -543,33 +631,10 @@ class TopologyService:
         return self._router_out(*self._get(model.ROUTERS, id))
 
     def create_router(self, body: Any) -> Data:
-        body = v.body_object(body)
-        v.check_fields(body, ("id", "tenant_id", "name", "admin_state_up"))
-        data = {
-            "name": v.string(body.get("name", ""), "name"),
-            "tenant_id": v.string(body.get("tenant_id", ""), "tenant_id"),
-            "admin_state_up": v.boolean(body.get("admin_state_up", True), "admin_state_up"),
-            "port_ids": [],
-        }
-        data["id"] = self._new_id(model.ROUTERS, body)
-        self._commit([Create(model.ROUTERS, data)])
-        return self.get_router(data["id"])
+        return self.get_router(self._create_device(model.ROUTERS, body))
 
     def update_router(self, id: str, body: Any) -> Data:
-        body = v.body_object(body)
-        data, ver = self._get(model.ROUTERS, id)
-        v.check_fields(body, ROUTER_FIELDS + ("version",))
-        v.readonly(body, data, ("id", "port_ids"))
-        new = dict(data)
-        if "name" in body:
-            new["name"] = v.string(body["name"], "name")
-        if "tenant_id" in body:
-            new["tenant_id"] = v.string(body["tenant_id"], "tenant_id")
-        if "admin_state_up" in body:
-            new["admin_state_up"] = v.boolean(body["admin_state_up"], "admin_state_up")
-        self._check_version(body, ver, f"router {data['id']}")
-        self._commit([Update(model.ROUTERS, new, ver)])
-        return self.get_router(data["id"])
+        return self.get_router(self._update_device(model.ROUTERS, id, body, ROUTER_FIELDS))
 
     def delete_router(self, id: str) -> None:
         """Refused while the router has ports; its routes go with it, atomically.
@@ -591,7 +656,7 @@ class TopologyService:
 
     def list_router_ports(self, id: str) -> list[Data]:
         router, _ = self._get(model.ROUTERS, id)
-        return sorted((self._out(p, pv, PORT_FIELDS) for p, pv in self._router_ports(router["id"])),
+        return sorted((self._port_out(p, pv) for p, pv in self._router_ports(router["id"])),
                       key=_sort_key)
 
     def create_router_port(self, router_id: str, body: Any) -> Data:
@@ -604,7 +669,7 @@ class TopologyService:
         router, rver = self._get(model.ROUTERS, router_id)
         body = v.body_object(body)
         v.check_fields(body, ("id", "type", "admin_state_up", "name", "ip_address",
-                              "prefix_len", "mac"))
+                              "prefix_len", "mac") + FILTERS)
         ip = v.unicast_ipv4(v.require(body, "ip_address"), "ip_address")
         plen = v.integer(v.require(body, "prefix_len"), "prefix_len", 1, 32)
         net = v.network(ip, plen)
@@ -625,6 +690,9 @@ class TopologyService:
             "ip_address": ip,
             "prefix_len": plen,
         }
+        txn = Txn(self.store)
+        txn.seen(model.ROUTERS, router, rver)
+        self._apply_filters(txn, body, data, None)
         others = [p for p, _ in self._router_ports(router["id"])]
         used_macs = {p.get("mac") for p in others}
         for other in others:
@@ -642,7 +710,9 @@ class TopologyService:
         data["tunnel_key"] = self._tunnel_key()
         new_router = dict(router)
         new_router["port_ids"] = list(router.get("port_ids", ())) + [data["id"]]
-        self._commit([Create(model.PORTS, data), Update(model.ROUTERS, new_router, rver)])
+        txn.put(model.PORTS, data)
+        txn.put(model.ROUTERS, new_router)
+        txn.commit()
         return self.get_port(data["id"])
 
     # -------------------------------------------------------------- routes

@@ -201,3 +201,49 @@ def network(ip: str, prefix_len: int) -> netaddr.IPNetwork:
 
 def overlaps(a: netaddr.IPNetwork, b: netaddr.IPNetwork) -> bool:
     return a.first <= b.last and b.first <= a.last
+
+
+def optional(body: dict[str, Any], field: str, check: Any, *args: Any) -> Any:
+    """An optional, nullable field: None when absent or null, else ``check``ed."""
+    value = body.get(field)
+    return None if value is None else check(value, field, *args)
+
+
+def a_list(value: Any, field: str) -> list:
+    if not isinstance(value, list):
+        raise Invalid(f"{field} must be a list", field)
+    return value
+
+
+def unique(items: list, field: str) -> list:
+    seen = set()
+    for x in items:
+        key = repr(x)
+        if key in seen:
+            raise Invalid(f"{field} lists {x} twice", field)
+        seen.add(key)
+    return items
+
+
+def id_list(value: Any, field: str) -> list[str]:
+    """A list of distinct UUIDs."""
+    return unique([uuid_str(x, field) for x in a_list(value, field)], field)
+
+
+def ipv4_list(value: Any, field: str) -> list[str]:
+    """A list of distinct unicast IPv4 addresses (canonical form)."""
+    return unique([unicast_ipv4(x, field) for x in a_list(value, field)], field)
+
+
+def port_range(value: Any, field: str) -> list[int]:
+    """An inclusive [lo, hi] range of L4 ports (or ICMP type/code), 0 <= lo <= hi <= 65535."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise Invalid(f"{field} must be a list [lo, hi] of two integers", field)
+    lo, hi = (integer(x, field, 0, 65535) for x in value)
+    if lo > hi:
+        raise Invalid(f"{field} [{lo}, {hi}]: lo must not be greater than hi", field)
+    return [lo, hi]
+
+
+def ip_key(addr: str) -> int:
+    return int(netaddr.IPAddress(addr))

@@ -14,7 +14,7 @@ from typing import Any
 
 from midoflow import model
 from midoflow.errors import NotFound
-from midoflow.model import Bridge, Port, Route, Router
+from midoflow.model import Bridge, Chain, IpAddrGroup, Port, PortGroup, Route, Router, Rule
 from midoflow.store import paths
 from midoflow.store.base import Store
 
@@ -60,6 +60,25 @@ class StoreView:
                             for rid, rs in by_router.items()}
         return self._routes.get(router_id, ())
 
+    def chain(self, chain_id: str) -> Chain | None:
+        return self._get(model.CHAINS, chain_id, Chain)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return self._get(model.RULES, rule_id, Rule)
+
+    def rules(self, chain_id: str) -> tuple[Rule, ...]:
+        """The chain's rules in order (missing ones skipped)."""
+        chain = self.chain(chain_id)
+        if chain is None:
+            return ()
+        return tuple(r for r in (self.rule(rid) for rid in chain.rule_ids) if r is not None)
+
+    def port_group(self, group_id: str) -> PortGroup | None:
+        return self._get(model.PORT_GROUPS, group_id, PortGroup)
+
+    def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
+        return self._get(model.IP_ADDR_GROUPS, group_id, IpAddrGroup)
+
     def mac_port(self, bridge_id: str, mac: str) -> str | None:
         if bridge_id not in self._macs:
             table: dict[str, str] = {}
@@ -93,3 +112,21 @@ class StoreView:
         if port_id not in self._active:
             self._active[port_id] = self.store.get_state(paths.port_active(port_id)) is not None
         return self._active[port_id]
+
+    # Connection tracking and NAT bindings live in each host's agent, not in
+    # the store: a trace sees every packet as the first of a new connection,
+    # and shows the NAT target a new binding would take (no port is leased).
+    def is_return_flow(self, key) -> bool:
+        return False
+
+    def nat_forward(self, kind: str, key):
+        return None
+
+    def nat_reverse(self, kind: str, key):
+        return None
+
+    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
+        if not targets:
+            return None
+        t = targets[0]
+        return t.addr_from, t.port_from or 0

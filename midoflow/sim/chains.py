@@ -97,8 +97,13 @@ def is_return_flow(view: TopologyView, pkt: Packet, ctx: Context, b: _Builder) -
         return False
     if view.is_return_flow(key):
         b.ct_hits.append(key)
+        b.step("conntrack", ctx.ct_device, f"{key.src}:{key.sport} -> {key.dst}:{key.dport} "
+                                           "is a reply of a tracked connection")
         return True
-    b.conntrack.append(key)
+    if key not in b.conntrack:
+        b.conntrack.append(key)
+        b.step("conntrack", ctx.ct_device, f"{key.src}:{key.sport} -> {key.dst}:{key.dport} "
+                                           "opens a connection: tracked")
     return False
 
 

@@ -75,3 +75,24 @@ def test_kill_9_of_the_agent_mid_transfer_then_restart_the_transfer_completes(rc
     assert time.monotonic() - t_kill > 1
     flows = [f for f in h2.dump_flows() if "set_field:" + PUBLIC in f]
     assert flows, "the restarted agent installed no SNAT flow"
+
+
+def test_a_vm_moved_to_another_host_keeps_its_nat_connection(rc):
+    """The VM's port is bound on another host mid-transfer: the new host's
+    agent gets the NAT binding by the port's id and the transfer goes on."""
+    mc, vm, ext = rc
+    iperf = ext.popen(["iperf3", "-s", "-1", "-p", "5211", "-B", EXT])
+    wait_for(lambda: ":5211" in ext.cmd("ss -ltnH 'sport = :5211'"), 5, "iperf3 server")
+    client = vm.popen(["iperf3", "-J", "-c", EXT, "-p", "5211", "-t", "10", "-b", "20M",
+                       "--connect-timeout", "3000"], text=True)
+    time.sleep(3)
+    target = mc.hosts[0] if vm.cloud_host is not mc.hosts[0] else mc.hosts[1]
+    mc.cloud.move_vm(vm, target)
+    mc.wait_port(vm.port_id, target)
+    out, _ = client.communicate(timeout=60)
+    iperf.kill()
+    res = json.loads(out[out.index("{"):])
+    assert "error" not in res, res.get("error")
+    tail = [i["sum"]["bytes"] for i in res["intervals"][-3:]]
+    assert all(b > 0 for b in tail), f"no data after the move: {tail}"
+    assert res["end"]["sum_received"]["bytes"] >= 0.9 * res["end"]["sum_sent"]["bytes"]

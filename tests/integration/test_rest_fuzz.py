@@ -8,12 +8,14 @@ linking, membership, deletes with references) and not only 404s.
 Checks: no 5xx, status codes / content types / bodies conform to the document,
 schema-violating input is rejected, a request answered 4xx (and any GET or
 trace) changed nothing, and no request, whatever its answer, breaks the
-topology's referential integrity (device port lists, links, bindings, routes).
+topology's referential integrity (device port lists, links, bindings, routes,
+chains and their rules, filters, jump targets and loops, groups) or leaves the
+chains generated for security groups and protected ports different from what
+the groups and ports say.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from typing import Any
 
@@ -24,6 +26,7 @@ from schemathesis import checks as st_checks
 
 from midoflow import model
 from midoflow.rest.app import make_app
+from midoflow.service import security as sec
 from midoflow.store import paths
 from midoflow.store.memory import MemoryBackend, MemoryStore
 
@@ -53,9 +56,23 @@ RO_BH = "f2f2f2f2-f2f2-4f2f-8f2f-f2f2f2f2f2f2"  # RT1 blackhole 192.0.2.0/24
 RO_UP = "f3f3f3f3-f3f3-4f3f-8f3f-f3f3f3f3f3f3"  # RT2 0.0.0.0/0 via 203.0.113.254 on RP_GW
 RO_T1 = "f4f4f4f4-f4f4-4f4f-8f4f-f4f4f4f4f4f4"  # RT2 10.0.1.0/24 via 169.254.0.1 on RP_DOWN
 RO_RT3 = "f5f5f5f5-f5f5-4f5f-8f5f-f5f5f5f5f5f5"  # RT3 reject 198.51.100.0/24
+P_SEC = "a1a1a1a1-a1a1-4a1a-8a1a-a1a1a1a1a1a1"  # br1 port: mac, fixed IP, SG1, port security
+CH1 = "b1b1b1b1-b1b1-4b1b-8b1b-b1b1b1b1b1b1"  # RU1 accept tcp !10/8, RU2 jump CH2
+CH2 = "b2b2b2b2-b2b2-4b2b-8b2b-b2b2b2b2b2b2"  # RU3 drop in P_FREE + PG1, RU4 dnat to IPG1
+CH3 = "b3b3b3b3-b3b3-4b3b-8b3b-b3b3b3b3b3b3"  # empty; RT1 inbound and P_BOUND outbound filter
+RU1 = "e1e1e1e1-e1e1-4e1e-8e1e-e1e1e1e1e1e1"
+RU2 = "e2e2e2e2-e2e2-4e2e-8e2e-e2e2e2e2e2e2"
+RU3 = "e3e3e3e3-e3e3-4e3e-8e3e-e3e3e3e3e3e3"
+RU4 = "e4e4e4e4-e4e4-4e4e-8e4e-e4e4e4e4e4e4"
+PG1 = "12121212-1212-4212-8212-121212121212"  # P_BOUND, P_FREE
+IPG1 = "13131313-1313-4313-8313-131313131313"  # 10.1.0.1, 10.1.0.2
+SG1 = "14141414-1414-4414-8414-141414141414"  # web: egress any, ssh from any, icmp from SG1
+SG2 = "15151515-1515-4515-8515-151515151515"  # db: postgres from SG1; no ports
+SGR = ["16161616-1616-4616-8616-16161616161" + str(i) for i in range(4)]
 KNOWN = [HOST1, HOST2, TZ1, BR1, BR2, BR3, P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3,
          RT1, RT2, RT3, RP_BR, RP_UP, RP_EXT, RP_DOWN, RP_GW,
-         RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3]
+         RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3, P_SEC, CH1, CH2, CH3, RU1, RU2, RU3, RU4,
+         PG1, IPG1, SG1, SG2]
 VM_MAC, VM2_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
@@ -76,6 +93,18 @@ def _route(rid, router, dst, port=None, gw=None, type_="normal", weight=100):
             "next_hop_port": port, "next_hop_gateway": gw, "weight": weight, "type": type_}
 
 
+def _rule(rid, chain, action, **kw):
+    r = sec.rule(chain, "x", action, **kw)
+    r["id"] = rid
+    return r
+
+
+def _sg_rule(rid, direction, proto=None, lo=None, hi=None, prefix=None, group=None):
+    return {"id": rid, "direction": direction, "ethertype": "IPv4", "protocol": proto,
+            "port_range_min": lo, "port_range_max": hi, "remote_ip_prefix": prefix,
+            "remote_group_id": group}
+
+
 def seeded_backend() -> MemoryBackend:
     b = MemoryBackend()
     objs = {
@@ -85,14 +114,19 @@ def seeded_backend() -> MemoryBackend:
                               "members": [{"host_id": HOST1, "ip": "10.0.0.1"}]}],
         model.BRIDGES: [
             {"id": BR1, "name": "br1", "tenant_id": "t1", "admin_state_up": True,
-             "port_ids": [P_BOUND, P_FREE, P_INT1]},
+             "port_ids": [P_BOUND, P_FREE, P_INT1, P_SEC]},
             {"id": BR2, "name": "br2", "tenant_id": "t2", "admin_state_up": True,
              "port_ids": [P_INT2, P_INT3]},
             {"id": BR3, "name": "br3", "tenant_id": "t1", "admin_state_up": False,
              "port_ids": []},
         ],
         model.PORTS: [
-            _port(P_BOUND, BR1, 1, host=HOST1, iface="tap0"),
+            dict(_port(P_BOUND, BR1, 1, host=HOST1, iface="tap0"), outbound_filter_id=CH3),
+            dict(_port(P_SEC, BR1, 11), mac=VM_MAC, fixed_ips=["10.0.1.10"],
+                 security_group_ids=[SG1], port_security_enabled=True,
+                 allowed_address_pairs=[{"ip_address": "10.0.1.64/26", "mac_address": None}],
+                 inbound_filter_id=sec.port_chain_id(P_SEC, "inbound"),
+                 outbound_filter_id=sec.port_chain_id(P_SEC, "outbound")),
             _port(P_FREE, BR1, 2),
             _port(P_INT1, BR1, 3, model.PORT_INTERIOR, peer=RP_BR),
             _port(P_INT2, BR2, 4, model.PORT_INTERIOR),
@@ -107,7 +141,7 @@ def seeded_backend() -> MemoryBackend:
         ],
         model.ROUTERS: [
             {"id": RT1, "name": "tenant", "tenant_id": "t1", "admin_state_up": True,
-             "port_ids": [RP_BR, RP_UP, RP_EXT]},
+             "port_ids": [RP_BR, RP_UP, RP_EXT], "inbound_filter_id": CH3},
             {"id": RT2, "name": "provider", "tenant_id": "", "admin_state_up": True,
              "port_ids": [RP_DOWN, RP_GW]},
             {"id": RT3, "name": "empty", "tenant_id": "t2", "admin_state_up": False,
@@ -120,11 +154,40 @@ def seeded_backend() -> MemoryBackend:
             _route(RO_T1, RT2, "10.0.1.0/24", RP_DOWN, "169.254.0.1", weight=10),
             _route(RO_RT3, RT3, "198.51.100.0/24", type_="reject"),
         ],
+        model.CHAINS: [
+            {"id": CH1, "name": "ch1", "tenant_id": "t1", "rule_ids": [RU1, RU2]},
+            {"id": CH2, "name": "ch2", "tenant_id": "t1", "rule_ids": [RU3, RU4]},
+            {"id": CH3, "name": "ch3", "tenant_id": "", "rule_ids": []},
+        ],
+        model.RULES: [
+            _rule(RU1, CH1, "accept", eth_type=0x800, nw_proto=6, tp_dst=[80, 80],
+                  nw_src="10.0.0.0/8", invert=["nw_src"]),
+            _rule(RU2, CH1, "jump", jump_chain_id=CH2),
+            _rule(RU3, CH2, "drop", in_ports=[P_FREE], port_group=PG1),
+            _rule(RU4, CH2, "dnat", ip_addr_group_dst=IPG1,
+                  nat_targets=[{"addr_from": "10.0.1.10", "addr_to": "10.0.1.10",
+                                "port_from": 8080, "port_to": 8080}]),
+        ],
+        model.PORT_GROUPS: [{"id": PG1, "name": "pg1", "tenant_id": "t1", "stateful": True,
+                             "port_ids": [P_BOUND, P_FREE]}],
+        model.IP_ADDR_GROUPS: [{"id": IPG1, "name": "ipg1", "tenant_id": "t1",
+                                "addresses": ["10.1.0.1", "10.1.0.2"]}],
+        model.SECURITY_GROUPS: [
+            {"id": SG1, "name": "web", "tenant_id": "t1", "description": "",
+             "rules": [_sg_rule(SGR[0], "egress"),
+                       _sg_rule(SGR[1], "ingress", 6, 22, 22, prefix="0.0.0.0/0"),
+                       _sg_rule(SGR[2], "ingress", 1, 8, 0, group=SG1)]},
+            {"id": SG2, "name": "db", "tenant_id": "t1", "description": "",
+             "rules": [_sg_rule(SGR[3], "ingress", 6, 5432, 5432, group=SG1)]},
+        ],
     }
+    models = {kind: {o["id"]: o for o in items} for kind, items in objs.items()}
+    for (kind, _), o in sec.expected(models).items():
+        objs.setdefault(kind, []).append(o)
     for kind, items in objs.items():
         for o in items:
             b.models[kind][o["id"]] = (o, 0)
-    b.counters["tunnel_key"] = 10
+    b.counters["tunnel_key"] = 11
     b.state[paths.host_alive(HOST1)] = (
         {"host_id": HOST1, "hostname": "host1", "tunnel_ips": {"vxlan": "10.0.0.1"},
          "ovs_connected": True, "started_at": 1.0}, None)
@@ -138,7 +201,9 @@ def seeded_backend() -> MemoryBackend:
 
 
 def snapshot(b: MemoryBackend) -> Any:
-    return copy.deepcopy(({k: dict(v) for k, v in b.models.items() if v}, dict(b.state)))
+    # Shallow is enough: the memory store replaces stored objects on every write
+    # and hands out copies, it never changes a stored dict in place.
+    return ({k: dict(v) for k, v in b.models.items() if v}, dict(b.state))
 
 
 STORE = MemoryStore(seeded_backend())
@@ -148,9 +213,25 @@ schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", APP)
 
 HOSTS = [HOST1, HOST2]
 ROUTER_PORTS = [RP_BR, RP_UP, RP_EXT, RP_DOWN, RP_GW]
-PORTS = [P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3] + ROUTER_PORTS
+PORTS = [P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3, P_SEC] + ROUTER_PORTS
+GEN_CHAINS = [sec.sg_chain_id(SG1, "ingress"), sec.port_chain_id(P_SEC, "inbound")]
+CHAINS = [CH1, CH2, CH3]
+SGS = [SG1, SG2]
+IPGS = [IPG1, sec.sg_ipag_id(SG1)]
 POOLS = {"hosts": HOSTS, "tunnel_zones": [TZ1], "bridges": [BR1, BR2, BR3], "ports": PORTS,
-         "routers": [RT1, RT2, RT3], "routes": [RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3]}
+         "routers": [RT1, RT2, RT3], "routes": [RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3],
+         "chains": CHAINS + GEN_CHAINS,
+         "rules": [RU1, RU2, RU3, RU4, sec.gen_id("rule", GEN_CHAINS[1], "drop")],
+         "port_groups": [PG1], "ip_addr_groups": IPGS, "security_groups": SGS}
+# Pools for path parameters other than the object's id, and for body fields.
+PARAM_POOLS = {"host_id": HOSTS, "port_id": PORTS, "rule_id": SGR}
+BODY_POOLS = {"host_id": HOSTS, "peer_id": PORTS, "in_port": PORTS,
+              "next_hop_port": ROUTER_PORTS, "jump_chain_id": CHAINS + GEN_CHAINS,
+              "inbound_filter_id": CHAINS + GEN_CHAINS[:1],
+              "outbound_filter_id": CHAINS + GEN_CHAINS[:1], "port_group": [PG1],
+              "ip_addr_group_src": IPGS, "ip_addr_group_dst": IPGS, "port_id": PORTS,
+              "remote_group_id": SGS}
+LIST_POOLS = {"in_ports": PORTS, "out_ports": PORTS, "security_group_ids": SGS}
 # Values that pass the format checks and reach the deeper ones (overlap, host
 # bits, gateway on the port's network, duplicates, the simulation's branches).
 VALUES = {
@@ -165,6 +246,10 @@ VALUES = {
     "ip_dst": ["10.0.1.10", "10.0.1.1", "8.8.8.8", "192.0.2.1", "169.254.0.2"],
     "ip_src": ["10.0.1.10", "203.0.113.7"],
     "arp_tpa": ["10.0.1.1", "10.0.1.10", "10.0.1.99"],
+    "nw_src": ["10.0.0.0/8", "10.0.1.0/24", "10.0.0.1/8"],
+    "nw_dst": ["0.0.0.0/0", "192.0.2.0/24"],
+    "remote_ip_prefix": ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.1/8"],
+    "address": ["10.1.0.1", "10.1.0.9", "224.0.0.1"],
 }
 
 
@@ -220,31 +305,77 @@ def _steer(path: str, body: dict[str, Any]) -> dict[str, Any]:
         if h % 5:
             port, gw = HOPS[h % len(HOPS)]
             body["next_hop_port"], body["next_hop_gateway"] = port, gw
+    elif "action" in body and h % 4:
+        _steer_rule(body, h)
+    for k, pool in LIST_POOLS.items():
+        if isinstance(body.get(k), list):
+            body[k] = list(dict.fromkeys(_pick(x, k, pool) for x in body[k]))
     for k in VALUES:
         if k in body:
             body[k] = _pick_value(body[k], k, salt)
     return body
 
 
+def _steer_rule(body: dict[str, Any], h: int) -> None:
+    """Make a rule body consistent more often (jump target, NAT targets, flows)."""
+    action = body["action"]
+    if action == "jump":
+        body.setdefault("jump_chain_id", CHAINS[h % len(CHAINS)])
+    else:
+        body.pop("jump_chain_id", None)
+    if action in ("dnat", "snat"):
+        if not body.get("nat_targets"):
+            body["nat_targets"] = [{"addr_from": "203.0.113.10", "port_from": 1024,
+                                    "port_to": 65535}]
+    else:
+        body.pop("nat_targets", None)
+    if body.get("match_forward_flow") and body.get("match_return_flow"):
+        body["match_return_flow"] = False
+    if isinstance(body.get("invert"), list):
+        body["invert"] = [c for c in dict.fromkeys(body["invert"])
+                          if body.get(c) not in (None, [])]
+
+
 @schema.hook
 def map_case(ctx, case):
+    # Generated UUIDs repeat a lot: salt the picks with the body, which varies.
+    salt = case.path + (repr(sorted(case.body.items(), key=repr))
+                        if isinstance(case.body, dict) else "")
     if case.path_parameters:
         kind = case.path.split("/")[2]
         case.path_parameters = {
-            k: _pick(val, k, HOSTS if k == "host_id" else POOLS.get(kind, KNOWN))
+            k: (_pick_address(val) if k == "address" else
+                _pick(val, k + salt, PARAM_POOLS.get(k) or POOLS.get(kind, KNOWN)))
             for k, val in case.path_parameters.items()
         }
     if isinstance(case.body, dict):
         body = dict(case.body)
-        for k, pool in (("host_id", HOSTS), ("peer_id", PORTS), ("in_port", PORTS),
-                        ("next_hop_port", ROUTER_PORTS)):
+        for k, pool in BODY_POOLS.items():
             if k in body:
                 body[k] = _pick(body[k], k, pool)
         meta = getattr(case, "meta", None)
         if meta is None or not meta.generation.mode.is_negative:
             body = _steer(case.path, body)
+            # an update body usually echoes the object's own id, a rule its parent's
+            oid = (case.path_parameters or {}).get("id")
+            if oid and _hash("echo", salt) % 4:
+                if case.method.upper() == "PUT" and "id" in body:
+                    body["id"] = oid
+                for k in ("chain_id", "security_group_id"):
+                    if k in body:
+                        if case.path.endswith("/rules"):
+                            body[k] = oid
+                        else:
+                            del body[k]
         case.body = body
     return case
+
+
+def _pick_address(value: Any) -> Any:
+    """An address of IPG1 two times in three."""
+    if isinstance(value, str) and _hash("address", value) % 3:
+        return "10.1.0.1"
+    return value
 
 
 def integrity_errors(b: MemoryBackend) -> list[str]:
@@ -280,6 +411,73 @@ def integrity_errors(b: MemoryBackend) -> list[str]:
             errs.append(f"route {rid} goes through {hop}, not a port of its router")
         if r.get("type") == "normal" and not hop:
             errs.append(f"normal route {rid} has no next_hop_port")
+    return errs + chain_errors(m)
+
+
+def chain_errors(m: dict[str, dict[str, Any]]) -> list[str]:
+    """Chains, rules, filters, groups, security groups and what they generate."""
+    chains, rules = m.get(model.CHAINS, {}), m.get(model.RULES, {})
+    ports, sgs = m.get(model.PORTS, {}), m.get(model.SECURITY_GROUPS, {})
+    pgs, ipags = m.get(model.PORT_GROUPS, {}), m.get(model.IP_ADDR_GROUPS, {})
+    errs = []
+    for cid, c in chains.items():
+        ids = c.get("rule_ids", [])
+        if len(set(ids)) != len(ids):
+            errs.append(f"chain {cid} lists a rule twice")
+        for rid in ids:
+            if rules.get(rid, {}).get("chain_id") != cid:
+                errs.append(f"chain {cid} lists rule {rid}, which is not its own")
+    graph: dict[str, set[str]] = {}
+    for rid, r in rules.items():
+        if rid not in chains.get(r.get("chain_id"), {}).get("rule_ids", ()):
+            errs.append(f"rule {rid} is not listed by its chain {r.get('chain_id')}")
+        if r.get("jump_chain_id"):
+            if r["jump_chain_id"] not in chains:
+                errs.append(f"rule {rid} jumps to a missing chain {r['jump_chain_id']}")
+            graph.setdefault(r["chain_id"], set()).add(r["jump_chain_id"])
+        if (r.get("action") == "jump") != bool(r.get("jump_chain_id")):
+            errs.append(f"rule {rid}: action {r.get('action')} with jump {r.get('jump_chain_id')}")
+        for f in ("in_ports", "out_ports"):
+            errs += [f"rule {rid} matches a missing port {p}" for p in r.get(f) or ()
+                     if p not in ports]
+        if r.get("port_group") and r["port_group"] not in pgs:
+            errs.append(f"rule {rid} matches a missing port group")
+        for f in ("ip_addr_group_src", "ip_addr_group_dst"):
+            if r.get(f) and r[f] not in ipags:
+                errs.append(f"rule {rid} matches a missing IP address group ({f})")
+    for start in graph:  # no jump loops
+        seen, todo = set(), [start]
+        while todo:
+            c = todo.pop()
+            for nxt in graph.get(c, ()):
+                if nxt == start:
+                    errs.append(f"chain {start} reaches itself through jumps")
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+    for kind in (model.PORTS, model.BRIDGES, model.ROUTERS):
+        for oid, o in m.get(kind, {}).items():
+            for f in ("inbound_filter_id", "outbound_filter_id"):
+                if o.get(f) and o[f] not in chains:
+                    errs.append(f"{kind} {oid} filters through a missing chain ({f})")
+    for gid, g in pgs.items():
+        errs += [f"port group {gid} lists a missing port {p}" for p in g.get("port_ids", ())
+                 if p not in ports]
+    for pid, p in ports.items():
+        errs += [f"port {pid} has a missing security group {s}"
+                 for s in p.get("security_group_ids") or () if s not in sgs]
+    for sid, g in sgs.items():
+        errs += [f"security group {sid} has a rule from a missing group"
+                 for r in g.get("rules", ()) if r.get("remote_group_id") not in (None, *sgs)]
+    # generated objects: exactly what the security groups and ports say
+    want = sec.expected(m)
+    for kind in (model.CHAINS, model.RULES, model.IP_ADDR_GROUPS):
+        for oid, o in m.get(kind, {}).items():
+            if sec.is_generated(oid) and want.get((kind, oid)) != o:
+                errs.append(f"generated {kind} {oid} is stale or orphaned")
+    errs += [f"generated {kind} {oid} is missing" for kind, oid in want
+             if oid not in m.get(kind, {})]
+    errs += sec.port_filter_errors(m)
     return errs
 
 

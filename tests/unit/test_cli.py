@@ -352,7 +352,8 @@ def test_unreachable_exit_3(capsys, monkeypatch):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for c in ("host", "tunnel-zone", "bridge", "port", "status", "router", "route", "trace"):
+    for c in ("host", "tunnel-zone", "bridge", "port", "status", "router", "route", "trace",
+              "chain", "rule", "port-group", "ip-group", "security-group"):
         assert c in out
 
 
@@ -546,3 +547,210 @@ def test_api_error_line():
     e = ApiError(409, "Conflict", "bridge b still has 2 ports", "port_ids")
     assert e.one_line() == "409 conflict: bridge b still has 2 ports (field: port_ids)"
     assert _words("NotFound") == "not found"
+
+
+# ------------------------------------------------ chains, rules, groups, SGs
+
+
+def test_chain_and_rule_commands(cli):
+    create(cli, "bridge", "create", "--name", "net")
+    p1 = create(cli, "port", "create", "--bridge", "net", "--name", "vm1")
+    ch = create(cli, "chain", "create", "--name", "in", "--tenant", "alice")
+    sub = create(cli, "chain", "create", "--name", "sub")
+    assert ch["generated"] is False and ch["rule_ids"] == []
+    r = ok(cli("chain", "list"))
+    assert r.out.splitlines()[0].split() == ["ID", "NAME", "TENANT", "RULES", "GENERATED"]
+    assert ch["id"] in r.out and sub["id"] in r.out
+
+    web = create(cli, "rule", "create", "in", "--action", "accept", "--nw-proto", "tcp",
+                 "--tp-dst", "80-90", "--nw-src", "10.0.0.0/8", "--invert", "nw_src",
+                 "--in-port", "vm1", "--forward-flow")
+    assert (web["nw_proto"], web["tp_dst"], web["nw_src"], web["invert"], web["in_ports"],
+            web["match_forward_flow"]) == (6, [80, 90], "10.0.0.0/8", ["nw_src"], [p1["id"]],
+                                           True)
+    jump = create(cli, "rule", "create", "in", "--jump", "sub", "--position", "1")
+    assert (jump["action"], jump["jump_chain_id"]) == ("jump", sub["id"])
+    nat = create(cli, "rule", "create", "sub", "--action", "dnat", "--eth-type", "ip",
+                 "--tp-dst", "443", "--nat-target", "10.0.0.5-10.0.0.9:8443",
+                 "--nat-target", "10.0.1.5")
+    assert nat["eth_type"] == 0x0800 and nat["tp_dst"] == [443, 443]
+    assert nat["nat_targets"] == [
+        {"addr_from": "10.0.0.5", "addr_to": "10.0.0.9", "port_from": 8443, "port_to": 8443},
+        {"addr_from": "10.0.1.5", "addr_to": "10.0.1.5", "port_from": 0, "port_to": 0}]
+    create(cli, "rule", "create", "sub", "--action", "accept", "--return-flow")
+
+    rows = ok(cli("--json", "chain", "rules", "in")).json()
+    assert [x["id"] for x in rows] == [jump["id"], web["id"]]
+    r = ok(cli("chain", "rules", "in"))
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["#", "ID", "ACTION", "MATCH"]
+    assert lines[1].split()[:4] == ["1", jump["id"], "jump", sub["id"]]
+    assert "nw_src!=10.0.0.0/8" in lines[2] and "tp_dst=80-90" in lines[2]
+    assert "nw_proto=tcp" in lines[2] and "forward-flow" in lines[2]
+    r = ok(cli("chain", "show", "sub"))
+    assert "dnat 10.0.0.5-10.0.0.9:8443, 10.0.1.5" in r.out and "return-flow" in r.out
+    assert ok(cli("--json", "chain", "show", "in")).json()["rule_ids"] == [jump["id"],
+                                                                         web["id"]]
+    assert "10.0.0.0/8" in ok(cli("rule", "show", web["id"])).out
+    assert len(ok(cli("--json", "rule", "list", "sub")).json()) == 2
+
+    ok(cli("chain", "update", "in", "--name", "inbound"))
+    assert ok(cli("--json", "chain", "show", ch["id"])).json()["name"] == "inbound"
+
+    # errors: the API's field, or a usage error before any request
+    one_error_line(cli("rule", "create", "inbound", "--action", "accept", "--nw-src",
+                       "10.0.0.1/8"), 1, "400", "(field: nw_src)")
+    one_error_line(cli("rule", "create", "inbound", "--action", "accept", "--invert",
+                       "nw_dst"), 1, "400", "(field: invert)")
+    one_error_line(cli("rule", "create", "sub", "--jump", "inbound"), 1, "409",
+                   "(field: jump_chain_id)")
+    one_error_line(cli("rule", "create", "inbound", "--action", "dnat"), 1,
+                   "(field: nat_targets)")
+    one_error_line(cli("rule", "create", "inbound"), 2, "--action")
+    one_error_line(cli("rule", "create", "inbound", "--action", "drop", "--jump", "sub"), 2,
+                   "--jump")
+    one_error_line(cli("rule", "create", "inbound", "--action", "accept", "--tp-dst", "x"),
+                   2, "--tp-dst")
+    one_error_line(cli("rule", "create", "inbound", "--action", "accept", "--nw-proto",
+                       "gre"), 2, "--nw-proto")
+    one_error_line(cli("rule", "create", "inbound", "--action", "dnat", "--nat-target",
+                       "10.0.0.5:"), 2, "--nat-target")
+    one_error_line(cli("rule", "create", "inbound", "--action", "accept", "--eth-type",
+                       "ipx"), 2, "--eth-type")
+    one_error_line(cli("rule", "create", "nope", "--action", "accept"), 1, "no chain")
+    one_error_line(cli("chain", "delete", "sub"), 1, "409")
+    one_error_line(cli("chain", "update", "sub"), 2, "nothing to update")
+
+    ok(cli("rule", "delete", jump["id"]))
+    ok(cli("chain", "delete", "sub"))
+    assert [c["name"] for c in ok(cli("--json", "chain", "list")).json()] == ["inbound"]
+
+
+def test_port_group_and_ip_group_commands(cli):
+    create(cli, "bridge", "create", "--name", "net")
+    p = create(cli, "port", "create", "--bridge", "net", "--name", "up1")
+    g = create(cli, "port-group", "create", "--name", "uplinks", "--stateful")
+    assert g["stateful"] is True
+    ok(cli("port-group", "add-port", "uplinks", "--port", "up1"))
+    assert ok(cli("--json", "port-group", "show", "uplinks")).json()["port_ids"] == [p["id"]]
+    assert p["id"] in ok(cli("port-group", "ports", "uplinks")).out
+    assert "uplinks" in ok(cli("port-group", "list")).out
+    one_error_line(cli("port-group", "add-port", "uplinks", "--port", p["id"]), 1, "409")
+    ok(cli("port-group", "update", "uplinks", "--stateless", "--name", "up"))
+    assert ok(cli("--json", "port-group", "show", "up")).json()["stateful"] is False
+    ok(cli("port-group", "remove-port", "up", "--port", p["id"]))
+    assert ok(cli("--json", "port-group", "show", "up")).json()["port_ids"] == []
+    ok(cli("port-group", "delete", "up"))
+
+    ig = create(cli, "ip-group", "create", "--name", "dns", "--address", "10.0.0.53")
+    assert ig["addresses"] == ["10.0.0.53"] and ig["generated"] is False
+    ok(cli("ip-group", "add-address", "dns", "--address", "10.0.1.53"))
+    assert "10.0.1.53" in ok(cli("ip-group", "show", "dns")).out
+    one_error_line(cli("ip-group", "add-address", "dns", "--address", "10.0.1.999"), 1,
+                   "(field: address)")
+    ok(cli("ip-group", "remove-address", "dns", "--address", "10.0.0.53"))
+    assert ok(cli("--json", "ip-group", "show", "dns")).json()["addresses"] == ["10.0.1.53"]
+    ok(cli("ip-group", "update", "dns", "--name", "resolvers"))
+    create(cli, "chain", "create", "--name", "c")
+    create(cli, "rule", "create", "c", "--action", "accept", "--dst-group", "resolvers")
+    one_error_line(cli("ip-group", "delete", "resolvers"), 1, "409")
+    assert "resolvers" in ok(cli("ip-group", "list")).out
+
+
+def test_security_group_commands(cli):
+    sg = create(cli, "security-group", "create", "--name", "web", "--description", "front")
+    assert [r["direction"] for r in sg["rules"]] == ["egress"]
+    db = create(cli, "security-group", "create", "--name", "db")
+    ssh = create(cli, "security-group", "rule-add", "web", "--direction", "ingress",
+                 "--protocol", "tcp", "--port", "22", "--remote-ip", "192.0.2.0/24")
+    assert (ssh["protocol"], ssh["port_range_min"], ssh["port_range_max"]) == (6, 22, 22)
+    ping = create(cli, "security-group", "rule-add", "web", "--direction", "ingress",
+                  "--protocol", "icmp", "--icmp-type", "8", "--icmp-code", "0",
+                  "--remote-group", "web")
+    assert (ping["port_range_min"], ping["remote_group_id"]) == (8, sg["id"])
+    create(cli, "security-group", "rule-add", "db", "--direction", "ingress", "--protocol",
+           "tcp", "--port", "5432-5433", "--remote-group", "web")
+    r = ok(cli("security-group", "show", "web"))
+    assert "192.0.2.0/24" in r.out and "type 8 code 0" in r.out and "tcp" in r.out
+    assert sg["ingress_chain_id"] in r.out
+    rows = ok(cli("--json", "security-group", "rules", "web")).json()
+    assert len(rows) == 3
+    r = ok(cli("security-group", "list"))
+    assert r.out.splitlines()[0].split() == ["ID", "NAME", "TENANT", "RULES", "DESCRIPTION"]
+    # the generated chains are there, marked
+    r = ok(cli("chain", "list"))
+    assert "sg-web-ingress" in r.out and "yes" in r.out
+    assert ok(cli("--json", "chain", "list", "--user")).json() == []
+    assert "5432-5433" in ok(cli("chain", "rules", db["ingress_chain_id"])).out
+
+    one_error_line(cli("security-group", "rule-add", "web", "--direction", "ingress",
+                       "--ethertype", "IPv6"), 1, "(field: ethertype)")
+    one_error_line(cli("security-group", "rule-add", "web", "--direction", "ingress",
+                       "--protocol", "tcp", "--port", "22", "--remote-ip", "192.0.2.0/24"),
+                   1, "409")
+    one_error_line(cli("security-group", "rule-add", "web", "--direction", "ingress",
+                       "--icmp-type", "8"), 2, "--icmp-code")
+    one_error_line(cli("security-group", "rule-add", "web", "--direction", "up"), 2)
+    one_error_line(cli("security-group", "rule-add", "web", "--direction", "ingress",
+                       "--remote-ip", "10.0.0.0/8", "--remote-group", "db"), 2)
+    one_error_line(cli("chain", "delete", sg["ingress_chain_id"]), 1, "409")
+
+    ok(cli("security-group", "rule-delete", "web", ssh["id"]))
+    assert len(ok(cli("--json", "security-group", "rules", "web")).json()) == 2
+    ok(cli("security-group", "update", "web", "--name", "www"))
+    assert ok(cli("--json", "chain", "show", sg["ingress_chain_id"])).json()["name"] == \
+        "sg-www-ingress"
+    ok(cli("security-group", "delete", "db"))
+    one_error_line(cli("security-group", "show", "db"), 1, "no security group")
+
+
+def test_port_update_security_and_filters(cli):
+    create(cli, "bridge", "create", "--name", "net")
+    p = create(cli, "port", "create", "--bridge", "net", "--name", "vm1")
+    web = create(cli, "security-group", "create", "--name", "web")
+    create(cli, "security-group", "create", "--name", "db")
+    q = ok(cli("--json", "port", "update", p["id"], "--security-group", "web",
+               "--security-group", "db", "--port-security", "--mac", "02:00:00:00:00:01",
+               "--fixed-ip", "10.0.0.5", "--allowed-address-pair", "10.0.0.64/26",
+               "--allowed-address-pair", "10.0.0.7,02:00:00:00:00:02")).json()
+    assert len(q["security_group_ids"]) == 2 and q["port_security_enabled"] is True
+    assert q["allowed_address_pairs"][1] == {"ip_address": "10.0.0.7",
+                                             "mac_address": "02:00:00:00:00:02"}
+    assert q["inbound_filter_id"] and q["fixed_ips"] == ["10.0.0.5"]
+    r = ok(cli("port", "show", p["id"]))
+    assert "10.0.0.5" in r.out and web["id"] in r.out
+    r = ok(cli("chain", "rules", q["inbound_filter_id"]))
+    assert "return-flow" in r.out and "forward-flow" in r.out and "drop" in r.out
+    assert "10.0.0.5" in ok(cli("ip-group", "show", "sg-web")).out
+
+    mine = create(cli, "chain", "create", "--name", "mine")
+    one_error_line(cli("port", "update", p["id"], "--inbound-filter", "mine"), 1, "409",
+                   "(field: inbound_filter_id)")
+    q = ok(cli("--json", "port", "update", p["id"], "--no-security-groups",
+               "--no-port-security", "--no-allowed-address-pairs", "--inbound-filter",
+               "mine")).json()
+    assert (q["security_group_ids"], q["inbound_filter_id"], q["outbound_filter_id"]) == \
+        ([], mine["id"], None)
+    q = ok(cli("--json", "port", "update", p["id"], "--no-inbound-filter",
+               "--outbound-filter", mine["id"])).json()
+    assert (q["inbound_filter_id"], q["outbound_filter_id"]) == (None, mine["id"])
+    ok(cli("bridge", "update", "net", "--inbound-filter", "mine"))
+    assert ok(cli("--json", "bridge", "show", "net")).json()["inbound_filter_id"] == mine["id"]
+    create(cli, "router", "create", "--name", "r1")
+    ok(cli("router", "update", "r1", "--outbound-filter", "mine"))
+    assert mine["id"] in ok(cli("router", "show", "r1")).out
+    ok(cli("router", "update", "r1", "--no-outbound-filter"))
+    assert ok(cli("--json", "router", "show", "r1")).json()["outbound_filter_id"] is None
+    one_error_line(cli("chain", "delete", "mine"), 1, "409")
+
+    # port security on a port filtering through a user chain
+    one_error_line(cli("port", "update", p["id"], "--port-security"), 1, "409",
+                   "(field: port_security_enabled)")
+    one_error_line(cli("port", "update", p["id"]), 2, "nothing to update")
+    one_error_line(cli("port", "update", p["id"], "--fixed-ip", "1.2.3.4", "--no-fixed-ips"),
+                   2, "not allowed")
+    one_error_line(cli("port", "update", p["id"], "--security-group", "nope"), 1,
+                   "no security group")
+    v = create(cli, "port", "create", "--bridge", "net", "--mac", "02:00:00:00:00:09",
+               "--fixed-ip", "10.0.0.9", "--security-group", "web", "--port-security")
+    assert v["port_security_enabled"] is True and v["inbound_filter_id"]

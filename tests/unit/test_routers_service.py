@@ -48,7 +48,8 @@ def test_router_crud(service, topo):
     r1 = service.get_router(topo["r1"]["id"])
     assert r1["name"] == "r1" and r1["tenant_id"] == "t1" and r1["admin_state_up"] is True
     assert r1["port_ids"] == [topo["ra"]["id"], topo["rb"]["id"], topo["up"]["id"]]
-    assert set(r1) == {"id", "name", "tenant_id", "admin_state_up", "port_ids", "version"}
+    assert set(r1) == {"id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
+                        "outbound_filter_id", "version"}
     assert [r["name"] for r in service.list_routers()] == ["r1", "r2"]
     assert [r["name"] for r in service.list_routers(tenant_id="t2")] == ["r2"]
     assert service.list_routers(tenant_id="nobody") == []
