@@ -101,7 +101,8 @@ def run(args) -> int:
         report.check(got == 0, "isolation: tenant A cannot reach 10.0.0.9, which exists only "
                      "in tenant B", f"{got}/{sent} replies")
         del extra
-        route_checks(mc, report, vms)
+        router = route_checks(mc, report, vms)
+        nat_checks(mc, report, vms, router)
         print("\nHosts as `midoflow status` shows them:")
         cli_main(["--api", mc.api.base_url, "status"])
         print("\nFlows each agent installed from its simulations (table 1):")
@@ -169,6 +170,61 @@ def route_checks(mc, report: Report, vms: dict[str, list]) -> None:
     sent, got_n = ping(b1, "10.1.0.9", count=2)
     report.check(got_n == 0, "isolation: tenant B (same 10.0.0.0/24, no router) cannot reach "
                  "tenant A's 10.1.0.9", f"{got_n}/{sent} replies")
+    return r
+
+
+def nat_checks(mc, report: Report, vms: dict[str, list], router: str) -> None:
+    """An uplink from tenant A's router to an "internet" namespace: SNAT for
+    every VM (decided at its own host, ports from blocks that host leased),
+    and a floating IP for a2 (inbound DNAT, outbound SNAT)."""
+    from topologies.cloud import ping, whoami, whoami_server
+
+    public, fip, ext_ip = "203.0.113.10", "203.0.113.20", "198.51.100.254"
+    progress("tenant A: an uplink to the internet, SNAT to 203.0.113.10, floating IP "
+             "203.0.113.20 for a2")
+    up = mc.router_port(router, "198.51.100.1/24", "02:aa:00:00:00:09", interior=False,
+                        name="uplink")
+    mc.route(router, "0.0.0.0/0", up, ext_ip)
+    mc.route(router, "203.0.113.0/24", type="blackhole")
+    a2 = vms["tenant-a"][1]
+    pre = mc.chain("tenant-a-in", [
+        {"action": "dnat", "nw_dst": f"{fip}/32",
+         "nat_targets": [{"addr_from": "10.0.0.2", "addr_to": "10.0.0.2"}]},
+        {"action": "rev_snat"}])
+    post = mc.chain("tenant-a-out", [
+        {"action": "snat", "out_ports": [up], "nw_src": "10.0.0.2/32",
+         "nat_targets": [{"addr_from": fip, "addr_to": fip}]},
+        {"action": "snat", "out_ports": [up],
+         "nat_targets": [{"addr_from": public, "addr_to": public, "port_from": 1024,
+                          "port_to": 65535}]}])
+    mc.api.request("PUT", f"/routers/{router}", {"inbound_filter_id": pre,
+                                                 "outbound_filter_id": post})
+    inet = mc.external(mc.hosts[0], up, "internet", f"{ext_ip}/24", "02:00:00:00:0e:fe",
+                       routes=(("203.0.113.0/24", "198.51.100.1"),))
+    progress("  the internet: a namespace on h1's uplink, 198.51.100.254")
+    server = whoami_server(inet, 8080)
+    try:
+        seen = []
+        for vm in (vms["tenant-a"][0], vms["tenant-a"][2]):
+            ping(vm, ext_ip, count=1)  # the router learns the gateway on the way
+            got = whoami(vm, ext_ip, 8080)
+            seen.append((vm, got))
+        ok = all(g.startswith(public + ":") for _, g in seen) and \
+            len({g for _, g in seen}) == len(seen)
+        report.check(ok, "SNAT: VMs on h1 and h3 reach the internet as one address, "
+                     "distinct ports", ", ".join(f"{vm.vm_name} seen as {g}" for vm, g in seen))
+        got = whoami(a2, ext_ip, 8080)
+        report.check(got.startswith(fip + ":"), "floating IP: a2's own traffic leaves with "
+                     "203.0.113.20", f"the internet saw {got}")
+    finally:
+        server.kill()
+    server = whoami_server(a2, 8081)
+    try:
+        got = whoami(inet, fip, 8081)
+        report.check(got.startswith(ext_ip + ":"), "floating IP: the internet reaches a2 at "
+                     "203.0.113.20 (h2)", f"a2 saw the connection come from {got}")
+    finally:
+        server.kill()
 
 
 def keep(mc) -> None:

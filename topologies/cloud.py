@@ -618,6 +618,35 @@ def iperf_tcp(vm_a: Host, vm_b: Host, seconds: float = 2, port: int = 5201) -> f
             server.wait(timeout=2)
 
 
+_WHOAMI_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, a = s.accept()
+    c.sendall(f"{a[0]}:{a[1]}\\n".encode())
+    c.close()
+"""
+_WHOAMI_CLIENT = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                  "timeout=5); print(s.recv(64).decode().strip())")
+
+
+def whoami_server(node, port: int) -> subprocess.Popen:
+    """A TCP server in ``node`` that tells each client the address it came
+    from ("ip:port"): what NAT did to it. Kill the returned process."""
+    proc = node.popen(["python3", "-u", "-c", _WHOAMI_SERVER, str(port)])
+    _wait(lambda: f":{port}" in node.cmd(f"ss -ltnH 'sport = :{port}'"), 5,
+          f"a TCP server on port {port} in {node.name}")
+    return proc
+
+
+def whoami(node, ip: str, port: int) -> str:
+    """Connect from ``node``: the "ip:port" the server saw, or the error text."""
+    return node.cmd(f"python3 -c '{_WHOAMI_CLIENT}' {ip} {port}").strip()
+
+
 def tunnel_key(vm: Host) -> int:
     """The static tunnel key naming a VM's port (used by install_static_l2_flows)."""
     return getattr(vm, "tun_key", 0)

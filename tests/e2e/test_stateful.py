@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from topologies.cloud import ping
+from topologies.cloud import ping, whoami, whoami_server
 from topologies.midocloud import wait_for
 
 pytestmark = pytest.mark.e2e_stateful
@@ -18,35 +18,13 @@ pytestmark = pytest.mark.e2e_stateful
 PUBLIC = "203.0.113.10"
 FIP = "203.0.113.20"
 EXT = "198.51.100.254"
-SERVER = """
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-while True:
-    c, a = s.accept()
-    c.sendall(f"{a[0]}:{a[1]}\\n".encode())
-    c.close()
-"""
-CLIENT = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
-          "timeout=5); print(s.recv(64).decode().strip())")
 
 
 def mac(n: int) -> str:
     return f"02:00:00:0e:00:{n:02x}"
 
 
-def serve(node, port: int):
-    proc = node.popen(["python3", "-u", "-c", SERVER, str(port)])
-    wait_for(lambda: f":{port}" in node.cmd(f"ss -ltnH 'sport = :{port}'"), 5,
-             f"a TCP server on port {port}")
-    return proc
-
-
-def connect(node, ip: str, port: int) -> str:
-    """The address the server saw us come from ("ip:port"), or the error."""
-    return node.cmd(f"python3 -c '{CLIENT}' {ip} {port}").strip()
+serve, connect = whoami_server, whoami
 
 
 @pytest.fixture(scope="module")
