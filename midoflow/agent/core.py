@@ -100,6 +100,10 @@ ARP_REWRITE_SECONDS = 60.0
 # A MAC or ARP entry being written is not written again before this (also the
 # back-off after a failed write).
 LEARN_RETRY_SECONDS = 1.0
+# Buffered flow state is filed when this many entries wait (and every
+# STATE_FLUSH_SECONDS by the agent's loop).
+STATE_FLUSH_ENTRIES = 256
+STATE_FLUSH_SECONDS = 0.05
 
 
 class TokenBucket:
@@ -163,6 +167,9 @@ class AgentCore:
         self.ct_cookies: dict[int, tuple[ConnKey, ...]] = {}
         self.cache.conntrack = lambda key: self.ct.is_return(key, self.clock())
         self.flow_state = flow_state or LocalFlowState()
+        self._unsaved: dict[str, list[Entry]] = {}  # port -> entries to file
+        self._unsaved_n = 0
+        self._flushing = False
         # NAT: bindings of connections through this host, ports from leased blocks.
         self.nat = NatTable()
         self.nat_until: dict[NatBinding, float] = {}
@@ -416,7 +423,7 @@ class AgentCore:
         ports = (in_port, *result.out_ports)
         entries = [Entry(CONNTRACK, k.encode()) for k in rets]
         entries += [Entry(NAT, b.encode()) for b in result.nat]
-        self.spawn(self._save_state, ports, entries)
+        self._buffer_state(ports, entries)
         return pushes
 
     def _state_ports(self, result: Result) -> set[str]:
@@ -436,12 +443,32 @@ class AgentCore:
             LOG.warning("SNAT: %s", e)
             return None
 
-    def _save_state(self, ports, entries) -> None:
-        try:
-            self.flow_state.save(ports, entries, int(IDLE_SECONDS))
-        except Exception as e:  # the store is for recovery: forwarding goes on
-            self.stats["state_save_failed"] = self.stats.get("state_save_failed", 0) + 1
-            LOG.warning("cannot file flow state for %s: %s", ",".join(ports), e)
+    def _buffer_state(self, ports, entries) -> None:
+        """Flow state waits here to be filed in the store, grouped by port:
+        one write per port for many connections (the Python driver costs about
+        a millisecond of CPU per request). The push to the peers, which the
+        reply needs, has already gone."""
+        for p in ports:
+            self._unsaved.setdefault(p, []).extend(entries)
+        self._unsaved_n += len(entries)
+        if self._unsaved_n >= STATE_FLUSH_ENTRIES and not self._flushing:
+            self._flushing = True
+            self.spawn(self.flush_state)
+
+    def flush_state(self) -> int:
+        """File the buffered flow state (called often by the agent's loop)."""
+        pending, self._unsaved, self._unsaved_n = self._unsaved, {}, 0
+        self._flushing = False
+        n = 0
+        for port, entries in pending.items():
+            try:
+                self.flow_state.save((port,), entries, int(IDLE_SECONDS))
+                n += len(entries)
+            except Exception as e:  # the store is for recovery: forwarding goes on
+                self.stats["state_save_failed"] = self.stats.get("state_save_failed", 0) + 1
+                LOG.warning("cannot file flow state for port %s: %s", port, e)
+        self.stats["state_saved"] = self.stats.get("state_saved", 0) + n
+        return n
 
     def receive_state(self, frame: bytes) -> int:
         """Flow state pushed by another host's agent; returns keys installed."""

@@ -25,7 +25,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from midoflow.agent.config import AgentConfig
-from midoflow.agent.core import AgentCore, BindingChange, Frames
+from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
 from midoflow.agent.flowstate_client import make_flow_state
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.model import STATE_TUNNEL_KEY
@@ -74,6 +74,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         thread = super().start()
         self.core.start()
         self.threads.append(hub.spawn(self._ovsdb_loop))
+        self.threads.append(hub.spawn(self._state_loop))
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
         return thread
 
@@ -86,11 +87,22 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _terminate(self, _signum, _frame):
         LOG.info("SIGTERM: closing the ZooKeeper session and exiting")
         try:
+            self.core.flush_state()
             self.store.close()
             self.core.flow_state.close()
         finally:
             logging.shutdown()
             os._exit(0)
+
+    def _state_loop(self):
+        """File buffered flow state in the store, behind the packets."""
+        while self.is_active:
+            hub.sleep(STATE_FLUSH_SECONDS)
+            if self.core._unsaved:
+                try:
+                    self.core.flush_state()
+                except Exception:
+                    LOG.exception("filing flow state failed")
 
     # ---- OVSDB ------------------------------------------------------------
     def _ovsdb_loop(self):

@@ -90,7 +90,9 @@ def test_return_key_is_pushed_first_and_admits_the_reply(world):
     assert h1.receive_state(push.frame) == 1
     r = h1.handle_miss(5, REPLY)
     assert r.actions == [Tunnel(12, "10.0.0.2", 1)]
-    # filed under both ports for recovery
+    # filed under both ports for recovery, behind the packet
+    assert state.load("p1") == []
+    assert h2.flush_state() == 2
     assert [e.key for e in state.load("p1")] == [keys[0].encode()]
     assert [e.key for e in state.load("p2")] == [keys[0].encode()]
 
@@ -99,6 +101,7 @@ def test_a_restarted_agent_recovers_its_connections_from_the_store(world):
     agents, state = world
     d = agents["h2"].handle_miss(5, OUT)
     assert d.pushes
+    agents["h2"].flush_state()
     # h1's agent restarts: empty conntrack, then p1 is bound again
     fresh = AgentCore(cfg("h1"), agents["h1"].store, flow_state=state)
     fresh.start()
