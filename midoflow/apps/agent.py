@@ -203,12 +203,15 @@ class MidoflowAgent(app_manager.OSKenApp):
             dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
                                        in_port=ofp.OFPP_CONTROLLER, data=push.frame,
                                        actions=pipeline.output_actions(dp, push.actions)))
-        icmp_id = next((r.value for r in decision.rewrites if r.field == "icmp_id"), None)
-        if icmp_id is not None:  # OpenFlow cannot set it: rewrite the packet itself
-            try:
-                data, buffer_id = frames.set_icmp_id(data, int(icmp_id)), None
-            except frames.FrameError:
-                return
+        try:  # what OpenFlow cannot set is rewritten in the packet itself
+            for r in decision.rewrites:
+                if r.field == "icmp_id":
+                    data, buffer_id = frames.set_icmp_id(data, int(r.value)), None
+                elif r.field in ("icmp_inner_src", "icmp_inner_dst"):
+                    data = frames.set_icmp_inner(data, r.field[-3:], str(r.value))
+                    buffer_id = None
+        except frames.FrameError:
+            return
         actions = pipeline.actions_for(dp, decision)
         if decision.install:
             flow = pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout, actions)

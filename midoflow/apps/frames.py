@@ -4,6 +4,8 @@ and requests, ICMP echo replies and errors)."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp, udp
@@ -54,6 +56,10 @@ def parse(frame: bytes) -> dict[str, Any]:
                 f.update(tp_src=ic.type, tp_dst=ic.code)
                 if ic.type in (0, 8) and isinstance(ic.data, icmp.echo):
                     f["icmp_id"] = ic.data.id
+                elif ic.type in (3, 11) and ic.data is not None:
+                    inner = _quoted(bytes(ic.data.data or b""))
+                    if inner is not None:
+                        f["icmp_inner"] = inner
     elif eth.ethertype == ETH_ARP:
         a = pkt.get_protocol(arp.arp)
         if a is None:
@@ -61,6 +67,64 @@ def parse(frame: bytes) -> dict[str, Any]:
         f.update(arp_op=a.opcode, arp_sha=a.src_mac.lower(), arp_spa=a.src_ip,
                  arp_tha=a.dst_mac.lower(), arp_tpa=a.dst_ip)
     return f
+
+
+def _quoted(data: bytes) -> tuple[int, str, int, str, int] | None:
+    """(proto, src, sport, dst, dport) of the packet an ICMP error quotes."""
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    proto = data[9]
+    src, dst = socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])
+    sport = dport = 0
+    if proto in (6, 17):
+        if len(data) < ihl + 4:
+            return None
+        sport, dport = struct.unpack("!HH", data[ihl:ihl + 4])
+    return proto, src, sport, dst, dport
+
+
+def set_icmp_inner(frame: bytes, which: str, addr: str) -> bytes:
+    """Rewrite the source ("src") or destination ("dst") address and port of
+    the packet an ICMP error quotes ("ip:port"); checksums updated."""
+    pkt = packet.Packet(frame)
+    ic = pkt.get_protocol(icmp.icmp)
+    if ic is None or ic.data is None or not ic.data.data:
+        raise FrameError("not an ICMP error with a quoted packet")
+    q = bytearray(ic.data.data)
+    if len(q) < 20:
+        raise FrameError("the quoted packet is too short")
+    ip, _, port = addr.rpartition(":")
+    ihl = (q[0] & 0x0F) * 4
+    off = 12 if which == "src" else 16
+    q[off:off + 4] = socket.inet_aton(ip)
+    if q[9] in (6, 17) and len(q) >= ihl + 4:
+        poff = ihl if which == "src" else ihl + 2
+        q[poff:poff + 2] = struct.pack("!H", int(port))
+        if q[9] == 17 and len(q) >= ihl + 8:
+            q[ihl + 6:ihl + 8] = b"\0\0"  # a UDP checksum of 0 means "none"
+    q[10:12] = b"\0\0"
+    q[10:12] = struct.pack("!H", _ip_checksum(bytes(q[:ihl])))
+    body = icmp.TimeExceeded(data=bytes(q)) if ic.type == icmp.ICMP_TIME_EXCEEDED \
+        else icmp.dest_unreach(data=bytes(q))
+    out = packet.Packet()
+    for proto in pkt.protocols:
+        if isinstance(proto, icmp.icmp):
+            out.add_protocol(icmp.icmp(type_=ic.type, code=ic.code, data=body))
+            break
+        if isinstance(proto, ipv4.ipv4):
+            proto.csum = 0
+            proto.total_length = 0
+        out.add_protocol(proto)
+    out.serialize()
+    return bytes(out.data)
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def set_icmp_id(frame: bytes, ident: int) -> bytes:

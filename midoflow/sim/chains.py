@@ -278,10 +278,36 @@ def _nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
     return RULE_ACCEPT, _translate(b, pkt, which, binding.xlated)
 
 
+def _rev_nat_icmp_error(view: TopologyView, kind: str, pkt: Packet, ctx: Context,
+                        b: _Builder, label: str) -> Packet | None:
+    """An ICMP error about a translated connection (its quoted packet is one
+    we sent, translated): the error goes back to the original host, and the
+    quoted packet shows the original address, as the host sent it."""
+    proto, isrc, isport, idst, idport = pkt.icmp_inner
+    sent = ConnKey(ctx.ct_device, proto, isrc, isport, idst, idport)
+    binding = view.nat_reverse(kind, sent.reverse())
+    b.cacheable = False  # the quoted packet is rewritten in the agent, and errors are rare
+    if binding is None:
+        return None
+    which = "dst" if kind == SNAT else "src"
+    inner = "icmp_inner_src" if kind == SNAT else "icmp_inner_dst"
+    b.rewrites.append(Rewrite(inner, f"{binding.orig[0]}:{binding.orig[1]}"))
+    b.step("chain", ctx.ct_device, f"{label}: ICMP error about a translated connection: back "
+                                   f"to {binding.orig[0]}:{binding.orig[1]}")
+    out = pkt.evolve(icmp_inner=(proto, *binding.orig, idst, idport) if kind == SNAT
+                     else (proto, isrc, isport, *binding.orig))
+    if getattr(out, f"ip_{which}") != binding.orig[0]:
+        b.rewrites.append(Rewrite(f"ip_{which}", binding.orig[0]))
+        out = out.evolve(**{f"ip_{which}": binding.orig[0]})
+    return out
+
+
 def _rev_nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
              label: str) -> Packet | None:
     """A reply of a translated connection: restore the original address."""
     kind = SNAT if rule.action == RULE_REV_SNAT else DNAT
+    if pkt.icmp_inner is not None:
+        return _rev_nat_icmp_error(view, kind, pkt, ctx, b, label)
     key = ConnKey.of(ctx.ct_device, pkt)
     if key is None:
         return None

@@ -54,6 +54,8 @@ class Packet:
     arp_tpa: str | None = None
     tcp_flags: int | None = None
     icmp_id: int | None = None  # ICMP echo request/reply identifier
+    # An ICMP error's quoted packet: (proto, src, sport, dst, dport).
+    icmp_inner: tuple[int, str, int, str, int] | None = None
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)

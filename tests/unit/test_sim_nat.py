@@ -180,3 +180,43 @@ def test_set_icmp_id_rewrites_the_frame():
     q.get_protocol(icmp.icmp).csum = 0
     q.serialize()
     assert bytes(q.data)[-16:] == out[-16:]
+
+
+def test_icmp_errors_about_a_translated_connection_are_translated_back():
+    t = nat_topo()
+    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
+    _commit(t, r)
+    (b,) = r.nat
+    # a router out there says the port is unreachable, quoting what it got
+    err = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="198.51.100.77",
+                 ip_dst=PUBLIC, ip_proto=PROTO_ICMP, tp_src=3, tp_dst=3,
+                 icmp_inner=(PROTO_TCP, PUBLIC, b.xlated[1], "8.8.8.8", 80))
+    r = simulate(t.v, err, NOW)
+    assert r.out_ports == ("p1",) and not r.cacheable
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert rw["ip_dst"] == "192.168.1.10" and rw["icmp_inner_src"] == "192.168.1.10:1000"
+    # an error quoting a connection we never translated goes nowhere
+    stray = err.evolve(icmp_inner=(PROTO_TCP, PUBLIC, 9, "8.8.8.8", 80))
+    assert simulate(t.v, stray, NOW).dropped
+
+
+def test_set_icmp_inner_rewrites_the_quoted_packet():
+    from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp
+
+    from midoflow.apps import frames
+
+    q = packet.Packet()
+    q.add_protocol(ipv4.ipv4(src=PUBLIC, dst="8.8.8.8", proto=6))
+    q.add_protocol(tcp.tcp(src_port=2000, dst_port=80))
+    q.serialize()
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst=UPLINK_MAC, src=EXT_GW, ethertype=0x800))
+    p.add_protocol(ipv4.ipv4(src="198.51.100.77", dst=PUBLIC, proto=1))
+    p.add_protocol(icmp.icmp(type_=3, code=3, data=icmp.dest_unreach(data=bytes(q.data)[:28])))
+    p.serialize()
+    f = frames.parse(bytes(p.data))
+    assert f["icmp_inner"] == (6, PUBLIC, 2000, "8.8.8.8", 80)
+    out = frames.set_icmp_inner(bytes(p.data), "src", "192.168.1.10:1000")
+    assert frames.parse(out)["icmp_inner"] == (6, "192.168.1.10", 1000, "8.8.8.8", 80)
+    inner = packet.Packet(out).get_protocol(icmp.icmp).data.data
+    assert frames._ip_checksum(inner[:20]) == 0  # the quoted header's checksum holds
