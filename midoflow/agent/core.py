@@ -21,7 +21,7 @@ from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, STATE_TUNNEL_KEY
 from midoflow.nat import statewire
 from midoflow.nat.allocator import NatAllocator, NatExhausted
 from midoflow.nat.bindings import NatBinding, NatTable
-from midoflow.nat.conntrack import IDLE_SECONDS, ConnKey, ConnTrackTable
+from midoflow.nat.conntrack import IDLE_SECONDS, TCP_FIN, TCP_RST, ConnKey, ConnTrackTable
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore, LocalFlowState
 from midoflow.sim.packet import Packet
 from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
@@ -104,6 +104,8 @@ LEARN_RETRY_SECONDS = 1.0
 # STATE_FLUSH_SECONDS by the agent's loop).
 STATE_FLUSH_ENTRIES = 256
 STATE_FLUSH_SECONDS = 0.05
+# At most this many entries wait while the flow-state store is unreachable.
+STATE_HOLD_MAX = 100_000
 
 
 class TokenBucket:
@@ -380,6 +382,13 @@ class AgentCore:
         decision = self._decide(result, pkt, frame)
         if pkt.ip_frag:  # flows cannot tell fragments apart: decide each one here
             decision.install = False
+        closing = pkt.tcp_flags is not None and pkt.tcp_flags & (TCP_FIN | TCP_RST)
+        if closing:  # a FIN or RST of a connection whose flow is installed already
+            decision.install = False
+            decision.pushes = self._closing(result, pkt.tcp_flags)
+            if not decision.actions:
+                self.stats["dropped"] += 1
+            return decision
         if result.wait_arp is not None and frame is not None:
             self._hold(result.wait_arp, ofport, frame)
         if decision.install:
@@ -400,6 +409,31 @@ class AgentCore:
         return decision
 
     # ---- connection tracking ------------------------------------------------
+    def _closing(self, result: Result, flags: int) -> list[Emit]:
+        """A FIN or RST: close the connection here, and tell the hosts that
+        track it too (each sees only its own side's segments)."""
+        now = self.clock()
+        seen = [*result.conntrack, *(k for k in result.ct_hits if isinstance(k, ConnKey))]
+        for k in seen:
+            self.ct.tcp_flags(k, flags, now)
+        if not seen:
+            return []
+        frame = statewire.encode([], int(self.ct.idle), closing=[(k, flags) for k in seen])
+        return self._to_hosts(frame, self._state_ports(result))
+
+    def _to_hosts(self, frame: bytes, ports) -> list[Emit]:
+        hosts = {self.cache.port_hosts.get(p) for p in ports}
+        hosts.discard(None)
+        hosts.discard(self.cfg.host_id)
+        out = []
+        for host in sorted(hosts):
+            route = self.cache.tunnel_to(self.cfg.host_id, host)
+            ofport = self.tunnel_ofports.get("gre" if route and route[1] == TUNNEL_GRE
+                                             else "vxlan")
+            if route is not None and ofport is not None:
+                out.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, route[0], ofport)]))
+        return out
+
     def _track(self, result: Result, in_port: str) -> list[Emit]:
         """Track the connections a packet opens and tell every host that may
         see a reply, before the packet leaves ("zero-delay"): the hosts of
@@ -407,18 +441,8 @@ class AgentCore:
         now = self.clock()
         rets = [self.ct.track(fwd, now) for fwd in result.conntrack]
         self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
-        hosts = {self.cache.port_hosts.get(p) for p in self._state_ports(result)}
-        hosts.discard(None)
-        hosts.discard(self.cfg.host_id)
-        pushes = []
         frame = statewire.encode(rets, int(self.ct.idle), list(result.nat))
-        for host in sorted(hosts):
-            route = self.cache.tunnel_to(self.cfg.host_id, host)
-            ofport = self.tunnel_ofports.get("gre" if route and route[1] == TUNNEL_GRE
-                                             else "vxlan")
-            if route is None or ofport is None:
-                continue
-            pushes.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, route[0], ofport)]))
+        pushes = self._to_hosts(frame, self._state_ports(result))
         self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(pushes)
         ports = (in_port, *result.out_ports)
         entries = [Entry(CONNTRACK, k.encode()) for k in rets]
@@ -466,14 +490,29 @@ class AgentCore:
                 n += len(entries)
             except Exception as e:  # the store is for recovery: forwarding goes on
                 self.stats["state_save_failed"] = self.stats.get("state_save_failed", 0) + 1
-                LOG.warning("cannot file flow state for port %s: %s", port, e)
+                self._keep_unsaved(port, entries)
+                LOG.warning("cannot file flow state for port %s (kept for a retry): %s",
+                            port, e)
         self.stats["state_saved"] = self.stats.get("state_saved", 0) + n
         return n
+
+    def _keep_unsaved(self, port: str, entries: list[Entry]) -> None:
+        """Hold what the store refused for the next flush, up to a bound (the
+        oldest go first: their connections are the likeliest to be gone)."""
+        held = self._unsaved.setdefault(port, [])
+        held[:0] = entries
+        self._unsaved_n += len(entries)
+        excess = self._unsaved_n - STATE_HOLD_MAX
+        if excess > 0:
+            drop = min(excess, len(held))
+            del held[:drop]
+            self._unsaved_n -= drop
+            self.stats["state_dropped"] = self.stats.get("state_dropped", 0) + drop
 
     def receive_state(self, frame: bytes) -> int:
         """Flow state pushed by another host's agent; returns keys installed."""
         try:
-            keys, nat, ttl = statewire.decode_all(frame)
+            keys, nat, closing, ttl = statewire.decode_full(frame)
         except ValueError as e:
             self.stats["malformed"] += 1
             LOG.warning("bad flow-state message: %s", e)
@@ -484,6 +523,8 @@ class AgentCore:
         for b in nat:
             self.nat.add(b)
             self.nat_until[b] = max(self.nat_until.get(b, 0.0), now + ttl)
+        for k, flags in closing:
+            self.ct.tcp_flags(k, flags, now)
         self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys) + len(nat)
         return len(keys) + len(nat)
 
@@ -517,7 +558,15 @@ class AgentCore:
         uses); give their SNAT ports back."""
         keep = {k for keys in self.ct_cookies.values() for k in keys}
         now = self.clock()
-        gone = len(self.ct.expire(now, keep))
+        expired = set(self.ct.expire(now, keep))
+        gone = len(expired)
+        if expired:  # closed connections: their flows go with them
+            dead = {c for c, keys in self.ct_cookies.items() if expired & set(keys)}
+            for c in dead:
+                self.flows.remove(c)
+                self.ct_cookies.pop(c, None)
+            if dead:
+                self.on_invalidate(dead)
         for b, until in list(self.nat_until.items()):
             if ("nat", b) in keep:
                 self.nat_until[b] = max(until, now + IDLE_SECONDS)
@@ -642,15 +691,16 @@ class AgentCore:
                 continue
             try:
                 table = paths.arp_table(router_id)
-                for name in self.store.list_state(table):
-                    e = paths.parse_arp_entry(name)
-                    if e and e[0] == ip:
-                        self.store.delete_state(f"{table}/{name}")
                 name = paths.arp_entry(router_id, ip, mac, now).rsplit("/", 1)[1]
-                self._mine = {n for n in self._mine
-                              if not (isinstance(n, str) and n.startswith(ip + ","))}
+                # the new entry first, then the old ones: never a moment without
                 self.store.put_state(paths.arp_entry(router_id, ip, mac, now), {},
                                      ephemeral=True)
+                for old in self.store.list_state(table):
+                    e = paths.parse_arp_entry(old)
+                    if e and e[0] == ip and old != name:
+                        self.store.delete_state(f"{table}/{old}")
+                self._mine = {n for n in self._mine
+                              if not (isinstance(n, str) and n.startswith(ip + ","))}
                 self._mine.add(name)
                 self._writing.pop((router_id, ip, mac), None)
             except MidoflowError as e:  # the claim stays: no retry for a while

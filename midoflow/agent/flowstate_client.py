@@ -31,8 +31,8 @@ class LazyCassandra(FlowStateStore):
             return self._store
         now = time.monotonic()
         if now < self._next_try:
-            raise FlowStateUnavailable(f"Cassandra at {self.hosts} unreachable; retrying in "
-                                       f"{self._next_try - now:.0f} s")
+            raise FlowStateUnavailable(f"Cassandra at {self.hosts} unreachable; next try in "
+                                       f"{max(1.0, self._next_try - now):.0f} s")
         from midoflow.store.cassandra_flowstate import CassandraFlowState
 
         try:

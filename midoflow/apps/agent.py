@@ -80,6 +80,8 @@ class MidoflowAgent(app_manager.OSKenApp):
 
     def stop(self):
         try:
+            self.core.flush_state()
+            self.core.flow_state.close()
             self.store.close()
         finally:
             super().stop()

@@ -8,6 +8,7 @@ Table 0 (CLASSIFY)
       (egress delivery by key alone: the ingress host already simulated it);
     * anything else is dropped.
 Table 1 (SIMULATED)
+    * TCP FIN and RST segments go to the controller (they close connections);
     * IPv4 packets with a TTL below ``LOW_TTL`` always go to the controller
       (OpenFlow cannot match "TTL > n", and a router on the path may have to
       answer with ICMP time exceeded: traceroute works, nothing expires in OVS);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from midoflow.agent.core import Decision, Output, Tunnel
 from midoflow.model import STATE_TUNNEL_KEY
+from midoflow.nat.conntrack import TCP_FIN, TCP_RST
 from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import Rewrite
 
@@ -30,6 +32,7 @@ PRIO_MISS = 0
 PRIO_CLASSIFY = 100
 PRIO_SIMULATED = 100
 PRIO_LOW_TTL = 200
+PRIO_TCP_CLOSE = 150
 PRIO_STATE = 300
 # More routers than this in one simulated flow is impossible (MAX_DEVICES).
 LOW_TTL = 8
@@ -93,7 +96,12 @@ def base_flows(dp) -> list:
                      p.OFPMatch(_ordered_fields=[("eth_type", ETH_IP), ("nw_ttl", t)]), to_ctl)
                for t in range(LOW_TTL)]
     state = _flow(dp, TABLE_CLASSIFY, PRIO_STATE, p.OFPMatch(tunnel_id=STATE_TUNNEL_KEY), to_ctl)
-    return [wipe, drop, miss, *low_ttl, state]
+    # TCP FIN and RST always reach the agent (forwarded by packet-out): they
+    # close tracked connections, which a flow would never tell it.
+    close = [_flow(dp, TABLE_SIMULATED, PRIO_TCP_CLOSE, p.OFPMatch(_ordered_fields=[
+        ("eth_type", ETH_IP), ("ip_proto", PROTO_TCP), ("tcp_flags", (bit, bit))]), to_ctl)
+        for bit in (TCP_FIN, TCP_RST)]
+    return [wipe, drop, miss, *low_ttl, state, *close]
 
 
 def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int]) -> list:

@@ -16,23 +16,35 @@ DST_MAC = bytes.fromhex("02000000fe02")
 MAX_KEYS = 256
 
 
-def encode(keys: list[ConnKey], ttl: int, nat: list[NatBinding] = ()) -> bytes:
+def encode(keys: list[ConnKey], ttl: int, nat: list[NatBinding] = (),
+           closing: list[tuple[ConnKey, int]] = ()) -> bytes:
+    """``keys``: return keys to install; ``closing``: (key as seen, TCP flags)
+    of FIN or RST segments, so both ends' hosts see both halves close."""
     msg = {"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl}
     if nat:
         msg["nat"] = [b.encode() for b in nat[:MAX_KEYS]]
+    if closing:
+        msg["close"] = [[k.encode(), f] for k, f in closing[:MAX_KEYS]]
     body = json.dumps(msg, separators=(",", ":")).encode()
     return DST_MAC + SRC_MAC + ETHERTYPE.to_bytes(2, "big") + MAGIC + body
 
 
 def decode_all(frame: bytes) -> tuple[list[ConnKey], list[NatBinding], int]:
     """Return keys, NAT bindings and their TTL; ValueError on anything else."""
+    keys, nat, _closing, ttl = decode_full(frame)
+    return keys, nat, ttl
+
+
+def decode_full(frame: bytes):
+    """(return keys, NAT bindings, closing (key, flags) pairs, TTL)."""
     keys, ttl = decode(frame)
     try:
         msg = json.loads(frame[18:].rstrip(b"\x00"))
         nat = [NatBinding.decode(b) for b in msg.get("nat", [])[:MAX_KEYS]]
+        closing = [(ConnKey.decode(k), int(f)) for k, f in msg.get("close", [])[:MAX_KEYS]]
     except (TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"bad flow-state payload: {e}") from None
-    return keys, nat, ttl
+    return keys, nat, closing, ttl
 
 
 def decode(frame: bytes) -> tuple[list[ConnKey], int]:

@@ -128,3 +128,48 @@ def test_state_lives_while_a_flow_uses_it(world):
     assert h1.expire_state() == 0  # idle from now on...
     h1.clock = lambda: later + 61
     assert h1.expire_state() == 1  # ...and gone an idle timeout later
+
+
+def test_fin_both_ways_closes_on_both_hosts_and_its_flows_go(world):
+    agents, _ = world
+    h1, h2 = agents["h1"], agents["h2"]
+    h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
+    reply = h1.handle_miss(5, REPLY)
+    assert reply.install
+    removed = set()
+    h1.on_invalidate = removed.update
+    # p2's VM closes: its FIN is seen at h2, whose agent tells h1
+    fin = h2.handle_miss(5, {**OUT, "tcp_flags": 0x11})
+    assert not fin.install and fin.actions == [Tunnel(11, "10.0.0.1", 1)]
+    (note,) = fin.pushes
+    h1.receive_state(note.frame)
+    # p1's VM closes too: its FIN at h1
+    fin2 = h1.handle_miss(5, {**REPLY, "tcp_flags": 0x11})
+    assert not fin2.install and fin2.actions == [Tunnel(12, "10.0.0.2", 1)]
+    later = time.time() + 11
+    h1.clock = lambda: later
+    assert h1.expire_state() >= 1  # closed: gone after the closing time, flow or not
+    assert reply.cookie in removed  # and the reply's flow with it
+    assert h1.handle_miss(5, REPLY).actions == []
+
+
+def test_rst_closes_at_once(world):
+    agents, _ = world
+    h1, h2 = agents["h1"], agents["h2"]
+    h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
+    h1.handle_miss(5, {**REPLY, "tcp_flags": 0x04})
+    later = time.time() + 11
+    h1.clock = lambda: later
+    assert h1.expire_state() == 1
+
+
+def test_state_the_store_refused_is_kept_for_the_next_flush(world):
+    agents, state = world
+    h2 = agents["h2"]
+    real = state.save
+    state.save = lambda *a: (_ for _ in ()).throw(RuntimeError("down"))
+    h2.handle_miss(5, OUT)
+    assert h2.flush_state() == 0 and h2.stats["state_save_failed"] >= 1
+    state.save = real
+    assert h2.flush_state() == 2  # both ports' entries, kept
+    assert state.load("p1")

@@ -1,0 +1,586 @@
+"""New STATEFUL connections per second (conntrack + SNAT, state pushed to the
+uplink's host and filed in a real Cassandra 5.0 node) against the stateless
+routed path (the same topology and the same frames, the NAT chains detached
+from the router), measured in the same run.
+
+Two cloud hosts (each its own userspace OVS, VXLAN between them) and one
+Cassandra node (127.0.0.1, a free port; the agents run with
+``flow_state=cassandra:127.0.0.1:PORT/bench_stateful``). A provider router
+with a tenant network 192.168.50.0/24 and an exterior uplink 198.51.100.1/24
+bound on host 1 to an external namespace (198.51.100.254, the default
+route's gateway; it also owns 10.200.0.0/15 as local addresses, so every
+frame of the load is delivered to a UDP sink there, which counts them).
+The VM 192.168.50.11 sits on host 2.
+
+Stateful mode: the router's inbound filter is ``[rev_snat, accept if
+return flow (nw_src 192.168.50.8/29)]`` (the second rule tracks every new
+connection from the VM: one conntrack entry) and its outbound filter
+``[snat to 203.0.113.10:1024-65535 out of the uplink (nw_src
+192.168.50.8/29)]`` (one NAT binding, a port from a block leased in
+ZooKeeper). Each new connection is thus one simulation, one conntrack entry,
+one NAT binding, one flow-state push over the tunnel to host 1 (sent before
+the packet), one exact 5-tuple flow on host 2, and two rows (conntrack, NAT)
+in each of two Cassandra partitions (the VM's port, the uplink), filed behind
+the packet: the agent buffers flow state per port and writes it (QUORUM)
+every 50 ms or 256 entries. Stateless mode: both filters set
+to null (``PUT /routers/{id}``): plain routing, one flow per destination IP
+(routed flows match in_port, MACs and the destination IP).
+
+Load (same in both modes): the VM sends paced IPv4/UDP frames (raw socket) to
+the router's MAC, each with its own source port AND its own destination IP
+in 10.200.0.0/16 (a new 5-tuple: a new connection; a distinct destination: a
+new routed flow; routed flows ignore the source port, so source ports alone
+would make one routed flow). Rounds use disjoint source-port ranges, so no
+round meets the conntrack or NAT state of an earlier one. We poll host 2's
+OVS for table-1 flows to 10.200.0.0/16: rate = flows / seconds until the
+count stopped growing (as bench_l3_flow_setup). Rounds alternate stateful /
+stateless, each side reports its best round.
+
+Per round we also count, without touching the agent: state pushes (packets
+of host 1's table-0 flow for the reserved state tunnel key), connections
+filed in Cassandra (the VM port's partition: rows of kind ``nat`` and ``ct``
+whose WRITETIME is after the round's start, read with CQL until the count
+stops changing; the write time is the agent's client-side timestamp, so their
+spread is the rate at which the agent filed them), writes the agent reported
+as failed ("cannot file flow state" in its log) and datagrams the external
+host received.
+
+Run: ``.venv/bin/python -m benchmarks.bench_stateful_rate`` (root). Knobs
+(env): STATEFUL_RATE_ROUNDS, STATEFUL_RATE_SECONDS, STATEFUL_RATE_BLAST_RATE.
+The VM and external-host side of this module (``blast``, ``sink``) are run
+as ``python -m benchmarks.bench_stateful_rate CMD ...`` inside namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+from benchmarks.cloudbench import (
+    REPO,
+    BenchError,
+    del_sim_flows,
+    flow_count,
+    logger,
+    quiet_vm,
+    run_main,
+    wait_ping,
+)
+from benchmarks.common import report
+
+NAME = "stateful_connection_rate"
+BASELINE = "stateless_routed_rate"
+ROUNDS = int(os.environ.get("STATEFUL_RATE_ROUNDS", "2"))
+BLAST_SECONDS = float(os.environ.get("STATEFUL_RATE_SECONDS", "4"))
+BLAST_RATE = float(os.environ.get("STATEFUL_RATE_BLAST_RATE", "4000"))
+# Distinct 5-tuples per round (each its own destination IP in 10.200.0.0/16).
+PER_ROUND = max(1, min(int(BLAST_RATE * BLAST_SECONDS), 65536))
+POLL_INTERVAL = 0.25
+SETTLE = 1.0  # the flow count has stopped growing when it has not moved for this long
+
+# ---- the topology (shared with bench_stateful_latency) ------------------------
+KEYSPACE = "bench_stateful"
+NET = "192.168.50"
+ROUTER_IP, ROUTER_MAC = f"{NET}.1", "02:aa:00:00:5f:01"
+UPLINK_IP, UPLINK_MAC = "198.51.100.1", "02:aa:00:00:5f:09"
+EXT, EXT_MAC = "198.51.100.254", "02:00:00:5f:00:fe"
+PUBLIC = "203.0.113.10"
+SNAT_SOURCES = f"{NET}.8/29"  # .8-.15: the VMs whose connections are NATed
+EXT_LOCAL = "10.200.0.0/15"  # owned by the external host: 10.200/16 load, 10.201/16 probes
+BLAST_MATCH = "table=1,ip,nw_dst=10.200.0.0/16"
+SINK_PORT = 9
+VM_IP, VM_MAC = f"{NET}.11", "02:00:00:5f:00:0b"
+# The flow-state push from another host arrives on this tunnel key (model.STATE_TUNNEL_KEY).
+STATE_KEY = (1 << 24) - 1
+SAVE_FAILED = "cannot file flow state"
+
+log = logger(NAME)
+
+
+class NatTopo:
+    """Ids of the provider router, its ports and the two NAT chains."""
+
+    def __init__(self, mc) -> None:
+        self.mc = mc
+        self.router = mc.router("sf-provider", "admin")
+        self.net = mc.bridge("sf-net", "t")
+        self.rp = mc.attach(self.router, self.net, f"{ROUTER_IP}/24", ROUTER_MAC)
+        self.uplink = mc.router_port(self.router, f"{UPLINK_IP}/24", UPLINK_MAC,
+                                     interior=False, name="uplink")
+        mc.route(self.router, "0.0.0.0/0", self.uplink, EXT)
+        mc.route(self.router, "203.0.113.0/24", type="blackhole")
+        self.inbound = mc.chain("sf-in", [
+            {"action": "rev_snat"},
+            # Tracks every new connection of the NATed VMs (a conntrack entry);
+            # accepts their replies (rev_snat already accepts NATed ones).
+            {"action": "accept", "match_return_flow": True, "nw_src": SNAT_SOURCES},
+        ])
+        self.outbound = mc.chain("sf-out", [
+            {"action": "snat", "out_ports": [self.uplink], "nw_src": SNAT_SOURCES,
+             "nat_targets": [{"addr_from": PUBLIC, "addr_to": PUBLIC, "port_from": 1024,
+                              "port_to": 65535}]},
+        ])
+        self.stateful = False
+
+    def set_stateful(self, on: bool) -> None:
+        self.mc.api.request("PUT", f"/routers/{self.router}", {
+            "inbound_filter_id": self.inbound if on else None,
+            "outbound_filter_id": self.outbound if on else None})
+        self.stateful = on
+
+    def external(self, host):
+        """The external host on ``host``, bound to the uplink; it owns EXT_LOCAL."""
+        ext = self.mc.external(host, self.uplink, "sfext", f"{EXT}/24", EXT_MAC,
+                               routes=(("203.0.113.0/24", UPLINK_IP),
+                                       (f"{NET}.0/24", UPLINK_IP)))
+        quiet_vm(ext)
+        ext.cmd(f"ip route add local {EXT_LOCAL} dev lo")
+        return ext
+
+    def vm(self, host, name: str, ip: str, mac: str):
+        """A VM on the tenant network: default route via the router, a permanent
+        neighbour entry for it."""
+        vm = self.mc.vm(host, self.net, name, f"{ip}/24", mac)
+        quiet_vm(vm)
+        vm.cmd(f"ip route add default via {ROUTER_IP}")
+        vm.cmd(f"ip neigh replace {ROUTER_IP} lladdr {ROUTER_MAC} dev eth0 nud permanent")
+        return vm
+
+
+def start_cassandra(log=log):
+    """A Cassandra node, launched (not yet serving: ``wait_cassandra``). Launch it
+    from the main thread: it dies with the thread that started it."""
+    from midoflow.devenv.cassandra import CassandraNode
+
+    node = CassandraNode(quiet=True)
+    node.launch()
+    log(f"Cassandra starting on {node.hosts} (log {node.log_path})")
+    return node
+
+
+def wait_cassandra(node, log=log) -> None:
+    from midoflow.devenv.cassandra import CassandraError
+
+    t0 = time.monotonic()
+    try:
+        version = node.wait_ready(timeout=150)
+    except CassandraError as e:
+        raise BenchError(str(e)) from None
+    log(f"Cassandra {version} serving CQL on {node.hosts} "
+        f"(+{time.monotonic() - t0:.1f} s after the cloud was up)")
+
+
+def flow_state_spec(node) -> str:
+    return f"cassandra:{node.address}:{node.native_port}/{KEYSPACE}"
+
+
+def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
+    """Rows of the port's flow-state partition written (agent's timestamp) at or
+    after ``since`` (time.time()): count per kind, first and last write time."""
+    from midoflow.devenv.cassandra import CqlError, cql_query
+
+    try:
+        rows = cql_query(node.address, node.native_port,
+                         f"SELECT kind, WRITETIME(value) FROM {KEYSPACE}.flow_state "
+                         f"WHERE port_id = '{port_id}'", timeout=15)
+    except CqlError as e:
+        if "unconfigured table" in e.message or "does not exist" in e.message \
+                or "Keyspace" in e.message:
+            return {"rows": 0, "kinds": {}, "first": None, "last": None}
+        raise BenchError(f"cannot read the flow-state table: {e}") from None
+    except OSError as e:
+        raise BenchError(f"cannot reach Cassandra at {node.hosts}: {e}") from None
+    kinds: dict[str, int] = {}
+    times = []
+    since_us = int(since * 1e6)
+    for kind, wt in rows:
+        t = struct.unpack(">q", wt)[0] if wt else 0
+        if t < since_us:
+            continue
+        k = kind.decode() if kind else "?"
+        kinds[k] = kinds.get(k, 0) + 1
+        times.append(t / 1e6)
+    return {"rows": sum(kinds.values()), "kinds": kinds,
+            "first": min(times) if times else None, "last": max(times) if times else None}
+
+
+def wait_rows_settled(node, port_id: str, since: float, quiet_s: float = 1.5,
+                      timeout: float = 20.0) -> tuple[dict, float]:
+    """Poll the partition until its count (since ``since``) stops changing for
+    ``quiet_s``; (the rows, seconds waited)."""
+    t0 = time.monotonic()
+    last = cassandra_rows(node, port_id, since)
+    changed = time.monotonic()
+    while time.monotonic() - changed < quiet_s and time.monotonic() - t0 < timeout:
+        time.sleep(0.3)
+        cur = cassandra_rows(node, port_id, since)
+        if cur["rows"] != last["rows"]:
+            last, changed = cur, time.monotonic()
+    return last, changed - t0
+
+
+def state_pushes_received(host) -> int:
+    """Packets that matched ``host``'s table-0 flow for the state tunnel key:
+    flow-state pushes it received from other hosts' agents."""
+    out = host.ovs_ofctl("dump-flows", f"table=0,tun_id={STATE_KEY:#x}")
+    counts = [int(m) for m in re.findall(r"n_packets=(\d+)", out)]
+    if not counts:
+        raise BenchError(f"{host.name} has no table-0 flow for the state tunnel key "
+                         f"({out.strip()[:200]})")
+    return sum(counts)
+
+
+def log_count(host, text: str, name: str = "agent.log") -> int:
+    try:
+        with open(os.path.join(host.rundir, name), errors="replace") as f:
+            return sum(text in line for line in f)
+    except OSError:
+        return 0
+
+
+def agent_problems(host) -> int:
+    """Tracebacks and OpenFlow errors in the agent's log so far."""
+    return log_count(host, "Traceback") + log_count(host, "OpenFlow error")
+
+
+class Sink:
+    """The UDP sink in the external host, driven line by line."""
+
+    def __init__(self, cloud, node) -> None:
+        self.proc = cloud.popen(node, [sys.executable, "-u", "-m", "benchmarks.bench_stateful_rate",
+                                       "sink", str(SINK_PORT), PUBLIC], cwd=REPO, text=True,
+                                stdin=subprocess.PIPE, bufsize=1)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise BenchError(f"the UDP sink in the external host did not start: {line!r} "
+                             f"{self.proc.stderr.read().strip()[-300:] if not line else ''}")
+
+    def take(self) -> dict:
+        """What it received since the last call (then it starts counting afresh)."""
+        if self.proc.poll() is not None:
+            raise BenchError(f"the UDP sink exited: {self.proc.stderr.read().strip()[-300:]}")
+        self.proc.stdin.write("report\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+
+# ---- the benchmark ----------------------------------------------------------------
+
+def send_probe(vm, seq: list[int]) -> str:
+    """One UDP datagram from the VM's own stack to a fresh 10.201.x.y (a new
+    connection: SNAT, push and a Cassandra row in the stateful mode)."""
+    seq[0] += 1
+    dst = f"10.201.{seq[0] // 250}.{seq[0] % 250 + 1}"
+    vm.cmd(f"python3 -c 'import socket; socket.socket(2, 2).sendto(b\"p\", "
+           f"(\"{dst}\", {SINK_PORT}))'")
+    return dst
+
+
+def probe_mode(h2, vm, stateful: bool, seq: list[int], timeout: float = 15) -> None:
+    """Until a fresh UDP probe from the VM (to 10.201.0.x) is simulated the way
+    the mode wants: SNAT to PUBLIC (stateful) or plain routing (stateless)."""
+    deadline = time.monotonic() + timeout
+    want = f"set_field:{PUBLIC}->ip_src"
+    while True:
+        dst = send_probe(vm, seq)
+        flows: list[str] = []
+        t_wait = time.monotonic() + 2
+        while not flows and time.monotonic() < t_wait:
+            time.sleep(0.05)
+            flows = [f for f in h2.ovs_ofctl("dump-flows", f"table=1,ip,nw_dst={dst}")
+                     .splitlines() if "actions=" in f]
+        if flows and (want in flows[0]) == stateful and "dec_ttl" in flows[0]:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"the {'stateful' if stateful else 'stateless'} mode did not "
+                             f"take effect on {h2.name}: probe flow "
+                             f"{flows[0].strip()[:300] if flows else 'missing'}")
+        time.sleep(0.3)
+
+
+def check_flow_shape(h2, stateful: bool) -> None:
+    out = h2.ovs_ofctl("dump-flows", BLAST_MATCH)
+    f = next((ln for ln in out.splitlines() if "actions=" in ln), None)
+    if f is None:
+        raise BenchError("no flow for 10.200.0.0/16 in table 1")
+    natted = f"set_field:{PUBLIC}->ip_src" in f
+    exact = "tp_src=" in f or "udp_src" in f
+    if natted != stateful or exact != stateful or "dec_ttl" not in f:
+        raise BenchError(f"unexpected {'stateful' if stateful else 'routed'} flow: "
+                         f"{f.strip()[:300]}")
+
+
+def measure(mc, topo, vm, sink, cass, rnd: int, stateful: bool) -> dict:
+    h1, h2 = mc.hosts
+    label = "stateful" if stateful else "stateless"
+    del_sim_flows(h2, "ip,nw_dst=10.200.0.0/16")
+    if flow_count(h2, BLAST_MATCH):
+        raise BenchError(f"{label}: table 1 still holds flows for 10.200.0.0/16")
+    sink.take()
+    pushes0 = state_pushes_received(h1)
+    failed0 = log_count(h2, SAVE_FAILED)
+    problems0 = agent_problems(h1) + agent_problems(h2)
+    t_wall = time.time()
+    first = rnd * PER_ROUND  # disjoint source ports per round
+    cmd = [sys.executable, "-m", "benchmarks.bench_stateful_rate", "blast", "eth0", VM_MAC,
+           ROUTER_MAC, VM_IP, str(first), str(PER_ROUND), str(BLAST_SECONDS), str(BLAST_RATE)]
+    proc = mc.cloud.popen(vm, cmd, cwd=REPO, text=True)
+    t0 = time.monotonic()
+    samples = [(0.0, 0)]
+    while proc.poll() is None:
+        time.sleep(POLL_INTERVAL)
+        samples.append((time.monotonic() - t0, flow_count(h2, BLAST_MATCH)))
+        if samples[-1][0] > BLAST_SECONDS + 20:
+            proc.kill()
+            raise BenchError(f"{label}: the blaster did not finish")
+    out, err = proc.communicate(timeout=10)
+    if proc.returncode != 0:
+        raise BenchError(f"{label}: the blaster failed ({proc.returncode}): "
+                         f"{(err or out).strip()[-300:]}")
+    sent = int(out.strip().splitlines()[-1])
+    # Packet-ins already queued (OVS, the socket, os-ken) still become flows: poll
+    # until the count has not moved for SETTLE seconds.
+    while True:
+        time.sleep(POLL_INTERVAL)
+        samples.append((time.monotonic() - t0, flow_count(h2, BLAST_MATCH)))
+        grew = next(t for t, n in samples if n >= samples[-1][1])
+        if samples[-1][0] - grew >= SETTLE:
+            break
+        if samples[-1][0] > BLAST_SECONDS + 30:
+            raise BenchError(f"{label}: the flow count still grows 30 s after the blast")
+    final = samples[-1][1]
+    if final == 0:
+        raise BenchError(f"{label}: no flow was installed ({sent} frames sent); see "
+                         f"{h2.rundir}/agent.log")
+    elapsed = next(t for t, n in samples if n >= final)
+    rate = final / elapsed
+    check_flow_shape(h2, stateful)
+    res = {"mode": label, "flows": final, "seconds": round(elapsed, 3), "frames_sent": sent,
+           "flows_per_s": round(rate, 1),
+           "flows_installed_after_blast_end_s": round(max(0.0, elapsed - BLAST_SECONDS), 2)}
+    rows, waited = wait_rows_settled(cass, vm.port_id, t_wall)
+    if not stateful and rows["rows"]:
+        raise BenchError(f"{label}: {rows['rows']} flow-state rows filed in the stateless mode")
+    if stateful:
+        saves = rows["kinds"].get("nat", 0)
+        span = (rows["last"] - rows["first"]) if saves > 1 else 0.0
+        res.update({
+            "cassandra_connections_filed": saves,
+            "cassandra_ct_rows": rows["kinds"].get("ct", 0),
+            "cassandra_filed_per_s": round(saves / span, 1) if span else None,
+            # 0: every row was readable when the flow count stopped growing
+            "cassandra_rows_still_arriving_after_flows_s": round(waited, 2),
+        })
+    time.sleep(0.3)
+    res["state_pushes_received"] = state_pushes_received(h1) - pushes0
+    res["saves_failed_logged"] = log_count(h2, SAVE_FAILED) - failed0
+    res["agent_errors_logged"] = agent_problems(h1) + agent_problems(h2) - problems0
+    got = sink.take()
+    res["delivered_datagrams"] = got["datagrams"]
+    res["delivered_from_public_ip"] = got["from_public"]
+    extra = ""
+    if stateful:
+        extra = (f", {res['state_pushes_received']} state pushes received by {h1.name}, "
+                 f"{res['cassandra_connections_filed']} filed in Cassandra "
+                 f"({res['saves_failed_logged']} writes failed)")
+    log(f"  {label}: {final} flows in {elapsed:.2f} s = {rate:.0f} connections/s "
+        f"({sent} frames sent, {got['datagrams']} delivered{extra})")
+    if stateful and res["delivered_from_public_ip"] < min(final, got["datagrams"]) * 0.9:
+        raise BenchError(f"{label}: only {res['delivered_from_public_ip']} of "
+                         f"{got['datagrams']} datagrams reached the external host from "
+                         f"{PUBLIC}: SNAT did not apply")
+    if stateful and abs(res["state_pushes_received"] - final) > 0.02 * final + 5:
+        log(f"  note: {res['state_pushes_received']} state pushes for {final} connection "
+            f"flows (expected one each)")
+    if not stateful and res["state_pushes_received"]:
+        raise BenchError(f"{label}: {res['state_pushes_received']} state pushes in the "
+                         f"stateless mode")
+    return res
+
+
+def wait_saved(cass, vm, seq: list[int], what: str, timeout: float = 60) -> None:
+    """Until the agent's lazy Cassandra connection is up and flow state lands
+    there: a fresh connection every half second (the agent connects to Cassandra
+    on first use and, after a failure, drops what it had to file for 5 s)."""
+    deadline = time.monotonic() + timeout
+    while not cassandra_rows(cass, vm.port_id)["rows"]:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: no flow state reached Cassandra in {timeout:.0f} s "
+                             f"(see the agents' logs)")
+        send_probe(vm, seq)
+        time.sleep(0.5)
+
+
+def run() -> None:
+    from topologies.midocloud import MidoCloud
+
+    cass = None
+    mc = None
+    rounds: list[dict] = []
+    try:
+        t_start = time.monotonic()
+        cass = start_cassandra()
+        mc = MidoCloud(n_hosts=2, tunnel="vxlan", progress=log, flow_state=flow_state_spec(cass))
+        mc.start()
+        h1, h2 = mc.hosts
+        topo = NatTopo(mc)
+        ext = topo.external(h1)
+        vm = topo.vm(h2, "sfvm", VM_IP, VM_MAC)
+        sink = Sink(mc.cloud, ext)
+        wait_cassandra(cass)
+        topo.set_stateful(True)
+        wait_ping(vm, EXT, "stateful (SNAT)", timeout=20)
+        seq = [0]
+        probe_mode(h2, vm, True, seq)
+        wait_saved(cass, vm, seq, "warm-up")
+        log(f"cloud, Cassandra and SNAT up in {time.monotonic() - t_start:.0f} s: {vm.vm_name} "
+            f"({VM_IP}) on {h2.name} -> external host on {h1.name}, SNAT to {PUBLIC}; "
+            f"{ROUNDS} round(s) per mode, {BLAST_SECONDS:.0f} s each, {BLAST_RATE:.0f} "
+            f"frames/s, {PER_ROUND} distinct 5-tuples per round")
+        rnd = 0
+        for i in range(1, ROUNDS + 1):
+            for stateful in (True, False):
+                if topo.stateful != stateful:
+                    topo.set_stateful(stateful)
+                probe_mode(h2, vm, stateful, seq)
+                what = ("stateful (conntrack + SNAT + push + Cassandra)" if stateful
+                        else "stateless (routed, chains detached)")
+                log(f"round {i}/{ROUNDS}: {what}")
+                rounds.append(measure(mc, topo, vm, sink, cass, rnd, stateful))
+                rnd += 1
+        log(f"measured in {time.monotonic() - t_start:.0f} s; tearing down")
+    finally:
+        try:
+            if mc is not None:
+                mc.stop()
+        finally:
+            if cass is not None:
+                cass.cleanup()
+    sf = max((r for r in rounds if r["mode"] == "stateful"), key=lambda r: r["flows_per_s"])
+    sl = max((r for r in rounds if r["mode"] == "stateless"), key=lambda r: r["flows_per_s"])
+    report(NAME, sf["flows_per_s"], "connections/s", BASELINE, sl["flows_per_s"], extra={
+        "method": "two hosts, userspace OVS, VXLAN; a VM on host 2 sends paced IPv4/UDP "
+                  "frames, each a new 5-tuple (own source port, own destination in "
+                  "10.200.0.0/16 owned by the external host on host 1, reached through "
+                  "the provider router's uplink); stateful: router chains track the "
+                  "connection (conntrack) and SNAT it (port from a ZooKeeper-leased block), "
+                  "the agent pushes the state to host 1 before the packet and files it "
+                  "in one Cassandra 5.0 node behind it (buffered per port, written every "
+                  "50 ms or 256 entries); stateless: the same frames "
+                  "with the chains detached (one routed flow per destination). Exact "
+                  "flows counted in host 2's table 1; rate = flows / seconds until the "
+                  "count stopped growing; best of alternating rounds per mode",
+        "frames_per_s_offered": BLAST_RATE,
+        "blast_seconds": BLAST_SECONDS,
+        "tuples_per_round": PER_ROUND,
+        "state_pushes_received": sf["state_pushes_received"],
+        "cassandra_connections_filed": sf.get("cassandra_connections_filed"),
+        "cassandra_writes_failed_logged": sf["saves_failed_logged"],
+        "cassandra_filed_per_s": sf.get("cassandra_filed_per_s"),
+        "flows": {"stateful": sf["flows"], "stateless": sl["flows"]},
+        "seconds": {"stateful": sf["seconds"], "stateless": sl["seconds"]},
+        "rounds": rounds,
+    })
+
+
+# ---- VM and external-host side (stdlib only) -------------------------------------
+
+def _udp_frame(dst_mac: bytes, src_mac: bytes, src_ip: bytes, dst_ip: bytes,
+               sport: int) -> bytes:
+    from benchmarks.blaster import _checksum
+
+    udp = struct.pack("!HHHH", sport, SINK_PORT, 8 + 18, 0) + bytes(18)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                      src_ip, dst_ip)
+    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    return dst_mac + src_mac + b"\x08\x00" + hdr + udp
+
+
+def _blast(iface: str, src_mac: str, dst_mac: str, src_ip: str, first: int, count: int,
+           seconds: float, rate: float) -> int:
+    """Frames i = 0..count-1: source port 1024 + (first + i) mod 64000, destination
+    10.200.(i >> 8).(i & 255); cycled until ``seconds`` pass, paced at ``rate``."""
+    from benchmarks.blaster import BURST
+
+    s_mac = bytes.fromhex(src_mac.replace(":", ""))
+    d_mac = bytes.fromhex(dst_mac.replace(":", ""))
+    s_ip = socket.inet_aton(src_ip)
+    frames = [_udp_frame(d_mac, s_mac, s_ip, bytes([10, 200, (i >> 8) & 0xFF, i & 0xFF]),
+                         1024 + (first + i) % 64000) for i in range(count)]
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((iface, 0))
+    sent = 0
+    start = time.monotonic()
+    deadline = start + seconds
+    while time.monotonic() < deadline:
+        for i, f in enumerate(frames):
+            try:
+                sock.send(f)
+                sent += 1
+            except OSError:
+                time.sleep(0.001)
+            if rate and i % BURST == BURST - 1:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                ahead = start + sent / rate - now
+                if ahead > 0:
+                    time.sleep(ahead)
+    print(sent)
+    return 0
+
+
+def _sink(port: int, public: str) -> int:
+    """Count UDP datagrams to ``port``; on each stdin line print (JSON) what came
+    since the last one: datagrams, distinct sources, distinct sources at ``public``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("0.0.0.0", port))
+    lock = threading.Lock()
+    state = {"n": 0, "src": set()}
+
+    def rx() -> None:
+        while True:
+            _, addr = s.recvfrom(2048)
+            with lock:
+                state["n"] += 1
+                state["src"].add(addr)
+
+    threading.Thread(target=rx, daemon=True).start()
+    print("ready", flush=True)
+    for _line in sys.stdin:
+        time.sleep(0.2)  # what is in flight
+        with lock:
+            n, src = state["n"], state["src"]
+            state["n"], state["src"] = 0, set()
+        print(json.dumps({"datagrams": n, "sources": len(src),
+                          "from_public": sum(1 for a in src if a[0] == public)}), flush=True)
+    return 0
+
+
+def _vm_main(argv: list[str]) -> int:
+    if argv and argv[0] == "blast" and len(argv) == 9:
+        a = argv[1:]
+        return _blast(a[0], a[1], a[2], a[3], int(a[4]), int(a[5]), float(a[6]), float(a[7]))
+    if argv and argv[0] == "sink" and len(argv) == 3:
+        return _sink(int(argv[1]), argv[2])
+    if not argv:
+        return run_main(NAME, run)
+    print("usage: python -m benchmarks.bench_stateful_rate [blast IFACE SRC_MAC DST_MAC SRC_IP "
+          "FIRST COUNT SECONDS RATE | sink PORT PUBLIC_IP]", file=sys.stderr)
+    return 2
+
+
+def main() -> int:
+    return run_main(NAME, run)
+
+
+if __name__ == "__main__":
+    sys.exit(_vm_main(sys.argv[1:]))
