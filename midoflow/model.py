@@ -52,9 +52,14 @@ RULE_DNAT = "dnat"
 RULE_SNAT = "snat"
 RULE_REV_DNAT = "rev_dnat"
 RULE_REV_SNAT = "rev_snat"
+# Stateless NAT: rewrite the address (to the target's addr_from), keep no
+# state; the other direction is a rule of its own.
+RULE_STATIC_DNAT = "static_dnat"
+RULE_STATIC_SNAT = "static_snat"
 RULE_ACTIONS = (RULE_ACCEPT, RULE_DROP, RULE_REJECT, RULE_JUMP, RULE_RETURN, RULE_CONTINUE,
-                RULE_DNAT, RULE_SNAT, RULE_REV_DNAT, RULE_REV_SNAT)
-NAT_ACTIONS = (RULE_DNAT, RULE_SNAT)
+                RULE_DNAT, RULE_SNAT, RULE_REV_DNAT, RULE_REV_SNAT, RULE_STATIC_DNAT,
+                RULE_STATIC_SNAT)
+NAT_ACTIONS = (RULE_DNAT, RULE_SNAT, RULE_STATIC_DNAT, RULE_STATIC_SNAT)
 # Fragment policies of a rule: which IPv4 packets it may match.
 FRAG_ANY = "any"
 FRAG_UNFRAGMENTED = "unfragmented"

@@ -282,7 +282,8 @@ class ChainsMixin:
         if action in model.NAT_ACTIONS and not rule["nat_targets"]:
             raise Invalid(f"a {action} rule needs nat_targets", "nat_targets")
         if action not in model.NAT_ACTIONS and rule["nat_targets"]:
-            raise Invalid(f"nat_targets are only for dnat and snat, not {action}",
+            raise Invalid(f"nat_targets are only for dnat, snat and their static forms, "
+                          f"not {action}",
                           "nat_targets")
 
     @staticmethod

@@ -28,6 +28,8 @@ from midoflow.model import (
     RULE_REV_DNAT,
     RULE_REV_SNAT,
     RULE_SNAT,
+    RULE_STATIC_DNAT,
+    RULE_STATIC_SNAT,
     Rule,
 )
 from midoflow.nat.bindings import DNAT, SNAT, NatBinding
@@ -211,6 +213,18 @@ def run(view: TopologyView, chain_id: str, pkt: Packet, ctx: Context, b: _Builde
         if rule.action in (RULE_SNAT, RULE_DNAT):
             verdict, pkt = _nat(view, rule, pkt, ctx, b, label)
             return verdict, pkt
+        if rule.action in (RULE_STATIC_SNAT, RULE_STATIC_DNAT):
+            if pkt.ip_dst is None or not rule.nat_targets:
+                continue
+            which = "src" if rule.action == RULE_STATIC_SNAT else "dst"
+            addr = rule.nat_targets[0].addr_from
+            b.fields.update(("eth_type", f"ip_{which}"))
+            b.step("chain", chain_id, f"{label}: stateless {which} NAT "
+                                      f"{getattr(pkt, 'ip_' + which)} -> {addr}")
+            if getattr(pkt, f"ip_{which}") != addr:
+                b.rewrites.append(Rewrite(f"ip_{which}", addr))
+                pkt = pkt.evolve(**{f"ip_{which}": addr})
+            return RULE_ACCEPT, pkt
         if rule.action in (RULE_REV_SNAT, RULE_REV_DNAT):
             out = _rev_nat(view, rule, pkt, ctx, b, label)
             if out is not None:

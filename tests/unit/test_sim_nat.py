@@ -220,3 +220,27 @@ def test_set_icmp_inner_rewrites_the_quoted_packet():
     assert frames.parse(out)["icmp_inner"] == (6, "192.168.1.10", 1000, "8.8.8.8", 80)
     inner = packet.Packet(out).get_protocol(icmp.icmp).data.data
     assert frames._ip_checksum(inner[:20]) == 0  # the quoted header's checksum holds
+
+
+def test_stateless_nat_rewrites_addresses_both_ways_without_state():
+    t = nat_topo()
+    t.v.rules["s-out"] = Rule(id="s-out", chain_id="post", action="static_snat",
+                              out_ports=("up",), nw_src="192.168.2.20/32",
+                              nat_targets=(NatTarget("203.0.113.30", "203.0.113.30"),))
+    t.v.rules["s-in"] = Rule(id="s-in", chain_id="pre", action="static_dnat",
+                             nw_dst="203.0.113.30/32",
+                             nat_targets=(NatTarget("192.168.2.20", "192.168.2.20"),))
+    t.v.chains["post"] = Chain(id="post", rule_ids=("s-out", "snat"))
+    t.v.chains["pre"] = Chain(id="pre", rule_ids=("s-in",))  # stateless only
+    out = ip_pkt(src="192.168.2.20", dst="8.8.8.8", in_port="p2", eth_src=VM2,
+                 eth_dst="02:aa:00:00:00:02", sport=3333)
+    r = simulate(t.v, out, NOW)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert r.out_ports == ("up",) and rw["ip_src"] == "203.0.113.30" and "tp_src" not in rw
+    assert r.nat == () and r.conntrack == () and r.cacheable
+    assert "tp_src" not in r.match_fields  # wildcarded: one flow for every connection
+    back = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
+                  ip_dst="203.0.113.30", ip_proto=PROTO_TCP, tp_src=80, tp_dst=4444)
+    r = simulate(t.v, back, NOW)
+    rw = dict((w.field, w.value) for w in r.rewrites)
+    assert r.out_ports == ("p2",) and rw["ip_dst"] == "192.168.2.20" and r.nat == ()
