@@ -79,10 +79,16 @@ STATE_TUNNEL_KEY = (1 << 24) - 1
 
 
 class _Model:
+    # Fields stored as JSON lists that the frozen model holds as tuples.
+    _TUPLES: tuple[str, ...] = ()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        for k in cls._TUPLES:
+            d[k] = tuple(d.get(k) or ())
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +126,8 @@ class TunnelZone(_Model):
 
 @dataclass(frozen=True)
 class Bridge(_Model):
+    _TUPLES = ("port_ids",)
+
     id: str
     name: str = ""
     tenant_id: str = ""
@@ -128,11 +136,6 @@ class Bridge(_Model):
     inbound_filter_id: str | None = None
     outbound_filter_id: str | None = None
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Bridge:
-        d = dict(d)
-        d["port_ids"] = tuple(d.get("port_ids", ()))
-        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,11 @@ class Port(_Model):
     port_security_enabled: bool = False
     allowed_address_pairs: tuple[tuple[str, str], ...] = ()
 
+    _TUPLES = ("fixed_ips", "security_group_ids")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Port:
         d = dict(d)
-        for k in ("fixed_ips", "security_group_ids"):
-            d[k] = tuple(d.get(k) or ())
         d["allowed_address_pairs"] = tuple(
             (p["ip_address"], p.get("mac_address") or "") if isinstance(p, dict) else tuple(p)
             for p in d.get("allowed_address_pairs") or ())
@@ -252,11 +255,11 @@ class Rule(_Model):
     invert: tuple[str, ...] = ()
     nat_targets: tuple[NatTarget, ...] = ()
 
+    _TUPLES = ("in_ports", "out_ports", "invert")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rule:
         d = dict(d)
-        for k in ("in_ports", "out_ports", "invert"):
-            d[k] = tuple(d.get(k) or ())
         for k in ("tp_src", "tp_dst"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
@@ -266,16 +269,13 @@ class Rule(_Model):
 
 @dataclass(frozen=True)
 class Chain(_Model):
+    _TUPLES = ("rule_ids",)
+
     id: str
     name: str = ""
     tenant_id: str = ""
     rule_ids: tuple[str, ...] = ()
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Chain:
-        d = dict(d)
-        d["rule_ids"] = tuple(d.get("rule_ids", ()))
-        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -283,37 +283,33 @@ class PortGroup(_Model):
     """Ports grouped for rules; a stateful group's members all receive the
     flow state of connections through any of them (gateway uplinks)."""
 
+    _TUPLES = ("port_ids",)
+
     id: str
     name: str = ""
     tenant_id: str = ""
     stateful: bool = False
     port_ids: tuple[str, ...] = ()
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PortGroup:
-        d = dict(d)
-        d["port_ids"] = tuple(d.get("port_ids", ()))
-        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
 class IpAddrGroup(_Model):
+    _TUPLES = ("addresses",)
+
     id: str
     name: str = ""
     tenant_id: str = ""
     addresses: tuple[str, ...] = ()
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IpAddrGroup:
-        d = dict(d)
-        d["addresses"] = tuple(d.get("addresses", ()))
-        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
 class Router(_Model):
     """A virtual L3 router. Its ports (device_type "router") carry MAC and IP;
     each port's network is a connected route; ``routes`` adds the rest."""
+
+    _TUPLES = ("port_ids",)
 
     id: str
     name: str = ""
@@ -323,11 +319,6 @@ class Router(_Model):
     inbound_filter_id: str | None = None
     outbound_filter_id: str | None = None
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Router:
-        d = dict(d)
-        d["port_ids"] = tuple(d.get("port_ids", ()))
-        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
