@@ -100,9 +100,9 @@ class TopologyCache:
         self.rules: dict[str, Rule] = {}
         self.port_groups: dict[str, PortGroup] = {}
         self.ip_addr_groups: dict[str, IpAddrGroup] = {}
-        # Return keys of tracked connections (midoflow.nat.conntrack), owned
-        # by the agent core; the simulation reads them through this view.
-        self.conntrack = None
+        # The agent's runtime flow state (its core: conntrack table, NAT
+        # bindings, SNAT allocator); the simulation reads it through this view.
+        self.runtime = None
         # (bridge, router port MAC) -> the bridge's interior port linked to it
         self.router_macs: dict[tuple[str, str], str] = {}
         self._watched: set[tuple[str, str]] = set()
@@ -133,7 +133,16 @@ class TopologyCache:
         return self.ip_addr_groups.get(group_id)
 
     def is_return_flow(self, key) -> bool:
-        return self.conntrack is not None and self.conntrack(key)
+        return self.runtime is not None and self.runtime.is_return(key)
+
+    def nat_forward(self, kind: str, key):
+        return self.runtime.nat.forward(kind, key) if self.runtime is not None else None
+
+    def nat_reverse(self, kind: str, key):
+        return self.runtime.nat.reverse(kind, key) if self.runtime is not None else None
+
+    def nat_allocate(self, targets, proto: int):
+        return self.runtime.nat_allocate(targets, proto) if self.runtime is not None else None
 
     def router_mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.router_macs.get((bridge_id, mac))

@@ -167,7 +167,6 @@ class AgentCore:
         # Connection tracking: return keys, kept alive while a flow uses them.
         self.ct = ConnTrackTable()
         self.ct_cookies: dict[int, tuple[ConnKey, ...]] = {}
-        self.cache.conntrack = lambda key: self.ct.is_return(key, self.clock())
         self.flow_state = flow_state or LocalFlowState()
         self._unsaved: dict[str, list[Entry]] = {}  # port -> entries to file
         self._unsaved_n = 0
@@ -176,9 +175,7 @@ class AgentCore:
         self.nat = NatTable()
         self.nat_until: dict[NatBinding, float] = {}
         self.allocator = NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id)
-        self.cache.nat_forward = self.nat.forward
-        self.cache.nat_reverse = self.nat.reverse
-        self.cache.nat_allocate = self._nat_allocate
+        self.cache.runtime = self
         # State the store refused (no quorum): written again by resync().
         self.unsynced_ports: set[str] = set()
         self.unsynced_host = False
@@ -459,7 +456,10 @@ class AgentCore:
                 ports |= set(g.port_ids)
         return ports
 
-    def _nat_allocate(self, targets, proto: int):
+    def is_return(self, key: ConnKey) -> bool:
+        return self.ct.is_return(key, self.clock())
+
+    def nat_allocate(self, targets, proto: int):
         try:
             return self.allocator.allocate(targets, proto)
         except NatExhausted as e:
