@@ -21,8 +21,10 @@ RULES = "rules"
 PORT_GROUPS = "port_groups"
 IP_ADDR_GROUPS = "ip_addr_groups"
 SECURITY_GROUPS = "security_groups"
+BGP_PEERS = "bgp_peers"
+BGP_NETWORKS = "bgp_networks"
 KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
-         IP_ADDR_GROUPS, SECURITY_GROUPS)
+         IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS)
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -38,6 +40,12 @@ ROUTE_BLACKHOLE = "blackhole"
 ROUTE_REJECT = "reject"
 ROUTE_TYPES = (ROUTE_NORMAL, ROUTE_BLACKHOLE, ROUTE_REJECT)
 ROUTE_DEFAULT_WEIGHT = 100
+
+# BGP session timers (seconds). A hold time of 0 means no keepalives at all;
+# otherwise keepalive * 3 <= hold_time (RFC 4271's recommended ratio).
+BGP_KEEPALIVE = 10
+BGP_HOLD_TIME = 30
+BGP_CONNECT_RETRY = 5
 
 # Rule actions. accept/drop/reject end the walk of the chains of this device;
 # jump calls another chain; return leaves the current chain; continue goes on.
@@ -338,6 +346,33 @@ class Route(_Model):
 
 
 @dataclass(frozen=True)
+class BgpPeer(_Model):
+    """A BGP session of the uplink ``port_id`` (an exterior router port with an
+    address) to a directly connected peer at ``peer_address`` on that port's
+    network. The gateway host where the port is bound runs the speaker."""
+
+    id: str
+    port_id: str
+    local_as: int
+    peer_address: str
+    peer_as: int
+    keepalive: int = BGP_KEEPALIVE
+    hold_time: int = BGP_HOLD_TIME
+    connect_retry: int = BGP_CONNECT_RETRY
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BgpNetwork(_Model):
+    """A prefix (floating-IP range, provider subnet) that the gateway holding
+    ``port_id`` advertises to that port's BGP peers."""
+
+    id: str
+    port_id: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class HostState:
     """What a live agent publishes about its host (ephemeral in the store)."""
 
@@ -352,4 +387,5 @@ def from_dict(kind: str, d: dict[str, Any]):
     return {HOSTS: Host, TUNNEL_ZONES: TunnelZone, BRIDGES: Bridge, PORTS: Port,
             ROUTERS: Router, ROUTES: Route, CHAINS: Chain, RULES: Rule,
             PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup,
-            SECURITY_GROUPS: SecurityGroup}[kind].from_dict(d)
+            SECURITY_GROUPS: SecurityGroup, BGP_PEERS: BgpPeer,
+            BGP_NETWORKS: BgpNetwork}[kind].from_dict(d)

@@ -4,7 +4,8 @@
 #     and every process living in their network namespaces (iperf3, nc, ...);
 #   * midoflow agents (osken-manager running midoflow.apps.agent), and the
 #     ZooKeeper servers and Cassandra nodes started by midoflow.devenv;
-#   * interfaces and bridges in the root namespace named mfl*, named netns mfl*;
+#   * interfaces and bridges in the root namespace named mfl*, named netns mfl*,
+#     and gateway agents' BGP links (mb<10 hex>);
 #   * /tmp/mfl*-* run directories.
 # It never touches the system OVS, other Mininet users, or anything not named
 # with the project's prefixes (so it does NOT run `mn -c`, which killall's every
@@ -91,6 +92,14 @@ fi
 # Root-namespace interfaces (underlay bridges mfl*ul, veths mfl*uN).
 links=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$PREFIX" || true)
 for l in $links; do say "deleting link $l"; run ip link del "$l"; done
+
+# Agents' BGP links (mb + 10 hex digits of the uplink port id) left by a
+# killed gateway agent: only when cleaning up every cloud.
+if ((SERVICES)) && [ "$PREFIX" = mfl ]; then
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^mb[0-9a-f]{10}$' || true); do
+    say "deleting BGP link $l"; run ip link del "$l"
+  done
+fi
 
 # Named network namespaces, if any tool created some with our prefix.
 for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX" || true); do

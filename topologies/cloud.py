@@ -422,6 +422,8 @@ class Cloud:
             "vxlan_port": info["vxlan_port"],
             "gre_port": info["gre_port"],
             "of_listen": info["of_sock"],
+            # the host's OVS lives in its own namespace: BGP links go there
+            "ovs_netns": str(self.host(h).pid),
             **{k: str(v) for k, v in extra.items()},
         }
         path = path or os.path.join(info["rundir"], "agent.ini")

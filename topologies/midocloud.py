@@ -59,6 +59,7 @@ class MidoCloud:
         progress: Callable[[str], None] | None = None,
         agent_args: tuple[str, ...] = (),
         flow_state: str = "local",
+        agent_options: dict | None = None,
     ) -> None:
         self.n_hosts = n_hosts
         self.subnet = subnet
@@ -67,6 +68,9 @@ class MidoCloud:
         self.progress = progress or (lambda _msg: None)
         self.agent_args = agent_args
         self.flow_state = flow_state  # the agents' flow_state option
+        # more agent config options, for all hosts ({"zk_session_timeout": 3})
+        # or per host name ({"h1": {...}}) under the key "hosts"
+        self.agent_options = dict(agent_options or {})
         self.zk_hosts = zk_hosts
         self.zk = None  # our own server, when none was given
         self.cloud: Cloud | None = None
@@ -130,8 +134,11 @@ class MidoCloud:
 
     def start_agent(self, h: CloudHost) -> None:
         hid = self.host_ids.setdefault(h.name, host_uuid(h.name))
+        opts = {k: v for k, v in self.agent_options.items() if k != "hosts"}
+        per_host = self.agent_options.get("hosts") or {}
+        opts.update(per_host.get(h.name) or per_host.get(f"h{h.index}") or {})
         cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid,
-                                            flow_state=self.flow_state)
+                                            flow_state=self.flow_state, **opts)
         cmd = [_agent_bin(), "--config", cfg, *self.agent_args]
         self.cloud.start_agent(h, cmd)
 

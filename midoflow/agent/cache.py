@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from midoflow import model
 from midoflow.model import (
+    BGP_NETWORKS,
+    BGP_PEERS,
     BRIDGES,
     CHAINS,
     DEVICE_ROUTER,
@@ -24,6 +26,8 @@ from midoflow.model import (
     ROUTES,
     RULES,
     TUNNEL_ZONES,
+    BgpNetwork,
+    BgpPeer,
     Bridge,
     Chain,
     IpAddrGroup,
@@ -58,11 +62,14 @@ def _device_state(d) -> tuple:
 
 
 # Kinds kept as plain objects: (attribute, class, the tag a change invalidates).
+# BGP configuration changes no flow (the gateway's speaker follows it).
 _SIMPLE = {
     CHAINS: ("chains", Chain, lambda c: chain_tag(c.id)),
     RULES: ("rules", Rule, lambda r: chain_tag(r.chain_id)),
     PORT_GROUPS: ("port_groups", PortGroup, lambda g: port_group_tag(g.id)),
     IP_ADDR_GROUPS: ("ip_addr_groups", IpAddrGroup, lambda g: ip_addr_group_tag(g.id)),
+    BGP_PEERS: ("bgp_peers", BgpPeer, lambda b: f"bgp:{b.port_id}"),
+    BGP_NETWORKS: ("bgp_networks", BgpNetwork, lambda b: f"bgp:{b.port_id}"),
 }
 
 
@@ -100,6 +107,12 @@ class TopologyCache:
         self.rules: dict[str, Rule] = {}
         self.port_groups: dict[str, PortGroup] = {}
         self.ip_addr_groups: dict[str, IpAddrGroup] = {}
+        self.bgp_peers: dict[str, BgpPeer] = {}
+        self.bgp_networks: dict[str, BgpNetwork] = {}
+        # Called after a BGP configuration change (the gateway's speaker).
+        self.on_bgp: Callable[[], None] = lambda: None
+        # router -> {entry name: Route}: what the gateways' BGP speakers learned
+        self.learned: dict[str, dict[str, Route]] = {}
         # The agent's runtime flow state (its core: conntrack table, NAT
         # bindings, SNAT allocator); the simulation reads it through this view.
         self.runtime = None
@@ -159,7 +172,8 @@ class TopologyCache:
     def routes(self, router_id: str) -> tuple[Route, ...]:
         t = self._route_tuples.get(router_id)
         if t is None:
-            t = tuple(self.routes_by_router.get(router_id, {}).values())
+            t = (*self.routes_by_router.get(router_id, {}).values(),
+                 *self.learned.get(router_id, {}).values())
             self._route_tuples[router_id] = t
         return t
 
@@ -179,7 +193,7 @@ class TopologyCache:
     # ---- watches ----------------------------------------------------------
     def start(self) -> None:
         for kind in (TUNNEL_ZONES, HOSTS, CHAINS, RULES, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
-                     ROUTERS, ROUTES, PORTS):
+                     ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS):
             self.store.watch_kind(kind, self._kind_cb(kind))
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
@@ -252,8 +266,12 @@ class TopologyCache:
                 self.routers[oid] = new_r
                 if old_r is None:
                     self.store.watch_state_children(paths.arp_table(oid), self._arp_cb(oid))
+                    self.store.watch_state_children(paths.learned_routes(oid),
+                                                    self._learned_cb(oid))
             else:
                 self.routers.pop(oid, None)
+                if self.learned.pop(oid, None):
+                    self._route_tuples.pop(oid, None)
             if old_r != new_r:
                 tags |= {router_tag(oid), routes_tag(oid)}
         elif kind in _SIMPLE:
@@ -267,6 +285,8 @@ class TopologyCache:
                 table.pop(oid, None)
             if old_o != new_o:
                 tags |= {tag_of(o) for o in (old_o, new_o) if o is not None}
+                if kind in (BGP_PEERS, BGP_NETWORKS):
+                    self.on_bgp()
         elif kind == ROUTES:
             old_rt = self.route_objs.pop(oid, None)
             new_rt = model.Route.from_dict(data) if data else None
@@ -350,6 +370,23 @@ class TopologyCache:
             for ip in new:
                 if ip in changed or new[ip][1] != old.get(ip, ("", -1.0))[1]:
                     self.on_arp(router_id, ip)
+            return None
+
+        return cb
+
+    def _learned_cb(self, router_id: str):
+        def cb(children: list[str]):
+            if router_id not in self.routers:
+                return False
+            new: dict[str, Route] = {}
+            for name in children:
+                e = paths.parse_learned_route(name)
+                if e:
+                    new[name] = Route(id=f"learned:{name}", router_id=router_id, **e)
+            if new.keys() != self.learned.get(router_id, {}).keys():
+                self.learned[router_id] = new
+                self._route_tuples.pop(router_id, None)
+                self.on_invalidate({routes_tag(router_id)})
             return None
 
         return cb

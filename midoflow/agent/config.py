@@ -28,6 +28,12 @@ class AgentConfig:
     # Where flow state is filed for recovery: "local" (this process only) or
     # "cassandra:HOST[,HOST...][:PORT][/KEYSPACE]" (QUORUM writes).
     flow_state: str = "local"
+    # The network namespace OVS runs in, when it is not the agent's (a pid or
+    # a name in /var/run/netns): where the BGP links' OVS ends go.
+    ovs_netns: str = ""
+    # ZooKeeper session timeout (s): how long this host's ephemeral state
+    # (ports, learned routes) outlives a dead agent. Gateways want it short.
+    zk_session_timeout: float = 10.0
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -66,6 +72,8 @@ class AgentConfig:
             gre_port=sec.get("gre_port", "gre0"),
             of_listen=sec.get("of_listen", "127.0.0.1:6653"),
             flow_state=_flow_state(path, sec.get("flow_state", "local")),
+            ovs_netns=sec.get("ovs_netns", "").strip(),
+            zk_session_timeout=_seconds(path, sec, "zk_session_timeout", 10.0, 2.0, 600.0),
         )
 
     def write(self, path: str) -> None:
@@ -73,6 +81,18 @@ class AgentConfig:
         cp["agent"] = {k: str(v) for k, v in self.__dict__.items()}
         with open(path, "w") as f:
             cp.write(f)
+
+
+def _seconds(path: str, sec, name: str, default: float, lo: float, hi: float) -> float:
+    raw = sec.get(name, str(default))
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{path}: {name} {raw!r}: give a number of seconds from {lo:g} "
+                          f"to {hi:g}")
+    return v
 
 
 def _flow_state(path: str, spec: str) -> str:

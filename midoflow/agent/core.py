@@ -439,7 +439,7 @@ class AgentCore:
         rets = [self.ct.track(fwd, now) for fwd in result.conntrack]
         self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
         frame = statewire.encode(rets, int(self.ct.idle), list(result.nat))
-        pushes = self._to_hosts(frame, self._state_ports(result))
+        pushes = self._to_hosts(frame, self._state_ports(result, in_port))
         self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(pushes)
         ports = (in_port, *result.out_ports)
         entries = [Entry(CONNTRACK, k.encode()) for k in rets]
@@ -447,12 +447,15 @@ class AgentCore:
         self._buffer_state(ports, entries)
         return pushes
 
-    def _state_ports(self, result: Result) -> set[str]:
-        """Ports whose hosts may see a reply: the egress ports, and every
-        member of a stateful port group one of them is in (gateway uplinks)."""
+    def _state_ports(self, result: Result, in_port: str | None = None) -> set[str]:
+        """Ports whose hosts may see this connection again: the egress ports,
+        and every member of a stateful port group that the ingress or an
+        egress port is in (gateway uplinks: with ECMP upstream, the next
+        packet of either direction may arrive at another gateway)."""
         ports = set(result.out_ports)
+        seen = ports | ({in_port} if in_port else set())
         for g in self.cache.port_groups.values():
-            if g.stateful and ports & set(g.port_ids):
+            if g.stateful and seen & set(g.port_ids):
                 ports |= set(g.port_ids)
         return ports
 

@@ -28,6 +28,7 @@ from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
 from midoflow.agent.flowstate_client import make_flow_state
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
+from midoflow.bgp.speaker import BgpManager
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.store.factory import make_store
 
@@ -58,13 +59,22 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.cfg = AgentConfig.load(path)
         self.dp = None
         self.classified: dict[str, tuple[int, int]] = {}  # port id -> (ofport, tunnel key)
-        self.store = make_store(self.cfg.zookeeper, handler="eventlet")
+        self.store = make_store(self.cfg.zookeeper, handler="eventlet",
+                                timeout=self.cfg.zk_session_timeout)
         self.core = AgentCore(self.cfg, self.store, on_invalidate=self._delete_cookies,
                               on_bindings=self._bindings_changed, spawn=hub.spawn,
                               frames=_OsKenFrames(), replay=self._replay,
                               flow_state=make_flow_state(self.cfg.flow_state, eventlet=True))
         self._poke = hub.Event()
         self._last_expiry = 0.0
+        self.bgp = BgpManager(self.core.cache, self.store, self.cfg.host_id, self.cfg.ovsdb,
+                              self.cfg.bridge, self.cfg.ovs_netns,
+                              bindings=lambda: dict(self.core.bindings),
+                              on_links=self._bgp_links)
+        self._bgp_wake = hub.Event()
+        self.bgp.kick = self._bgp_wake.set
+        self.core.cache.on_bgp = self._bgp_wake.set
+        self.bgp_links: dict[str, tuple[int, int, str]] = {}
 
     def start(self):
         # osken-manager only handles SIGINT: on SIGTERM (systemd, kill) close
@@ -75,11 +85,13 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.core.start()
         self.threads.append(hub.spawn(self._ovsdb_loop))
         self.threads.append(hub.spawn(self._state_loop))
+        self.threads.append(hub.spawn(self._bgp_loop))
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
         return thread
 
     def stop(self):
         try:
+            self.bgp.stop()
             self.core.flush_state()
             self.core.flow_state.close()
             self.store.close()
@@ -89,6 +101,7 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _terminate(self, _signum, _frame):
         LOG.info("SIGTERM: closing the ZooKeeper session and exiting")
         try:
+            self.bgp.stop()
             self.core.flush_state()
             self.store.close()
             self.core.flow_state.close()
@@ -105,6 +118,32 @@ class MidoflowAgent(app_manager.OSKenApp):
                     self.core.flush_state()
                 except Exception:
                     LOG.exception("filing flow state failed")
+
+    # ---- BGP (gateway hosts) ----------------------------------------------
+    def _bgp_loop(self):
+        """Keep the speaker, its links and the learned routes in line with the
+        topology: at once after a change or a BGP event, else every second."""
+        while self.is_active:
+            self._bgp_wake.wait(timeout=POLL_INTERVAL)
+            self._bgp_wake.clear()
+            try:
+                self.bgp.reconcile()
+            except Exception:
+                LOG.exception("BGP reconcile failed")
+
+    def _bgp_links(self, links: dict[str, tuple[int, int, str]]) -> None:
+        """BGP links appeared or went: pass BGP and ARP between each and its uplink."""
+        old, self.bgp_links = self.bgp_links, dict(links)
+        dp = self.dp
+        if dp is None:
+            return
+        for pid, entry in old.items():
+            if links.get(pid) != entry:
+                dp.send_msg(pipeline.delete_bgp_link_flows(dp, entry[0]))
+        for pid, entry in links.items():
+            if old.get(pid) != entry:
+                for m in pipeline.bgp_link_flows(dp, *entry):
+                    dp.send_msg(m)
 
     # ---- OVSDB ------------------------------------------------------------
     def _ovsdb_loop(self):
@@ -143,6 +182,9 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.core.bindings = {}
         self.core.set_connected(True)
         self.core.recompute_bindings()
+        for entry in self.bgp_links.values():  # the wipe took them
+            for m in pipeline.bgp_link_flows(dp, *entry):
+                dp.send_msg(m)
         self._poke.set()
         LOG.info("connected to OVS datapath %016x", dp.id)
 

@@ -34,6 +34,11 @@ PRIO_SIMULATED = 100
 PRIO_LOW_TTL = 200
 PRIO_TCP_CLOSE = 150
 PRIO_STATE = 300
+PRIO_BGP = 250
+# Flows of a BGP link carry this cookie (| the link's ofport): no simulated
+# flow's cookie has these high bits (see midoflow.agent.flows.FlowIndex).
+BGP_COOKIE = 0xB6B0 << 48
+BGP_PORT = 179
 # More routers than this in one simulated flow is impossible (MAX_DEVICES).
 LOW_TTL = 8
 
@@ -116,6 +121,34 @@ def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int]) 
                           [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
                                                    [p.OFPActionOutput(ofport)])]))
     return msgs
+
+
+def bgp_link_flows(dp, link_ofport: int, uplink_ofport: int, ip: str) -> list:
+    """A gateway's BGP link (see midoflow.bgp.link): everything the speaker's
+    kernel sends goes out of the uplink as it is; from the uplink, BGP to or
+    from the port's address goes to the link, and ARP for that address goes
+    to the link and on to simulation (the router answers and learns too)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    to_link = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionOutput(link_ofport)])]
+    cookie = BGP_COOKIE | link_ofport
+    msgs = [_flow(dp, TABLE_CLASSIFY, PRIO_BGP, p.OFPMatch(in_port=link_ofport), [
+        p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionOutput(uplink_ofport)])],
+        cookie=cookie)]
+    for tp in ("tcp_dst", "tcp_src"):
+        msgs.append(_flow(dp, TABLE_CLASSIFY, PRIO_BGP, p.OFPMatch(
+            in_port=uplink_ofport, eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=ip,
+            **{tp: BGP_PORT}), to_link, cookie=cookie))
+    msgs.append(_flow(dp, TABLE_CLASSIFY, PRIO_BGP, p.OFPMatch(
+        in_port=uplink_ofport, eth_type=ETH_ARP, arp_tpa=ip),
+        [*to_link, p.OFPInstructionGotoTable(TABLE_SIMULATED)], cookie=cookie))
+    return msgs
+
+
+def delete_bgp_link_flows(dp, link_ofport: int):
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=TABLE_CLASSIFY,
+                        cookie=BGP_COOKIE | link_ofport, cookie_mask=0xFFFFFFFFFFFFFFFF,
+                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
 
 
 def unclassify_flows(dp, ofport: int, tunnel_key: int) -> list:

@@ -9,7 +9,9 @@ A new command is one function::
         ctx.emit(result, lambda r: render.details(r))
 
 ``group`` puts the command under a resource (``midoflow GROUP NAME ...``);
-without one it is a top-level command (``midoflow NAME ...``). The module that
+without one it is a top-level command (``midoflow NAME ...``). A group may be
+nested, its words separated by spaces (``"bgp peer"``: ``midoflow bgp peer
+NAME ...``). ``aliases`` are other names of the command. The module that
 defines it only has to be imported by :mod:`midoflow.cli.main`.
 """
 
@@ -83,10 +85,11 @@ class Command:
     func: Handler
     help: str
     args: Sequence[Arg | Exclusive] = field(default_factory=tuple)
+    aliases: Sequence[str] = ()
 
 
 COMMANDS: list[Command] = []
-GROUPS: dict[str, str] = {}  # group name -> help
+GROUPS: dict[str, str] = {}  # group name (nested: words separated by spaces) -> help
 
 
 def group(name: str, help: str) -> None:
@@ -94,10 +97,11 @@ def group(name: str, help: str) -> None:
 
 
 def command(
-    group: str | None, name: str, help: str, args: Sequence[Arg | Exclusive] = ()
+    group: str | None, name: str, help: str, args: Sequence[Arg | Exclusive] = (),
+    aliases: Sequence[str] = (),
 ) -> Callable[[Handler], Handler]:
     def deco(func: Handler) -> Handler:
-        COMMANDS.append(Command(group, name, func, help, tuple(args)))
+        COMMANDS.append(Command(group, name, func, help, tuple(args), tuple(aliases)))
         return func
 
     return deco

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Importing a command module registers its commands (see midoflow.cli.base).
-from midoflow.cli import resources, routers, security, status, trace  # noqa: F401
+from midoflow.cli import bgp, resources, routers, security, status, trace  # noqa: F401
 from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
 from midoflow.cli.client import DEFAULT_API, ApiError, Client, ResolveError, Unreachable
 
@@ -55,18 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, top=True)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups: dict[str, argparse._SubParsersAction] = {}
+
+    def group_parsers(name: str) -> argparse._SubParsersAction:
+        """The sub-parsers of a group (``"bgp peer"``: of ``peer`` under ``bgp``)."""
+        if name not in groups:
+            parent, _, leaf = name.rpartition(" ")
+            gh = GROUPS.get(name, "")
+            gp = (group_parsers(parent) if parent else top).add_parser(
+                leaf, help=gh, description=gh)
+            _global_options(gp, top=False)
+            groups[name] = gp.add_subparsers(
+                dest="action", metavar="ACTION", required=True, parser_class=_Parser
+            )
+        return groups[name]
+
     for cmd in COMMANDS:
         if cmd.group is None:
             p = top.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         else:
-            if cmd.group not in groups:
-                gh = GROUPS.get(cmd.group, "")
-                gp = top.add_parser(cmd.group, help=gh, description=gh)
-                _global_options(gp, top=False)
-                groups[cmd.group] = gp.add_subparsers(
-                    dest="action", metavar="ACTION", required=True, parser_class=_Parser
-                )
-            p = groups[cmd.group].add_parser(cmd.name, help=cmd.help, description=cmd.help)
+            p = group_parsers(cmd.group).add_parser(cmd.name, help=cmd.help,
+                                                    description=cmd.help,
+                                                    aliases=list(cmd.aliases))
         _global_options(p, top=False)
         add_args(p, cmd.args)
         p.set_defaults(handler=cmd.func)

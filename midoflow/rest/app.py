@@ -2,7 +2,8 @@
 
 JSON in and out under ``/v1``: hosts, tunnel zones, bridges, routers, their
 ports and routes, bindings and links, chains and rules, port groups, IP
-address groups, security groups, and packet traces. Errors are
+address groups, security groups, BGP peers and networks of uplink ports (and
+the routes BGP learned), and packet traces. Errors are
 ``{"error", "message", "field"}`` with 400/404/405/409/413/415/503; the
 OpenAPI document describing all of it is ``openapi.yaml`` beside this file,
 served at ``/v1/openapi.yaml`` and ``/v1/openapi.json``.
@@ -116,6 +117,10 @@ ROUTES: list[tuple[str, str, dict[str, str]]] = [
     ("port", "/ports/{id}", {"GET": "get_port", "PUT": "update_port", "DELETE": "delete_port"}),
     ("port_binding", "/ports/{id}/binding", {"PUT": "set_binding", "DELETE": "unbind_port"}),
     ("port_link", "/ports/{id}/link", {"PUT": "set_link", "DELETE": "unlink_port"}),
+    ("port_bgp_peers", "/ports/{id}/bgp_peers", {"GET": "list_port_bgp_peers",
+                                                 "POST": "create_bgp_peer"}),
+    ("port_bgp_networks", "/ports/{id}/bgp_networks", {"GET": "list_port_bgp_networks",
+                                                       "POST": "create_bgp_network"}),
     ("routers", "/routers", {"GET": "list_routers", "POST": "create_router"}),
     ("router", "/routers/{id}", {"GET": "get_router", "PUT": "update_router",
                                  "DELETE": "delete_router"}),
@@ -123,6 +128,8 @@ ROUTES: list[tuple[str, str, dict[str, str]]] = [
                                              "POST": "create_router_port"}),
     ("router_routes", "/routers/{id}/routes", {"GET": "list_router_routes",
                                                "POST": "create_route"}),
+    ("router_learned_routes", "/routers/{id}/learned_routes",
+     {"GET": "list_learned_routes"}),
     ("routes", "/routes", {"GET": "list_routes"}),
     ("route", "/routes/{id}", {"GET": "get_route", "PUT": "update_route",
                                "DELETE": "delete_route"}),
@@ -154,6 +161,12 @@ ROUTES: list[tuple[str, str, dict[str, str]]] = [
                                                  "POST": "add_security_group_rule"}),
     ("sg_rule", "/security_groups/{id}/rules/{rule_id}",
      {"GET": "get_security_group_rule", "DELETE": "delete_security_group_rule"}),
+    ("bgp_peers", "/bgp_peers", {"GET": "list_bgp_peers"}),
+    ("bgp_peer", "/bgp_peers/{id}", {"GET": "get_bgp_peer", "PUT": "update_bgp_peer",
+                                     "DELETE": "delete_bgp_peer"}),
+    ("bgp_networks", "/bgp_networks", {"GET": "list_bgp_networks"}),
+    ("bgp_network", "/bgp_networks/{id}", {"GET": "get_bgp_network",
+                                           "DELETE": "delete_bgp_network"}),
     ("trace", "/trace", {"POST": "trace"}),
 ]
 # Path parameters besides the object's id.
@@ -226,6 +239,8 @@ class Api:
                 "port_groups": PREFIX + "/port_groups",
                 "ip_addr_groups": PREFIX + "/ip_addr_groups",
                 "security_groups": PREFIX + "/security_groups",
+                "bgp_peers": PREFIX + "/bgp_peers",
+                "bgp_networks": PREFIX + "/bgp_networks",
                 "trace": PREFIX + "/trace",
                 "openapi": PREFIX + "/openapi.yaml",
             },
@@ -524,6 +539,48 @@ class Api:
     def h_delete_security_group_rule(self, req, id, rule_id):
         self.service.delete_security_group_rule(id, rule_id)
         return _json_response(204)
+
+    # BGP peers and networks of uplink ports, learned routes
+    def h_list_port_bgp_peers(self, req, id):
+        return _json_response(200, self.service.list_port_bgp_peers(id))
+
+    def h_create_bgp_peer(self, req, id):
+        self.service.get_port(id)
+        return _json_response(201, self.service.create_bgp_peer(id, read_json(req)))
+
+    def h_list_bgp_peers(self, req):
+        return _json_response(200, self.service.list_bgp_peers())
+
+    def h_get_bgp_peer(self, req, id):
+        return _json_response(200, self.service.get_bgp_peer(id))
+
+    def h_update_bgp_peer(self, req, id):
+        self.service.get_bgp_peer(id)
+        return _json_response(200, self.service.update_bgp_peer(id, read_json(req)))
+
+    def h_delete_bgp_peer(self, req, id):
+        self.service.delete_bgp_peer(id)
+        return _json_response(204)
+
+    def h_list_port_bgp_networks(self, req, id):
+        return _json_response(200, self.service.list_port_bgp_networks(id))
+
+    def h_create_bgp_network(self, req, id):
+        self.service.get_port(id)
+        return _json_response(201, self.service.create_bgp_network(id, read_json(req)))
+
+    def h_list_bgp_networks(self, req):
+        return _json_response(200, self.service.list_bgp_networks())
+
+    def h_get_bgp_network(self, req, id):
+        return _json_response(200, self.service.get_bgp_network(id))
+
+    def h_delete_bgp_network(self, req, id):
+        self.service.delete_bgp_network(id)
+        return _json_response(204)
+
+    def h_list_learned_routes(self, req, id):
+        return _json_response(200, self.service.list_learned_routes(id))
 
     # trace
     def h_trace(self, req):

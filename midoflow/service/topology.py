@@ -11,7 +11,8 @@ that adds the reference; deleting them is conditional on the version read when
 the references were checked.
 
 Chains, rules, port groups, IP address groups and security groups live in
-:mod:`midoflow.service.chains` (a mixin of this class); the chains generated for
+:mod:`midoflow.service.chains`, BGP peers and networks in
+:mod:`midoflow.service.bgp` (mixins of this class); the chains generated for
 security groups and protected ports are computed by
 :mod:`midoflow.service.security` and written in the same commit as the port,
 bridge or group change that affects them (through :class:`~.txn.Txn`).
@@ -26,6 +27,7 @@ from midoflow.errors import Conflict, Invalid, NotFound
 from midoflow.service import security as sec
 from midoflow.service import trace as tracing
 from midoflow.service import validate as v
+from midoflow.service.bgp import BgpMixin
 from midoflow.service.chains import FILTERS, ChainsMixin
 from midoflow.service.txn import Txn
 from midoflow.store import paths
@@ -87,6 +89,8 @@ _LABEL = {
     model.PORT_GROUPS: "port group",
     model.IP_ADDR_GROUPS: "IP address group",
     model.SECURITY_GROUPS: "security group",
+    model.BGP_PEERS: "BGP peer",
+    model.BGP_NETWORKS: "BGP network",
 }
 
 
@@ -94,7 +98,7 @@ def _sort_key(obj: Data) -> tuple[str, str]:
     return (obj.get("name") or "", obj["id"])
 
 
-class TopologyService(ChainsMixin):
+class TopologyService(ChainsMixin, BgpMixin):
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -470,8 +474,9 @@ class TopologyService(ChainsMixin):
     def delete_port(self, id: str) -> None:
         """Delete a port, atomically: it leaves its bridge or router and its port
         groups, its peer is unlinked, the routes through it (next_hop_port) are
-        deleted, and so are its generated chains (its security groups' address
-        groups lose its addresses). Refused while a rule matches on it."""
+        deleted, and so are its BGP peers and networks and its generated chains
+        (its security groups' address groups lose its addresses). Refused while
+        a rule matches on it."""
         port, pver = self._get(model.PORTS, id)
         pid = port["id"]
         txn = Txn(self.store)
@@ -491,6 +496,7 @@ class TopologyService(ChainsMixin):
         for r in txn.list(model.ROUTES):
             if r.get("next_hop_port") == pid:
                 txn.delete(model.ROUTES, r["id"])
+        self._delete_port_bgp(txn, pid)
         if port.get("peer_id"):
             peer = txn.get(model.PORTS, port["peer_id"])
             if peer is not None and peer.get("peer_id") == pid:

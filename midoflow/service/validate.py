@@ -247,3 +247,21 @@ def port_range(value: Any, field: str) -> list[int]:
 
 def ip_key(addr: str) -> int:
     return int(netaddr.IPAddress(addr))
+
+
+ASN_MAX = 4294967295  # 4-byte AS numbers (RFC 6793)
+
+
+def asn(value: Any, field: str) -> int:
+    """An AS number, 1 to 4294967295 (0 is reserved)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ASN_MAX:
+        raise Invalid(f"{field} must be an AS number: an integer from 1 to {ASN_MAX}", field)
+    return value
+
+
+def bgp_timers(keepalive: int, hold_time: int, field: str) -> None:
+    """A BGP hold time is 0 (no keepalives) or at least three keepalive intervals."""
+    if hold_time and keepalive * 3 > hold_time:
+        raise Invalid(f"keepalive * 3 must not exceed hold_time (keepalive {keepalive} s, "
+                      f"hold_time {hold_time} s): lower keepalive to {hold_time // 3} or "
+                      f"less, or raise hold_time to {keepalive * 3} or more", field)

@@ -59,3 +59,42 @@ def parse_arp_entry(name: str) -> tuple[str, str, float] | None:
         return parts[0], parts[1], float(parts[2])
     except ValueError:
         return None
+
+
+def learned_routes(router_id: str) -> str:
+    """Children named ``<dst>_<plen>,<gateway>,<port_id>,<weight>``: the routes
+    the router's BGP speakers learned (one children watch follows them all).
+
+    Each is ephemeral, written by the agent of the gateway host whose speaker
+    holds the session: it goes with the session, or with the agent."""
+    return f"tables/routers/{router_id}/learned_routes"
+
+
+def learned_route_entry(router_id: str, dst_cidr: str, gateway: str, port_id: str,
+                        weight: int) -> str:
+    return f"{learned_routes(router_id)}/{dst_cidr.replace('/', '_')},{gateway},{port_id},{weight}"
+
+
+def parse_learned_route(name: str) -> dict | None:
+    """A learned route's entry name -> {"dst_cidr", "next_hop_gateway",
+    "next_hop_port", "weight"}; None for a foreign name."""
+    parts = name.split(",")
+    if len(parts) != 4 or not all(parts):
+        return None
+    dst, gateway, port_id, weight = parts
+    net, sep, plen = dst.rpartition("_")
+    if not sep or not plen.isdigit() or not weight.isdigit():
+        return None
+    return {"dst_cidr": f"{net}/{plen}", "next_hop_gateway": gateway,
+            "next_hop_port": port_id, "weight": int(weight)}
+
+
+def bgp_peer_state(peer_id: str) -> str:
+    """Ephemeral: the session of a configured BGP peer, written by the agent
+    whose speaker holds it. Data: {"host_id", "state" ("idle", "connect",
+    "established", ...), "since" (epoch s), "prefixes_received",
+    "prefixes_advertised"}."""
+    return f"state/bgp_peers/{peer_id}"
+
+
+BGP_PEERS_STATE = "state/bgp_peers"

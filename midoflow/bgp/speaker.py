@@ -1,0 +1,385 @@
+"""The gateway's BGP speaker: os-ken's ``BGPSpeaker`` driven from the topology.
+
+Thin glue around :mod:`midoflow.bgp.policy`. One speaker per agent process
+(os-ken keeps a module-level core), with a neighbour for every BGP peer of
+every uplink bound on this host. :meth:`BgpManager.reconcile` brings the
+speaker, the BGP links (:mod:`midoflow.bgp.link`) and the learned routes in
+the store in line with the configuration; os-ken's handlers only feed the
+route learner and wake the reconciler.
+
+Designed around os-ken's quirks: ECMP comes from ``adj_rib_in_change_handler``
+(best-path keeps one path); ``peer_up_handler`` names the peer by router-id
+while ``peer_down_handler`` names it by address, so sessions are followed by
+polling the neighbours' states instead; our own prefixes are denied inbound
+(otherwise ``prefix_del`` may send no withdraw); the keepalive interval,
+which os-ken fixes at a third of the hold time, is set on the session once
+it is up; os-ken refuses a connect-retry time under 10 s, so the configured
+one is put in after its validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from midoflow.bgp import link as bgplink
+from midoflow.bgp.policy import LearnedRoute, PeerPolicy, RouteLearner
+from midoflow.errors import MidoflowError
+from midoflow.model import DEVICE_ROUTER, PORT_EXTERIOR
+from midoflow.store import paths
+
+LOG = logging.getLogger("midoflow.bgp")
+
+
+@dataclass(frozen=True)
+class PeerConf:
+    """One neighbour as the speaker needs it (from a bgp_peers object and its port)."""
+
+    peer_id: str
+    port_id: str
+    router_id: str
+    local_ip: str
+    prefix_len: int
+    mac: str
+    local_as: int
+    peer_address: str
+    peer_as: int
+    keepalive: int
+    hold_time: int
+    connect_retry: int
+
+
+def desired(cache, bound: set[str]) -> tuple[dict[str, PeerConf], dict[str, set[str]]]:
+    """(peer address -> PeerConf, uplink port -> prefixes to advertise) for
+    the uplinks bound on this host. A second peer with the same address on
+    another local uplink is left out (os-ken keys neighbours by address)."""
+    peers: dict[str, PeerConf] = {}
+    for bp in sorted(cache.bgp_peers.values(), key=lambda p: p.id):
+        port = cache.ports.get(bp.port_id)
+        if (bp.port_id not in bound or port is None or port.device_type != DEVICE_ROUTER
+                or port.type != PORT_EXTERIOR or not port.ip_address or not port.mac):
+            continue
+        if bp.peer_address in peers:
+            LOG.warning("BGP peer %s: address %s is already a peer of port %s; ignored",
+                        bp.id, bp.peer_address, peers[bp.peer_address].port_id)
+            continue
+        peers[bp.peer_address] = PeerConf(
+            bp.id, bp.port_id, port.device_id, port.ip_address, int(port.prefix_len or 32),
+            port.mac, bp.local_as, bp.peer_address, bp.peer_as, bp.keepalive, bp.hold_time,
+            bp.connect_retry)
+    ports = {p.port_id for p in peers.values()}
+    nets: dict[str, set[str]] = {pid: set() for pid in ports}
+    for n in cache.bgp_networks.values():
+        if n.port_id in ports:
+            nets[n.port_id].add(n.prefix)
+    return peers, nets
+
+
+class BgpManager:
+    def __init__(self, cache, store, host_id: str, ovsdb: str, bridge: str,
+                 ovs_netns: str | None, bindings: Callable[[], dict[str, int]],
+                 on_links: Callable[[dict[str, tuple[int, int, str]]], None]) -> None:
+        self.cache = cache
+        self.store = store
+        self.host_id = host_id
+        self.ovsdb = ovsdb
+        self.bridge = bridge
+        self.ovs_netns = ovs_netns or None
+        self.bindings = bindings
+        self.on_links = on_links  # uplink port -> (link ofport, uplink ofport, ip)
+        self.learner = RouteLearner()
+        self.speaker = None
+        self.peers: dict[str, PeerConf] = {}  # address -> conf, as given to os-ken
+        self.advertised: set[str] = set()
+        self.links: dict[str, bgplink.LinkSpec] = {}
+        self.link_flows: dict[str, tuple[int, int, str]] = {}
+        self.written: dict[LearnedRoute, str] = {}  # route -> its entry path
+        self.states: dict[str, dict] = {}  # peer id -> last written state
+        self.kick: Callable[[], None] = lambda: None  # set by the agent: wake reconcile
+        # (local AS, router id, manager) -> the speaker; tests give a fake one
+        self.make_speaker: Callable[..., object] = OsKenSpeaker
+        self.errors: dict[str, str] = {}
+
+    # ---- os-ken handlers (green threads of the BGP core) -------------------
+    def _on_path(self, ev, peer_ip: str, peer_as: int) -> None:
+        try:
+            from os_ken.lib.packet import bgp
+
+            if ev.prefix is None or ":" in str(ev.prefix):
+                return
+            if ev.is_withdraw:
+                self.learner.withdraw(peer_ip, ev.prefix)
+            else:
+                path = ev.path
+                asp = path.get_pattr(bgp.BGP_ATTR_TYPE_AS_PATH)
+                lp = path.get_pattr(bgp.BGP_ATTR_TYPE_LOCAL_PREF)
+                origin = path.get_pattr(bgp.BGP_ATTR_TYPE_ORIGIN)
+                med = path.get_pattr(bgp.BGP_ATTR_TYPE_MULTI_EXIT_DISC)
+                first_as = peer_as
+                if asp is not None and asp.value and asp.value[0]:
+                    seg = asp.value[0]
+                    first_as = next(iter(seg)) if not isinstance(seg, list) else seg[0]
+                self.learner.update(
+                    peer_ip, ev.prefix, ev.nexthop,
+                    as_path_len=asp.get_as_path_len() if asp is not None else 0,
+                    local_pref=lp.value if lp is not None else 100,
+                    origin=origin.value if origin is not None else 0,
+                    med=med.value if med is not None else 0,
+                    neighbour_as=int(first_as))
+        except Exception:  # a strange path must not stop the BGP core
+            LOG.exception("BGP path from %s not understood", peer_ip)
+        self.kick()
+
+    def _on_down(self, peer_ip: str, _remote_as: int) -> None:
+        LOG.info("BGP session to %s down", peer_ip)
+        self.learner.peer_down(peer_ip)
+        self.kick()
+
+    def _on_up(self, router_id: str, remote_as: int) -> None:
+        LOG.info("BGP session up with router-id %s (AS %s)", router_id, remote_as)
+        self.kick()
+
+    # ---- reconcile -----------------------------------------------------------
+    def reconcile(self) -> None:
+        bound = self.bindings()
+        peers, nets = desired(self.cache, set(bound))
+        self._reconcile_links(peers, bound)
+        ready = {a: pc for a, pc in peers.items() if pc.port_id in self.link_flows}
+        if ready and self.speaker is None:
+            first = next(iter(ready.values()))
+            self.speaker = self.make_speaker(first.local_as, first.local_ip, self)
+            LOG.info("BGP speaker started: AS %s, router-id %s", first.local_as,
+                     first.local_ip)
+        if self.speaker is not None:
+            self._reconcile_neighbours(ready, nets)
+        self.learner.set_own(n.prefix for n in self.cache.bgp_networks.values())
+        self._write_routes()
+        self._write_states()
+
+    def _reconcile_links(self, peers: dict[str, PeerConf], bound: dict[str, int]) -> None:
+        want: dict[str, bgplink.LinkSpec] = {}
+        for pc in peers.values():
+            want[pc.port_id] = bgplink.LinkSpec(pc.port_id, pc.mac, pc.local_ip, pc.prefix_len)
+        changed = False
+        for pid, spec in list(self.links.items()):
+            if want.get(pid) != spec:
+                bgplink.remove(spec, self.ovsdb, self.bridge)
+                del self.links[pid]
+                changed |= self.link_flows.pop(pid, None) is not None
+        for pid, spec in want.items():
+            if pid not in self.links:
+                try:
+                    bgplink.create(spec, self.ovsdb, self.bridge, self.ovs_netns)
+                    self.links[pid] = spec
+                    self.errors.pop(pid, None)
+                except (bgplink.LinkError, Exception) as e:
+                    if self.errors.get(pid) != str(e):
+                        LOG.error("BGP link for uplink %s: %s", pid, e)
+                    self.errors[pid] = str(e)
+                    continue
+            ofp = bgplink.ofport(self.ovsdb, spec)
+            entry = (ofp, bound[pid], spec.ip)
+            if ofp > 0 and self.link_flows.get(pid) != entry:
+                self.link_flows[pid] = entry
+                changed = True
+        if changed:
+            self.on_links(dict(self.link_flows))
+
+    def _reconcile_neighbours(self, ready: dict[str, PeerConf], nets) -> None:
+        for addr, pc in list(self.peers.items()):
+            if ready.get(addr) != pc:
+                try:
+                    self.speaker.del_neighbour(addr)
+                except Exception as e:
+                    LOG.warning("BGP neighbour %s: %s", addr, e)
+                del self.peers[addr]
+                self.learner.remove_peer(addr)
+                self._drop_state(pc.peer_id)
+        added = False
+        for addr, pc in ready.items():
+            if addr not in self.peers:
+                self.learner.set_peer(addr, PeerPolicy(
+                    pc.port_id, connected=f"{pc.local_ip}/{pc.prefix_len}"))
+                try:
+                    self.speaker.add_neighbour(pc)
+                    LOG.info("BGP neighbour %s (AS %s) added for uplink %s, hold %s s",
+                             pc.peer_address, pc.peer_as, pc.port_id, pc.hold_time)
+                except Exception as e:
+                    LOG.error("BGP neighbour %s: %s", addr, e)
+                    continue
+                self.peers[addr] = pc
+                added = True
+        if added and self.peers:
+            self.speaker.set_retry(min(pc.connect_retry for pc in self.peers.values()))
+        want = set().union(*nets.values()) if nets else set()
+        want = {p for p in want if any(pc.port_id in nets and p in nets[pc.port_id]
+                                       for pc in self.peers.values())}
+        own = sorted({n.prefix for n in self.cache.bgp_networks.values()})
+        for pc in self.peers.values():
+            try:
+                self.speaker.set_filters(pc.peer_address, own, sorted(nets.get(pc.port_id, ())))
+            except Exception as e:
+                LOG.warning("BGP filters for %s: %s", pc.peer_address, e)
+        for p in sorted(want - self.advertised):
+            self.speaker.prefix_add(p)
+            LOG.info("BGP: advertising %s", p)
+        for p in sorted(self.advertised - want):
+            self.speaker.prefix_del(p)
+            LOG.info("BGP: withdrew %s", p)
+        self.advertised = want
+
+    def _write_routes(self) -> None:
+        want = set().union(*self.learner.routes().values()) if self.peers else set()
+        for r in sorted(set(self.written) - want, key=str):
+            try:
+                self.store.delete_state(self.written[r])
+                del self.written[r]
+            except MidoflowError as e:
+                LOG.warning("cannot remove learned route %s: %s", r, e)
+        for r in sorted(want - set(self.written), key=str):
+            port = self.cache.ports.get(r.port_id)
+            if port is None:
+                continue
+            path = paths.learned_route_entry(port.device_id, r.dst_cidr, r.gateway, r.port_id,
+                                             r.weight)
+            try:
+                self.store.put_state(path, {"host_id": self.host_id, "at": time.time()},
+                                     ephemeral=True)
+                self.written[r] = path
+            except MidoflowError as e:
+                LOG.warning("cannot record learned route %s: %s", r, e)
+
+    def _write_states(self) -> None:
+        states = self.speaker.states(list(self.peers)) if self.speaker is not None else {}
+        for addr, pc in self.peers.items():
+            st = states.get(addr, "idle")
+            prev = self.states.get(pc.peer_id)
+            if prev is not None and prev["state"] == st \
+                    and prev["prefixes_received"] == self.learner.received(addr):
+                continue
+            if st == "established" and (prev is None or prev["state"] != "established"):
+                self.speaker.set_keepalive(pc.peer_address, pc.keepalive)
+            data = {"host_id": self.host_id, "state": st, "address": addr,
+                    "since": time.time() if prev is None or prev["state"] != st
+                    else prev["since"],
+                    "prefixes_received": self.learner.received(addr),
+                    "prefixes_advertised": len(self.advertised)}
+            try:
+                self.store.put_state(paths.bgp_peer_state(pc.peer_id), data, ephemeral=True)
+                self.states[pc.peer_id] = data
+            except MidoflowError as e:
+                LOG.warning("cannot publish BGP peer state: %s", e)
+
+    def _drop_state(self, peer_id: str) -> None:
+        self.states.pop(peer_id, None)
+        try:
+            self.store.delete_state(paths.bgp_peer_state(peer_id))
+        except MidoflowError:
+            pass
+
+    def stop(self) -> None:
+        """Close the sessions and remove the links (the agent is stopping)."""
+        if self.speaker is not None:
+            for addr in list(self.peers):
+                try:
+                    self.speaker.del_neighbour(addr)
+                except Exception:
+                    pass
+        for spec in self.links.values():
+            try:
+                bgplink.remove(spec, self.ovsdb, self.bridge)
+            except Exception:
+                pass
+
+
+class OsKenSpeaker:
+    """The one os-ken ``BGPSpeaker`` of this process, behind the few calls the
+    manager makes (a fake stands in for it in unit tests)."""
+
+    def __init__(self, local_as: int, router_id: str, mgr: BgpManager) -> None:
+        from os_ken.services.protocols.bgp.bgpspeaker import BGPSpeaker
+
+        # listen on the first link's address only: several agents may share a
+        # namespace (the lab), each with its own uplink address
+        self.bgp = BGPSpeaker(
+            as_number=local_as, router_id=router_id, bgp_server_hosts=(router_id,),
+            bgp_server_port=179, adj_rib_in_change_handler=mgr._on_path,
+            peer_down_handler=mgr._on_down, peer_up_handler=mgr._on_up)
+
+    @staticmethod
+    def _core():
+        from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
+
+        return CORE_MANAGER.get_core_service()
+
+    def add_neighbour(self, pc: PeerConf) -> None:
+        """``neighbor_add`` plus the hold time, a neighbour setting os-ken
+        has but does not take there."""
+        from os_ken.services.protocols.bgp.api.base import call
+        from os_ken.services.protocols.bgp.rtconf import base as rtbase
+        from os_ken.services.protocols.bgp.rtconf import neighbors
+
+        call("neighbor.create", **{
+            neighbors.IP_ADDRESS: pc.peer_address, neighbors.REMOTE_AS: pc.peer_as,
+            neighbors.LOCAL_AS: pc.local_as, rtbase.HOLD_TIME: pc.hold_time,
+            neighbors.CONNECT_MODE: neighbors.CONNECT_MODE_BOTH,
+            rtbase.CAP_MBGP_IPV4: True, rtbase.CAP_MBGP_IPV6: False,
+            rtbase.CAP_MBGP_VPNV4: False, rtbase.CAP_MBGP_VPNV6: False,
+            rtbase.CAP_MBGP_EVPN: False, rtbase.CAP_ENHANCED_REFRESH: False,
+            rtbase.CAP_FOUR_OCTET_AS_NUMBER: True,
+        })
+
+    def del_neighbour(self, address: str) -> None:
+        self.bgp.neighbor_del(address)
+
+    def prefix_add(self, prefix: str) -> None:
+        self.bgp.prefix_add(prefix)
+
+    def prefix_del(self, prefix: str) -> None:
+        self.bgp.prefix_del(prefix)
+
+    def set_filters(self, address: str, deny_in: list[str], permit_out: list[str]) -> None:
+        """In: our own prefixes (and anything inside) are never learned back.
+        Out: the peer hears only ``permit_out``."""
+        from os_ken.services.protocols.bgp.info_base.base import PrefixFilter
+
+        deny = PrefixFilter.POLICY_DENY
+        self.bgp.in_filter_set(address, [PrefixFilter(p, policy=deny, le=32) for p in deny_in])
+        out = [PrefixFilter(p, policy=PrefixFilter.POLICY_PERMIT) for p in permit_out]
+        self.bgp.out_filter_set(address, [*out, PrefixFilter("0.0.0.0/0", policy=deny, le=32)])
+
+    def set_retry(self, seconds: int) -> None:
+        """os-ken refuses a connect-retry time under 10 s: set it after validation."""
+        from os_ken.services.protocols.bgp.rtconf import common
+
+        conf = self._core().common_conf
+        conf._settings[common.BGP_CONN_RETRY_TIME] = max(1, seconds)
+        conf._settings[common.TCP_CONN_TIMEOUT] = max(2, seconds)
+
+    def states(self, addresses: list[str]) -> dict[str, str]:
+        """Peer address -> its FSM state ("established", "active", "idle", ...)."""
+        out = {}
+        try:
+            pm = self._core().peer_manager
+            for addr in addresses:
+                peer = pm.get_by_addr(addr)
+                if peer is not None:
+                    out[addr] = str(peer.state.bgp_state).lower()
+        except Exception as e:
+            LOG.debug("BGP neighbour states: %s", e)
+        return out
+
+    def set_keepalive(self, address: str, seconds: int) -> None:
+        """os-ken sends keepalives every hold/3 s: use the configured interval."""
+        try:
+            peer = self._core().peer_manager.get_by_addr(address)
+            proto = getattr(peer, "_protocol", None) if peer else None
+            timer = getattr(proto, "_keepalive", None)
+            hold = getattr(proto, "_holdtime", None)
+            if timer is not None and hold and seconds < hold:
+                timer.stop()
+                timer.start(seconds, now=False)
+        except Exception as e:
+            LOG.debug("keepalive of %s not set: %s", address, e)

@@ -1,0 +1,223 @@
+"""The gateway's BGP manager (midoflow.bgp.speaker) driven by real os-ken BGP
+events (os-ken's own path objects), with a fake speaker and link."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from os_ken.lib.packet import bgp
+from os_ken.services.protocols.bgp.bgpspeaker import EventPrefix
+from os_ken.services.protocols.bgp.info_base.ipv4 import Ipv4Path
+
+from midoflow.bgp import speaker as sp
+from midoflow.model import BgpNetwork, BgpPeer, Port, Route
+from midoflow.store import paths
+from midoflow.store.memory import MemoryStore
+
+R = "router-1"
+
+
+def uplink(pid: str, ip: str, mac: str) -> Port:
+    return Port(id=pid, device_id=R, tunnel_key=7, device_type="router", type="exterior",
+                mac=mac, ip_address=ip, prefix_len=30)
+
+
+class FakeSpeaker:
+    def __init__(self, local_as, router_id, mgr):
+        self.local_as, self.router_id, self.mgr = local_as, router_id, mgr
+        self.neighbours: dict[str, sp.PeerConf] = {}
+        self.prefixes: set[str] = set()
+        self.filters: dict[str, tuple] = {}
+        self.fsm: dict[str, str] = {}
+        self.keepalives: dict[str, int] = {}
+        self.retry = None
+
+    def add_neighbour(self, pc):
+        self.neighbours[pc.peer_address] = pc
+
+    def del_neighbour(self, addr):
+        del self.neighbours[addr]
+
+    def prefix_add(self, p):
+        self.prefixes.add(p)
+
+    def prefix_del(self, p):
+        self.prefixes.discard(p)
+
+    def set_filters(self, addr, deny_in, permit_out):
+        self.filters[addr] = (tuple(deny_in), tuple(permit_out))
+
+    def set_retry(self, s):
+        self.retry = s
+
+    def states(self, addrs):
+        return {a: self.fsm.get(a, "active") for a in addrs}
+
+    def set_keepalive(self, addr, s):
+        self.keepalives[addr] = s
+
+
+@pytest.fixture
+def gw(monkeypatch):
+    links = []
+    monkeypatch.setattr(sp.bgplink, "create", lambda spec, db, br, ns: links.append(spec))
+    monkeypatch.setattr(sp.bgplink, "remove", lambda spec, db, br: links.remove(spec)
+                        if spec in links else None)
+    monkeypatch.setattr(sp.bgplink, "ofport", lambda db, spec: 40 + len(spec.port_id))
+    cache = SimpleNamespace(ports={"up1": uplink("up1", "192.0.2.1", "02:00:00:00:01:01"),
+                                   "up2": uplink("up2", "192.0.2.5", "02:00:00:00:01:02")},
+                            bgp_peers={}, bgp_networks={})
+    store = MemoryStore()
+    flows = {}
+    bound = {"up1": 5}
+    mgr = sp.BgpManager(cache, store, "host-gw1", "unix:db", "br-int", "1234",
+                        bindings=lambda: dict(bound), on_links=lambda d: flows.update(
+                            {"now": dict(d)}))
+    mgr.make_speaker = FakeSpeaker
+    cache.bgp_peers["p1"] = BgpPeer("p1", "up1", 64512, "192.0.2.2", 65000, keepalive=1,
+                                    hold_time=3, connect_retry=2)
+    cache.bgp_networks["n1"] = BgpNetwork("n1", "up1", "203.0.113.0/24")
+    return SimpleNamespace(mgr=mgr, cache=cache, store=store, flows=flows, bound=bound,
+                           links=links)
+
+
+def event(prefix: str, nexthop: str, as_path=(65000,), withdraw=False, med=None):
+    addr, plen = prefix.split("/")
+    attrs = {bgp.BGP_ATTR_TYPE_ORIGIN: bgp.BGPPathAttributeOrigin(bgp.BGP_ATTR_ORIGIN_IGP),
+             bgp.BGP_ATTR_TYPE_AS_PATH: bgp.BGPPathAttributeAsPath([list(as_path)])}
+    if med is not None:
+        attrs[bgp.BGP_ATTR_TYPE_MULTI_EXIT_DISC] = bgp.BGPPathAttributeMultiExitDisc(med)
+    path = Ipv4Path(SimpleNamespace(remote_as=as_path[0] if as_path else 0, version_num=4),
+                    bgp.IPAddrPrefix(int(plen), addr), 1, pattrs=attrs, nexthop=nexthop,
+                    is_withdraw=withdraw)
+    return EventPrefix(path, withdraw)
+
+
+def learned(store) -> set[str]:
+    return set(store.list_state(paths.learned_routes(R)))
+
+
+def test_speaker_link_neighbour_and_advertisement(gw):
+    gw.mgr.reconcile()
+    spk = gw.mgr.speaker
+    assert (spk.local_as, spk.router_id) == (64512, "192.0.2.1")
+    assert [s.ip for s in gw.links] == ["192.0.2.1"]
+    assert gw.flows["now"] == {"up1": (43, 5, "192.0.2.1")}
+    pc = spk.neighbours["192.0.2.2"]
+    assert (pc.peer_as, pc.hold_time, pc.local_as) == (65000, 3, 64512)
+    assert spk.prefixes == {"203.0.113.0/24"}
+    assert spk.filters["192.0.2.2"] == (("203.0.113.0/24",), ("203.0.113.0/24",))
+    assert spk.retry == 2
+    # a second range through the API is advertised at the next reconcile
+    gw.cache.bgp_networks["n2"] = BgpNetwork("n2", "up1", "198.18.0.0/24")
+    gw.mgr.reconcile()
+    assert spk.prefixes == {"203.0.113.0/24", "198.18.0.0/24"}
+    del gw.cache.bgp_networks["n1"]
+    gw.mgr.reconcile()
+    assert spk.prefixes == {"198.18.0.0/24"}
+
+
+def test_learned_routes_are_written_ephemeral_and_removed(gw):
+    gw.mgr.reconcile()
+    gw.mgr._on_path(event("0.0.0.0/0", "192.0.2.2"), "192.0.2.2", 65000)
+    gw.mgr._on_path(event("10.20.0.0/16", "192.0.2.2", as_path=(65000, 65100)),
+                    "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    names = learned(gw.store)
+    assert names == {"0.0.0.0_0,192.0.2.2,up1,101", "10.20.0.0_16,192.0.2.2,up1,102"}
+    assert all(paths.parse_learned_route(n) for n in names)
+    gw.mgr._on_path(event("10.20.0.0/16", "192.0.2.2", withdraw=True), "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == {"0.0.0.0_0,192.0.2.2,up1,101"}
+    gw.mgr._on_down("192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == set()
+
+
+def test_own_range_learned_back_is_never_installed(gw):
+    gw.mgr.reconcile()
+    gw.mgr._on_path(event("203.0.113.0/24", "192.0.2.2", as_path=(65000, 64512)),
+                    "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == set()
+
+
+def test_malformed_event_does_not_raise(gw):
+    gw.mgr.reconcile()
+    gw.mgr._on_path(SimpleNamespace(prefix="x", is_withdraw=False, nexthop=None, path=None),
+                    "192.0.2.2", 65000)
+    gw.mgr._on_path(SimpleNamespace(prefix=None, is_withdraw=False), "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == set()
+
+
+def test_session_state_is_published_and_keepalive_set_once_up(gw):
+    gw.mgr.reconcile()
+    st = gw.store.get_state(paths.bgp_peer_state("p1"))
+    assert st["state"] == "active" and st["host_id"] == "host-gw1"
+    gw.mgr.speaker.fsm["192.0.2.2"] = "established"
+    gw.mgr._on_path(event("0.0.0.0/0", "192.0.2.2"), "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    st = gw.store.get_state(paths.bgp_peer_state("p1"))
+    assert st["state"] == "established" and st["prefixes_received"] == 1
+    assert st["prefixes_advertised"] == 1
+    assert gw.mgr.speaker.keepalives == {"192.0.2.2": 1}
+
+
+def test_unbinding_the_uplink_closes_the_session_and_forgets_its_routes(gw):
+    gw.mgr.reconcile()
+    gw.mgr._on_path(event("0.0.0.0/0", "192.0.2.2"), "192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store)
+    gw.bound.clear()
+    gw.mgr.reconcile()
+    assert gw.mgr.speaker.neighbours == {} and gw.links == []
+    assert gw.flows["now"] == {}
+    assert learned(gw.store) == set()
+    assert gw.store.get_state(paths.bgp_peer_state("p1")) is None
+
+
+def test_timer_change_re_adds_the_neighbour(gw):
+    gw.mgr.reconcile()
+    gw.cache.bgp_peers["p1"] = BgpPeer("p1", "up1", 64512, "192.0.2.2", 65000, keepalive=3,
+                                       hold_time=9)
+    gw.mgr.reconcile()
+    assert gw.mgr.speaker.neighbours["192.0.2.2"].hold_time == 9
+
+
+def test_two_uplinks_two_peers_ecmp(gw):
+    gw.bound["up2"] = 6
+    gw.cache.bgp_peers["p2"] = BgpPeer("p2", "up2", 64512, "192.0.2.6", 65000)
+    gw.cache.bgp_networks["n3"] = BgpNetwork("n3", "up2", "198.18.1.0/24")
+    gw.mgr.reconcile()
+    spk = gw.mgr.speaker
+    assert set(spk.neighbours) == {"192.0.2.2", "192.0.2.6"}
+    # each peer hears only its own uplink's networks; both refuse every own range
+    assert spk.filters["192.0.2.6"] == (("198.18.1.0/24", "203.0.113.0/24"), ("198.18.1.0/24",))
+    for peer in ("192.0.2.2", "192.0.2.6"):
+        gw.mgr._on_path(event("0.0.0.0/0", peer), peer, 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == {"0.0.0.0_0,192.0.2.2,up1,101", "0.0.0.0_0,192.0.2.6,up2,101"}
+
+
+def test_cache_merges_learned_routes_into_the_router(gw):
+    """The agent's topology cache turns the entries into routes of the router."""
+    from midoflow.agent.cache import TopologyCache
+    from midoflow.service.topology import TopologyService
+
+    store = gw.store
+    svc = TopologyService(store)
+    r = svc.create_router({"name": "provider"})
+    tags = []
+    cache = TopologyCache(store, tags.append)
+    cache.start()
+    store.put_state(paths.learned_route_entry(r["id"], "0.0.0.0/0", "192.0.2.2", "up1", 101),
+                    {}, ephemeral=True)
+    routes = cache.routes(r["id"])
+    assert [(x.dst_cidr, x.next_hop_gateway, x.next_hop_port, x.weight) for x in routes] == \
+        [("0.0.0.0/0", "192.0.2.2", "up1", 101)]
+    assert isinstance(routes[0], Route)
+    assert any(f"routes:{r['id']}" in t or any(r["id"] in s for s in t) for t in tags)
+    store.delete_state(paths.learned_route_entry(r["id"], "0.0.0.0/0", "192.0.2.2", "up1", 101))
+    assert cache.routes(r["id"]) == ()
