@@ -5,7 +5,7 @@
 #   * midoflow agents (osken-manager running midoflow.apps.agent), and the
 #     ZooKeeper servers and Cassandra nodes started by midoflow.devenv;
 #   * interfaces and bridges in the root namespace named mfl*, named netns mfl*,
-#     and gateway agents' BGP links (mb<10 hex>);
+#     and gateway agents' BGP links (mb<10 hex>) and namespaces (mbgp-<10 hex>);
 #   * /tmp/mfl*-* run directories.
 # It never touches the system OVS, other Mininet users, or anything not named
 # with the project's prefixes (so it does NOT run `mn -c`, which killall's every
@@ -98,6 +98,9 @@ for l in $links; do say "deleting link $l"; run ip link del "$l"; done
 if ((SERVICES)) && [ "$PREFIX" = mfl ]; then
   for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^mb[0-9a-f]{10}$' || true); do
     say "deleting BGP link $l"; run ip link del "$l"
+  done
+  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mbgp-[0-9a-f]{1,10}$' || true); do
+    say "deleting BGP namespace $n"; run ip netns del "$n"
   done
 fi
 

@@ -95,8 +95,10 @@ class GatewayLab:
                                                     interior=False, name=u.name))
         # the floating-IP range lives here: what is not assigned is dropped
         mc.route(self.router, RANGE, type="blackhole")
-        mc.api.request("POST", "/port_groups", {"name": "uplinks", "stateful": True,
-                                                "port_ids": self.uplink_ports})
+        group = mc.api.request("POST", "/port_groups", {"name": "uplinks",
+                                                        "stateful": True})["id"]
+        for port in self.uplink_ports:
+            mc.api.request("POST", f"/port_groups/{group}/ports", {"port_id": port})
         pre = mc.chain("provider-in", [
             {"action": "dnat", "nw_dst": f"{FIP}/32",
              "nat_targets": [{"addr_from": "10.0.0.2", "addr_to": "10.0.0.2"}]},
@@ -180,10 +182,13 @@ class GatewayLab:
         return None
 
     def kill_gateway(self, i: int) -> None:
-        """The gateway host dies: its agent (SIGKILL) and its OVS."""
+        """The gateway host dies as in a power cut: its OVS (the datapath) and
+        its agent, SIGKILL, in that order, so nothing more leaves it (not
+        even the FIN of the agent's BGP sessions: the border routers must
+        notice by their hold timers)."""
         gw = self.gateways[i]
-        self.mc.kill_agent(gw, 9)
         gw.kill_ovs()
+        self.mc.kill_agent(gw, 9)
 
     def stop(self) -> None:
         for r in self.borders:

@@ -1,20 +1,28 @@
-"""The BGP link: how the speaker's TCP session reaches the uplink's wire.
+"""The BGP link: how the speaker's TCP sessions reach the uplink's wire.
 
-The speaker runs in the agent process and opens ordinary sockets. For each
-uplink with BGP peers the agent makes a veth pair: one end (``mb<port>``)
-stays in the agent's network namespace and carries the uplink router port's
-MAC and address; the other (``mb<port>p``) is plugged into the host's OVS
-(moved first into OVS's namespace when that is another one, as in the lab
-where every cloud host has its own). Flows on the integration bridge (see
-:func:`midoflow.apps.pipeline.bgp_link_flows`) pass BGP (TCP port 179) and
-ARP for the port's address between the uplink and the link, so the session
+The speaker runs in the agent process, but its sockets live in a network
+namespace of their own (``mbgp-<host>``, one per agent, like MidoNet's BGP
+namespaces): nothing of the uplink's addressing ever touches the host's
+own routing table. For each uplink with BGP peers the agent makes a veth
+pair: one end (``mb<port>``) goes into that namespace with the uplink router
+port's MAC and address; the other (``mb<port>p``) is plugged into the host's
+OVS (moved first into OVS's namespace when that is another one, as in the
+lab where every cloud host has its own). Flows on the integration bridge
+(:func:`midoflow.apps.pipeline.bgp_link_flows`) pass BGP (TCP port 179) and
+ARP for the port's address between the uplink and the link, so a session
 shares the fate of the data path: kill the gateway's OVS and the peer's
 hold timer runs out, as it would for a real box.
+
+:func:`socket_in` makes a socket inside the namespace (setns around
+``socket()``; it does not yield, so no other green thread runs meanwhile).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import socket
 from dataclasses import dataclass
 
 from eventlet.green import subprocess
@@ -22,6 +30,8 @@ from eventlet.green import subprocess
 from midoflow.apps import ovsdb
 
 LOG = logging.getLogger(__name__)
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class LinkError(RuntimeError):
@@ -37,7 +47,7 @@ class LinkSpec:
 
     @property
     def name(self) -> str:
-        """The agent-side end (≤ 15 characters, the kernel's limit)."""
+        """The speaker's end (≤ 15 characters, the kernel's limit)."""
         return "mb" + self.port_id.replace("-", "")[:10]
 
     @property
@@ -45,9 +55,13 @@ class LinkSpec:
         return self.name + "p"
 
 
+def namespace_name(host_id: str) -> str:
+    return "mbgp-" + host_id.replace("-", "")[:10]
+
+
 def netns_path(netns: str) -> str:
-    """``ovs_netns`` as a path: a pid (the lab's per-host namespaces) or the
-    name of a namespace in /var/run/netns."""
+    """A namespace as a path: a pid (the lab's per-host namespaces) or a name
+    in /var/run/netns."""
     return f"/proc/{netns}/ns/net" if netns.isdigit() else f"/var/run/netns/{netns}"
 
 
@@ -60,17 +74,28 @@ def _run(cmd: list[str], netns: str | None = None, check: bool = True) -> str:
     return proc.stdout
 
 
-def exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+def ensure_namespace(name: str) -> None:
+    if not os.path.exists(netns_path(name)):
+        _run(["ip", "netns", "add", name])
+    _run(["ip", "link", "set", "lo", "up"], name)
 
 
-def create(spec: LinkSpec, db: str, bridge: str, ovs_netns: str | None = None) -> None:
-    """Make (or remake) the link for ``spec``; idempotent. ``ovs_netns``: the
-    namespace OVS runs in when it is not ours (a pid or a name)."""
-    remove(spec, db, bridge)
+def remove_namespace(name: str) -> None:
+    if os.path.exists(netns_path(name)):
+        _run(["ip", "netns", "del", name], check=False)
+
+
+def create(spec: LinkSpec, db: str, bridge: str, bgp_netns: str,
+           ovs_netns: str | None = None) -> None:
+    """Make (or remake) the link for ``spec``; idempotent. ``bgp_netns``: the
+    speaker's namespace (a name); ``ovs_netns``: the namespace OVS runs in
+    when it is not ours (a pid or a name)."""
+    remove(spec, db, bridge, bgp_netns)
+    ensure_namespace(bgp_netns)
     a, b = spec.name, spec.ovs_name
     _run(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
     try:
+        _run(["ip", "link", "set", a, "netns", bgp_netns])
         if ovs_netns:
             _run(["ip", "link", "set", b, "netns", ovs_netns])
         for args in (["sysctl", "-qw", f"net.ipv6.conf.{b}.disable_ipv6=1"],
@@ -82,21 +107,22 @@ def create(spec: LinkSpec, db: str, bridge: str, ovs_netns: str | None = None) -
                      ["ip", "link", "set", a, "address", spec.mac],
                      ["ip", "addr", "replace", f"{spec.ip}/{spec.prefix_len}", "dev", a],
                      ["ip", "link", "set", a, "up"]):
-            _run(args, check=args[0] == "ip")
+            _run(args, bgp_netns, check=args[0] == "ip")
         ovsdb.vsctl(db, "--may-exist", "add-port", bridge, b, "--", "set", "Interface", b,
                     f"external_ids:midoflow-bgp-link={spec.port_id}")
     except (LinkError, ovsdb.OvsError):
-        remove(spec, db, bridge)
+        remove(spec, db, bridge, bgp_netns)
         raise
 
 
-def remove(spec: LinkSpec, db: str, bridge: str) -> None:
+def remove(spec: LinkSpec, db: str, bridge: str, bgp_netns: str) -> None:
     try:
         ovsdb.vsctl(db, "--if-exists", "del-port", bridge, spec.ovs_name)
     except ovsdb.OvsError as e:
         LOG.debug("removing %s from OVS: %s", spec.ovs_name, e)
-    if exists(spec.name):
-        _run(["ip", "link", "del", spec.name], check=False)
+    for ns in (bgp_netns, None):  # a half-made link may still be in ours
+        if ns is None or os.path.exists(netns_path(ns)):
+            _run(["ip", "link", "del", spec.name], ns, check=False)
 
 
 def ofport(db: str, spec: LinkSpec) -> int:
@@ -105,3 +131,22 @@ def ofport(db: str, spec: LinkSpec) -> int:
         return int(out) if out.lstrip("-").isdigit() else -1
     except ovsdb.OvsError:
         return -1
+
+
+def socket_in(netns: str, family: int = socket.AF_INET, type_: int = socket.SOCK_STREAM):
+    """A (green) socket created inside the namespace ``netns``."""
+    from eventlet.green import socket as gsocket
+
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path(netns), os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        try:
+            return gsocket.socket(family, type_)
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:  # never stay there
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(own)
+        os.close(target)

@@ -87,12 +87,14 @@ class BgpManager:
         self.ovsdb = ovsdb
         self.bridge = bridge
         self.ovs_netns = ovs_netns or None
+        self.netns = bgplink.namespace_name(host_id)  # where the sessions' sockets live
         self.bindings = bindings
         self.on_links = on_links  # uplink port -> (link ofport, uplink ofport, ip)
         self.learner = RouteLearner()
         self.speaker = None
         self.peers: dict[str, PeerConf] = {}  # address -> conf, as given to os-ken
         self.advertised: set[str] = set()
+        self.filters: dict[str, tuple] = {}  # peer address -> (deny in, permit out) as set
         self.links: dict[str, bgplink.LinkSpec] = {}
         self.link_flows: dict[str, tuple[int, int, str]] = {}
         self.written: dict[LearnedRoute, str] = {}  # route -> its entry path
@@ -165,13 +167,13 @@ class BgpManager:
         changed = False
         for pid, spec in list(self.links.items()):
             if want.get(pid) != spec:
-                bgplink.remove(spec, self.ovsdb, self.bridge)
+                bgplink.remove(spec, self.ovsdb, self.bridge, self.netns)
                 del self.links[pid]
                 changed |= self.link_flows.pop(pid, None) is not None
         for pid, spec in want.items():
             if pid not in self.links:
                 try:
-                    bgplink.create(spec, self.ovsdb, self.bridge, self.ovs_netns)
+                    bgplink.create(spec, self.ovsdb, self.bridge, self.netns, self.ovs_netns)
                     self.links[pid] = spec
                     self.errors.pop(pid, None)
                 except (bgplink.LinkError, Exception) as e:
@@ -195,6 +197,7 @@ class BgpManager:
                 except Exception as e:
                     LOG.warning("BGP neighbour %s: %s", addr, e)
                 del self.peers[addr]
+                self.filters.pop(addr, None)
                 self.learner.remove_peer(addr)
                 self._drop_state(pc.peer_id)
         added = False
@@ -216,19 +219,28 @@ class BgpManager:
         want = set().union(*nets.values()) if nets else set()
         want = {p for p in want if any(pc.port_id in nets and p in nets[pc.port_id]
                                        for pc in self.peers.values())}
-        own = sorted({n.prefix for n in self.cache.bgp_networks.values()})
+        # Withdraw before changing the filters, announce after.
+        for p in sorted(self.advertised - want):
+            self.speaker.prefix_del(p)
+            self.advertised.discard(p)
+            LOG.info("BGP: withdrew %s", p)
+        own = tuple(sorted({n.prefix for n in self.cache.bgp_networks.values()}))
         for pc in self.peers.values():
+            # out: deny what this speaker advertises for its other uplinks only
+            # (os-ken's out filter also stops withdraws: a catch-all deny
+            # would keep a removed range announced)
+            f = (own, tuple(sorted(want - nets.get(pc.port_id, set()))))
+            if self.filters.get(pc.peer_address) == f:
+                continue
             try:
-                self.speaker.set_filters(pc.peer_address, own, sorted(nets.get(pc.port_id, ())))
+                self.speaker.set_filters(pc.peer_address, list(f[0]), list(f[1]))
+                self.filters[pc.peer_address] = f
             except Exception as e:
                 LOG.warning("BGP filters for %s: %s", pc.peer_address, e)
         for p in sorted(want - self.advertised):
             self.speaker.prefix_add(p)
+            self.advertised.add(p)
             LOG.info("BGP: advertising %s", p)
-        for p in sorted(self.advertised - want):
-            self.speaker.prefix_del(p)
-            LOG.info("BGP: withdrew %s", p)
-        self.advertised = want
 
     def _write_routes(self) -> None:
         want = set().union(*self.learner.routes().values()) if self.peers else set()
@@ -289,9 +301,27 @@ class BgpManager:
                     pass
         for spec in self.links.values():
             try:
-                bgplink.remove(spec, self.ovsdb, self.bridge)
+                bgplink.remove(spec, self.ovsdb, self.bridge, self.netns)
             except Exception:
                 pass
+        if self.links:
+            bgplink.remove_namespace(self.netns)
+
+
+class _NamespacedSockets:
+    """Stands for the ``socket`` module in os-ken's BGP code: the same, except
+    that new sockets are made in the BGP namespace."""
+
+    def __init__(self, real, netns: str) -> None:
+        self._real = real
+        self._netns = netns
+
+    def socket(self, family=None, type=None, *args):  # noqa: A002 (socket's own names)
+        return bgplink.socket_in(self._netns, family or self._real.AF_INET,
+                                 type or self._real.SOCK_STREAM)
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
 
 
 class OsKenSpeaker:
@@ -299,13 +329,17 @@ class OsKenSpeaker:
     manager makes (a fake stands in for it in unit tests)."""
 
     def __init__(self, local_as: int, router_id: str, mgr: BgpManager) -> None:
+        from os_ken.services.protocols.bgp import base as bgpbase
         from os_ken.services.protocols.bgp.bgpspeaker import BGPSpeaker
 
-        # listen on the first link's address only: several agents may share a
-        # namespace (the lab), each with its own uplink address
+        # the sessions' sockets are made in the BGP namespace (midoflow.bgp.link)
+        if not isinstance(bgpbase.socket, _NamespacedSockets):
+            bgpbase.socket = _NamespacedSockets(bgpbase.socket, mgr.netns)
+        # No listening socket: sessions are opened actively (retried every
+        # connect_retry s); os-ken's core dies if it cannot bind one.
         self.bgp = BGPSpeaker(
-            as_number=local_as, router_id=router_id, bgp_server_hosts=(router_id,),
-            bgp_server_port=179, adj_rib_in_change_handler=mgr._on_path,
+            as_number=local_as, router_id=router_id, bgp_server_port=0,
+            adj_rib_in_change_handler=mgr._on_path,
             peer_down_handler=mgr._on_down, peer_up_handler=mgr._on_up)
 
     @staticmethod
@@ -316,20 +350,27 @@ class OsKenSpeaker:
 
     def add_neighbour(self, pc: PeerConf) -> None:
         """``neighbor_add`` plus the hold time, a neighbour setting os-ken
-        has but does not take there."""
+        has but does not take there (and validates to 10 s or more)."""
         from os_ken.services.protocols.bgp.api.base import call
         from os_ken.services.protocols.bgp.rtconf import base as rtbase
         from os_ken.services.protocols.bgp.rtconf import neighbors
 
         call("neighbor.create", **{
             neighbors.IP_ADDRESS: pc.peer_address, neighbors.REMOTE_AS: pc.peer_as,
-            neighbors.LOCAL_AS: pc.local_as, rtbase.HOLD_TIME: pc.hold_time,
+            neighbors.LOCAL_AS: pc.local_as, rtbase.HOLD_TIME: max(pc.hold_time, 10),
             neighbors.CONNECT_MODE: neighbors.CONNECT_MODE_BOTH,
             rtbase.CAP_MBGP_IPV4: True, rtbase.CAP_MBGP_IPV6: False,
             rtbase.CAP_MBGP_VPNV4: False, rtbase.CAP_MBGP_VPNV6: False,
             rtbase.CAP_MBGP_EVPN: False, rtbase.CAP_ENHANCED_REFRESH: False,
             rtbase.CAP_FOUR_OCTET_AS_NUMBER: True,
         })
+        if pc.hold_time < 10:
+            # os-ken's validator wants 10 s or more; RFC 4271 allows 3 (and 0).
+            # The session's OPEN is sent a second later: set it before then.
+            from os_ken.services.protocols.bgp.core_manager import CORE_MANAGER
+
+            conf = CORE_MANAGER.neighbors_conf.get_neighbor_conf(pc.peer_address)
+            conf._settings[rtbase.HOLD_TIME] = pc.hold_time
 
     def del_neighbour(self, address: str) -> None:
         self.bgp.neighbor_del(address)
@@ -340,21 +381,20 @@ class OsKenSpeaker:
     def prefix_del(self, prefix: str) -> None:
         self.bgp.prefix_del(prefix)
 
-    def set_filters(self, address: str, deny_in: list[str], permit_out: list[str]) -> None:
+    def set_filters(self, address: str, deny_in: list[str], deny_out: list[str]) -> None:
         """In: our own prefixes (and anything inside) are never learned back.
-        Out: the peer hears only ``permit_out``."""
+        Out: the peer does not hear ``deny_out`` (other uplinks' ranges)."""
         from os_ken.services.protocols.bgp.info_base.base import PrefixFilter
 
         deny = PrefixFilter.POLICY_DENY
         self.bgp.in_filter_set(address, [PrefixFilter(p, policy=deny, le=32) for p in deny_in])
-        out = [PrefixFilter(p, policy=PrefixFilter.POLICY_PERMIT) for p in permit_out]
-        self.bgp.out_filter_set(address, [*out, PrefixFilter("0.0.0.0/0", policy=deny, le=32)])
+        self.bgp.out_filter_set(address, [PrefixFilter(p, policy=deny) for p in deny_out])
 
     def set_retry(self, seconds: int) -> None:
         """os-ken refuses a connect-retry time under 10 s: set it after validation."""
         from os_ken.services.protocols.bgp.rtconf import common
 
-        conf = self._core().common_conf
+        conf = self._core()._common_config
         conf._settings[common.BGP_CONN_RETRY_TIME] = max(1, seconds)
         conf._settings[common.TCP_CONN_TIMEOUT] = max(2, seconds)
 

@@ -142,8 +142,8 @@ def test_killing_a_gateway_keeps_tcp_and_ping_going(lab):
     cli_in = _popen(inet, [*STREAM, "client", FIP, "9101", str(duration)])
     pinger = _popen(inet, ["ping", "-D", "-i", "0.01", "-w", str(duration), FIP])
     try:
-        victim = wait_for(lambda: lab.gateway_of_flow("tp_dst=9100"), 10,
-                          "vm1's stream to show in h1's flows")
+        victim = wait_for(lambda: (lambda g: None if g is None else (g,))(
+            lab.gateway_of_flow("tp_dst=9100")), 10, "vm1's stream to show in h1's flows")[0]
         time.sleep(2)
         killed_at = time.monotonic()
         lab.kill_gateway(victim)

@@ -61,8 +61,8 @@ class FakeSpeaker:
 @pytest.fixture
 def gw(monkeypatch):
     links = []
-    monkeypatch.setattr(sp.bgplink, "create", lambda spec, db, br, ns: links.append(spec))
-    monkeypatch.setattr(sp.bgplink, "remove", lambda spec, db, br: links.remove(spec)
+    monkeypatch.setattr(sp.bgplink, "create", lambda spec, db, br, ns, ovs: links.append(spec))
+    monkeypatch.setattr(sp.bgplink, "remove", lambda spec, db, br, ns: links.remove(spec)
                         if spec in links else None)
     monkeypatch.setattr(sp.bgplink, "ofport", lambda db, spec: 40 + len(spec.port_id))
     cache = SimpleNamespace(ports={"up1": uplink("up1", "192.0.2.1", "02:00:00:00:01:01"),
@@ -107,7 +107,7 @@ def test_speaker_link_neighbour_and_advertisement(gw):
     pc = spk.neighbours["192.0.2.2"]
     assert (pc.peer_as, pc.hold_time, pc.local_as) == (65000, 3, 64512)
     assert spk.prefixes == {"203.0.113.0/24"}
-    assert spk.filters["192.0.2.2"] == (("203.0.113.0/24",), ("203.0.113.0/24",))
+    assert spk.filters["192.0.2.2"] == (("203.0.113.0/24",), ())
     assert spk.retry == 2
     # a second range through the API is advertised at the next reconcile
     gw.cache.bgp_networks["n2"] = BgpNetwork("n2", "up1", "198.18.0.0/24")
@@ -194,7 +194,8 @@ def test_two_uplinks_two_peers_ecmp(gw):
     spk = gw.mgr.speaker
     assert set(spk.neighbours) == {"192.0.2.2", "192.0.2.6"}
     # each peer hears only its own uplink's networks; both refuse every own range
-    assert spk.filters["192.0.2.6"] == (("198.18.1.0/24", "203.0.113.0/24"), ("198.18.1.0/24",))
+    assert spk.filters["192.0.2.6"] == (("198.18.1.0/24", "203.0.113.0/24"), ("203.0.113.0/24",))
+    assert spk.filters["192.0.2.2"] == (("198.18.1.0/24", "203.0.113.0/24"), ("198.18.1.0/24",))
     for peer in ("192.0.2.2", "192.0.2.6"):
         gw.mgr._on_path(event("0.0.0.0/0", peer), peer, 65000)
     gw.mgr.reconcile()
