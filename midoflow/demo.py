@@ -55,7 +55,12 @@ def run(args) -> int:
 
     report = Report()
     t0 = time.monotonic()
-    mc = MidoCloud(n_hosts=args.hosts, tunnel=args.tunnel, progress=progress)
+    # h2 and h3 are also the gateways: a short ZooKeeper session, so the
+    # routes they learned go soon after they die
+    gw = {"zk_session_timeout": 3}
+    mc = MidoCloud(n_hosts=args.hosts, tunnel=args.tunnel, progress=progress,
+                   agent_options={"hosts": {"h2": gw, "h3": gw}})
+    lab = None
     try:
         mc.start()
         progress("two tenants, one bridge each spanning every host, same IPs in both")
@@ -103,6 +108,10 @@ def run(args) -> int:
         del extra
         router = route_checks(mc, report, vms)
         nat_checks(mc, report, vms, router)
+        if args.hosts >= 3:
+            lab = gateway_checks(mc, report)
+        else:
+            progress("gateways (BGP, ECMP, failover) need 3 hosts: skipped with --hosts 2")
         print("\nHosts as `midoflow status` shows them:")
         cli_main(["--api", mc.api.base_url, "status"])
         print("\nFlows each agent installed from its simulations (table 1):")
@@ -117,6 +126,8 @@ def run(args) -> int:
         return 0 if report.ok else 1
     finally:
         progress("cleaning up")
+        if lab is not None:
+            lab.stop()
         mc.stop()
 
 
@@ -227,6 +238,100 @@ def nat_checks(mc, report: Report, vms: dict[str, list], router: str) -> None:
         server.kill()
 
 
+def gateway_checks(mc, report: Report):
+    """Two gateways (h2, h3) peering by BGP with two FRR border routers; the
+    floating-IP range 203.0.113.0/24 advertised by both; ECMP both ways;
+    one gateway killed under a ping."""
+    from topologies.cloud import whoami, whoami_server
+    from topologies.gateways import (
+        FIP,
+        INTERNET_IP,
+        RANGE,
+        SNAT_IP,
+        UPLINKS,
+        GatewayLab,
+        ping_gaps,
+    )
+
+    progress("gateways: a provider router with uplinks on h2 and h3, each peering (os-ken "
+             "BGP speaker in its agent) with an FRR border router")
+    lab = GatewayLab(mc, border="frr", keepalive=1, hold=3, progress=progress).start()
+    t = lab.wait_sessions()
+    peers = mc.api.request("GET", "/bgp_peers")
+    report.check(True, "BGP: both gateways' sessions to their border routers are established",
+                 f"in {t:.1f} s; API says " + ", ".join(
+                     f"{p['peer_address']} {p['status']['state']}" for p in peers))
+    lab.wait_range_everywhere()
+    print("\nThe border routers' view (show ip bgp, FRR):")
+    ok = True
+    for i, r in enumerate(lab.borders):
+        rib = r.rib()
+        own, other = UPLINKS[i], UPLINKS[1 - i]
+        hops = rib.get(RANGE, [])
+        ok &= own.ip in hops and other.lan_ip in hops
+        names = {own.ip: f"gateway h{i + 2} (eBGP)",
+                 other.lan_ip: f"border{2 - i} → gateway h{3 - i} (iBGP)"}
+        print(f"  border{i + 1}: {RANGE} via " + ", ".join(
+            f"{h} [{names.get(h, '?')}]" for h in hops))
+    report.check(ok, "BGP: both border routers carry 203.0.113.0/24 from both gateways",
+                 "each from its own gateway, and from the other through its iBGP peer")
+    routes = lab.wait_learned_default(2)
+    report.check(len(routes) >= 2, "BGP: the provider router learned a default route from "
+                 "both border routers (ECMP)", ", ".join(
+                     f"via {x['next_hop_gateway']}" for x in routes
+                     if x["dst_cidr"] == "0.0.0.0/0"))
+    server = whoami_server(lab.upstream.internet, 8090)
+    try:
+        seen = {whoami(lab.vm1, INTERNET_IP, 8090) for _ in range(12)}
+    finally:
+        server.kill()
+    flows = [f for f in lab.compute.dump_flows() if "tp_dst=8090" in f]
+    used = sorted(f"h{i + 2}" for i, g in enumerate(lab.gateways)
+                  if any(f"{g.underlay_ip}->tun_dst" in f for f in flows))
+    report.check(all(x.startswith(SNAT_IP + ":") for x in seen) and len(used) == 2,
+                 "ECMP: 12 connections from vm1 leave through both gateways, SNAT to "
+                 f"{SNAT_IP}", f"gateways used: {', '.join(used) or 'none'}" + "".join(
+                     f"; got {x!r}" for x in sorted(seen) if not x.startswith(SNAT_IP + ":")))
+    server = whoami_server(lab.vm2, 8091)
+    try:
+        got = whoami(lab.upstream.internet, FIP, 8091)
+    finally:
+        server.kill()
+    report.check(got.startswith(INTERNET_IP + ":"), f"floating IP: the internet reaches vm2 "
+                 f"at {FIP}, advertised by BGP", f"vm2 saw {got}")
+    progress("failover: a ping every 10 ms from the internet to the floating IP; the gateway "
+             "carrying vm1's traffic loses its OVS and its agent")
+    pinger = lab.upstream.internet.popen(["ping", "-D", "-i", "0.01", "-w", "10", FIP],
+                                         stdout=-1, stderr=-2, text=True)
+    try:
+        time.sleep(2)
+        victim = lab.gateway_of_flow("tp_dst=8090")
+        victim = 0 if victim is None else victim
+        killed = time.monotonic()
+        lab.kill_gateway(victim)
+        dead, border = UPLINKS[victim], lab.borders[victim]
+        while dead.ip in border.rib().get(RANGE, []) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        dropped = time.monotonic() - killed
+        out, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+    sent, got_n, gap = ping_gaps(out)
+    report.check(got_n > 0 and dropped < 5, f"failover: gateway h{victim + 2} killed; "
+                 f"border{victim + 1} dropped its route in {dropped:.1f} s (hold time 3 s)",
+                 f"ping to the floating IP: longest gap {gap:.0f} ms, {sent - got_n}/{sent} "
+                 "lost")
+    server = whoami_server(lab.upstream.internet, 8092)
+    try:
+        got = whoami(lab.vm1, INTERNET_IP, 8092)
+    finally:
+        server.kill()
+    report.check(got.startswith(SNAT_IP + ":"), "failover: vm1 still reaches the internet "
+                 f"through the surviving gateway h{3 - victim}", f"seen as {got}")
+    return lab
+
+
 def keep(mc) -> None:
     url = mc.api.base_url
     print(f"""
@@ -236,6 +341,8 @@ The cloud stays up until you press Ctrl-C. In another shell:
   .venv/bin/midoflow bridge list
   .venv/bin/midoflow router list
   .venv/bin/midoflow route list tenant-a-router
+  .venv/bin/midoflow bgp peer list
+  .venv/bin/midoflow router learned-routes provider
   .venv/bin/midoflow port list
   .venv/bin/midoflow tunnel-zone members {mc.zone_id}
 Each cloud host's OVS:   ovs-ofctl -O OpenFlow13 dump-flows unix:{mc.hosts[0].mgmt_sock}

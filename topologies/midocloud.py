@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -160,6 +161,13 @@ class MidoCloud:
         self._stopped = True
         if self.cloud is not None:
             self.cloud.stop()
+            # gateway agents' BGP namespaces (a killed agent leaves its own)
+            from midoflow.bgp.link import namespace_name
+
+            for hid in self.host_ids.values():
+                ns = namespace_name(hid)
+                if os.path.exists(f"/var/run/netns/{ns}"):
+                    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         if self.api_server is not None:
             self.api_server.stop()
         if self.store is not None:
