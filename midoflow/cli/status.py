@@ -46,9 +46,23 @@ def format_status(st: dict) -> str:
     lines.append(f"hosts:  {len(hosts)} registered, {alive} alive, {ovs} with OVS connected")
     if hosts:
         lines += ["", render.table(hosts, HOST_COLS)]
+    peers = st.get("bgp_peers")
+    if peers:
+        up = [p for p in peers if (p.get("status") or {}).get("state") == "established"]
+        lines += ["", f"bgp:    {len(up)} of {len(peers)} sessions established"]
+        for p in peers:
+            if p not in up:
+                state = (p.get("status") or {}).get("state") or "down"
+                lines.append(f"        {p.get('peer_address')} (AS {p.get('peer_as')}) on port "
+                             f"{p.get('port_id')}: {state}")
     return "\n".join(lines)
 
 
 @command(None, "status", "store health and the state of every host")
 def status(ctx: Context, a: argparse.Namespace) -> None:
-    ctx.emit(ctx.client.get("/status"), format_status)
+    st = ctx.client.get("/status")
+    try:  # gateways' BGP sessions, when there are any
+        st["bgp_peers"] = ctx.client.get("/bgp_peers")
+    except Exception:
+        pass
+    ctx.emit(st, format_status)

@@ -58,7 +58,21 @@ class StoreView:
                 by_router.setdefault(d.get("router_id"), []).append(Route.from_dict(d))
             self._routes = {rid: tuple(sorted(rs, key=lambda r: r.id))
                             for rid, rs in by_router.items()}
-        return self._routes.get(router_id, ())
+        memo = self.__dict__.setdefault("_with_learned", {})
+        if router_id in memo:  # one tuple per router: the simulation memoises by identity
+            return memo[router_id]
+        configured = self._routes.get(router_id, ())
+        learned = []  # what the gateways' BGP speakers hold now (ephemeral)
+        try:
+            names = self.store.list_state(paths.learned_routes(router_id))
+        except Exception:  # the trace still works from the configured routes
+            names = []
+        for name in sorted(names):
+            e = paths.parse_learned_route(name)
+            if e:
+                learned.append(Route(id=f"learned:{name}", router_id=router_id, **e))
+        memo[router_id] = (*configured, *learned)
+        return memo[router_id]
 
     def chain(self, chain_id: str) -> Chain | None:
         return self._get(model.CHAINS, chain_id, Chain)

@@ -222,3 +222,44 @@ def test_cache_merges_learned_routes_into_the_router(gw):
     assert any(f"routes:{r['id']}" in t or any(r["id"] in s for s in t) for t in tags)
     store.delete_state(paths.learned_route_entry(r["id"], "0.0.0.0/0", "192.0.2.2", "up1", 101))
     assert cache.routes(r["id"]) == ()
+
+
+def test_trace_view_includes_learned_routes():
+    """`midoflow trace` routes with what the gateways learned, as the agents do."""
+    from midoflow.service.topology import TopologyService
+    from midoflow.service.view import StoreView
+
+    store = MemoryStore()
+    r = TopologyService(store).create_router({"name": "provider"})
+    store.put_state(paths.learned_route_entry(r["id"], "0.0.0.0/0", "192.0.2.6", "up2", 101),
+                    {}, ephemeral=True)
+    view = StoreView(store)
+    routes = view.routes(r["id"])
+    assert [(x.dst_cidr, x.next_hop_gateway, x.weight) for x in routes] == \
+        [("0.0.0.0/0", "192.0.2.6", 101)]
+    assert view.routes(r["id"]) is routes  # stable: the simulation memoises by identity
+
+
+def test_bgp_link_flows():
+    """BGP and ARP for the uplink's address go to the link; all the link sends
+    goes out of the uplink; ARP is also simulated (the router answers too)."""
+    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+    from midoflow.apps import pipeline
+
+    dp = SimpleNamespace(ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser)
+    msgs = pipeline.bgp_link_flows(dp, 40, 5, "192.0.2.1")
+    assert all(m.cookie == pipeline.BGP_COOKIE | 40 and m.table_id == 0 for m in msgs)
+    matches = [dict(m.match.items()) for m in msgs]
+    assert matches[0] == {"in_port": 40}
+    assert msgs[0].instructions[0].actions[0].port == 5
+    assert {"in_port": 5, "eth_type": 0x0800, "ip_proto": 6, "ipv4_dst": "192.0.2.1",
+            "tcp_dst": 179} in matches
+    assert {"in_port": 5, "eth_type": 0x0800, "ip_proto": 6, "ipv4_dst": "192.0.2.1",
+            "tcp_src": 179} in matches
+    arp = msgs[matches.index({"in_port": 5, "eth_type": 0x0806, "arp_tpa": "192.0.2.1"})]
+    kinds = [type(i).__name__ for i in arp.instructions]
+    assert kinds == ["OFPInstructionActions", "OFPInstructionGotoTable"]
+    assert pipeline.BGP_COOKIE >> 56 != 0x4D  # never a simulated flow's cookie
+    d = pipeline.delete_bgp_link_flows(dp, 40)
+    assert d.cookie == pipeline.BGP_COOKIE | 40 and d.cookie_mask == (1 << 64) - 1

@@ -183,3 +183,17 @@ def test_help(capsys):
         assert action in out
     assert main(["router", "--help"]) == 0
     assert "learned-routes" in capsys.readouterr().out
+
+
+def test_status_summarises_bgp_sessions():
+    from midoflow.cli.status import format_status
+
+    out = format_status({"store": {"backend": "memory", "connected": True}, "hosts": [],
+                         "bgp_peers": [
+                             {"peer_address": "192.0.2.2", "peer_as": 65000, "port_id": "u1",
+                              "status": {"state": "established"}},
+                             {"peer_address": "192.0.2.6", "peer_as": 65000, "port_id": "u2",
+                              "status": {"state": "down"}}]})
+    assert "bgp:    1 of 2 sessions established" in out
+    assert "192.0.2.6 (AS 65000) on port u2: down" in out
+    assert "192.0.2.2 (AS" not in out
