@@ -77,7 +77,8 @@ log = logger(NAME)
 
 
 class FlowWatch:
-    """``ovs-ofctl monitor`` of one host's table-1 flows toward DST.
+    """``ovs-ofctl monitor`` of one host's table-1 flows toward ``dst`` (DST
+    unless told: ``FlowWatch(host, "198.51.100.100")``).
 
     ``flows``: match -> (cookie, "forward" | "drop"), kept from the monitor's
     initial dump and its events (ovs-ofctl prints the initial reply on stdout
@@ -85,8 +86,10 @@ class FlowWatch:
     armed with :meth:`arm` are evaluated after every event; the arrival time
     of the event that first made one true is recorded."""
 
-    def __init__(self, host) -> None:
+    def __init__(self, host, dst: str = DST) -> None:
         self.host = host
+        self.dst = dst
+        self.match = f"ip,nw_dst={dst}"
         self.flows: dict[str, tuple[int, str]] = {}
         self.cond = threading.Condition()
         self.preds: dict[str, object] = {}
@@ -94,7 +97,8 @@ class FlowWatch:
         self.ready = False
         self.tail: list[str] = []  # the monitor's last lines, for errors
         self.proc = subprocess.Popen(
-            ["ovs-ofctl", "-O", "OpenFlow13", "monitor", host.mgmt_sock, f"watch:table=1,{WATCH}"],
+            ["ovs-ofctl", "-O", "OpenFlow13", "monitor", host.mgmt_sock,
+             f"watch:table=1,{self.match}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, bufsize=1,
             # its control socket goes to OVS_RUNDIR: the host's, not the system's
@@ -154,7 +158,7 @@ class FlowWatch:
             while not pred(self.flows):
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
-                    raise BenchError(f"{self.host.name}: {what} (flows toward {DST}: "
+                    raise BenchError(f"{self.host.name}: {what} (flows toward {self.dst}: "
                                      f"{sorted(k for _c, k in self.flows.values())})")
                 self.cond.wait(min(left, 0.5))
 
@@ -171,19 +175,21 @@ class FlowWatch:
         self.proc.wait(timeout=5)
 
 
-def dumped_cookies(host) -> set[int]:
-    """Cookies of the agent's flows toward DST in the host's table 1, by dump-flows."""
-    out = host.ovs_ofctl("dump-flows", f"table=1,{WATCH}")
+def dumped_cookies(host, match: str = WATCH) -> set[int]:
+    """Cookies of the agent's flows toward DST (or ``match``) in the host's table 1,
+    by dump-flows."""
+    out = host.ovs_ofctl("dump-flows", f"table=1,{match}")
     cookies = {int(c, 16) for c in re.findall(r"\bcookie=(0x[0-9a-f]+|0),", out)}
     return {c for c in cookies if c >> 56 == AGENT_COOKIE_TOP}
 
 
 def timed_change(watches, change, new_kind: str, label: str) -> dict:
-    """Make ``change()`` (a REST call) and time it on every host's monitor."""
+    """Make ``change()`` (a REST call, or any change) and time it on every host's
+    monitor (each watching its own ``dst``)."""
     old = {w: w.snapshot() for w in watches}
     for w in watches:
         if not old[w]:
-            raise BenchError(f"{label}: {w.host.name} holds no flow toward {DST} before the "
+            raise BenchError(f"{label}: {w.host.name} holds no flow toward {w.dst} before the "
                              "change (is the traffic running?)")
 
     def stale_gone(w):
@@ -208,7 +214,8 @@ def timed_change(watches, change, new_kind: str, label: str) -> dict:
                              f"(stale flows left: {left[:3]}, flow kinds now: {w.kinds()}); "
                              f"see {w.host.rundir}/agent.log")
     # Double-check the monitors against the tables themselves.
-    for w, cookies in zip(watches, parallel(lambda w: dumped_cookies(w.host), watches),
+    for w, cookies in zip(watches,
+                          parallel(lambda w: dumped_cookies(w.host, w.match), watches),
                           strict=True):
         stale = cookies & {c for _m, c in old[w]}
         if stale:

@@ -73,6 +73,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                               on_links=self._bgp_links)
         self._bgp_wake = hub.Event()
         self.bgp.kick = self._bgp_wake.set
+        self.bgp.interfaces = lambda: self.core.interfaces
         self.core.cache.on_bgp = self._bgp_wake.set
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
 

@@ -89,6 +89,9 @@ class BgpManager:
         self.ovs_netns = ovs_netns or None
         self.netns = bgplink.namespace_name(host_id)  # where the sessions' sockets live
         self.bindings = bindings
+        # the bridge's interfaces as the agent's OVSDB poll sees them:
+        # name -> (ofport, iface-id); spares an ovs-vsctl call per link and second
+        self.interfaces: Callable[[], dict] = lambda: {}
         self.on_links = on_links  # uplink port -> (link ofport, uplink ofport, ip)
         self.learner = RouteLearner()
         self.speaker = None
@@ -181,7 +184,8 @@ class BgpManager:
                         LOG.error("BGP link for uplink %s: %s", pid, e)
                     self.errors[pid] = str(e)
                     continue
-            ofp = bgplink.ofport(self.ovsdb, spec)
+            known = self.interfaces().get(spec.ovs_name)
+            ofp = known[0] if known else bgplink.ofport(self.ovsdb, spec)
             entry = (ofp, bound[pid], spec.ip)
             if ofp > 0 and self.link_flows.get(pid) != entry:
                 self.link_flows[pid] = entry
