@@ -69,10 +69,12 @@ IPG1 = "13131313-1313-4313-8313-131313131313"  # 10.1.0.1, 10.1.0.2
 SG1 = "14141414-1414-4414-8414-141414141414"  # web: egress any, ssh from any, icmp from SG1
 SG2 = "15151515-1515-4515-8515-151515151515"  # db: postgres from SG1; no ports
 SGR = ["16161616-1616-4616-8616-16161616161" + str(i) for i in range(4)]
+BGP1 = "17171717-1717-4717-8717-171717171717"  # RP_GW's peer 203.0.113.254, AS 65000
+BN1 = "18181818-1818-4818-8818-181818181818"  # RP_GW advertises 198.18.0.0/24
 KNOWN = [HOST1, HOST2, TZ1, BR1, BR2, BR3, P_BOUND, P_FREE, P_INT1, P_INT2, P_INT3,
          RT1, RT2, RT3, RP_BR, RP_UP, RP_EXT, RP_DOWN, RP_GW,
          RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3, P_SEC, CH1, CH2, CH3, RU1, RU2, RU3, RU4,
-         PG1, IPG1, SG1, SG2]
+         PG1, IPG1, SG1, SG2, BGP1, BN1]
 VM_MAC, VM2_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
@@ -168,6 +170,10 @@ def seeded_backend() -> MemoryBackend:
                   nat_targets=[{"addr_from": "10.0.1.10", "addr_to": "10.0.1.10",
                                 "port_from": 8080, "port_to": 8080}]),
         ],
+        model.BGP_PEERS: [{"id": BGP1, "port_id": RP_GW, "local_as": 64512,
+                           "peer_address": "203.0.113.254", "peer_as": 65000, "keepalive": 10,
+                           "hold_time": 30, "connect_retry": 5, "name": "upstream"}],
+        model.BGP_NETWORKS: [{"id": BN1, "port_id": RP_GW, "prefix": "198.18.0.0/24"}],
         model.PORT_GROUPS: [{"id": PG1, "name": "pg1", "tenant_id": "t1", "stateful": True,
                              "port_ids": [P_BOUND, P_FREE]}],
         model.IP_ADDR_GROUPS: [{"id": IPG1, "name": "ipg1", "tenant_id": "t1",
@@ -222,7 +228,8 @@ POOLS = {"hosts": HOSTS, "tunnel_zones": [TZ1], "bridges": [BR1, BR2, BR3], "por
          "routers": [RT1, RT2, RT3], "routes": [RO_DEF, RO_BH, RO_UP, RO_T1, RO_RT3],
          "chains": CHAINS + GEN_CHAINS,
          "rules": [RU1, RU2, RU3, RU4, sec.gen_id("rule", GEN_CHAINS[1], "drop")],
-         "port_groups": [PG1], "ip_addr_groups": IPGS, "security_groups": SGS}
+         "port_groups": [PG1], "ip_addr_groups": IPGS, "security_groups": SGS,
+         "bgp_peers": [BGP1], "bgp_networks": [BN1]}
 # Pools for path parameters other than the object's id, and for body fields.
 PARAM_POOLS = {"host_id": HOSTS, "port_id": PORTS, "rule_id": SGR}
 BODY_POOLS = {"host_id": HOSTS, "peer_id": PORTS, "in_port": PORTS,
@@ -235,6 +242,9 @@ LIST_POOLS = {"in_ports": PORTS, "out_ports": PORTS, "security_group_ids": SGS}
 # Values that pass the format checks and reach the deeper ones (overlap, host
 # bits, gateway on the port's network, duplicates, the simulation's branches).
 VALUES = {
+    "peer_address": ["203.0.113.254", "203.0.113.9", "203.0.113.1", "203.0.113.255",
+                     "10.0.1.20"],
+    "prefix": ["198.18.1.0/24", "198.18.0.0/24", "0.0.0.0/0", "198.18.1.1/24"],
     "ip_address": ["10.0.1.7", "10.9.0.1", "172.16.5.5", "192.168.7.1", "10.9.0.0"],
     "dst_cidr": ["0.0.0.0/0", "10.0.1.0/24", "10.8.0.0/16", "192.0.2.0/24", "10.8.0.1/16"],
     "src_cidr": ["0.0.0.0/0", "10.0.1.0/24", "10.0.1.1/24"],
@@ -411,6 +421,11 @@ def integrity_errors(b: MemoryBackend) -> list[str]:
             errs.append(f"route {rid} goes through {hop}, not a port of its router")
         if r.get("type") == "normal" and not hop:
             errs.append(f"normal route {rid} has no next_hop_port")
+    for kind in (model.BGP_PEERS, model.BGP_NETWORKS):
+        for oid, o in m.get(kind, {}).items():
+            p = ports.get(o["port_id"])
+            if p is None or p.get("device_type") != "router" or not p.get("ip_address"):
+                errs.append(f"{kind} {oid} belongs to {o['port_id']}, not an uplink")
     return errs + chain_errors(m)
 
 
