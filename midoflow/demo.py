@@ -301,8 +301,11 @@ def gateway_checks(mc, report: Report):
                  f"at {FIP}, advertised by BGP", f"vm2 saw {got}")
     progress("failover: a ping every 10 ms from the internet to the floating IP; the gateway "
              "carrying vm1's traffic loses its OVS and its agent")
+    import tempfile
+
+    ping_log = tempfile.TemporaryFile(mode="w+")  # not a pipe: ping must never block
     pinger = lab.upstream.internet.popen(["ping", "-D", "-i", "0.01", "-w", "10", FIP],
-                                         stdout=-1, stderr=-2, text=True)
+                                         stdout=ping_log, stderr=-2)
     try:
         time.sleep(2)
         victim = lab.gateway_of_flow("tp_dst=8090")
@@ -313,7 +316,9 @@ def gateway_checks(mc, report: Report):
         while dead.ip in border.rib().get(RANGE, []) and time.monotonic() - killed < 10:
             time.sleep(0.05)
         dropped = time.monotonic() - killed
-        out, _ = pinger.communicate(timeout=30)
+        pinger.wait(timeout=30)
+        ping_log.seek(0)
+        out = ping_log.read()
     finally:
         if pinger.poll() is None:
             pinger.kill()

@@ -162,7 +162,7 @@ class MidoCloud:
         if self.cloud is not None:
             self.cloud.stop()
             # gateway agents' BGP namespaces (a killed agent leaves its own)
-            from midoflow.bgp.link import namespace_name
+            from midoflow.bgp.names import namespace_name
 
             for hid in self.host_ids.values():
                 ns = namespace_name(hid)

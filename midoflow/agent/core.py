@@ -24,7 +24,15 @@ from midoflow.nat.bindings import NatBinding, NatTable
 from midoflow.nat.conntrack import IDLE_SECONDS, TCP_FIN, TCP_RST, ConnKey, ConnTrackTable
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore, LocalFlowState
 from midoflow.sim.packet import Packet
-from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
+from midoflow.sim.result import (
+    Action,
+    Generated,
+    Result,
+    Rewrite,
+    ct_miss_tag,
+    nat_miss_tag,
+    port_tag,
+)
 from midoflow.sim.simulator import simulate
 from midoflow.store import paths
 from midoflow.store.base import Create, Store
@@ -529,6 +537,11 @@ class AgentCore:
         for k, flags in closing:
             self.ct.tcp_flags(k, flags, now)
         self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys) + len(nat)
+        # A reply may have beaten its state here (another path through OVS):
+        # what was decided without the state goes, the next packet sees it.
+        stale = {ct_miss_tag(k) for k in keys} | {nat_miss_tag(b.kind, b.rev) for b in nat}
+        if stale:
+            self._invalidate_tags(stale)
         return len(keys) + len(nat)
 
     def recover_state(self, port_id: str) -> int:

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from eventlet.green import subprocess
 
 from midoflow.apps import ovsdb
+from midoflow.bgp.names import link_name, namespace_name
+
+__all__ = ["LinkSpec", "LinkError", "create", "remove", "ofport", "socket_in",
+           "namespace_name", "ensure_namespace", "remove_namespace"]
 
 LOG = logging.getLogger(__name__)
 CLONE_NEWNET = 0x40000000
@@ -48,15 +52,11 @@ class LinkSpec:
     @property
     def name(self) -> str:
         """The speaker's end (≤ 15 characters, the kernel's limit)."""
-        return "mb" + self.port_id.replace("-", "")[:10]
+        return link_name(self.port_id)
 
     @property
     def ovs_name(self) -> str:
         return self.name + "p"
-
-
-def namespace_name(host_id: str) -> str:
-    return "mbgp-" + host_id.replace("-", "")[:10]
 
 
 def netns_path(netns: str) -> str:

@@ -39,7 +39,9 @@ from midoflow.sim.result import (
     Rewrite,
     _Builder,
     chain_tag,
+    ct_miss_tag,
     ip_addr_group_tag,
+    nat_miss_tag,
     port_group_tag,
 )
 from midoflow.sim.view import TopologyView
@@ -102,6 +104,8 @@ def is_return_flow(view: TopologyView, pkt: Packet, ctx: Context, b: _Builder) -
         b.step("conntrack", ctx.ct_device, f"{key.src}:{key.sport} -> {key.dst}:{key.dport} "
                                            "is a reply of a tracked connection")
         return True
+    # the state of this connection may still be on its way from another host
+    b.tags.add(ct_miss_tag(key))
     if key not in b.conntrack:
         b.conntrack.append(key)
         b.step("conntrack", ctx.ct_device, f"{key.src}:{key.sport} -> {key.dst}:{key.dport} "
@@ -328,6 +332,7 @@ def _rev_nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Buil
     b.fields.update(CT_FIELDS)
     binding = view.nat_reverse(kind, key)
     if binding is None:
+        b.tags.add(nat_miss_tag(kind, key))  # the binding may be on its way
         return None
     if pkt.icmp_id is not None:
         b.cacheable = False

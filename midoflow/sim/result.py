@@ -66,6 +66,17 @@ def ip_addr_group_tag(group_id: str) -> str:
     return f"ipag:{group_id}"
 
 
+def ct_miss_tag(key) -> str:
+    """A decision made while ``key`` (a ConnKey) was not a known reply: when
+    its connection's state arrives from another host, the decision is stale."""
+    return f"ctmiss:{key.encode()}"
+
+
+def nat_miss_tag(kind: str, key) -> str:
+    """A reverse-NAT lookup of ``key`` found no binding (yet)."""
+    return f"natmiss:{kind}:{key.encode()}"
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """A header change applied before output, in order: ``field`` is one of

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -38,8 +40,6 @@ def lab(request, cloud_factory):
 
 
 def _popen(node, args):
-    import subprocess
-
     return node.popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                       cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
@@ -140,7 +140,10 @@ def test_killing_a_gateway_keeps_tcp_and_ping_going(lab):
     time.sleep(0.5)
     cli_out = _popen(lab.vm1, [*STREAM, "client", INTERNET_IP, "9100", str(duration)])
     cli_in = _popen(inet, [*STREAM, "client", FIP, "9101", str(duration)])
-    pinger = _popen(inet, ["ping", "-D", "-i", "0.01", "-w", str(duration), FIP])
+    # to a file: a pipe read only at the end would fill up and stall ping
+    ping_log = tempfile.TemporaryFile(mode="w+")
+    pinger = inet.popen(["ping", "-D", "-i", "0.01", "-w", str(duration), FIP],
+                        stdout=ping_log, stderr=subprocess.STDOUT)
     try:
         victim = wait_for(lambda: (lambda g: None if g is None else (g,))(
             lab.gateway_of_flow("tp_dst=9100")), 10, "vm1's stream to show in h1's flows")[0]
@@ -158,7 +161,9 @@ def test_killing_a_gateway_keeps_tcp_and_ping_going(lab):
             results[name] = json.loads(out.strip().splitlines()[-1])
         for p in (cli_out, cli_in):
             p.communicate(timeout=30)
-        ping_out, _ = pinger.communicate(timeout=duration + 30)
+        pinger.wait(timeout=duration + 30)
+        ping_log.seek(0)
+        ping_out = ping_log.read()
     finally:
         for p in (srv_out, srv_in, cli_out, cli_in, pinger):
             if p.poll() is None:

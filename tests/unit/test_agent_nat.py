@@ -121,3 +121,23 @@ def test_bindings_expire_with_their_flows_and_give_the_ports_back(world):
     assert h2.expire_state() >= 1
     assert api.get_state(lease_path(PUBLIC, 6, port // 64)) is None
     assert len(h2.nat) == 0
+
+
+def test_a_reply_that_beats_its_state_is_decided_again_when_the_state_arrives(world):
+    """With ECMP a reply may reach the other gateway before the binding pushed
+    there (another path through its OVS): the drop decided without it must
+    not outlive the binding's arrival (its flow would keep the connection
+    dead for as long as the peer retransmits)."""
+    _, agents = world
+    h1, h2 = agents["h1"], agents["h2"]
+    d = h2.handle_miss(5, out_fields(40001))
+    port = {r.field: r.value for r in d.rewrites}["tp_src"]
+    reply = {"eth_src": GW, "eth_dst": UPMAC, "eth_type": 0x800, "ip_src": "8.8.8.8",
+             "ip_dst": PUBLIC, "ip_proto": 6, "tp_src": 80, "tp_dst": port}
+    early = h1.handle_miss(7, reply)
+    assert early.actions == [] and early.install  # a drop flow, for now
+    gone: list[set[int]] = []
+    h1.on_invalidate = gone.append
+    h1.receive_state(d.pushes[0].frame)
+    assert any(early.cookie in c for c in gone), "the early drop flow was not removed"
+    assert h1.handle_miss(7, reply).actions == [Tunnel(11, "10.0.0.2", 1)]
