@@ -529,17 +529,22 @@ class AgentCore:
             LOG.warning("bad flow-state message: %s", e)
             return 0
         now = self.clock()
+        # A reply may have beaten its state here (another path through OVS):
+        # what was decided without state that is new here goes, the next
+        # packet sees it. State already known (pushed again) changes nothing.
+        stale: set[str] = set()
         for k in keys:
+            if not self.ct.is_return(k, now):
+                stale.add(ct_miss_tag(k))
             self.ct.install(k, now, ttl)
         for b in nat:
+            if self.nat.reverse(b.kind, b.rev) != b:
+                stale.add(nat_miss_tag(b.kind, b.rev))
             self.nat.add(b)
             self.nat_until[b] = max(self.nat_until.get(b, 0.0), now + ttl)
         for k, flags in closing:
             self.ct.tcp_flags(k, flags, now)
         self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys) + len(nat)
-        # A reply may have beaten its state here (another path through OVS):
-        # what was decided without the state goes, the next packet sees it.
-        stale = {ct_miss_tag(k) for k in keys} | {nat_miss_tag(b.kind, b.rev) for b in nat}
         if stale:
             self._invalidate_tags(stale)
         return len(keys) + len(nat)
