@@ -128,7 +128,13 @@ def test_quorum_through_outages(cluster):
             fresh.close()
         step("after recovery: everything read back, by the old and a new session")
 
-        # ---- the seed (and the driver's first contact point) crashes
+        # ---- the seed (and the driver's first contact point) crashes, once the
+        # driver itself (not only the cluster) has nodes 2 and 3 back up: it
+        # reconnects to a node that came back with a backoff of its own
+        deadline = time.monotonic() + 60
+        while not all(h.is_up for h in store._cluster.metadata.all_hosts()):
+            assert time.monotonic() < deadline, "the driver never saw nodes 2 and 3 up again"
+            time.sleep(0.2)
         n1.kill()
         step("node 1 killed")
         save("seed-down")
