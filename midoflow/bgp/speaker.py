@@ -97,6 +97,7 @@ class BgpManager:
         self.speaker = None
         self.peers: dict[str, PeerConf] = {}  # address -> conf, as given to os-ken
         self.advertised: set[str] = set()
+        self._own: frozenset[str] | None = None  # own prefixes last given to the learner
         self.filters: dict[str, tuple] = {}  # peer address -> (deny in, permit out) as set
         self.links: dict[str, bgplink.LinkSpec] = {}
         self.link_flows: dict[str, tuple[int, int, str]] = {}
@@ -159,7 +160,10 @@ class BgpManager:
                      first.local_ip)
         if self.speaker is not None:
             self._reconcile_neighbours(ready, nets)
-        self.learner.set_own(n.prefix for n in self.cache.bgp_networks.values())
+        own = frozenset(n.prefix for n in self.cache.bgp_networks.values())
+        if own != self._own:  # every second otherwise: only when it changed
+            self.learner.set_own(own)
+            self._own = own
         self._write_routes()
         self._write_states()
 
@@ -220,9 +224,9 @@ class BgpManager:
                 added = True
         if added and self.peers:
             self.speaker.set_retry(min(pc.connect_retry for pc in self.peers.values()))
-        want = set().union(*nets.values()) if nets else set()
-        want = {p for p in want if any(pc.port_id in nets and p in nets[pc.port_id]
-                                       for pc in self.peers.values())}
+        # the networks of the uplinks that have a neighbour up in os-ken
+        want = set().union(*(nets.get(pid, set()) for pid in
+                             {pc.port_id for pc in self.peers.values()}))
         # Withdraw before changing the filters, announce after.
         for p in sorted(self.advertised - want):
             self.speaker.prefix_del(p)
