@@ -38,3 +38,9 @@ class Unavailable(MidoflowError):
     """The topology store cannot be reached or has lost quorum."""
 
     status = 503
+
+
+class TooLarge(MidoflowError):
+    """A request body, or the transaction a request would commit, is over a size limit."""
+
+    status = 413

@@ -93,6 +93,7 @@ class TopologyCache:
         self.hosts: dict[str, Data] = {}
         self.zones: dict[str, TunnelZone] = {}
         self.port_hosts: dict[str, str] = {}  # active port -> host id
+        self._active_watched: set[str] = set()  # ports whose activation is followed
         self.host_state: dict[str, Data] = {}
         self.macs: dict[tuple[str, str], str] = {}  # (bridge, mac) -> port
         self.routers: dict[str, Router] = {}
@@ -393,10 +394,15 @@ class TopologyCache:
 
     def _active_ports(self, children: list[str]) -> None:
         for pid in children:
-            if pid not in self.port_hosts:
+            if pid not in self._active_watched:
+                self._active_watched.add(pid)
                 self.store.watch_state(paths.port_active(pid), self._active_cb(pid))
 
     def _active_cb(self, pid: str):
+        """Follows one port's activation. The watch outlives a deletion while
+        the port exists: an agent that takes a port over (a restart, a moved
+        VM) deletes and re-creates the node, and the children list may never
+        show the gap, so a watch that ended there would lose the port."""
         def cb(data: Data | None):
             old = self.port_hosts.get(pid)
             new = data.get("host_id") if data else None
@@ -410,7 +416,10 @@ class TopologyCache:
                 if p:
                     tags.add(flood_tag(p.device_id))
                 self.on_invalidate(tags)
-            return None if new else False
+            if new or pid in self.ports:
+                return None
+            self._active_watched.discard(pid)
+            return False
 
         return cb
 

@@ -34,6 +34,18 @@ class AgentConfig:
     # ZooKeeper session timeout (s): how long this host's ephemeral state
     # (ports, learned routes) outlives a dead agent. Gateways want it short.
     zk_session_timeout: float = 10.0
+    # Per-port bounds against a hostile or broken VM (issue 9): MACs learned
+    # from one port (frames from further new source MACs are dropped), flows
+    # installed for traffic entering by one port (beyond it, packets are
+    # forwarded one by one through the agent, under the port's packet-in
+    # meter), and that meter: packet-ins per second and burst per port.
+    max_macs_per_port: int = 64
+    max_flows_per_port: int = 4096
+    packet_in_rate: int = 1000
+    packet_in_burst: int = 200
+    # An uplink (an exterior port of a router: a gateway's link to the border)
+    # carries every tenant's new north-south flows: its own, higher meter.
+    uplink_packet_in_rate: int = 20000
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -74,6 +86,12 @@ class AgentConfig:
             flow_state=_flow_state(path, sec.get("flow_state", "local")),
             ovs_netns=sec.get("ovs_netns", "").strip(),
             zk_session_timeout=_seconds(path, sec, "zk_session_timeout", 10.0, 2.0, 600.0),
+            max_macs_per_port=_count(path, sec, "max_macs_per_port", 64, 1, 1_000_000),
+            max_flows_per_port=_count(path, sec, "max_flows_per_port", 4096, 1, 10_000_000),
+            packet_in_rate=_count(path, sec, "packet_in_rate", 1000, 1, 10_000_000),
+            packet_in_burst=_count(path, sec, "packet_in_burst", 200, 1, 10_000_000),
+            uplink_packet_in_rate=_count(path, sec, "uplink_packet_in_rate", 20000, 1,
+                                         10_000_000),
         )
 
     def write(self, path: str) -> None:
@@ -92,6 +110,17 @@ def _seconds(path: str, sec, name: str, default: float, lo: float, hi: float) ->
     if not lo <= v <= hi:
         raise ConfigError(f"{path}: {name} {raw!r}: give a number of seconds from {lo:g} "
                           f"to {hi:g}")
+    return v
+
+
+def _count(path: str, sec, name: str, default: int, lo: int, hi: int) -> int:
+    raw = sec.get(name, str(default))
+    try:
+        v = int(raw)
+    except ValueError:
+        v = lo - 1
+    if not lo <= v <= hi:
+        raise ConfigError(f"{path}: {name} {raw!r}: give a whole number from {lo} to {hi}")
     return v
 
 

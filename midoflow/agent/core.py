@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.flows import FlowIndex
+from midoflow.agent.fragments import FragmentTable
 from midoflow.agent.natlease import StoreLeaser
 from midoflow.errors import MidoflowError
 from midoflow.model import HOSTS, PORT_EXTERIOR, PORT_INTERIOR, STATE_TUNNEL_KEY, TUNNEL_GRE
@@ -23,7 +24,7 @@ from midoflow.nat.allocator import NatAllocator, NatExhausted
 from midoflow.nat.bindings import NatBinding, NatTable
 from midoflow.nat.conntrack import IDLE_SECONDS, TCP_FIN, TCP_RST, ConnKey, ConnTrackTable
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore, LocalFlowState
-from midoflow.sim.packet import Packet
+from midoflow.sim.packet import ETH_ARP, ETH_IP, Packet
 from midoflow.sim.result import (
     Action,
     Generated,
@@ -114,6 +115,13 @@ STATE_FLUSH_ENTRIES = 256
 STATE_FLUSH_SECONDS = 0.05
 # At most this many entries wait while the flow-state store is unreachable.
 STATE_HOLD_MAX = 100_000
+# Host state (with the protection counters) is published at most this often
+# when only counters changed.
+PROTECTION_PUBLISH_SECONDS = 2.0
+# The protection report names at most this many ports per limit (the worst).
+PROTECTION_REPORT_PORTS = 20
+# Rewrites a later IP fragment can take (it has no L4 header).
+_FRAGMENT_REWRITES = frozenset({"eth_src", "eth_dst", "ttl", "ip_src", "ip_dst"})
 
 
 class TokenBucket:
@@ -158,6 +166,12 @@ class AgentCore:
                       "invalidated": 0, "learned": 0, "generated": 0, "arp_held": 0,
                       "arp_expired": 0, "icmp_limited": 0}
         self.started_at = time.time()
+        # What the per-port bounds refused (issue 9): by kind, then by port.
+        self.refused: dict[str, dict[str, int]] = {"mac_limit": {}, "flow_limit": {}}
+        self.malformed_reasons: dict[str, int] = {}
+        self._published_report: dict | None = None
+        self._published_at = 0.0
+        self.frags = FragmentTable(clock=time.monotonic)
         self.frames = frames or Frames()
         self.replay = replay
         self.clock = clock
@@ -165,6 +179,9 @@ class AgentCore:
         # (router, ip) -> [(deadline, ofport, frame)]: packets waiting for ARP
         self.held: dict[tuple[str, str], list[tuple[float, int, bytes]]] = defaultdict(list)
         self.arp_asked: dict[tuple[str, str], float] = {}
+        # Ports bound here whose flow state is still being recovered: their
+        # packets wait in ``held`` (key ("recovering", port)), see _activate.
+        self.recovering: set[str] = set()
         self.cache.on_arp = self._arp_resolved
         self._writing: dict[tuple, float] = {}  # learned entry -> claimed until
         # Entries this process wrote: others (a previous run's, about to vanish
@@ -213,6 +230,7 @@ class AgentCore:
             "ovs_connected": self.ovs_connected,
             "started_at": self.started_at,
             "bound_ports": sorted(self.bindings),
+            "protection": self.protection_report(),
         }
         try:
             self.store.put_state(paths.host_alive(self.cfg.host_id), state, ephemeral=True)
@@ -221,6 +239,88 @@ class AgentCore:
             if not self.unsynced_host:  # once, not at every retry
                 LOG.warning("cannot publish host state (will retry): %s", e)
             self.unsynced_host = True
+
+    # ---- protection (issue 9) ----------------------------------------------
+    def note_malformed(self, reason: str) -> None:
+        """A frame the parser refused (dropped: no flow, no state)."""
+        self.stats["malformed"] += 1
+        self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + 1
+
+    def _refuse(self, kind: str, port_id: str) -> None:
+        per = self.refused[kind]
+        if port_id not in per:
+            limit = self.cfg.max_macs_per_port if kind == "mac_limit" \
+                else self.cfg.max_flows_per_port
+            LOG.warning("port %s reached its %s (%d): %s", port_id, kind.replace("_", " "),
+                        limit, "frames from further new source MACs are dropped"
+                        if kind == "mac_limit" else "further flows are not installed")
+        per[port_id] = per.get(port_id, 0) + 1
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+
+    def protection_report(self) -> dict:
+        """What the per-port bounds refused, for the host state (``midoflow
+        status``): the worst ports of each limit, the malformed frames by
+        reason, fragments dropped and packet-ins the meters dropped."""
+        def worst(per: dict[str, int]) -> dict[str, int]:
+            top = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))
+            return dict(top[:PROTECTION_REPORT_PORTS])
+
+        metered = self.stats.get("metered_drops")
+        return {
+            "limits": {"max_macs_per_port": self.cfg.max_macs_per_port,
+                       "max_flows_per_port": self.cfg.max_flows_per_port,
+                       "packet_in_rate": self.cfg.packet_in_rate,
+                       "packet_in_burst": self.cfg.packet_in_burst,
+                       "uplink_packet_in_rate": self.cfg.uplink_packet_in_rate},
+            "mac_limit": worst(self.refused["mac_limit"]),
+            "flow_limit": worst(self.refused["flow_limit"]),
+            "malformed": dict(sorted(self.malformed_reasons.items())),
+            "fragments_dropped": self.stats.get("fragments_dropped", 0),
+            "metered_drops": worst(metered) if isinstance(metered, dict) else {},
+        }
+
+    def maybe_publish(self) -> bool:
+        """Publish the host state again when the protection counters changed
+        (at most every PROTECTION_PUBLISH_SECONDS)."""
+        now = time.monotonic()
+        if now - self._published_at < PROTECTION_PUBLISH_SECONDS:
+            return False
+        report = self.protection_report()
+        if report == self._published_report:
+            return False
+        self._published_report, self._published_at = report, now
+        self.publish_state()
+        return True
+
+    def _mac_limit_hit(self, learned, in_port: str) -> bool:
+        """Whether ``learned`` holds a MAC new on ``in_port`` while the port
+        already has its limit of learned MACs (known or being written)."""
+        new = [(b, m) for b, m, pid in learned
+               if pid == in_port and self.cache.macs.get((b, m)) != pid]
+        if not new:
+            return False
+        have = {bm for bm, pid in self.cache.macs.items() if pid == in_port}
+        now = time.monotonic()
+        have |= {(e[0], e[1]) for e, until in self._writing.items()
+                 if len(e) == 3 and e[2] == in_port and until >= now}
+        return len(have | set(new)) > self.cfg.max_macs_per_port
+
+    def _later_fragment(self, in_port: str, pkt: Packet) -> Decision:
+        """A later IP fragment (no L4 header) follows its first fragment's
+        decision, made at this port shortly before, or is dropped: it is never
+        simulated on its own, so it can neither open a port nor create state."""
+        key = (pkt.ip_src, pkt.ip_dst, pkt.ip_proto, pkt.ip_id)
+        known = self.frags.lookup(in_port, key)
+        if known is None:
+            self.stats["fragments_dropped"] = self.stats.get("fragments_dropped", 0) + 1
+            self.stats["dropped"] += 1
+            return Decision([], frozenset(), frozenset(), Result(action=Action.DROP,
+                            reason="later fragment without its first"), packet=pkt,
+                            install=False)
+        actions, rewrites = known
+        return Decision(list(actions), frozenset(), frozenset(),
+                        Result(action=Action.FORWARD, reason="later fragment"),
+                        packet=pkt, rewrites=rewrites, install=False)
 
     def forget_flows(self) -> None:
         """OVS's simulated flows are gone (wiped, or the switch is lost)."""
@@ -316,6 +416,7 @@ class AgentCore:
             if pid not in wanted:
                 self.spawn(self._deactivate, pid)
         for pid in change.added:
+            self.recovering.add(pid)
             self.spawn(self._activate, pid)
         self._invalidate_tags({port_tag(p) for p in (*change.added, *change.removed)})
         self.on_bindings(change)
@@ -324,6 +425,13 @@ class AgentCore:
 
     def _activate(self, port_id: str) -> None:
         self.recover_state(port_id)
+        # Only now are the port's packets simulated: before, a connection's
+        # next packet would get a new SNAT port and the peer would reset it.
+        self.recovering.discard(port_id)
+        now = time.monotonic()
+        for deadline, ofport, frame in self.held.pop(("recovering", port_id), []):
+            if deadline > now:
+                self.spawn(self.replay, ofport, frame)
         try:
             self.store.put_state(paths.port_active(port_id), {"host_id": self.cfg.host_id})
             self.unsynced_ports.discard(port_id)
@@ -381,12 +489,29 @@ class AgentCore:
         in_port = self.port_of(ofport)
         if in_port is None:
             return None
+        if in_port in self.recovering and frame is not None and self.replay is not None:
+            self._hold(("recovering", in_port), ofport, frame)  # see _activate
+            return None
         pkt = Packet(in_port=in_port, **fields)
+        if pkt.ip_frag == 2:
+            return self._later_fragment(in_port, pkt)
         result = simulate(self.cache, pkt, self.clock())
         self.stats["simulated"] += 1
+        if result.learned and self._mac_limit_hit(result.learned, in_port):
+            self._refuse("mac_limit", in_port)
+            self.stats["dropped"] += 1
+            return Decision([], frozenset(), frozenset(), Result(
+                action=Action.DROP, reason="the port's learned-MAC limit"), packet=pkt,
+                install=False)
         decision = self._decide(result, pkt, frame)
         if pkt.ip_frag:  # flows cannot tell fragments apart: decide each one here
             decision.install = False
+            if decision.actions:  # its later fragments follow (same id, addresses)
+                self.frags.remember(in_port, (pkt.ip_src, pkt.ip_dst, pkt.ip_proto,
+                                              pkt.ip_id),
+                                    (tuple(decision.actions), tuple(
+                                        r for r in decision.rewrites
+                                        if r.field in _FRAGMENT_REWRITES)))
         closing = pkt.tcp_flags is not None and pkt.tcp_flags & (TCP_FIN | TCP_RST)
         if closing:  # a FIN or RST of a connection whose flow is installed already
             decision.install = False
@@ -396,8 +521,12 @@ class AgentCore:
             return decision
         if result.wait_arp is not None and frame is not None:
             self._hold(result.wait_arp, ofport, frame)
+        if decision.install and self.flows.count(in_port) >= self.cfg.max_flows_per_port:
+            # forwarded packet by packet (under the port's packet-in meter)
+            self._refuse("flow_limit", in_port)
+            decision.install = False
         if decision.install:
-            decision.cookie = self.flows.add(decision.tags)
+            decision.cookie = self.flows.add(decision.tags, owner=in_port)
             used = tuple(result.ct_hits) + tuple(k.reverse() for k in result.conntrack) \
                 + tuple(("nat", b) for b in result.nat)
             if used:
@@ -577,6 +706,7 @@ class AgentCore:
     def expire_state(self) -> int:
         """Forget idle connections and NAT bindings (those no installed flow
         uses); give their SNAT ports back."""
+        self.frags.expire()
         keep = {k for keys in self.ct_cookies.values() for k in keys}
         now = self.clock()
         expired = set(self.ct.expire(now, keep))
@@ -610,6 +740,10 @@ class AgentCore:
         decision = self.translate(result)
         decision.packet = pkt
         decision.install = result.cacheable
+        if pkt.eth_type not in (ETH_IP, ETH_ARP):
+            # parsed as Ethernet only (IPv6, LLC...): its flow names its
+            # ethertype, so it can never carry IPv4 or ARP between the same MACs
+            decision.match_fields = decision.match_fields | {"eth_type"}
         if depth < 2:
             for gen in result.generated:
                 decision.emits += self.emit(gen, frame, depth + 1)

@@ -19,20 +19,38 @@ class FlowIndex:
         self._next = 1
         self.by_tag: dict[str, set[int]] = defaultdict(set)
         self.tags_of: dict[int, frozenset[str]] = {}
+        # The port whose traffic each flow carries (its ingress), and how many
+        # flows each port has: the per-port flow limit reads it.
+        self.owner_of: dict[int, str] = {}
+        self.per_owner: dict[str, int] = defaultdict(int)
 
     def __len__(self) -> int:
         return len(self.tags_of)
 
-    def add(self, tags: Iterable[str]) -> int:
+    def add(self, tags: Iterable[str], owner: str | None = None) -> int:
         cookie = self.COOKIE_BASE | self._next
         self._next = (self._next + 1) & ((1 << 56) - 1) or 1
         tags = frozenset(tags)
         self.tags_of[cookie] = tags
+        if owner is not None:
+            self.owner_of[cookie] = owner
+            self.per_owner[owner] += 1
         for t in tags:
             self.by_tag[t].add(cookie)
         return cookie
 
+    def count(self, owner: str) -> int:
+        """Flows installed for traffic entering by ``owner``."""
+        return self.per_owner.get(owner, 0)
+
     def remove(self, cookie: int) -> None:
+        owner = self.owner_of.pop(cookie, None)
+        if owner is not None:
+            n = self.per_owner[owner] - 1
+            if n > 0:
+                self.per_owner[owner] = n
+            else:
+                del self.per_owner[owner]
         for t in self.tags_of.pop(cookie, ()):
             s = self.by_tag.get(t)
             if s is not None:
@@ -52,3 +70,5 @@ class FlowIndex:
     def clear(self) -> None:
         self.by_tag.clear()
         self.tags_of.clear()
+        self.owner_of.clear()
+        self.per_owner.clear()

@@ -29,13 +29,14 @@ from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, F
 from midoflow.agent.flowstate_client import make_flow_state
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.bgp.speaker import BgpManager
-from midoflow.model import STATE_TUNNEL_KEY
+from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
 from midoflow.store.factory import make_store
 
 LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 EXPIRY_INTERVAL = 5.0
+METER_STATS_INTERVAL = 5.0  # how often the per-port packet-in meters' drops are read
 hub_time = time.monotonic
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
 
@@ -87,6 +88,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._ovsdb_loop))
         self.threads.append(hub.spawn(self._state_loop))
         self.threads.append(hub.spawn(self._bgp_loop))
+        self.threads.append(hub.spawn(self._meter_loop))
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
         return thread
 
@@ -167,6 +169,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             if hub_time() - self._last_expiry > EXPIRY_INTERVAL:
                 self._last_expiry = hub_time()
                 self.core.expire_state()
+            self.core.maybe_publish()  # what the per-port bounds refused, for status
             self._poke.wait(timeout=POLL_INTERVAL)
             self._poke.clear()
 
@@ -175,9 +178,10 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _features(self, ev):
         dp = ev.msg.datapath
         self.dp = dp
-        for m in pipeline.base_flows(dp):
+        for m in pipeline.base_flows(dp):  # flows and meters wiped: counts restart
             dp.send_msg(m)
         self.classified.clear()
+        self.core.stats["metered_drops"] = {}
         self.core.forget_flows()
         # Re-install the classify flows of every current binding.
         self.core.bindings = {}
@@ -232,8 +236,8 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _process(self, dp, in_port: int, data: bytes, buffer_id: int | None) -> None:
         try:
             fields = frames.parse(data)
-        except frames.FrameError:  # a malformed frame must never hurt the agent
-            self.core.stats["malformed"] += 1
+        except frames.FrameError as e:  # dropped: no flow, no state, no learning
+            self.core.note_malformed(getattr(e, "reason", "unparsable"))
             return
         try:
             decision = self.core.handle_miss(in_port, fields, data)
@@ -305,6 +309,41 @@ class MidoflowAgent(app_manager.OSKenApp):
                 for m in pipeline.unclassify_flows(dp, *old):
                     dp.send_msg(m)
             self.classified[pid] = (ofport, keys[pid])
-            for m in pipeline.classify_flows(dp, ofport, keys[pid], tunnels):
+            for m in pipeline.classify_flows(dp, ofport, keys[pid], tunnels,
+                                             *self._meter_rate(pid)):
                 dp.send_msg(m)
         LOG.info("bindings: +%s -%s", sorted(change.added), sorted(change.removed))
+
+    # ---- per-port packet-in meters ------------------------------------------
+    def _meter_rate(self, port_id: str) -> tuple[int, int]:
+        """(packets per second, burst) of a bound port's packet-in meter: a VM
+        port's, or an uplink's (a router's exterior port carries every
+        tenant's new north-south flows)."""
+        rate, burst = self.cfg.packet_in_rate, self.cfg.packet_in_burst
+        port = self.core.cache.ports.get(port_id)
+        if port is not None and port.device_type == DEVICE_ROUTER:
+            rate = self.cfg.uplink_packet_in_rate
+            burst = max(burst, rate // 5)
+        return rate, burst
+
+    def _meter_loop(self):
+        """Ask OVS for the meters' counters now and then (see _meter_stats)."""
+        while self.is_active:
+            hub.sleep(METER_STATS_INTERVAL)
+            dp = self.dp
+            if dp is not None:
+                try:
+                    dp.send_msg(pipeline.meter_stats_request(dp))
+                except Exception:
+                    LOG.exception("asking for meter statistics failed")
+
+    @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
+    def _meter_stats(self, ev):
+        """Packet-ins each port's meter dropped (since its binding), by port id,
+        in ``stats["metered_drops"]``; a reply may come in several parts."""
+        by_meter = {pipeline.meter_id(ofport): pid
+                    for pid, (ofport, _key) in self.classified.items()}
+        drops = {pid: n for pid, n in self.core.stats.get("metered_drops", {}).items()
+                 if pid in self.classified}
+        drops.update(pipeline.metered_drops(ev.msg.body, by_meter))
+        self.core.stats["metered_drops"] = drops

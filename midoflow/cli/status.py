@@ -46,6 +46,7 @@ def format_status(st: dict) -> str:
     lines.append(f"hosts:  {len(hosts)} registered, {alive} alive, {ovs} with OVS connected")
     if hosts:
         lines += ["", render.table(hosts, HOST_COLS)]
+    lines += _protection(hosts)
     peers = st.get("bgp_peers")
     if peers:
         up = [p for p in peers if (p.get("status") or {}).get("state") == "established"]
@@ -56,6 +57,38 @@ def format_status(st: dict) -> str:
                 lines.append(f"        {p.get('peer_address')} (AS {p.get('peer_as')}) on port "
                              f"{p.get('port_id')}: {state}")
     return "\n".join(lines)
+
+
+def _protection(hosts: list[dict]) -> list[str]:
+    """A line per limit each host's agent hit (issue 9's per-port bounds)."""
+    out: list[str] = []
+    for h in hosts:
+        prot = h.get("protection")
+        if not isinstance(prot, dict):
+            continue
+        limits = prot.get("limits") or {}
+        name = h.get("name") or h.get("id")
+        for port, n in (prot.get("mac_limit") or {}).items():
+            out.append(f"        {name}: port {port}: {n} frame(s) from new source MACs dropped "
+                       f"(limit {limits.get('max_macs_per_port', '?')} MACs per port)")
+        for port, n in (prot.get("flow_limit") or {}).items():
+            out.append(f"        {name}: port {port}: {n} flow(s) not installed "
+                       f"(limit {limits.get('max_flows_per_port', '?')} flows per port)")
+        for port, n in (prot.get("metered_drops") or {}).items():
+            if n:
+                out.append(f"        {name}: port {port}: {n} packet-in(s) dropped by its meter "
+                           f"(limit {limits.get('packet_in_rate', '?')}/s)")
+        malformed = prot.get("malformed") or {}
+        if malformed:
+            why = ", ".join(f"{r} {n}" for r, n in malformed.items())
+            out.append(f"        {name}: {sum(malformed.values())} malformed frame(s) dropped "
+                       f"({why})")
+        if prot.get("fragments_dropped"):
+            out.append(f"        {name}: {prot['fragments_dropped']} IP fragment(s) without "
+                       "their first fragment dropped")
+    if out:
+        out = ["", "limits: what the agents' per-port bounds refused", *out]
+    return out
 
 
 @command(None, "status", "store health and the state of every host")

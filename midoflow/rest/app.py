@@ -7,12 +7,19 @@ the routes BGP learned), and packet traces. Errors are
 ``{"error", "message", "field"}`` with 400/404/405/409/413/415/503; the
 OpenAPI document describing all of it is ``openapi.yaml`` beside this file,
 served at ``/v1/openapi.yaml`` and ``/v1/openapi.json``.
+
+A client's mistake is never a 500 nor a traceback: the path, the query
+string, the headers the API reads and the body are decoded strictly (400 for
+bad UTF-8, bad percent-encoding, bad JSON), bodies are bounded (413 over
+:data:`MAX_BODY`, chunked ones included), and a client that disconnects
+mid-body costs one log line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -21,7 +28,7 @@ from typing import Any
 import routes
 import webob
 
-from midoflow.errors import Invalid, MidoflowError
+from midoflow.errors import Invalid, MidoflowError, TooLarge
 from midoflow.service.topology import TopologyService
 from midoflow.store.base import Store
 
@@ -73,24 +80,127 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class ClientGone(Exception):
+    """The client closed the connection before sending its whole body."""
+
+
+def _too_large() -> TooLarge:
+    return TooLarge(f"the request body is larger than {MAX_BODY:,} bytes (1 MiB): send less "
+                    "in one request")
+
+
+def _header(environ: dict, key: str, name: str) -> str | None:
+    """A request header the API reads: ASCII only (400 otherwise)."""
+    value = environ.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isascii():
+        raise Invalid(f"the {name} header is not ASCII", name)
+    return value.strip()
+
+
+def content_length(environ: dict) -> int | None:
+    raw = _header(environ, "CONTENT_LENGTH", "Content-Length")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise Invalid(f"the Content-Length header is not a number: {raw[:40]!r}",
+                      "Content-Length")
+    return int(raw)
+
+
+def is_chunked(environ: dict) -> bool:
+    te = _header(environ, "HTTP_TRANSFER_ENCODING", "Transfer-Encoding") or ""
+    return "chunked" in te.lower()
+
+
+def read_body(environ: dict) -> bytes:
+    """The raw body, at most MAX_BODY bytes (TooLarge beyond), whether sent
+    with a Content-Length or chunked (the server de-chunks ``wsgi.input``)."""
+    clen = content_length(environ)
+    chunked = is_chunked(environ)
+    if clen is not None and clen > MAX_BODY:
+        raise _too_large()
+    if clen is None and not chunked:
+        return b""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    want = clen if clen is not None and not chunked else MAX_BODY + 1
+    parts, got = [], 0
+    try:
+        while got < want:
+            chunk = stream.read(min(65536, want - got))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+    except OSError as e:  # the client went away (eventlet, webob, wsgiref)
+        raise ClientGone(str(e) or type(e).__name__) from None
+    except ValueError as e:  # a malformed chunk
+        raise Invalid(f"the chunked request body is malformed: {str(e)[:120]}") from None
+    raw = b"".join(parts)
+    if got > MAX_BODY:
+        raise _too_large()
+    if clen is not None and not chunked and got < clen:
+        raise ClientGone(f"{clen - got} of {clen} body bytes never came")
+    return raw
+
+
 def read_json(req: webob.Request) -> Any:
-    """The request's JSON body; HttpError (413/415) or Invalid (400)."""
-    if req.content_length is not None and req.content_length > MAX_BODY:
-        raise HttpError(413, "TooLarge", f"request body larger than {MAX_BODY} bytes")
-    ctype = (req.content_type or "").lower()
-    if ctype != "application/json":
+    """The request's JSON body; HttpError (415), TooLarge (413) or Invalid (400)."""
+    clen = content_length(req.environ)
+    if clen is not None and clen > MAX_BODY:
+        raise _too_large()
+    ctype = _header(req.environ, "CONTENT_TYPE", "Content-Type") or ""
+    media, _, params = ctype.partition(";")
+    charset = params.strip().lower().replace(" ", "")
+    if media.strip().lower() != "application/json" or charset not in (
+            "", "charset=utf-8", 'charset="utf-8"'):
         raise HttpError(415, "UnsupportedMediaType",
-                        "send the body as JSON with Content-Type: application/json")
-    raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "TooLarge", f"request body larger than {MAX_BODY} bytes")
+                        "send the body as JSON (UTF-8) with Content-Type: application/json")
+    raw = read_body(req.environ)
     if not raw.strip():
         raise Invalid("the request body is empty: a JSON object is expected")
     try:
         text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"the request body is not valid UTF-8 (byte {e.start})") from None
+    try:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise Invalid(f"the request body is not valid JSON: {str(e)[:120]}") from None
+
+
+def check_encoding(environ: dict) -> None:
+    """Invalid (400) unless the path and the query string are valid UTF-8
+    (percent-decoded) and the query is well formed."""
+    try:
+        raw_path = environ.get("PATH_INFO", "").encode("latin-1")
+    except UnicodeEncodeError:
+        raw_path = None
+    try:
+        if raw_path is None:
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not bytes")
+        raw_path.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("the request path is not valid UTF-8 (after percent-decoding)",
+                      "path") from None
+    qs = environ.get("QUERY_STRING", "")
+    if not qs:
+        return
+    try:
+        qs.encode("ascii")
+        urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=False,
+                               encoding="utf-8", errors="strict")
+    except (UnicodeError, ValueError):
+        raise Invalid("the query string is not valid UTF-8 (after percent-decoding)",
+                      "query") from None
+
+
+def _safe_path(environ: dict) -> str:
+    """The request path for a log line, whatever bytes it holds."""
+    return repr(environ.get("PATH_INFO", ""))[1:-1][:200]
 
 
 # (route name, path template, {method: handler name})
@@ -187,21 +297,25 @@ class Api:
             self.methods[name] = methods
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
-        req = webob.Request(environ)
+        method = str(environ.get("REQUEST_METHOD", "GET"))[:16]
         try:
-            resp = self.dispatch(req)
+            check_encoding(environ)
+            resp = self.dispatch(webob.Request(environ))
         except HttpError as e:
             resp = _error(e.status, e.error, e.message, headers=e.headers)
+        except ClientGone as e:
+            LOG.warning("client gone mid-body on %s %s: %s", method, _safe_path(environ), e)
+            resp = _error(400, "Invalid", f"incomplete request body: {e}")
         except MidoflowError as e:
-            status = e.status if e.status in (400, 404, 409, 503) else 500
+            status = e.status if e.status in (400, 404, 409, 413, 503) else 500
             if status == 500:
-                LOG.error("unexpected %s on %s %s: %s", type(e).__name__, req.method,
-                          req.path_info, e.message)
+                LOG.error("unexpected %s on %s %s: %s", type(e).__name__, method,
+                          _safe_path(environ), e.message)
                 resp = _error(500, "InternalError", "internal error; see the API log")
             else:
                 resp = _json_response(status, e.to_dict())
         except Exception:
-            LOG.exception("unexpected error on %s %s", req.method, req.path_info)
+            LOG.exception("unexpected error on %s %s", method, _safe_path(environ))
             resp = _error(500, "InternalError", "internal error; see the API log")
         return resp(environ, start_response)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 from midoflow.rest.app import make_app
 from midoflow.store.base import Store
@@ -23,7 +23,9 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8181, sock=None) ->
     if sock is None:
         sock = eventlet.listen((host, port))
     LOG.info("midoflow API listening on http://%s:%d/v1", *sock.getsockname()[:2])
-    eventlet.wsgi.server(sock, make_app(store), log=_EventletLog(), log_output=True)
+    # debug=False: an error never puts a traceback in a response body.
+    eventlet.wsgi.server(sock, make_app(store), log=_EventletLog(), log_output=True,
+                         debug=False)
 
 
 class _EventletLog:
@@ -45,9 +47,63 @@ class _EventletLog:
         LOG.exception(msg, *args, **kwargs)
 
 
+class _Dechunked:
+    """``wsgi.input`` for a chunked request body (wsgiref passes it raw): reads
+    the chunks' data; ValueError for a malformed chunk, like eventlet."""
+
+    def __init__(self, rfile) -> None:
+        self.rfile = rfile
+        self.left = 0  # bytes left in the current chunk
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while not self.done and (size < 0 or len(out) < size):
+            if self.left == 0:
+                line = self.rfile.readline(1024)
+                if not line:
+                    raise OSError("connection closed in a chunked body")
+                try:
+                    self.left = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ValueError(f"bad chunk size line {line[:40]!r}") from None
+                if self.left < 0:
+                    raise ValueError("negative chunk size")
+                if self.left == 0:  # the last chunk; skip the trailers
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    self.done = True
+                    break
+            n = self.left if size < 0 else min(self.left, size - len(out))
+            data = self.rfile.read(n)
+            if not data:
+                raise OSError("connection closed in a chunked body")
+            out += data
+            self.left -= len(data)
+            if self.left == 0:
+                self.rfile.readline(16)  # the CRLF after the chunk's data
+        return bytes(out)
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - wsgiref's signature
         LOG.debug("%s - %s", self.address_string(), format % args)
+
+    def handle(self) -> None:
+        """wsgiref's, with chunked request bodies de-chunked."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        rfile = self.rfile
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            rfile = _Dechunked(self.rfile)
+        handler = ServerHandler(rfile, self.wfile, self.get_stderr(), self.get_environ(),
+                                multithread=True)
+        handler.request_handler = self
+        handler.run(self.server.get_app())
 
 
 class _ThreadingWSGIServer(WSGIServer):

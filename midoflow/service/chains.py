@@ -146,7 +146,7 @@ class ChainsMixin:
                 "rule_ids": []}
         data["id"] = self._user_id(model.CHAINS, body)
         txn = Txn(self.store)
-        txn.put(model.CHAINS, data)
+        txn.create(model.CHAINS, data)
         txn.commit()
         return self.get_chain(data["id"])
 
@@ -386,7 +386,7 @@ class ChainsMixin:
         rule["id"] = self._user_id(model.RULES, body)
         ids.insert(pos - 1, rule["id"])
         txn.put(model.CHAINS, dict(chain, rule_ids=ids))
-        txn.put(model.RULES, rule)
+        txn.create(model.RULES, rule)
         txn.commit()
         return self.get_rule(rule["id"])
 
@@ -460,7 +460,7 @@ class ChainsMixin:
                 "port_ids": []}
         data["id"] = self._new_id(model.PORT_GROUPS, body)  # type: ignore[attr-defined]
         txn = Txn(self.store)
-        txn.put(model.PORT_GROUPS, data)
+        txn.create(model.PORT_GROUPS, data)
         txn.commit()
         return self.get_port_group(data["id"])
 
@@ -561,7 +561,7 @@ class ChainsMixin:
                 "addresses": v.ipv4_list(body.get("addresses", []), "addresses")}
         data["id"] = self._user_id(model.IP_ADDR_GROUPS, body)
         txn = Txn(self.store)
-        txn.put(model.IP_ADDR_GROUPS, data)
+        txn.create(model.IP_ADDR_GROUPS, data)
         txn.commit()
         return self.get_ip_addr_group(data["id"])
 
@@ -671,7 +671,7 @@ class ChainsMixin:
                            "remote_ip_prefix": None, "remote_group_id": None}]}
         data["id"] = self._new_id(model.SECURITY_GROUPS, body)  # type: ignore[attr-defined]
         txn = Txn(self.store)
-        txn.put(model.SECURITY_GROUPS, data)
+        txn.create(model.SECURITY_GROUPS, data)
         self._sync_sg(txn, data["id"])
         txn.commit()
         return self.get_security_group(data["id"])

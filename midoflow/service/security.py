@@ -34,8 +34,13 @@ Per port ``P`` with security groups or port security (chains named
   each group's ingress chain · DROP
 * anti-spoof (port security only): RETURN for each allowed (MAC, IPv4 source)
   pair (the port's MAC with each fixed IP; each allowed address pair with its
-  MAC, or the port's), then for each allowed MAC: RETURN ARP from it, RETURN
-  DHCP (UDP 68 -> 67 from 0.0.0.0) from it; then DROP.
+  MAC, or the port's); RETURN ARP from each such pair (``eth_src`` the MAC,
+  ``nw_src`` the address: the chains match an ARP frame's sender address,
+  SPA, as ``nw_src``; the simulation itself drops an ARP frame of a protected
+  port whose sender MAC is not its Ethernet source); then for each allowed
+  MAC: RETURN an ARP probe (SPA 0.0.0.0, RFC 5227) from it, RETURN DHCP
+  (UDP 68 -> 67 from 0.0.0.0) from it; then DROP. As Neutron's OVS firewall:
+  no ARP that would claim another VM's address reaches a router or a neighbour.
 """
 
 from __future__ import annotations
@@ -233,9 +238,12 @@ def port_objects(port: Data, tenant_id: str = "") -> list[tuple[Data, list[Data]
         pairs = allowed_pairs(port)
         spoof = [rule(cas, f"ip:{m}:{ip}", model.RULE_RETURN, eth_src=m, eth_type=ETH_IP,
                       nw_src=_host_cidr(ip)) for m, ip in pairs]
+        spoof += [rule(cas, f"arp:{m}:{ip}", model.RULE_RETURN, eth_src=m, eth_type=ETH_ARP,
+                       nw_src=_host_cidr(ip)) for m, ip in pairs]
         macs = list(dict.fromkeys([port["mac"]] + [m for m, _ in pairs]))
         for m in macs:
-            spoof.append(rule(cas, f"arp:{m}", model.RULE_RETURN, eth_src=m, eth_type=ETH_ARP))
+            spoof.append(rule(cas, f"arp-probe:{m}", model.RULE_RETURN, eth_src=m,
+                              eth_type=ETH_ARP, nw_src="0.0.0.0/32"))
             spoof.append(rule(cas, f"dhcp:{m}", model.RULE_RETURN, eth_src=m, eth_type=ETH_IP,
                               nw_src="0.0.0.0/32", nw_proto=PROTO_UDP, tp_src=[68, 68],
                               tp_dst=[67, 67]))

@@ -260,6 +260,7 @@ class TopologyService(ChainsMixin, BgpMixin):
             if any(x["host_id"] == member["host_id"] for x in members):
                 raise Invalid(f"host {member['host_id']} is listed twice",
                               f"members[{i}].host_id")
+            _check_tunnel_ip(members, member, f"members[{i}].ip")
             members.append(member)
             ops.append(self._touch(model.HOSTS, host, hver))
         data["members"] = members
@@ -296,6 +297,7 @@ class TopologyService(ChainsMixin, BgpMixin):
         if any(m["host_id"] == member["host_id"] for m in zone.get("members", ())):
             raise Conflict(f"host {member['host_id']} is already in tunnel zone {zone['id']}",
                            "host_id")
+        _check_tunnel_ip(zone.get("members", ()), member, "ip", zone["id"])
         new = dict(zone)
         new["members"] = list(zone.get("members", ())) + [member]
         self._commit([Update(model.TUNNEL_ZONES, new, zver),
@@ -344,7 +346,7 @@ class TopologyService(ChainsMixin, BgpMixin):
         txn = Txn(self.store)
         self._apply_filters(txn, body, data, None)
         data["id"] = self._new_id(kind, body)
-        txn.put(kind, data)
+        txn.create(kind, data)
         txn.commit()
         return data["id"]
 
@@ -440,7 +442,7 @@ class TopologyService(ChainsMixin, BgpMixin):
         txn.put(model.BRIDGES, new_bridge)
         self._check_port_conflicts(txn, body, data, None)
         data["tunnel_key"] = self._tunnel_key()
-        txn.put(model.PORTS, data)
+        txn.create(model.PORTS, data)
         self._sync_port_security(txn, None, data)
         txn.commit()
         return self.get_port(data["id"])
@@ -700,7 +702,15 @@ class TopologyService(ChainsMixin, BgpMixin):
         txn.seen(model.ROUTERS, router, rver)
         self._apply_filters(txn, body, data, None)
         others = [p for p, _ in self._router_ports(router["id"])]
-        used_macs = {p.get("mac") for p in others}
+        # a MAC answers ARP for a router: two routers' ports never share one
+        router_ports = [p for p, _ in self.store.list(model.PORTS)
+                        if p.get("device_type") == model.DEVICE_ROUTER]
+        used_macs = {p.get("mac") for p in router_ports}
+        for other in router_ports:
+            if data["mac"] is not None and other.get("mac") == data["mac"] and \
+                    other.get("device_id") != router["id"]:
+                raise Conflict(f"MAC {data['mac']} is already used by port {other['id']} of "
+                               f"router {other.get('device_id')}", "mac")
         for other in others:
             if data["mac"] is not None and other.get("mac") == data["mac"]:
                 raise Conflict(f"MAC {data['mac']} is already used by port {other['id']} of "
@@ -716,7 +726,7 @@ class TopologyService(ChainsMixin, BgpMixin):
         data["tunnel_key"] = self._tunnel_key()
         new_router = dict(router)
         new_router["port_ids"] = list(router.get("port_ids", ())) + [data["id"]]
-        txn.put(model.PORTS, data)
+        txn.create(model.PORTS, data)
         txn.put(model.ROUTERS, new_router)
         txn.commit()
         return self.get_port(data["id"])
@@ -853,6 +863,16 @@ def _opt(body: dict[str, Any], field: str, check) -> Any:
     return None if value is None else check(value, field)
 
 
+def _check_tunnel_ip(members, member: dict[str, str], field: str,
+                     zone_id: str | None = None) -> None:
+    """Conflict if another member of the zone has the same tunnel IP."""
+    for m in members:
+        if m.get("ip") == member["ip"] and m.get("host_id") != member["host_id"]:
+            where = f" of tunnel zone {zone_id}" if zone_id else ""
+            raise Conflict(f"tunnel IP {member['ip']} is already used by host {m['host_id']}"
+                           f"{where}: each member needs its own", field)
+
+
 def _route_key(route: Data) -> tuple:
     """Routing-table order: longest destination prefix first, then address, source,
     weight (lowest first)."""
@@ -871,5 +891,7 @@ def _status_host(hid: str, name: str, state: Data | None) -> Data:
         "ovs_connected": bool((state or {}).get("ovs_connected", False)),
         "tunnel_ips": {str(k): str(val) for k, val in ips.items()} if isinstance(ips, dict)
         else {},
+        # what the agent's per-port bounds refused (issue 9), as it published it
+        "protection": prot if isinstance(prot := (state or {}).get("protection"), dict) else {},
     }
 

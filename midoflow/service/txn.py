@@ -5,7 +5,10 @@ groups generate, a chain and its rules, ...) reads through a :class:`Txn`,
 stages its writes in it, and commits once. Reads see the staged state; every
 write carries the version the object had when the transaction first read it,
 so a concurrent change of anything the request read and wrote makes the
-commit fail (Conflict) instead of being overwritten. ``touch`` re-writes an
+commit fail (Conflict) instead of being overwritten. ``create`` stages a new
+object that must not exist when the commit is applied: of two requests
+creating one id, exactly one succeeds (the other's commit fails with Conflict,
+where ``put`` would have turned it into an update of the first's object). ``touch`` re-writes an
 object unchanged (it bumps its version: a concurrent delete that checked for
 references fails); ``check`` only asserts that an object did not change.
 """
@@ -27,6 +30,7 @@ class Txn:
         self._staged: dict[Key, Data | None] = {}
         self._touched: dict[Key, None] = {}
         self._checked: dict[Key, None] = {}
+        self._created: dict[Key, None] = {}
         self._lists: dict[str, list[str]] = {}
 
     # ---------------------------------------------------------------- reads
@@ -75,6 +79,13 @@ class Txn:
         self._read(kind, data["id"])
         self._staged[(kind, data["id"])] = copy.deepcopy(data)
 
+    def create(self, kind: str, data: Data) -> None:
+        """A new object: the commit fails (Conflict) if it exists by then."""
+        key = (kind, data["id"])
+        self._seen.setdefault(key, (None, None))
+        self._staged[key] = copy.deepcopy(data)
+        self._created[key] = None
+
     def sync(self, kind: str, data: Data) -> None:
         """Create or update, only if different from what is there."""
         if self.get(kind, data["id"]) != data:
@@ -99,7 +110,7 @@ class Txn:
             if data is None:
                 if orig is not None:
                     ops.append(Delete(kind, oid, ver))
-            elif orig is None:
+            elif orig is None or (kind, oid) in self._created:
                 ops.append(Create(kind, data))
             else:
                 ops.append(Update(kind, data, ver))

@@ -2,10 +2,15 @@
 reject / jump / return / continue, and connection tracking (forward and
 return flows). Pure: reads a TopologyView, writes into the builder.
 
-A condition on a field the packet does not have (an IP field of an ARP
-frame, a port of a later fragment) never matches, inverted or not, as in
-iptables. Every field a condition reads joins the flow's match, so a flow
-installed after a chain matches exactly what the rules looked at.
+A condition on a field the packet does not have (a protocol or port of an
+ARP frame, a port of a later fragment) never matches, inverted or not, as in
+iptables. As in MidoNet (whose flow match took an ARP frame's sender and
+target protocol addresses as its network source and destination), the
+address conditions ``nw_src``/``nw_dst`` and the IP address groups match an
+ARP frame's SPA/TPA: port security checks an ARP sender's address with the
+same rules as an IP source. Every field a condition reads joins the flow's
+match (``arp_spa``/``arp_tpa`` for ARP), so a flow installed after a chain
+matches exactly what the rules looked at.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from midoflow.model import (
 )
 from midoflow.nat.bindings import DNAT, SNAT, NatBinding
 from midoflow.nat.conntrack import ConnKey
-from midoflow.sim.packet import PROTO_TCP, PROTO_UDP, Packet
+from midoflow.sim.packet import ETH_ARP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import (
     Rewrite,
     _Builder,
@@ -67,7 +72,7 @@ def _ip(ip: str) -> int:
 
 
 def _in_cidr(ip: str | None, cidr: str) -> bool | None:
-    if ip is None:
+    if not ip:
         return None
     net, _, plen = cidr.partition("/")
     bits = int(plen) if plen else 32
@@ -77,6 +82,19 @@ def _in_cidr(ip: str | None, cidr: str) -> bool | None:
 
 def _in_range(v: int | None, r: tuple[int, int]) -> bool | None:
     return None if v is None else r[0] <= v <= r[1]
+
+
+def _nw(pkt: Packet, which: str, b: _Builder) -> tuple[str | None, str]:
+    """The network address ``which`` ("src" or "dst") a condition reads, and
+    the flow field it joins: an IP address, or an ARP frame's SPA/TPA. An
+    ARP frame without one (its payload did not parse) gets no flow: a flow
+    could not tell it from a whole ARP frame."""
+    if pkt.eth_type == ETH_ARP:
+        addr, field = (pkt.arp_spa, "arp_spa") if which == "src" else (pkt.arp_tpa, "arp_tpa")
+        if not addr:
+            b.cacheable = False
+        return addr, field
+    return getattr(pkt, "ip_" + which), "ip_" + which
 
 
 def _frag_ok(policy: str, frag: int) -> bool:
@@ -135,13 +153,13 @@ def matches(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Build
         g = view.port_group(rule.port_group)
         if not cond("port_group", g is not None and ctx.in_port in g.port_ids):
             return False
-    for name, field, gid in (("ip_addr_group_src", "ip_src", rule.ip_addr_group_src),
-                             ("ip_addr_group_dst", "ip_dst", rule.ip_addr_group_dst)):
+    for name, which, gid in (("ip_addr_group_src", "src", rule.ip_addr_group_src),
+                             ("ip_addr_group_dst", "dst", rule.ip_addr_group_dst)):
         if gid:
             b.tags.add(ip_addr_group_tag(gid))
+            addr, field = _nw(pkt, which, b)
             b.fields.update(("eth_type", field))
             g = view.ip_addr_group(gid)
-            addr = getattr(pkt, field)
             if not cond(name, None if addr is None else g is not None and addr in g.addresses):
                 return False
     if rule.eth_type is not None:
@@ -154,11 +172,12 @@ def matches(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Build
             b.fields.add(name)
             if not cond(name, getattr(pkt, name) == want.lower()):
                 return False
-    for name, field in (("nw_src", "ip_src"), ("nw_dst", "ip_dst")):
+    for name, which in (("nw_src", "src"), ("nw_dst", "dst")):
         want = getattr(rule, name)
         if want is not None:
+            addr, field = _nw(pkt, which, b)
             b.fields.update(("eth_type", field))
-            if not cond(name, _in_cidr(getattr(pkt, field), want)):
+            if not cond(name, _in_cidr(addr, want)):
                 return False
     if rule.nw_proto is not None:
         b.fields.update(("eth_type", "ip_proto"))
@@ -216,6 +235,8 @@ def run(view: TopologyView, chain_id: str, pkt: Packet, ctx: Context, b: _Builde
             continue
         if rule.action in (RULE_SNAT, RULE_DNAT):
             verdict, pkt = _nat(view, rule, pkt, ctx, b, label)
+            if verdict is None:  # not translatable (an ARP frame): the next rule
+                continue
             return verdict, pkt
         if rule.action in (RULE_STATIC_SNAT, RULE_STATIC_DNAT):
             if pkt.ip_dst is None or not rule.nat_targets:

@@ -56,6 +56,7 @@ class Packet:
     icmp_id: int | None = None  # ICMP echo request/reply identifier
     # An ICMP error's quoted packet: (proto, src, sport, dst, dport).
     icmp_inner: tuple[int, str, int, str, int] | None = None
+    ip_id: int | None = None  # IPv4 identification; set for fragments (ip_frag 1, 2) only
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)

@@ -33,6 +33,7 @@ from midoflow.sim.packet import (
     UNREACH_FILTER,
     UNREACH_NET,
     Packet,
+    is_multicast,
 )
 from midoflow.sim.result import (
     Generated,
@@ -202,7 +203,7 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.fields.update(("eth_dst", "eth_type"))
 
     if pkt.eth_type == ETH_ARP:
-        _arp(inport, pkt, b)
+        _arp(inport, pkt, b, {p.ip_address for p in ports if p.ip_address})
         return None
     if pkt.eth_dst != inport.mac:
         b.step("router", rid, f"{pkt.eth_dst} is not port {inport.id}'s MAC: drop")
@@ -288,20 +289,40 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     return out, pkt.evolve(eth_src=out.mac, eth_dst=mac, ip_ttl=pkt.ip_ttl - 1)
 
 
-def _arp(inport: Port, pkt: Packet, b: _Builder) -> None:
+def learnable(inport: Port, own: set[str], spa: str | None, sha: str | None) -> bool:
+    """Whether an ARP sender (SPA, SHA) seen on ``inport`` may become an ARP
+    entry: a unicast MAC, for a host address of the port's own subnet (not
+    its network or broadcast address) that is none of the router's."""
+    net = _network(inport)
+    if not spa or not sha or net is None or spa in own:
+        return False
+    if sha == "00:00:00:00:00:00" or is_multicast(sha):
+        return False
+    try:
+        ip = netaddr.IPAddress(spa)
+    except (ValueError, netaddr.AddrFormatError):
+        return False
+    if ip not in net:
+        return False
+    return net.prefixlen >= 31 or ip not in (net.network, net.broadcast)
+
+
+def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
     """ARP at a router port: answer requests for its address; learn senders on
-    its network (requests and replies addressed to it)."""
+    its network (requests and replies addressed to it), never one of the
+    router's own addresses or an address outside the port's subnet."""
     rid = inport.device_id
     b.cacheable = False  # the router's answer depends on the whole ARP payload
     b.fields.update(("arp_op", "arp_tpa"))
     if inport.ip_address is None or pkt.arp_tpa != inport.ip_address:
         b.step("router", rid, f"ARP for {pkt.arp_tpa}, not port {inport.id}'s address: drop")
         return
-    net = _network(inport)
-    if pkt.arp_spa and pkt.arp_sha and net is not None \
-            and netaddr.IPAddress(pkt.arp_spa) in net and pkt.arp_spa != inport.ip_address:
+    if learnable(inport, own, pkt.arp_spa, pkt.arp_sha):
         b.arp_learned.append((rid, pkt.arp_spa, pkt.arp_sha))
         b.step("router", rid, f"ARP: learn {pkt.arp_spa} is at {pkt.arp_sha}")
+    elif pkt.arp_spa and pkt.arp_spa != "0.0.0.0":
+        b.step("router", rid, f"ARP: {pkt.arp_spa} at {pkt.arp_sha} not learned "
+                              f"(not a host of port {inport.id}'s subnet)")
     if pkt.arp_op == ARP_REQUEST:
         b.generated.append(_gen("arp_reply", inport.id, eth_src=inport.mac,
                                 eth_dst=pkt.arp_sha or pkt.eth_src, ip_src=inport.ip_address,

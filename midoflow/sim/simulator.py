@@ -6,6 +6,12 @@ forwarded to the port its destination MAC was learned on, or flooded to every
 other port of the bridge when the destination is unknown, broadcast or
 multicast. Interior ports hand the packet to the peer port's device; the walk
 visits at most ``MAX_DEVICES`` devices (MidoNet's loop guard).
+
+An ARP frame entering through a port with port security must carry the
+frame's own source MAC as its sender hardware address (SHA), as Neutron's OVS
+firewall enforces; the port's anti-spoof chain (see
+:mod:`midoflow.service.security`) then checks that MAC and the sender
+address (SPA) against the port's own pairs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections import deque
 
 from midoflow.model import DEVICE_BRIDGE, DEVICE_ROUTER, PORT_INTERIOR, Port
 from midoflow.sim import chains, router
-from midoflow.sim.packet import Packet, is_multicast
+from midoflow.sim.packet import ETH_ARP, Packet, is_multicast
 from midoflow.sim.result import (
     Action,
     Result,
@@ -41,6 +47,14 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
     if not ingress.admin_state_up:
         b.step("port", ingress.id, "ingress port is down: drop")
         return b.result(Action.DROP, "ingress port down")
+    if ingress.port_security_enabled and pkt.eth_type == ETH_ARP:
+        b.fields.update(("eth_type", "eth_src", "arp_sha"))
+        if pkt.arp_sha != pkt.eth_src:
+            if pkt.arp_sha is None:  # no ARP payload: a flow could not tell it apart
+                b.cacheable = False
+            b.step("port", ingress.id, f"ARP sender MAC {pkt.arp_sha} is not the frame's "
+                                       f"source {pkt.eth_src}: drop (port security)")
+            return b.result(Action.DROP, "ARP spoofing")
 
     # Work list of ports the packet enters a device through, each with the
     # packet as it is there (routers rewrite it).

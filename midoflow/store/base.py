@@ -15,12 +15,23 @@ change; a callback that returns ``False`` ends its watch.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from midoflow.errors import TooLarge
+
 Data = dict[str, Any]
+
+# ZooKeeper refuses a request longer than jute.maxbuffer (1 MiB - 1 by default)
+# and drops the connection it came on, failing every call in flight with it.
+# Every backend refuses a transaction over MAX_TXN_BYTES (that limit less a
+# margin for paths, ACLs and headers) before sending it: 413, nothing written.
+ZK_MAX_BUFFER = 0xFFFFF
+MAX_TXN_BYTES = ZK_MAX_BUFFER - 64 * 1024
+_OP_OVERHEAD = 160  # per op: headers, flags, ACL, the store's root and kind in the path
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,36 @@ class Check:
 Op = Create | Update | Delete | Check
 
 
+def encode(data: Data) -> bytes:
+    """How an object is stored (compact JSON, sorted keys)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def txn_size(ops: Sequence[Op]) -> int:
+    """An upper estimate of the transaction's size on the wire to ZooKeeper."""
+    n = 0
+    for op in ops:
+        if isinstance(op, Create | Update):
+            n += _OP_OVERHEAD + len(encode(op.data))
+        else:
+            n += _OP_OVERHEAD + len(str(op.id).encode())
+    return n
+
+
+def too_large(size: int, limit: int = MAX_TXN_BYTES) -> TooLarge:
+    return TooLarge(
+        f"the change is too large to store: its transaction is {size:,} bytes, over the "
+        f"limit of {limit:,} bytes (ZooKeeper's 1 MiB jute.maxbuffer less a margin); make "
+        "it smaller: fewer addresses, fixed IPs, ports or rules in one object or request")
+
+
+def check_txn_size(ops: Sequence[Op]) -> None:
+    """TooLarge (413) if the transaction could exceed ZooKeeper's limit."""
+    size = txn_size(ops)
+    if size > MAX_TXN_BYTES:
+        raise too_large(size)
+
+
 class Store(ABC):
     # ---- models -----------------------------------------------------------
     @abstractmethod
@@ -68,7 +109,8 @@ class Store(ABC):
     @abstractmethod
     def commit(self, ops: Sequence[Op]) -> None:
         """Apply all ops or none. Raises Conflict (exists / stale version),
-        NotFound (missing object), Unavailable (no quorum)."""
+        NotFound (missing object), TooLarge (over :data:`MAX_TXN_BYTES`),
+        Unavailable (no quorum)."""
 
     @abstractmethod
     def next_counter(self, name: str) -> int:

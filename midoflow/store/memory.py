@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from midoflow.errors import Conflict, Invalid, NotFound
-from midoflow.store.base import Check, Create, Data, Delete, Op, Store, Update
+from midoflow.store.base import Check, Create, Data, Delete, Op, Store, Update, check_txn_size
 
 
 class MemoryBackend:
@@ -66,6 +66,7 @@ class MemoryStore(Store):
             return [(copy.deepcopy(d), v) for d, v in self.backend.models[kind].values()]
 
     def commit(self, ops: Sequence[Op]) -> None:
+        check_txn_size(ops)  # the same limit as ZooKeeper's
         b = self.backend
         fired: list[tuple[str, str]] = []
         kinds: set[str] = set()

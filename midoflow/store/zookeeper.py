@@ -15,6 +15,20 @@ the watches keep firing (kazoo re-arms its recipes).
 
 ``handler="eventlet"`` runs kazoo on eventlet green threads (inside
 ``osken-manager``); the default uses real threads.
+
+Two guards keep a busy API answering (issue 9):
+
+* kazoo wakes its connection loop with one byte per request on a socket pair.
+  Under eventlet, when that pair's buffer is full (hundreds of requests queued
+  by concurrent lists) a second green thread writing it gets eventlet's
+  "Second simultaneous write" RuntimeError; kazoo swallows it, leaving the
+  request queued without its byte, and from then on every request waits for
+  a later one to push it out: every call times out while the session looks
+  healthy. Calls into kazoo are therefore serialised by a lock here.
+* A watchdog: a call that gets no answer while the session is CONNECTED fails
+  (503) and triggers a recovery: the connection loop is woken, and if a probe
+  still gets no answer the kazoo client is replaced by a new one (a fresh
+  session: watches are re-armed, ephemeral state re-created).
 """
 
 from __future__ import annotations
@@ -40,12 +54,25 @@ from kazoo.exceptions import (
     RuntimeInconsistency,
     SessionExpiredError,
 )
+from kazoo.protocol.serialization import Transaction as TransactionRequest
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 
 from midoflow.errors import Conflict, Invalid, NotFound, Unavailable
 from midoflow.model import KINDS
-from midoflow.store.base import Check, Create, Data, Delete, Op, Store, Update
+from midoflow.store.base import (
+    ZK_MAX_BUFFER,
+    Check,
+    Create,
+    Data,
+    Delete,
+    Op,
+    Store,
+    Update,
+    check_txn_size,
+    encode,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +80,7 @@ _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError,
                 OperationTimeoutError)
 
 
-def _encode(data: Data) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+_encode = encode
 
 
 def _decode(raw: bytes | None) -> Data | None:
@@ -105,28 +131,23 @@ class ZkStore(Store):
         self._started = False
         self._state = "LOST"
         self._session_id: int | None = None
-        h = _make_handler(handler)
-        self._client = KazooClient(
-            hosts=hosts, timeout=timeout, handler=h,
-            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
-                                        sleep_func=h.sleep_func),
-            command_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
-                                     sleep_func=h.sleep_func),
-        )
+        self._handler_spec = handler
+        self.connect_timeout = connect_timeout or timeout
+        self._client = self._new_client()
+        h = self._client.handler
         self._lock = h.rlock_object()
         # state path -> encoded data, for the ephemerals this store published
         self._ephemerals: dict[str, bytes] = {}
         self._kinds_ready: set[str] = set()
-        self._client.add_listener(self._on_state)
+        # (arm(client), ended()) of every watch, re-armed on a replacement client
+        self._watches: list[_Watch] = []
+        self._recovering = False
+        self.recoveries = 0  # kazoo clients replaced by the watchdog
         try:
-            self._client.start(timeout=connect_timeout or timeout)
-        except Exception as e:  # the handler's timeout exception, socket errors
-            self._client.stop()
-            self._client.close()
+            self._start_client(self._client)
+        except Unavailable:
             self._closed = True
-            raise Unavailable(
-                f"cannot connect to ZooKeeper at {hosts} ({type(e).__name__}: {e}); is it "
-                f"running? start one with: python -m midoflow.devenv.zookeeper start") from e
+            raise
         self._state = "CONNECTED"
         self._session_id = self._client.client_id[0] if self._client.client_id else None
         self._started = True
@@ -135,8 +156,35 @@ class ZkStore(Store):
         self._ensure(f"{self.root}/counters")
 
     # ---- connection ---------------------------------------------------------
-    def _on_state(self, state: str) -> None:
+    def _new_client(self) -> KazooClient:
+        spec = self._handler_spec
+        if not isinstance(spec, str) and hasattr(self, "_client"):
+            spec = type(spec)()  # a replacement gets a handler of its own
+        h = _make_handler(spec)
+        client = KazooClient(
+            hosts=self.hosts, timeout=self.timeout, handler=h,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
+                                        sleep_func=h.sleep_func),
+            command_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
+                                     sleep_func=h.sleep_func),
+        )
+        _serialise_calls(client, h.lock_object(), self.op_timeout)
+        client.add_listener(lambda state: self._on_state(client, state))
+        return client
+
+    def _start_client(self, client: KazooClient) -> None:
+        try:
+            client.start(timeout=self.connect_timeout)
+        except Exception as e:  # the handler's timeout exception, socket errors
+            _discard(client)
+            raise Unavailable(
+                f"cannot connect to ZooKeeper at {self.hosts} ({type(e).__name__}: {e}); is "
+                "it running? start one with: python -m midoflow.devenv.zookeeper start") from e
+
+    def _on_state(self, client: KazooClient, state: str) -> None:
         # Called on kazoo's connection thread: must not block.
+        if client is not self._client:
+            return  # a client the watchdog replaced
         self._state = state
         if state == KazooState.CONNECTED and self._started and not self._closed:
             self._client.handler.spawn(self._restore_ephemerals)
@@ -150,13 +198,73 @@ class ZkStore(Store):
                            f"(session {self._state}{'; ' + why if why else ''})")
 
     def _call(self, async_result) -> Any:
-        """Wait for one kazoo async call, at most ``op_timeout``."""
+        """Wait for one kazoo async call, at most ``op_timeout``; a call that gets
+        no answer while the session is CONNECTED starts the watchdog."""
+        client = self._client
         try:
             return async_result.get(timeout=self.op_timeout)
         except _UNAVAILABLE as e:
             raise self._unavailable(type(e).__name__) from e
-        except self._client.handler.timeout_exception as e:
+        except client.handler.timeout_exception as e:
+            if self._state == KazooState.CONNECTED and not self._closed:
+                self._start_recovery(client)
             raise self._unavailable(f"no answer in {self.op_timeout} s") from e
+
+    # ---- watchdog -------------------------------------------------------------
+    def _start_recovery(self, client: KazooClient) -> None:
+        with self._lock:
+            if self._recovering or client is not self._client:
+                return
+            self._recovering = True
+        log.warning("ZooKeeper call unanswered for %.1f s on a CONNECTED session at %s: "
+                    "recovering", self.op_timeout, self.hosts)
+        client.handler.spawn(self._recover, client)
+
+    def _recover(self, client: KazooClient) -> None:
+        """Wake the connection loop; if a probe still gets no answer, replace the
+        kazoo client by a new one (a fresh session)."""
+        try:
+            _wake(client)
+            probe = min(self.op_timeout, 2.0)
+            try:
+                client.exists_async(self.root).get(timeout=probe)
+                log.warning("ZooKeeper answers again after waking kazoo's connection loop")
+                return
+            except Exception as e:  # timeout, connection loss: make a new session
+                log.warning("ZooKeeper probe failed (%s): replacing the kazoo client",
+                            type(e).__name__)
+            while not self._closed:
+                try:
+                    self._replace_client(client)
+                    return
+                except Exception as e:
+                    log.warning("could not replace the kazoo client: %s; retrying", e)
+                    client.handler.sleep_func(1.0)
+        finally:
+            with self._lock:
+                self._recovering = False
+
+    def _replace_client(self, old: KazooClient) -> None:
+        new = self._new_client()
+        self._start_client(new)
+        with self._lock:
+            if self._closed:
+                _discard(new)
+                return
+            self._client = new
+            self._state = KazooState.CONNECTED
+            watches = [w for w in self._watches if not w.ended]
+            self._watches = watches
+        self.recoveries += 1
+        old.handler.spawn(_discard, old)
+        for w in watches:
+            try:
+                w.arm(new)
+            except Exception as e:  # keep going: the others still matter
+                log.warning("could not re-arm a watch on the new ZooKeeper session: %s", e)
+        self._restore_ephemerals()
+        log.warning("ZooKeeper: new kazoo client and session 0x%x; %d watches re-armed",
+                    (new.client_id or (0,))[0], len(watches))
 
     def _op(self, name: str, *args: Any, **kw: Any) -> Any:
         """Run ``client.<name>_async(*args)`` if connected; Unavailable if not."""
@@ -229,6 +337,7 @@ class ZkStore(Store):
     def commit(self, ops: Sequence[Op]) -> None:
         if not ops:
             return
+        check_txn_size(ops)
         t = self._client.transaction()
         for op in ops:
             if isinstance(op, Create | Update):
@@ -248,9 +357,19 @@ class ZkStore(Store):
                 t.check(self._model_path(op.kind, op.id), op.version)
             else:
                 raise Invalid(f"not a store operation: {op!r}")
+        size = len(TransactionRequest(t.operations).serialize())
+        if size > ZK_MAX_BUFFER - 4096:  # the estimate above should have caught it
+            raise too_large(size, ZK_MAX_BUFFER - 4096)
         if self._closed or self._state != KazooState.CONNECTED:
             raise self._unavailable()
-        results = self._call(t.commit_async())
+        try:
+            results = self._call(t.commit_async())
+        except (NodeExistsError, BadVersionError, NoNodeError, NotEmptyError) as e:
+            # the whole multi failed without per-op results
+            raise self._commit_error(ops[0], e) if len(ops) == 1 else \
+                Conflict(f"transaction failed: {type(e).__name__}") from None
+        except KazooException as e:
+            raise Conflict(f"transaction failed: {type(e).__name__}") from None
         for op, res in zip(ops, results, strict=False):
             if isinstance(res, Exception) and not isinstance(
                     res, RolledBackError | RuntimeInconsistency):
@@ -291,10 +410,20 @@ class ZkStore(Store):
             except (BadVersionError, NoNodeError):
                 continue
 
+    def _add_watch(self, arm: Callable[[KazooClient, _Watch], Any]) -> None:
+        w = _Watch(self, arm)
+        with self._lock:
+            self._watches.append(w)
+        w.arm(self._client)
+
     def watch_kind(self, kind: str, cb: Callable[[list[str]], Any]) -> None:
         path = self._ensure_kind(kind)
         self._require_connected()
-        ChildrenWatch(self._client, path, lambda children: cb(sorted(children)))
+
+        def arm(client, w):
+            ChildrenWatch(client, path, w.wrap(client, lambda children: cb(sorted(children))))
+
+        self._add_watch(arm)
 
     def watch_object(self, kind: str, id: str, cb: Callable[[Data | None, int], Any]) -> None:
         path = self._model_path(kind, id)
@@ -306,7 +435,7 @@ class ZkStore(Store):
                 return False
             return cb(_decode(raw) or {}, stat.version)
 
-        DataWatch(self._client, path, on_data)
+        self._add_watch(lambda client, w: DataWatch(client, path, w.wrap(client, on_data)))
 
     def _require_connected(self) -> None:
         if self._closed or self._state != KazooState.CONNECTED:
@@ -415,7 +544,8 @@ class ZkStore(Store):
         zpath = self._state_path(path)
         self._ensure(zpath)
         self._require_connected()
-        _ChildrenFollower(self._client, zpath, cb).start()
+        self._add_watch(lambda client, w: _ChildrenFollower(
+            client, zpath, w.wrap(client, cb)).start())
 
     def watch_state(self, path: str, cb: Callable[[Data | None], Any]) -> None:
         zpath = self._state_path(path)
@@ -424,7 +554,7 @@ class ZkStore(Store):
         def on_data(raw, stat, event=None):
             return cb(_decode(raw) if stat is not None else None)
 
-        DataWatch(self._client, zpath, on_data)
+        self._add_watch(lambda client, w: DataWatch(client, zpath, w.wrap(client, on_data)))
 
     # ---- lifecycle ----------------------------------------------------------
     def health(self) -> Data:
@@ -456,10 +586,82 @@ class ZkStore(Store):
         self._closed = True
         with self._lock:
             self._ephemerals.clear()
+            self._watches.clear()
         try:
             self._client.stop()
         finally:
             self._client.close()
+
+
+class _Watch:
+    """One watch of the store: armed on the current kazoo client, re-armed on
+    a replacement. A callback that returned False ends it for good; callbacks
+    from a replaced client end its watch there."""
+
+    def __init__(self, store: ZkStore, arm: Callable[[KazooClient, _Watch], Any]) -> None:
+        self.store = store
+        self._arm = arm
+        self.ended = False
+
+    def arm(self, client: KazooClient) -> None:
+        self._arm(client, self)
+
+    def wrap(self, client: KazooClient, cb: Callable) -> Callable:
+        def wrapped(*args, **kw):
+            if self.ended or client is not self.store._client:
+                return False
+            result = cb(*args, **kw)
+            if result is False:
+                self.ended = True
+            return result
+
+        return wrapped
+
+
+def _serialise_calls(client: KazooClient, lock: Any, timeout: float) -> None:
+    """One caller at a time into kazoo's request queue (see the module doc). A
+    caller that cannot get the lock within ``timeout`` fails its call."""
+    real = client._call
+
+    def _call(request, async_object):
+        if not lock.acquire(True, timeout):
+            async_object.set_exception(OperationTimeoutError(
+                "kazoo's request queue is blocked"))
+            return False
+        try:
+            return real(request, async_object)
+        finally:
+            lock.release()
+
+    client._call = _call
+
+
+def _wake(client: KazooClient) -> None:
+    """Write one wake-up byte per queued request to kazoo's connection loop, as
+    long as the socket takes them without blocking (extra ones are drained)."""
+    conn = client._connection
+    ws = getattr(conn, "_write_sock", None)
+    if ws is None:
+        return
+    for _ in range(len(client._queue)):
+        try:
+            if not client.handler.select([], [ws], [], 0)[1]:
+                return
+            ws.send(b"\0")
+        except Exception:  # closed meanwhile
+            return
+
+
+def _discard(client: KazooClient) -> None:
+    """Stop and close a kazoo client, whatever state it is in."""
+    try:
+        client.stop()
+    except Exception as e:
+        log.debug("stopping a replaced kazoo client: %s", e)
+    try:
+        client.close()
+    except Exception as e:
+        log.debug("closing a replaced kazoo client: %s", e)
 
 
 class _ChildrenFollower:

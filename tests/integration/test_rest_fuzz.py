@@ -514,6 +514,7 @@ def test_api_from_openapi(case):
     response = case.call()
     case.validate_response(response, checks=CHECKS)
     assert response.status_code < 500, response.text
+    _assert_no_traceback(response.text)
     if 400 <= response.status_code < 500:
         assert snapshot(STORE.backend) == before, (
             f"{case.method} {case.formatted_path} answered {response.status_code} "
@@ -524,6 +525,75 @@ def test_api_from_openapi(case):
             f"{case.method} {case.formatted_path} is read-only but changed the store")
     errs = integrity_errors(STORE.backend)
     assert not errs, f"{case.method} {case.formatted_path} broke the topology: {errs}"
+
+
+def _assert_no_traceback(text: str) -> None:
+    assert "Traceback (most recent call last)" not in text and 'File "' not in text, text
+
+
+# Hand-made hostile requests (issue 9): (method, raw target, body, extra environ, status).
+_BIG = b'{"name": "' + b"x" * (1 << 20) + b'"}'
+HOSTILE = [
+    ("GET", "/v1/bridges/%ff", None, {}, 400),
+    ("GET", "/v1/bridges?tenant_id=%ff", None, {}, 400),
+    ("GET", f"/v1/ports/{P_BOUND}%c3%28", None, {}, 400),
+    ("DELETE", f"/v1/tunnel_zones/{TZ1}/members/%fe%fe", None, {}, 400),
+    ("GET", "/v1/ip_addr_groups?%ff%fe=1", None, {}, 400),
+    ("GET", "/v1/chains", None, {"QUERY_STRING": "tenant_id=\xff"}, 400),
+    ("POST", "/v1/bridges", b'{"name": "\xff"}', {}, 400),
+    ("POST", "/v1/bridges", b'{"name": ', {}, 400),
+    ("POST", "/v1/bridges", b"[" * 50000, {}, 400),
+    ("PUT", f"/v1/bridges/{BR1}", b'{"name": Infinity}', {}, 400),
+    ("POST", "/v1/bridges", b"{}", {"CONTENT_LENGTH": "1e3"}, 400),
+    ("POST", "/v1/bridges", b"{}", {"CONTENT_TYPE": "application/json\xe9"}, 400),
+    ("POST", "/v1/bridges", b"{}", {"CONTENT_TYPE": "application/json; charset=koi8-r"}, 415),
+    ("POST", "/v1/bridges", _BIG, {}, 413),
+    ("POST", "/v1/bridges", None, {"HTTP_TRANSFER_ENCODING": "chunked"}, 201),
+    ("POST", "/v1/ip_addr_groups", None, {"HTTP_TRANSFER_ENCODING": "chunked",
+                                          "wsgi.input": _BIG}, 413),
+    ("POST", f"/v1/bridges/{BR1}/ports",
+     b'{"fixed_ips": [' + b",".join(b'"10.%d.%d.%d"' % (i >> 16, (i >> 8) & 255, i & 255)
+                                  for i in range(70000, 76000))
+     + b'], "port_security_enabled": true, "security_group_ids": ["' + SG1.encode()
+     + b'"], "mac": "02:00:00:00:00:77"}', {}, 413),
+    ("POST", f"/v1/tunnel_zones/{TZ1}/members", b'{"host_id": "' + HOST2.encode()
+     + b'", "ip": "10.0.0.1"}', {}, 409),
+    ("POST", f"/v1/routers/{RT3}/ports",
+     b'{"ip_address": "10.77.0.1", "prefix_len": 24, "mac": "02:aa:00:00:01:01"}', {}, 409),
+    ("POST", "/v1/bridges", b'{"id": "' + BR1.encode() + b'"}', {}, 409),
+]
+
+
+@pytest.mark.parametrize("method,target,body,environ,status", HOSTILE,
+                         ids=[f"{m} {t[:40]} {st}" for m, t, _, _, st in HOSTILE])
+def test_hand_made_hostile_requests(method, target, body, environ, status):
+    import io
+    from urllib.parse import unquote_to_bytes
+
+    import webob
+
+    STORE.backend = seeded_backend()
+    before = snapshot(STORE.backend)
+    path, _, query = target.partition("?")
+    req = webob.Request.blank("/", environ={"REQUEST_METHOD": method, "QUERY_STRING": query})
+    req.environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+    environ = dict(environ)
+    if environ.get("HTTP_TRANSFER_ENCODING") == "chunked":  # what the server de-chunked
+        req.environ.pop("CONTENT_LENGTH", None)
+        req.environ["wsgi.input"] = io.BytesIO(environ.pop("wsgi.input", b'{"name": "c"}'))
+        req.environ["CONTENT_TYPE"] = "application/json"
+    elif body is not None:
+        req.environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+                            "CONTENT_TYPE": "application/json"})
+    req.environ.update(environ)
+    resp = req.get_response(APP)
+    _assert_no_traceback(resp.text)
+    assert resp.status_int == status, resp.text[:300]
+    assert resp.content_type == "application/json"
+    if status >= 400:
+        assert set(resp.json) <= {"error", "message", "field"} and resp.json["message"]
+        assert snapshot(STORE.backend) == before
+    assert not integrity_errors(STORE.backend)
 
 
 def test_seed_is_consistent():

@@ -181,8 +181,11 @@ def test_route_change_invalidates_only_flows_through_that_router(world):
 def test_malformed_frames(world):
     with pytest.raises(frames.FrameError):
         frames.parse(b"\x00" * 13)
-    broken = frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
-    assert broken == {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x800}
+    # a cut IPv4 header is refused by the parser (issue 9); the core's handling
+    # of IPv4 fields without IP addresses is still checked below
+    with pytest.raises(frames.FrameError):
+        frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
+    broken = {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x800}
     h1 = world[1]["h1"]
     # at L2 it is switched by a flow on MACs; at the router it is dropped, no flow
     d = h1.handle_miss(5, {**broken, "eth_dst": "02:00:00:00:09:09"})

@@ -259,9 +259,14 @@ def test_protected_port_chains(service, mem_store, topo):
         ("return", {"eth_src": MAC1, "eth_type": 0x0800, "nw_src": "10.0.0.6/32"}),
         ("return", {"eth_src": MAC1, "eth_type": 0x0800, "nw_src": "10.0.9.0/24"}),
         ("return", {"eth_src": MAC2, "eth_type": 0x0800, "nw_src": "10.0.0.7/32"}),
-        ("return", {"eth_src": MAC1, "eth_type": 0x0806}),
+        # ARP only from the same pairs (nw_src is the ARP sender address)
+        ("return", {"eth_src": MAC1, "eth_type": 0x0806, "nw_src": "10.0.0.5/32"}),
+        ("return", {"eth_src": MAC1, "eth_type": 0x0806, "nw_src": "10.0.0.6/32"}),
+        ("return", {"eth_src": MAC1, "eth_type": 0x0806, "nw_src": "10.0.9.0/24"}),
+        ("return", {"eth_src": MAC2, "eth_type": 0x0806, "nw_src": "10.0.0.7/32"}),
+        ("return", {"eth_src": MAC1, "eth_type": 0x0806, "nw_src": "0.0.0.0/32"}),  # probe
         ("return", dict(dhcp, eth_src=MAC1)),
-        ("return", {"eth_src": MAC2, "eth_type": 0x0806}),
+        ("return", {"eth_src": MAC2, "eth_type": 0x0806, "nw_src": "0.0.0.0/32"}),
         ("return", dict(dhcp, eth_src=MAC2)),
         ("drop", {}),
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from midoflow.model import Bridge, Chain, IpAddrGroup, Port, PortGroup, Rule
+from midoflow.model import Bridge, Chain, IpAddrGroup, NatTarget, Port, PortGroup, Rule
 from midoflow.nat.conntrack import ConnKey
 from midoflow.sim import chains
 from midoflow.sim.packet import ETH_ARP, PROTO_TCP, PROTO_UDP, Packet
@@ -85,9 +85,40 @@ def test_inversion_is_exact_negation_for_present_fields(ip, plen):
 def test_absent_fields_never_match_even_inverted():
     arp = Packet(in_port="pa", eth_src=A, eth_dst=B, eth_type=ETH_ARP, arp_op=1,
                  arp_spa="10.0.0.1", arp_tpa="10.0.0.2")
-    for cond, value, *_ in CASES[:5]:
+    for cond, value, *_ in CASES[2:5]:  # protocol and ports: an ARP frame has none
         assert verdict(view(R("r", "drop", **{cond: value})), arp)[0] is None
         assert verdict(view(R("r", "drop", invert=(cond,), **{cond: value})), arp)[0] is None
+
+
+def test_network_addresses_match_the_arp_sender_and_target():
+    """As in MidoNet: nw_src/nw_dst (and address groups) read an ARP frame's
+    SPA/TPA, and the flow then matches arp_spa/arp_tpa, not IP fields."""
+    arp = Packet(in_port="pa", eth_src=A, eth_dst=B, eth_type=ETH_ARP, arp_op=1,
+                 arp_spa="10.0.0.1", arp_tpa="10.0.0.2")
+    for cond, value, flow_field in (("nw_src", "10.0.0.1/32", "arp_spa"),
+                                    ("nw_dst", "10.0.0.2/32", "arp_tpa")):
+        got, b = verdict(view(R("r", "drop", **{cond: value})), arp)
+        assert got == "drop", cond
+        assert {flow_field, "eth_type"} <= b.fields and not b.fields & {"ip_src", "ip_dst"}
+        assert verdict(view(R("r", "drop", **{cond: "10.9.0.0/16"})), arp)[0] is None
+        assert verdict(view(R("r", "drop", invert=(cond,), **{cond: value})), arp)[0] is None
+    groups = {"ig": IpAddrGroup(id="ig", addresses=("10.0.0.1",))}
+    got, b = verdict(view(R("r", "drop", ip_addr_group_src="ig"), ip_addr_groups=groups), arp)
+    assert got == "drop" and "arp_spa" in b.fields
+    # a probe (RFC 5227) has sender address 0.0.0.0: a /32 of it matches
+    probe = arp.evolve(arp_spa="0.0.0.0")
+    assert verdict(view(R("r", "drop", nw_src="0.0.0.0/32")), probe)[0] == "drop"
+
+
+def test_nat_rules_pass_arp_to_the_next_rule():
+    """A DNAT rule whose address matches an ARP frame cannot translate it: the
+    chain goes on (it does not end undecided and skip the rules after it)."""
+    arp = Packet(in_port="pa", eth_src=A, eth_dst=B, eth_type=ETH_ARP, arp_op=1,
+                 arp_spa="10.0.0.1", arp_tpa="10.0.0.2")
+    v = view(R("r1", "dnat", nw_dst="10.0.0.2/32",
+               nat_targets=(NatTarget("192.168.0.9", "192.168.0.9"),)),
+             R("r2", "drop"))
+    assert verdict(v, arp)[0] == "drop"
 
 
 def test_ports_and_groups():

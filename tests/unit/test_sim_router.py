@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -171,6 +172,37 @@ def test_arp_reply_to_the_router_is_learned():
                  arp_sha=VM2, arp_spa="192.168.2.20", arp_tha=R1B, arp_tpa="192.168.2.1")
     r = simulate(t.v, rep, NOW)
     assert r.arp_learned == (("r1", "192.168.2.20", VM2),) and not r.generated
+
+
+@pytest.mark.parametrize("spa, sha", [
+    ("192.168.2.20", VM1),        # another subnet's host (vm2's address)
+    ("10.9.9.9", VM1),            # no subnet of the router's
+    ("192.168.1.1", VM1),         # the port's own address
+    ("192.168.2.1", VM1),         # another port's address
+    ("192.168.1.0", VM1),         # the subnet's network address
+    ("192.168.1.255", VM1),       # its broadcast address
+    ("192.168.1.10", "ff:ff:ff:ff:ff:ff"),
+    ("192.168.1.10", "01:00:5e:00:00:01"),
+    ("192.168.1.10", "00:00:00:00:00:00"),
+    ("0.0.0.0", VM1),             # a probe
+])
+def test_router_learns_only_hosts_of_the_ingress_subnet(spa, sha):
+    t = Topo()
+    req = Packet(in_port="p1", eth_src=VM1, eth_dst="ff:ff:ff:ff:ff:ff", eth_type=ETH_ARP,
+                 arp_op=1, arp_sha=sha, arp_spa=spa, arp_tpa="192.168.1.1")
+    r = simulate(t.v, req, NOW)
+    assert not r.arp_learned and not r.cacheable
+
+
+def test_learnable_refuses_every_address_of_the_router():
+    t = Topo()
+    p = t.v.ports["r1a"]
+    assert rt.learnable(p, set(), "192.168.1.2", VM1)
+    assert not rt.learnable(p, {"192.168.1.1", "192.168.1.2"}, "192.168.1.2", VM1)
+    assert not rt.learnable(p, set(), "not-an-ip", VM1)
+    p31 = Port(id="x", device_id="r1", mac=R1A, ip_address="10.0.0.0", prefix_len=31,
+               tunnel_key=99)
+    assert rt.learnable(p31, {"10.0.0.0"}, "10.0.0.1", VM1)  # RFC 3021: both are hosts
 
 
 def test_unknown_next_hop_sends_an_arp_request_and_waits():
