@@ -255,6 +255,30 @@ class CloudHost(Node):
             _kill_netns_processes({inode})
 
 
+# The host-side end of a VM's veth is an ordinary kernel interface: with the
+# userspace datapath OVS reads its frames through an AF_PACKET socket, and the
+# host's own IP stack receives them too. These make the stack deaf to it (see
+# notes/hostile-tenants.md); rp_filter alone was enough here, the others are
+# defence in depth.
+TAP_SYSCTLS = (
+    ("net.ipv4.conf.{}.rp_filter", 1),           # no route back via the tap: all martians
+    ("net.ipv4.conf.{}.arp_ignore", 8),          # answer no ARP for local addresses
+    ("net.ipv4.conf.{}.forwarding", 0),          # never route what came in on it
+    ("net.ipv4.conf.{}.drop_gratuitous_arp", 1),
+    ("net.ipv4.conf.{}.accept_local", 0),
+)
+
+
+def deafen_tap(host: CloudHost, tap: str) -> None:
+    """Make the host's IP stack ignore everything arriving on ``tap`` (a VM's
+    port): no ARP answered for the host's underlay addresses, nothing relayed
+    onto the underlay, no IPv6 chatter from the host onto the VM's wire (RS,
+    MLD and DAD from the tap would reach the VM straight through the veth,
+    bypassing OVS). Raises CloudError if an IPv4 setting cannot be applied."""
+    host.ns_run("sysctl", "-qw", *(f"{k.format(tap)}={v}" for k, v in TAP_SYSCTLS))
+    host.ns_run("sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1", check=False)
+
+
 class Cloud:
     """N cloud hosts on a Linux-bridge underlay, plus VMs.
 
@@ -484,9 +508,7 @@ class Cloud:
         vm.setIP(ip, intf="eth0")
         vm.cmd(f"ip link set eth0 mtu {VM_MTU}; ethtool -K eth0 tx off >/dev/null 2>&1")
         host.ns_run("ethtool", "-K", tap, "tx", "off", check=False)
-        # The host kernel must not talk on the VM's wire (IPv6 RS/MLD/DAD from the
-        # tap would reach the VM straight through the veth, bypassing OVS).
-        host.ns_run("sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1", check=False)
+        deafen_tap(host, tap)
         host.ns_run("ip", "link", "set", tap, "up")
         extra = ["--", "set", "Interface", tap, f"external_ids:attached-mac={mac}"]
         if iface_id:

@@ -303,6 +303,10 @@ class AgentCore:
         now = time.monotonic()
         have |= {(e[0], e[1]) for e, until in self._writing.items()
                  if len(e) == 3 and e[2] == in_port and until >= now}
+        # written by this agent, not yet back through the store's watch
+        have |= {(e[0], e[1]) for e in self._mine
+                 if isinstance(e, tuple) and len(e) == 3 and e[2] == in_port
+                 and self.cache.macs.get((e[0], e[1])) in (None, in_port)}
         return len(have | set(new)) > self.cfg.max_macs_per_port
 
     def _later_fragment(self, in_port: str, pkt: Packet) -> Decision:

@@ -200,3 +200,20 @@ def test_a_frame_of_another_ethertype_gets_a_flow_naming_it(world):
     assert d.install and "eth_type" in d.match_fields
     ip = a.handle_miss(5, udp(M1, M2, 7))
     assert ip.install and "eth_type" not in ip.match_fields  # plain L2: MACs only
+
+
+def test_mac_limit_counts_entries_written_but_not_yet_seen_through_the_watch(world):
+    """Between the store write and the watch that fills the cache, a learned
+    MAC must still count against the port's limit."""
+    _, make = world
+    a = bind_h1(make("h1", max_macs_per_port=3))
+    a.cache.macs.clear()  # as if the watch had not delivered the entries yet
+    for i in range(3):
+        a._mine.add(("b", f"02:aa:00:00:00:{i:02x}", "p1"))
+    d = a.handle_miss(5, udp("02:aa:00:00:00:99", M2, 9))
+    assert d.actions == [] and a.refused["mac_limit"] == {"p1": 1}
+    # a MAC this agent learned that has since moved to another port does not count
+    a._mine.add(("b", "02:aa:00:00:00:77", "p1"))
+    a.cache.macs[("b", "02:aa:00:00:00:77")] = "p2"
+    a._mine.discard(("b", "02:aa:00:00:00:02", "p1"))
+    assert a.handle_miss(5, udp("02:aa:00:00:00:98", M2, 10)).actions != []
