@@ -46,6 +46,10 @@ class AgentConfig:
     # An uplink (an exterior port of a router: a gateway's link to the border)
     # carries every tenant's new north-south flows: its own, higher meter.
     uplink_packet_in_rate: int = 20000
+    # Storm control: a VM port whose meter drops more than storm_factor times
+    # its packet-in rate per second is cut off for storm_seconds (agent/storm.py).
+    storm_factor: int = 5
+    storm_seconds: int = 2
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -92,6 +96,8 @@ class AgentConfig:
             packet_in_burst=_count(path, sec, "packet_in_burst", 200, 1, 10_000_000),
             uplink_packet_in_rate=_count(path, sec, "uplink_packet_in_rate", 20000, 1,
                                          10_000_000),
+            storm_factor=_count(path, sec, "storm_factor", 5, 1, 1_000_000),
+            storm_seconds=_count(path, sec, "storm_seconds", 2, 1, 3600),
         )
 
     def write(self, path: str) -> None:

@@ -266,17 +266,21 @@ class AgentCore:
             return dict(top[:PROTECTION_REPORT_PORTS])
 
         metered = self.stats.get("metered_drops")
+        storms = self.stats.get("storm_blocked")
         return {
             "limits": {"max_macs_per_port": self.cfg.max_macs_per_port,
                        "max_flows_per_port": self.cfg.max_flows_per_port,
                        "packet_in_rate": self.cfg.packet_in_rate,
                        "packet_in_burst": self.cfg.packet_in_burst,
-                       "uplink_packet_in_rate": self.cfg.uplink_packet_in_rate},
+                       "uplink_packet_in_rate": self.cfg.uplink_packet_in_rate,
+                       "storm_factor": self.cfg.storm_factor,
+                       "storm_seconds": self.cfg.storm_seconds},
             "mac_limit": worst(self.refused["mac_limit"]),
             "flow_limit": worst(self.refused["flow_limit"]),
             "malformed": dict(sorted(self.malformed_reasons.items())),
             "fragments_dropped": self.stats.get("fragments_dropped", 0),
             "metered_drops": worst(metered) if isinstance(metered, dict) else {},
+            "storm_blocked": worst(storms) if isinstance(storms, dict) else {},
         }
 
     def maybe_publish(self) -> bool:

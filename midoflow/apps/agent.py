@@ -27,6 +27,7 @@ from os_ken.ofproto import ofproto_v1_3
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
 from midoflow.agent.flowstate_client import make_flow_state
+from midoflow.agent.storm import StormControl
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.bgp.speaker import BgpManager
 from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
@@ -36,7 +37,9 @@ LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 EXPIRY_INTERVAL = 5.0
-METER_STATS_INTERVAL = 5.0  # how often the per-port packet-in meters' drops are read
+# How often the per-port packet-in meters' drops are read (storm control
+# decides on each reading).
+METER_STATS_INTERVAL = 1.0
 hub_time = time.monotonic
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
 
@@ -77,6 +80,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.bgp.interfaces = lambda: self.core.interfaces
         self.core.cache.on_bgp = self._bgp_wake.set
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
+        self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds)
 
     def start(self):
         # osken-manager only handles SIGINT: on SIGTERM (systemd, kill) close
@@ -345,5 +349,24 @@ class MidoflowAgent(app_manager.OSKenApp):
                     for pid, (ofport, _key) in self.classified.items()}
         drops = {pid: n for pid, n in self.core.stats.get("metered_drops", {}).items()
                  if pid in self.classified}
-        drops.update(pipeline.metered_drops(ev.msg.body, by_meter))
+        fresh = pipeline.metered_drops(ev.msg.body, by_meter)
+        drops.update(fresh)
         self.core.stats["metered_drops"] = drops
+        self._storm_control(fresh)
+
+    def _storm_control(self, drops: dict[str, int]) -> None:
+        """Cut off, for a moment, a VM port flooding far past its meter (see
+        midoflow.agent.storm); uplinks are never cut."""
+        dp = self.dp
+        for pid, n in drops.items():
+            port = self.core.cache.ports.get(pid)
+            if dp is None or pid not in self.classified or \
+                    (port is not None and port.device_type == DEVICE_ROUTER):
+                continue
+            rate, _burst = self._meter_rate(pid)
+            if self.storm.observe(pid, n, rate):
+                ofport = self.classified[pid][0]
+                dp.send_msg(pipeline.storm_block_flow(dp, ofport, self.storm.seconds))
+                LOG.warning("port %s floods past %d packet-ins/s: everything from it is "
+                            "dropped for %d s (storm control)", pid, rate, self.storm.seconds)
+        self.core.stats["storm_blocked"] = dict(self.storm.blocked)

@@ -4,6 +4,9 @@ Table 0 (CLASSIFY)
     * flow state from another host's agent (the reserved tunnel key) → the
       controller, straight (not metered per VM port: it is the hosts' own
       traffic, and a reply may depend on it);
+    * from a VM port in a storm (its meter dropped far more than it passed,
+      see ``midoflow.agent.storm``): everything, for a few seconds (a hard
+      timeout), by one flow that OVS's datapath applies without an upcall;
     * from a bound VM port: a tagged frame (802.1Q or 802.1ad VLAN present, or
       the ethertypes 0x8100, 0x88a8, 0x9100) is dropped (ports are
       VLAN-unaware: a tag must never ride a flow made for untagged traffic);
@@ -54,6 +57,9 @@ PRIO_FRAGMENT = 190
 PRIO_STATE = 300
 PRIO_BGP = 250
 PRIO_TAGGED = 280  # above the goto and the BGP link's flows of the same port
+PRIO_STORM = 290
+# Storm-control flows carry this cookie (| the ofport).
+STORM_COOKIE = 0x5702 << 48
 # Ethertypes of a tagged frame: 802.1Q, 802.1ad (QinQ), and the older 0x9100
 # QinQ tag, which OVS does not parse as a VLAN.
 TAG_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
@@ -208,6 +214,13 @@ def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int],
                           [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
                                                    [p.OFPActionOutput(ofport)])]))
     return msgs
+
+
+def storm_block_flow(dp, ofport: int, seconds: int):
+    """Table 0: drop everything from a port in a storm, for ``seconds``."""
+    p = dp.ofproto_parser
+    return _flow(dp, TABLE_CLASSIFY, PRIO_STORM, p.OFPMatch(in_port=ofport), [],
+                 cookie=STORM_COOKIE | ofport, hard_timeout=seconds)
 
 
 def meter_stats_request(dp):

@@ -78,6 +78,10 @@ def _protection(hosts: list[dict]) -> list[str]:
             if n:
                 out.append(f"        {name}: port {port}: {n} packet-in(s) dropped by its meter "
                            f"(limit {limits.get('packet_in_rate', '?')}/s)")
+        for port, n in (prot.get("storm_blocked") or {}).items():
+            out.append(f"        {name}: port {port}: cut off {n} time(s) for "
+                       f"{limits.get('storm_seconds', '?')} s (storm control: its meter "
+                       f"dropped over {limits.get('storm_factor', '?')}x its rate)")
         malformed = prot.get("malformed") or {}
         if malformed:
             why = ", ".join(f"{r} {n}" for r, n in malformed.items())

@@ -12,6 +12,7 @@ import pytest
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
 from midoflow.agent.core import Decision, Output, Tunnel
+from midoflow.agent.storm import StormControl
 from midoflow.apps import pipeline as pl
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.sim.packet import ETH_ARP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
@@ -263,11 +264,29 @@ def test_agent_files_meter_drops_by_port_id():
     def stats(mid, n):
         return parser.OFPMeterStats(meter_id=mid, band_stats=[parser.OFPMeterBandStats(n, 0)])
 
+    sent = []
     agent = SimpleNamespace(classified={"vm1": (5, 11), "vm2": (6, 12)},
-                            core=SimpleNamespace(stats={"metered_drops": {"gone": 3}}))
+                            core=SimpleNamespace(stats={"metered_drops": {"gone": 3}},
+                                                 cache=SimpleNamespace(ports={})),
+                            cfg=SimpleNamespace(packet_in_rate=100, packet_in_burst=10),
+                            dp=SimpleNamespace(send_msg=sent.append, ofproto=ofp,
+                                               ofproto_parser=parser),
+                            storm=StormControl(factor=5, seconds=2, clock=lambda: now[0]))
+    agent._meter_rate = lambda pid: MidoflowAgent._meter_rate(agent, pid)
+    agent._storm_control = lambda d: MidoflowAgent._storm_control(agent, d)
+    now = [0.0]
     MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(body=[stats(5, 40)])))
     MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(body=[stats(6, 2)])))
     assert agent.core.stats["metered_drops"] == {"vm1": 40, "vm2": 2}
+    assert sent == []
+    # a second later vm1's meter dropped 5,000 more (50x its rate): cut off for 2 s
+    now[0] = 1.0
+    MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(
+        body=[stats(5, 5040), stats(6, 60)])))
+    blocks = flows(sent, pl.TABLE_CLASSIFY)
+    assert [(f.match["in_port"], f.priority, f.hard_timeout, f.instructions)
+            for f in blocks] == [(5, pl.PRIO_STORM, 2, [])]
+    assert agent.core.stats["storm_blocked"] == {"vm1": 1}
 
 
 def test_agent_meters_vm_ports_and_uplinks_at_their_own_rates():
@@ -281,3 +300,12 @@ def test_agent_meters_vm_ports_and_uplinks_at_their_own_rates():
     assert MidoflowAgent._meter_rate(agent, "vm") == (300, 50)
     assert MidoflowAgent._meter_rate(agent, "unknown") == (300, 50)
     assert MidoflowAgent._meter_rate(agent, "uplink") == (9000, 1800)
+
+
+def test_storm_block_sits_above_every_classify_flow_of_the_port():
+    block = wire(pl.storm_block_flow(DP, 7, 3))
+    assert (block.table_id, block.match["in_port"], block.hard_timeout) == \
+        (pl.TABLE_CLASSIFY, 7, 3)
+    assert block.instructions == [] and block.cookie == pl.STORM_COOKIE | 7
+    others = flows(pl.classify_flows(DP, 7, 42, [1]), pl.TABLE_CLASSIFY)
+    assert all(f.priority < block.priority for f in others)
