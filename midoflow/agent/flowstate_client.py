@@ -5,6 +5,7 @@ down; it connects when it can and says so)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -21,13 +22,24 @@ RETRY_SECONDS = 5.0
 
 
 class LazyCassandra(FlowStateStore):
+    """Connects on first use. One connection for all callers: those that come
+    while it is being made wait for it (under ``osken-manager`` the lock is
+    green: it is made after eventlet patched ``threading``)."""
+
     def __init__(self, hosts: list[str], port: int, keyspace: str, eventlet: bool) -> None:
         self.hosts, self.port, self.keyspace, self.eventlet = hosts, port, keyspace, eventlet
         self._store: FlowStateStore | None = None
         self._next_try = 0.0
+        self._connecting = threading.Lock()
 
     def _get(self) -> FlowStateStore:
         if self._store is not None:
+            return self._store
+        with self._connecting:
+            return self._connect()
+
+    def _connect(self) -> FlowStateStore:
+        if self._store is not None:  # made while this caller waited
             return self._store
         now = time.monotonic()
         if now < self._next_try:

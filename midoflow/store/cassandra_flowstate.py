@@ -142,7 +142,17 @@ def _eventlet_connection_class() -> type:
     executor, its timer scheduler) wait on locks the eventlet hub must be able
     to switch away from. Measured here: with ``monkey_patch(thread=False)``
     the first request never completes (``osken-manager`` patches threads too,
-    unless run with ``--enable-debugger``)."""
+    unless run with ``--enable-debugger``).
+
+    Patching after the import is not enough: ``concurrent.futures.thread``
+    makes a module-level lock at import that every executor ``submit`` takes,
+    and eventlet greens only RLocks made before it patched. If that lock is a
+    real one, two green threads submitting at once block the hub for good
+    (seen here: 8 green threads connecting at once hung in its submit). Under
+    ``osken-manager`` the apps, hence the driver, are imported after both
+    patches, so it is green."""
+    import sys
+
     import eventlet.patcher
 
     missing = [m for m in ("socket", "select", "thread", "time")
@@ -152,6 +162,13 @@ def _eventlet_connection_class() -> type:
             f"eventlet=True needs eventlet.monkey_patch() with {', '.join(missing)} patched "
             f"(osken-manager does so unless started with --enable-debugger); without it the "
             f"driver hangs")
+    lock = getattr(sys.modules.get("concurrent.futures.thread"), "_global_shutdown_lock", None)
+    if lock is not None and not type(lock).__module__.startswith("eventlet"):
+        raise RuntimeError(
+            "eventlet=True: concurrent.futures (which cassandra-driver uses) was imported "
+            "before eventlet.monkey_patch() patched threads, so its executor lock is a real "
+            "one that can block the eventlet hub for good: patch threads before importing "
+            "cassandra or midoflow.store (osken-manager does so for its apps)")
     from cassandra.io.eventletreactor import EventletConnection
 
     return EventletConnection

@@ -226,9 +226,13 @@ def test_bad_arguments_rejected(store):
 
 
 def test_nothing_to_do_is_not_an_error(store):
+    p = port_id()
     store.save([], [CT1], ttl=60)
-    store.save([port_id()], [], ttl=60)
+    store.save([p], [], ttl=60)
     store.delete([], [CT1])
+    assert store.load(p) == []
+    store.save([p], [CT1], ttl=60)  # the session is still good
+    assert store.load(p) == [CT1]
 
 
 def test_no_server_fails_fast_and_clearly():
@@ -263,14 +267,15 @@ def _run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_eventlet_connection_like_osken_manager(cassandra_server, keyspace):
-    """As under osken-manager: patched without threads first, then with them;
-    green threads save and load concurrently through EventletConnection."""
+    """As under osken-manager: patched without threads first, then with them,
+    then the apps (and so the driver) imported; green threads save and load
+    concurrently through EventletConnection."""
     res = _run_python(f"""
         import eventlet
         eventlet.monkey_patch(thread=False)
+        eventlet.monkey_patch(thread=True)
         from midoflow.store.cassandra_flowstate import CassandraFlowState
         from midoflow.nat.flowstate import Entry
-        eventlet.monkey_patch(thread=True)
         from cassandra.io.eventletreactor import EventletConnection
         s = CassandraFlowState([{cassandra_server.address!r}], {cassandra_server.native_port},
                                keyspace={keyspace!r}, eventlet=True)
@@ -285,6 +290,65 @@ def test_eventlet_connection_like_osken_manager(cassandra_server, keyspace):
     """)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split()[-2:] == ["OK", "16"], res.stdout + res.stderr[-2000:]
+
+
+def test_eventlet_refuses_a_driver_imported_before_threads_were_patched(cassandra_server):
+    """Imported between the two patches, the driver's executor lock is real
+    and green threads can block the hub on it forever: a clear error instead."""
+    res = _run_python(f"""
+        import eventlet
+        eventlet.monkey_patch(thread=False)
+        from midoflow.store.cassandra_flowstate import CassandraFlowState
+        eventlet.monkey_patch(thread=True)
+        try:
+            CassandraFlowState([{cassandra_server.address!r}], {cassandra_server.native_port},
+                               eventlet=True)
+        except RuntimeError as e:
+            print("REFUSED", e)
+    """, timeout=30)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "REFUSED" in res.stdout and "patch threads before importing" in res.stdout, \
+        res.stdout + res.stderr[-2000:]
+
+
+def test_agent_store_connects_once_without_blocking_the_hub(cassandra_server, keyspace):
+    """The agent's LazyCassandra as under osken-manager (patched without
+    threads, then with them, then imported): green threads that
+    need it at once (a restarted agent recovering its ports while packets
+    arrive) share ONE connection, and the eventlet hub keeps running other
+    green threads while it is made."""
+    res = _run_python(f"""
+        import eventlet
+        eventlet.monkey_patch(thread=False)
+        eventlet.monkey_patch(thread=True)
+        from midoflow.agent import flowstate_client
+        import midoflow.store.cassandra_flowstate as cfs
+        made = []
+        class Counting(cfs.CassandraFlowState):
+            def __init__(self, *a, **kw):
+                made.append(1)
+                super().__init__(*a, **kw)
+        cfs.CassandraFlowState = Counting
+        lazy = flowstate_client.make_flow_state(
+            "cassandra:{cassandra_server.address}:{cassandra_server.native_port}/{keyspace}",
+            eventlet=True)
+        ticks, done = [], []
+        def ticker():
+            while not done:
+                ticks.append(1)
+                eventlet.sleep(0.01)
+        eventlet.spawn(ticker)
+        pool = eventlet.GreenPool(8)
+        results = list(pool.imap(lambda i: lazy.load("lazy-%d" % i), range(8)))
+        done.append(1)
+        lazy.close()
+        print("OK", len(made), len(ticks), results == [[]] * 8)
+    """)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ok, made, ticks, loaded = res.stdout.split()[-4:]
+    assert ok == "OK" and loaded == "True", res.stdout + res.stderr[-2000:]
+    assert made == "1", f"{made} connections made for 8 concurrent first callers"
+    assert int(ticks) >= 3, f"the hub ran other green threads only {ticks} times while connecting"
 
 
 def test_imports_neither_os_ken_nor_kazoo():
