@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import time
 
 from midoflow.cli.main import main as cli_main
@@ -108,6 +109,7 @@ def run(args) -> int:
         del extra
         router = route_checks(mc, report, vms)
         nat_checks(mc, report, vms, router)
+        hostile_checks(mc, report, vms)
         if args.hosts >= 3:
             lab = gateway_checks(mc, report)
         else:
@@ -236,6 +238,101 @@ def nat_checks(mc, report: Report, vms: dict[str, list], router: str) -> None:
                      "203.0.113.20 (h2)", f"a2 saw the connection come from {got}")
     finally:
         server.kill()
+
+
+# Sent from inside a VM's namespace: hex frames on argv, out of eth0 as they are.
+_RAW_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+frames = [bytes.fromhex(x) for x in open(sys.argv[1]).read().split()]
+for f in frames:
+    s.send(f)
+print("sent", len(frames))
+"""
+
+
+def _hostile_frames(src_mac: str, dst_mac: str, src: str, dst: str) -> list[bytes]:
+    """Frames that stopped an agent or cut a pair before issue 9: a TCP SYN with
+    an option of length 0 (fe 00 00 00), IPv4 with header lengths 1 to 4 whose
+    bytes form that option, and a 14-byte runt with the IPv4 ethertype."""
+    import socket
+    import struct
+
+    eth = bytes.fromhex(dst_mac.replace(":", "") + src_mac.replace(":", "")) + b"\x08\x00"
+    addrs = socket.inet_aton(src) + socket.inet_aton(dst)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 22, 1, 0, 6 << 4, 0x02, 8192, 0, 0) \
+        + b"\xfe\x00\x00\x00"
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0) + addrs
+    out = [eth + ip + tcp]
+    for ihl in (1, 2, 3, 4):
+        bad = struct.pack("!BBHHHBBH", 0x40 | ihl, 0, 20 + len(tcp), 2, 0, 64, 6, 0)
+        out.append(eth + bad + addrs + tcp)
+    out.append(eth)
+    return out * 5
+
+
+def hostile_checks(mc, report: Report, vms: dict[str, list]) -> None:
+    """Tenant B's b1 (on h1) turns hostile: the frames that used to stop a
+    host's agent, then 200 made-up source MACs. h1's agent and every other
+    VM must not notice; the per-port limit shows in `midoflow status`."""
+    import random
+
+    from midoflow.store import paths
+    from topologies.cloud import ping
+
+    b1, a1 = vms["tenant-b"][0], vms["tenant-a"][0]
+    h1 = mc.hosts[0]
+    progress("a hostile tenant: b1 (tenant B, h1) sends malformed frames and 200 made-up "
+             "source MACs from its namespace")
+
+    def send(frames: list[bytes]) -> bool:
+        # through a file: a VM's shell is a terminal, whose lines are short
+        with tempfile.NamedTemporaryFile("w", prefix="mfldemo-", suffix=".hex") as f:
+            f.write(" ".join(fr.hex() for fr in frames))
+            f.flush()
+            out = b1.cmd(f"{sys.executable} -c '{_RAW_SENDER}' {f.name}")
+        return f"sent {len(frames)}" in out
+
+    sent_bad = send(_hostile_frames(b1.vm_mac, vms["tenant-b"][1].vm_mac, "10.0.0.1",
+                                    "10.0.0.2"))
+    _, got_a = ping(a1, "10.0.0.2", count=3)
+    _, got_b = ping(b1, "10.0.0.2", count=3)
+    alive = mc.agent_alive(h1) is not None
+    report.check(sent_bad and alive and got_a == 3 and got_b == 3,
+                 "hostile VM: frames that once stopped an agent (TCP option of length 0, "
+                 "IPv4 header length 1-4, a runt) change nothing on h1",
+                 f"h1's agent {'alive' if alive else 'DOWN'}; a1 → a2 {got_a}/3, "
+                 f"b1 → b2 {got_b}/3 replies")
+    rnd = random.Random(7)
+    macs = [f"02:{rnd.randrange(256):02x}:{rnd.randrange(256):02x}:{rnd.randrange(256):02x}:"
+            f"{rnd.randrange(256):02x}:{rnd.randrange(256):02x}" for _ in range(200)]
+    dst = bytes.fromhex(vms["tenant-b"][1].vm_mac.replace(":", ""))
+    udp = (bytes.fromhex("4500001c00030000401100000a0000010a000002")  # IPv4 10.0.0.1 -> .2
+           + bytes.fromhex("17701e6100080000"))  # UDP 6000 -> 7777, empty
+    flood = [dst + bytes.fromhex(m.replace(":", "")) + b"\x08\x00" + udp for m in macs]
+    sent_flood = send(flood)
+    bridge = mc.api.request("GET", "/bridges", query={"tenant_id": "tenant-b"})[0]["id"]
+    host_id = mc.host_ids[h1.name]
+    limit, learned, shown = None, -1, False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the agent publishes its counters every 2 s
+        entries = [paths.parse_mac_entry(n) for n in
+                   mc.store.list_state(paths.mac_table(bridge))]
+        learned = sum(1 for e in entries if e and e[1] == b1.port_id)
+        prot = next((h.get("protection") or {} for h in
+                     mc.api.request("GET", "/status")["hosts"] if h["id"] == host_id), {})
+        limit = (prot.get("limits") or {}).get("max_macs_per_port")
+        shown = b1.port_id in (prot.get("mac_limit") or {})
+        if shown:
+            break
+        time.sleep(0.5)
+    _, got_b = ping(b1, "10.0.0.2", count=2)
+    report.check(sent_flood and shown and limit is not None and learned <= limit and got_b == 2,
+                 "hostile VM: 200 made-up source MACs from b1 are bounded by the per-port "
+                 "limit, and shown in `midoflow status`",
+                 f"{learned} learned for b1's port (limit {limit}); b1 → b2 still "
+                 f"{got_b}/2 replies")
 
 
 def gateway_checks(mc, report: Report):
