@@ -153,7 +153,7 @@ def test_controller_on_unix_socket(cloud):
 
 
 def test_agent_config_file(cloud):
-    config = pytest.importorskip("midoflow.agent.config")
+    from midoflow.agent import config
     path = cloud.write_agent_config(cloud.hosts[1], zookeeper="127.0.0.1:2181")
     cfg = config.AgentConfig.load(path)
     assert cfg.tunnel_ip == "10.231.0.2" and cfg.of_listen == cloud.hosts[1].of_sock
