@@ -172,6 +172,8 @@ class AgentCore:
         self._published_report: dict | None = None
         self._published_at = 0.0
         self.frags = FragmentTable(clock=time.monotonic)
+        # The MACs each local port has been allowed to have learned (the limit).
+        self.port_macs: dict[str, set[tuple[str, str]]] = {}
         self.frames = frames or Frames()
         self.replay = replay
         self.clock = clock
@@ -298,20 +300,20 @@ class AgentCore:
 
     def _mac_limit_hit(self, learned, in_port: str) -> bool:
         """Whether ``learned`` holds a MAC new on ``in_port`` while the port
-        already has its limit of learned MACs (known or being written)."""
-        new = [(b, m) for b, m, pid in learned
-               if pid == in_port and self.cache.macs.get((b, m)) != pid]
+        already has its limit of MACs; else the new ones are counted. A known
+        MAC costs one set lookup (this runs for every bridged packet-in)."""
+        mine = self.port_macs.setdefault(in_port, set())
+        new = {(b, m) for b, m, pid in learned if pid == in_port and (b, m) not in mine}
         if not new:
             return False
-        have = {bm for bm, pid in self.cache.macs.items() if pid == in_port}
-        now = time.monotonic()
-        have |= {(e[0], e[1]) for e, until in self._writing.items()
-                 if len(e) == 3 and e[2] == in_port and until >= now}
-        # written by this agent, not yet back through the store's watch
-        have |= {(e[0], e[1]) for e in self._mine
-                 if isinstance(e, tuple) and len(e) == 3 and e[2] == in_port
-                 and self.cache.macs.get((e[0], e[1])) in (None, in_port)}
-        return len(have | set(new)) > self.cfg.max_macs_per_port
+        limit = self.cfg.max_macs_per_port
+        if len(mine) + len(new) > limit:
+            # MACs since learned on another port (a VM that moved) no longer count
+            mine -= {bm for bm in mine if self.cache.macs.get(bm) not in (None, in_port)}
+            if len(mine) + len(new) > limit:
+                return True
+        mine |= new
+        return False
 
     def _later_fragment(self, in_port: str, pkt: Packet) -> Decision:
         """A later IP fragment (no L4 header) follows its first fragment's
@@ -422,6 +424,7 @@ class AgentCore:
         self.bindings = wanted
         for pid in change.removed:
             if pid not in wanted:
+                self.port_macs.pop(pid, None)
                 self.spawn(self._deactivate, pid)
         for pid in change.added:
             self.recovering.add(pid)

@@ -207,13 +207,14 @@ def test_mac_limit_counts_entries_written_but_not_yet_seen_through_the_watch(wor
     MAC must still count against the port's limit."""
     _, make = world
     a = bind_h1(make("h1", max_macs_per_port=3))
-    a.cache.macs.clear()  # as if the watch had not delivered the entries yet
     for i in range(3):
-        a._mine.add(("b", f"02:aa:00:00:00:{i:02x}", "p1"))
+        assert a.handle_miss(5, udp(f"02:aa:00:00:00:{i:02x}", M2, i)).actions != []
+    a.cache.macs.clear()  # as if the watch had not delivered the entries yet
     d = a.handle_miss(5, udp("02:aa:00:00:00:99", M2, 9))
     assert d.actions == [] and a.refused["mac_limit"] == {"p1": 1}
-    # a MAC this agent learned that has since moved to another port does not count
-    a._mine.add(("b", "02:aa:00:00:00:77", "p1"))
-    a.cache.macs[("b", "02:aa:00:00:00:77")] = "p2"
-    a._mine.discard(("b", "02:aa:00:00:00:02", "p1"))
+    # a MAC learned here that has since moved to another port does not count
+    a.cache.macs[("b", "02:aa:00:00:00:02")] = "p2"
     assert a.handle_miss(5, udp("02:aa:00:00:00:98", M2, 10)).actions != []
+    # an unbound port starts again from nothing
+    a.set_interfaces({"vxlan0": (1, None), "vm3": (6, "p3")})
+    assert "p1" not in a.port_macs
