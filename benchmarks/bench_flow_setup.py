@@ -147,7 +147,7 @@ def run() -> None:
             mc.cloud.kill_agent(h, sig=signal.SIGTERM)
             mc.cloud.start_agent(
                 h, [manager, "--ofp-listen-host", h.of_sock, "--ofp-tcp-listen-port", "6653",
-                    "topologies.osken_unix", "benchmarks.baseline_app"],
+                    "midoflow.apps.ofp_unix", "benchmarks.baseline_app"],
                 env={"PYTHONPATH": REPO, "BASELINE_OUT_PORT": str(sink.ofport)}, log=base_log)
             # The baseline sends everything from table 0 to table 1, by no port.
             wait_pipeline(h, lambda t: "goto_table:1" in t and "in_port" not in t,

@@ -201,7 +201,7 @@ def start_baseline(h, manager: str, sock: str, log_path: str, env: dict) -> subp
     with open(log_path, "ab") as f:
         proc = subprocess.Popen(
             [manager, "--ofp-listen-host", sock, "--ofp-tcp-listen-port", "6653",
-             "topologies.osken_unix", "benchmarks.bench_l3_flow_setup"],
+             "midoflow.apps.ofp_unix", "benchmarks.bench_l3_flow_setup"],
             stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": REPO, **env})
     deadline = time.monotonic() + 30

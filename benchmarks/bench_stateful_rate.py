@@ -206,10 +206,10 @@ def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
     times = []
     since_us = int(since * 1e6)
     for kind, wt in rows:
-        t = struct.unpack(">q", wt)[0] if wt else 0
+        t = wt or 0  # WRITETIME: microseconds (cql_query decodes cells)
         if t < since_us:
             continue
-        k = kind.decode() if kind else "?"
+        k = kind or "?"
         kinds[k] = kinds.get(k, 0) + 1
         times.append(t / 1e6)
     return {"rows": sum(kinds.values()), "kinds": kinds,

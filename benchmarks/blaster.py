@@ -16,35 +16,38 @@ import struct
 import sys
 import time
 
+from os_ken.lib.packet import ether_types, ethernet, in_proto, ipv4, packet, udp
+
 BURST = 50  # frames sent back to back between two pacing checks
 
 
-def _checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+def ipv4_udp(src_ip: str, dst_ip: str, payload: bytes) -> bytes:
+    """A well-formed IPv4/UDP packet (port 9 to 9, DF set), checksums filled
+    in by os-ken."""
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(ethertype=ether_types.ETH_TYPE_IP))
+    pkt.add_protocol(ipv4.ipv4(src=src_ip, dst=dst_ip, proto=in_proto.IPPROTO_UDP,
+                               flags=0x2, ttl=64))
+    pkt.add_protocol(udp.udp(src_port=9, dst_port=9))
+    pkt.add_protocol(payload)
+    pkt.serialize()
+    return bytes(pkt.data[ethernet.ethernet._MIN_LEN:])
 
 
-def _ipv4_udp(src_ip: bytes, dst_ip: bytes, payload: bytes) -> bytes:
-    """A well-formed IPv4/UDP packet (UDP checksum 0: none, as IPv4 allows)."""
-    udp = struct.pack("!HHHH", 9, 9, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                      src_ip, dst_ip)
-    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
-    return hdr + udp
+def _ipv4_udp_body() -> bytes:
+    """The IPv4/UDP part of every frame (192.0.2.1 -> 192.0.2.2, 18 bytes of
+    payload: 60-byte frames)."""
+    return ipv4_udp("192.0.2.1", "192.0.2.2", bytes(18))
 
 
 def frames(src: str, count: int) -> list[bytes]:
-    """Minimum-size frames (60 bytes) carrying valid IPv4/UDP (192.0.2.1 -> 192.0.2.2,
-    port 9): a controller that parses the IP header must not take them for garbage."""
+    """Minimum-size frames (60 bytes) carrying valid IPv4/UDP: a controller
+    that parses the IP header must not take them for garbage. Destinations
+    06:aa:<32-bit counter>."""
     s = bytes.fromhex(src.replace(":", ""))
-    body = _ipv4_udp(bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), bytes(18))
-    out = []
-    for i in range(count):
-        dst = bytes([0x06, 0xAA]) + struct.pack("!I", i)
-        out.append(dst + s + b"\x08\x00" + body)
-    return out
+    head = s + struct.pack("!H", ether_types.ETH_TYPE_IP)
+    body = _ipv4_udp_body()
+    return [bytes([0x06, 0xAA]) + struct.pack("!I", i) + head + body for i in range(count)]
 
 
 def main() -> int:

@@ -288,15 +288,14 @@ def _client() -> int:
 
 def _blast_ip(iface: str, src_mac: str, dst_mac: str, src_ip: str, count: int,
               seconds: float, rate: float) -> int:
-    from benchmarks.blaster import BURST, _ipv4_udp
+    from benchmarks.blaster import BURST, ipv4_udp
 
     s_mac = bytes.fromhex(src_mac.replace(":", ""))
     d_mac = bytes.fromhex(dst_mac.replace(":", ""))
-    s_ip = socket.inet_aton(src_ip)
     frames = []
     for i in range(count):
-        dst = bytes([BLAST_NET[0], BLAST_NET[1], (i >> 8) & 0xFF, i & 0xFF])
-        frames.append(d_mac + s_mac + b"\x08\x00" + _ipv4_udp(s_ip, dst, bytes(18)))
+        dst = f"{BLAST_NET[0]}.{BLAST_NET[1]}.{(i >> 8) & 0xFF}.{i & 0xFF}"
+        frames.append(d_mac + s_mac + b"\x08\x00" + ipv4_udp(src_ip, dst, bytes(18)))
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((iface, 0))
     sent = 0

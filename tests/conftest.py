@@ -7,6 +7,12 @@
   (``/t-<uuid>``), removed afterwards.
 * ``zk_store_factory``: more sessions on the same root (another host, an API
   process); all closed afterwards.
+* ``ensemble`` (module): a three-server ZooKeeper ensemble for fault tests.
+* ``cassandra_server`` (session): ONE real Cassandra node, started on first
+  use (``MIDOFLOW_CASSANDRA_HOSTS`` uses yours).
+
+Each starts through :func:`tests.helpers.running`: a server that cannot start
+fails the test with the reason, and is always stopped afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +22,12 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+
+from tests.helpers import running
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 class _ExternalZk:
@@ -31,16 +43,9 @@ def zk_server(tmp_path_factory):
         return
     from midoflow.devenv.zookeeper import ZooKeeperError, ZooKeeperServer
 
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    server = ZooKeeperServer(tmp_path_factory.mktemp(f"zk-{worker}"))
-    try:
-        server.start()
-    except ZooKeeperError as e:
-        pytest.fail(f"could not start ZooKeeper for the tests: {e}", pytrace=False)
-    try:
+    server = ZooKeeperServer(tmp_path_factory.mktemp(f"zk-{_worker()}"))
+    with running(server, "ZooKeeper", ZooKeeperError):
         yield server
-    finally:
-        server.stop()
 
 
 def _drop_root(hosts: str, root: str) -> None:
@@ -85,6 +90,17 @@ def zk_store(zk_store_factory):
     return zk_store_factory()
 
 
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory):
+    """A three-server ZooKeeper ensemble on loopback ports, one per test module
+    (fault tests kill and restart its servers)."""
+    from midoflow.devenv.zookeeper import ZooKeeperEnsemble, ZooKeeperError
+
+    ens = ZooKeeperEnsemble(tmp_path_factory.mktemp("zk-ensemble"), n=3)
+    with running(ens, "a 3-server ZooKeeper ensemble", ZooKeeperError, stop="kill"):
+        yield ens
+
+
 # ------------------------------------------------------------------ Cassandra
 
 
@@ -109,13 +125,7 @@ def cassandra_server(tmp_path_factory):
         return
     from midoflow.devenv.cassandra import CassandraError, CassandraNode
 
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    node = CassandraNode(tmp_path_factory.mktemp(f"cassandra-{worker}"), quiet=False)
-    try:
-        node.start()
-    except CassandraError as e:
-        pytest.fail(f"could not start Cassandra for the tests: {e}", pytrace=False)
-    try:
+    node = CassandraNode(tmp_path_factory.mktemp(f"cassandra-{_worker()}"), quiet=False)
+    # kill: its data is thrown away, no need to drain
+    with running(node, "Cassandra", CassandraError, stop="kill"):
         yield node
-    finally:
-        node.kill()  # its data is thrown away: no need to drain

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from midoflow.errors import Conflict, Invalid, NotFound
 from midoflow.store.base import Check, Create, Delete, Update
+from tests.helpers import wait_until
 
-
-def wait_until(pred: Callable[[], object], timeout: float = 5.0, interval: float = 0.02,
-               what: str = "condition"):
-    """Poll ``pred`` until it is truthy and return its value; fail the test
-    after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["StoreContract", "settle", "wait_until"]
 
 
 def settle(seconds: float = 0.3) -> None:
-    """Give asynchronous watches time to (wrongly) fire."""
+    """Give asynchronous watches time to (wrongly) fire. This sleep IS the
+    test: it checks that something does NOT happen, and no condition marks
+    the moment it could no longer happen."""
     time.sleep(seconds)
 
 

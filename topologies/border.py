@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 from mininet.node import Host
 
+from topologies import links
 from topologies.cloud import PROJECT_PREFIX, _kill_netns_processes, _netns_inode
 
 FRR_DIR = "/usr/lib/frr"
@@ -910,12 +911,8 @@ class Upstream:
             return self
         self._started = True
         br = self.bridge
-        _run(["ip", "link", "add", "name", br, "type", "bridge", "stp_state", "0",
-              "forward_delay", "0"])
+        links.add_bridge(br)
         self._made_bridge = True
-        _run(["ip", "link", "set", br, "type", "bridge", "nf_call_iptables", "0",
-              "nf_call_arptables", "0"], check=False)
-        _run(["ip", "link", "set", br, "up"])
         _run(["ethtool", "-K", br, "tx", "off"], check=False)
         self.internet = Host(f"{self.prefix}inet", inNamespace=True)
         ns_run(self.internet, "ip", "link", "set", "lo", "up")
@@ -933,10 +930,8 @@ class Upstream:
             ip_cidr = f"{ip_cidr}/{self.lan.prefixlen}"
         self._seq += 1
         root_end = f"{self.prefix}l{self._seq}"
-        _run(["ip", "link", "add", "name", root_end, "type", "veth", "peer", "name", intf,
-              "netns", str(node.pid)])
+        links.add_veth(root_end, intf, node.pid, master=self.bridge)
         self.veths.append(root_end)
-        _run(["ip", "link", "set", root_end, "master", self.bridge, "up"])
         _run(["ethtool", "-K", root_end, "tx", "off"], check=False)
         ns_run(node, "ethtool", "-K", intf, "tx", "off", check=False)
         ns_run(node, "ip", "addr", "add", ip_cidr, "dev", intf)
@@ -989,10 +984,9 @@ class Upstream:
                 self.internet.terminate()
             if inode:
                 _kill_netns_processes({inode})
-        for v in self.veths:
-            _run(["ip", "link", "del", v], check=False)
-        if self._made_bridge:
-            _run(["ip", "link", "del", self.bridge], check=False)
+        for v in [*self.veths, *([self.bridge] if self._made_bridge else [])]:
+            with contextlib.suppress(links.LinkError):
+                links.delete(v)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(Exception):

@@ -44,6 +44,8 @@ import time
 from mininet.link import Link
 from mininet.node import Host, Node
 
+from topologies import links
+
 PROJECT_PREFIX = "mfl"  # every name this module creates starts with it
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 VXLAN_OFPORT = 1
@@ -338,11 +340,7 @@ class Cloud:
         self._started = True
         t0 = time.monotonic()
         br = self.underlay
-        self._root("ip", "link", "add", "name", br, "type", "bridge", "stp_state", "0",
-                   "forward_delay", "0")
-        self._root("ip", "link", "set", br, "type", "bridge", "nf_call_iptables", "0",
-                   "nf_call_arptables", "0", check=False)
-        self._root("ip", "link", "set", br, "up")
+        links.add_bridge(br)
         self._root("ethtool", "-K", br, "tx", "off", check=False)
         addrs = list(self.subnet.hosts())
         for i in range(1, self.n_hosts + 1):
@@ -353,9 +351,7 @@ class Cloud:
             h.index = i
             self.hosts.append(h)
             ul = f"{self.prefix}u{i}"
-            self._root("ip", "link", "add", "name", ul, "type", "veth", "peer", "name",
-                       h.uplink, "netns", str(h.pid))
-            self._root("ip", "link", "set", ul, "master", br, "up")
+            links.add_veth(ul, h.uplink, h.pid, master=br)
             self._root("ethtool", "-K", ul, "tx", "off", check=False)
         if self.parallel and len(self.hosts) > 1:
             errors: list[BaseException] = []
@@ -601,8 +597,10 @@ class Cloud:
             with contextlib.suppress(Exception):
                 p.wait(timeout=2)
         for i in range(1, self.n_hosts + 1):
-            _run(["ip", "link", "del", f"{self.prefix}u{i}"], check=False)
-        _run(["ip", "link", "del", self.underlay], check=False)
+            with contextlib.suppress(links.LinkError):
+                links.delete(f"{self.prefix}u{i}")
+        with contextlib.suppress(links.LinkError):
+            links.delete(self.underlay)
         if not self.keep_rundir:
             shutil.rmtree(self.basedir, ignore_errors=True)
         with contextlib.suppress(Exception):

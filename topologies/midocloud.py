@@ -9,9 +9,9 @@ Several clouds can share one ZooKeeper: each uses its own chroot.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -162,12 +162,15 @@ class MidoCloud:
         if self.cloud is not None:
             self.cloud.stop()
             # gateway agents' BGP namespaces (a killed agent leaves its own)
+            from pyroute2 import netns
+
             from midoflow.bgp.names import namespace_name
 
             for hid in self.host_ids.values():
                 ns = namespace_name(hid)
-                if os.path.exists(f"/var/run/netns/{ns}"):
-                    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+                if ns in netns.listnetns():
+                    with contextlib.suppress(OSError):
+                        netns.remove(ns)
         if self.api_server is not None:
             self.api_server.stop()
         if self.store is not None:

@@ -1,8 +1,10 @@
 """The agent's local copy of the topology, kept current by store watches.
 
-It is the simulation's TopologyView, answers where a port lives and how to
-reach that host, and turns each change into the set of flow tags it
-invalidates (see :mod:`midoflow.sim.result`). Uses the Store interface only.
+It is the simulation's TopologyView (flow state reaches the simulation
+separately, read only: midoflow.nat.tables.StateView), answers where a port
+lives and how to reach that host, and turns each change into the set of
+flow tags it invalidates (see :mod:`midoflow.sim.result`). Uses the Store
+interface only.
 """
 
 from __future__ import annotations
@@ -114,9 +116,6 @@ class TopologyCache:
         self.on_bgp: Callable[[], None] = lambda: None
         # router -> {entry name: Route}: what the gateways' BGP speakers learned
         self.learned: dict[str, dict[str, Route]] = {}
-        # The agent's runtime flow state (its core: conntrack table, NAT
-        # bindings, SNAT allocator); the simulation reads it through this view.
-        self.runtime = None
         # (bridge, router port MAC) -> the bridge's interior port linked to it
         self.router_macs: dict[tuple[str, str], str] = {}
         self._watched: set[tuple[str, str]] = set()
@@ -145,18 +144,6 @@ class TopologyCache:
 
     def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
         return self.ip_addr_groups.get(group_id)
-
-    def is_return_flow(self, key) -> bool:
-        return self.runtime is not None and self.runtime.is_return(key)
-
-    def nat_forward(self, kind: str, key):
-        return self.runtime.nat.forward(kind, key) if self.runtime is not None else None
-
-    def nat_reverse(self, kind: str, key):
-        return self.runtime.nat.reverse(kind, key) if self.runtime is not None else None
-
-    def nat_allocate(self, targets, proto: int):
-        return self.runtime.nat_allocate(targets, proto) if self.runtime is not None else None
 
     def router_mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.router_macs.get((bridge_id, mac))

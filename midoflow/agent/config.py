@@ -1,55 +1,149 @@
-"""The agent's configuration file (INI, section ``[agent]``)."""
+"""The agent's configuration file (INI, section ``[agent]``).
+
+Each option is declared once, as a field of :class:`AgentConfig`: its default
+(none: the option is required) and, in the field's metadata, how a value read
+from the file is checked and converted. :meth:`AgentConfig.load` walks the
+fields; nothing else repeats a default.
+"""
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
+
+from midoflow.store.endpoints import parse_cassandra
 
 
 class ConfigError(ValueError):
     pass
 
 
+# (path, option name, raw text) -> value; raises ConfigError saying what to write.
+Parser = Callable[[str, str, str], Any]
+
+
+def _text(_path: str, _name: str, raw: str) -> str:
+    return raw
+
+
+def _stripped(_path: str, _name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _ipv4(path: str, name: str, raw: str) -> str:
+    try:
+        IPAddress(raw, 4)
+    except (AddrFormatError, ValueError):
+        raise ConfigError(f"{path}: {name} {raw!r} is not an IPv4 address") from None
+    return raw
+
+
+def _integer(path: str, name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"{path}: {name} must be an integer number of seconds"
+        raise ConfigError(msg) from None
+
+
+def _count(lo: int, hi: int) -> Parser:
+    def parse(path: str, name: str, raw: str) -> int:
+        try:
+            v = int(raw)
+        except ValueError:
+            v = lo - 1
+        if not lo <= v <= hi:
+            raise ConfigError(f"{path}: {name} {raw!r}: give a whole number from {lo} to {hi}")
+        return v
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Parser:
+    def parse(path: str, name: str, raw: str) -> float:
+        try:
+            v = float(raw)
+        except ValueError:
+            v = float("nan")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{path}: {name} {raw!r}: give a number of seconds from {lo:g} "
+                              f"to {hi:g}")
+        return v
+    return parse
+
+
+def _boolean(path: str, name: str, raw: str) -> bool:
+    v = configparser.ConfigParser.BOOLEAN_STATES.get(raw.strip().lower())
+    if v is None:
+        raise ConfigError(f"{path}: {name} {raw!r}: give true or false")
+    return v
+
+
+def _flow_state(path: str, name: str, raw: str) -> str:
+    spec = raw.strip()
+    if spec == "local":
+        return spec
+    if spec.startswith("cassandra:") and parse_cassandra(spec) is not None:
+        return spec
+    raise ConfigError(f"{path}: {name} {spec!r}: use 'local' or "
+                      "'cassandra:HOST[,HOST...][:PORT][/KEYSPACE]'")
+
+
+def _opt(default: Any = dataclasses.MISSING, parse: Parser = _text,
+         missing: Callable[[], Any] | None = None) -> Any:
+    """A config option: its default (none: required), how the file's text
+    becomes its value, and (``missing``) a default computed at load time that
+    only the file reader applies."""
+    return dataclasses.field(default=default, metadata={"parse": parse, "missing": missing})
+
+
 @dataclass(frozen=True)
 class AgentConfig:
-    host_id: str
-    zookeeper: str  # "host:port,..." or "memory"
-    ovsdb: str  # e.g. unix:/run/openvswitch/db.sock
-    tunnel_ip: str
-    bridge: str = "br-int"
-    host_name: str = ""
-    idle_timeout: int = 60
-    vxlan_port: str = "vxlan0"
-    gre_port: str = "gre0"
-    of_listen: str = "127.0.0.1:6653"  # or a unix socket path
+    host_id: str = _opt()
+    zookeeper: str = _opt()  # "host:port,..." or "memory"
+    ovsdb: str = _opt()  # e.g. unix:/run/openvswitch/db.sock
+    tunnel_ip: str = _opt(parse=_ipv4)
+    bridge: str = _opt("br-int")
+    # A file that names none gets the machine's host name.
+    host_name: str = _opt("", missing=socket.gethostname)
+    idle_timeout: int = _opt(60, _integer)
+    vxlan_port: str = _opt("vxlan0")
+    gre_port: str = _opt("gre0")
+    of_listen: str = _opt("127.0.0.1:6653")  # or a unix socket path
     # Where flow state is filed for recovery: "local" (this process only) or
     # "cassandra:HOST[,HOST...][:PORT][/KEYSPACE]" (QUORUM writes).
-    flow_state: str = "local"
+    flow_state: str = _opt("local", _flow_state)
     # The network namespace OVS runs in, when it is not the agent's (a pid or
     # a name in /var/run/netns): where the BGP links' OVS ends go.
-    ovs_netns: str = ""
+    ovs_netns: str = _opt("", _stripped)
     # ZooKeeper session timeout (s): how long this host's ephemeral state
     # (ports, learned routes) outlives a dead agent. Gateways want it short.
-    zk_session_timeout: float = 10.0
+    zk_session_timeout: float = _opt(10.0, _seconds(2.0, 600.0))
     # Per-port bounds against a hostile or broken VM (issue 9): MACs learned
     # from one port (frames from further new source MACs are dropped), flows
     # installed for traffic entering by one port (beyond it, packets are
     # forwarded one by one through the agent, under the port's packet-in
     # meter), and that meter: packet-ins per second and burst per port.
-    max_macs_per_port: int = 64
-    max_flows_per_port: int = 4096
-    packet_in_rate: int = 1000
-    packet_in_burst: int = 200
+    max_macs_per_port: int = _opt(64, _count(1, 1_000_000))
+    max_flows_per_port: int = _opt(4096, _count(1, 10_000_000))
+    packet_in_rate: int = _opt(1000, _count(1, 10_000_000))
+    packet_in_burst: int = _opt(200, _count(1, 10_000_000))
     # An uplink (an exterior port of a router: a gateway's link to the border)
     # carries every tenant's new north-south flows: its own, higher meter.
-    uplink_packet_in_rate: int = 20000
+    uplink_packet_in_rate: int = _opt(20000, _count(1, 10_000_000))
     # Storm control: a VM port whose meter drops more than storm_factor times
     # its packet-in rate per second is cut off for storm_seconds (agent/storm.py).
-    storm_factor: int = 5
-    storm_seconds: int = 2
+    storm_factor: int = _opt(5, _count(1, 1_000_000))
+    storm_seconds: int = _opt(2, _count(1, 3600))
+    # Fast restart: a (re)connecting agent keeps the flows OVS holds, checks
+    # each against the topology and removes only the stale ones. false: wipe
+    # every flow and meter and simulate everything again (the old behaviour).
+    fast_restart: bool = _opt(True, _boolean)
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -59,98 +153,24 @@ class AgentConfig:
         if "agent" not in cp:
             raise ConfigError(f"{path}: no [agent] section")
         sec = cp["agent"]
-        known = set(cls.__dataclass_fields__)
-        unknown = set(sec) - known
+        fields = dataclasses.fields(cls)
+        unknown = set(sec) - {f.name for f in fields}
         if unknown:
             raise ConfigError(f"{path}: unknown option(s) {', '.join(sorted(unknown))}")
-        for req in ("host_id", "zookeeper", "ovsdb", "tunnel_ip"):
-            if not sec.get(req):
-                raise ConfigError(f"{path}: [agent] {req} is required")
-        try:
-            IPAddress(sec["tunnel_ip"], 4)
-        except (AddrFormatError, ValueError):
-            msg = f"{path}: tunnel_ip {sec['tunnel_ip']!r} is not an IPv4 address"
-            raise ConfigError(msg) from None
-        try:
-            idle = int(sec.get("idle_timeout", "60"))
-        except ValueError:
-            msg = f"{path}: idle_timeout must be an integer number of seconds"
-            raise ConfigError(msg) from None
-        return cls(
-            host_id=sec["host_id"],
-            zookeeper=sec["zookeeper"],
-            ovsdb=sec["ovsdb"],
-            tunnel_ip=sec["tunnel_ip"],
-            bridge=sec.get("bridge", "br-int"),
-            host_name=sec.get("host_name", socket.gethostname()),
-            idle_timeout=idle,
-            vxlan_port=sec.get("vxlan_port", "vxlan0"),
-            gre_port=sec.get("gre_port", "gre0"),
-            of_listen=sec.get("of_listen", "127.0.0.1:6653"),
-            flow_state=_flow_state(path, sec.get("flow_state", "local")),
-            ovs_netns=sec.get("ovs_netns", "").strip(),
-            zk_session_timeout=_seconds(path, sec, "zk_session_timeout", 10.0, 2.0, 600.0),
-            max_macs_per_port=_count(path, sec, "max_macs_per_port", 64, 1, 1_000_000),
-            max_flows_per_port=_count(path, sec, "max_flows_per_port", 4096, 1, 10_000_000),
-            packet_in_rate=_count(path, sec, "packet_in_rate", 1000, 1, 10_000_000),
-            packet_in_burst=_count(path, sec, "packet_in_burst", 200, 1, 10_000_000),
-            uplink_packet_in_rate=_count(path, sec, "uplink_packet_in_rate", 20000, 1,
-                                         10_000_000),
-            storm_factor=_count(path, sec, "storm_factor", 5, 1, 1_000_000),
-            storm_seconds=_count(path, sec, "storm_seconds", 2, 1, 3600),
-        )
+        for f in fields:
+            if f.default is dataclasses.MISSING and not sec.get(f.name):
+                raise ConfigError(f"{path}: [agent] {f.name} is required")
+        values: dict[str, Any] = {}
+        for f in fields:
+            raw = sec.get(f.name)
+            if raw is not None:
+                values[f.name] = f.metadata["parse"](path, f.name, raw)
+            elif f.metadata["missing"] is not None:
+                values[f.name] = f.metadata["missing"]()
+        return cls(**values)
 
     def write(self, path: str) -> None:
         cp = configparser.ConfigParser()
-        cp["agent"] = {k: str(v) for k, v in self.__dict__.items()}
+        cp["agent"] = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
         with open(path, "w") as f:
             cp.write(f)
-
-
-def _seconds(path: str, sec, name: str, default: float, lo: float, hi: float) -> float:
-    raw = sec.get(name, str(default))
-    try:
-        v = float(raw)
-    except ValueError:
-        v = float("nan")
-    if not lo <= v <= hi:
-        raise ConfigError(f"{path}: {name} {raw!r}: give a number of seconds from {lo:g} "
-                          f"to {hi:g}")
-    return v
-
-
-def _count(path: str, sec, name: str, default: int, lo: int, hi: int) -> int:
-    raw = sec.get(name, str(default))
-    try:
-        v = int(raw)
-    except ValueError:
-        v = lo - 1
-    if not lo <= v <= hi:
-        raise ConfigError(f"{path}: {name} {raw!r}: give a whole number from {lo} to {hi}")
-    return v
-
-
-def _flow_state(path: str, spec: str) -> str:
-    spec = spec.strip()
-    if spec == "local":
-        return spec
-    if spec.startswith("cassandra:") and parse_cassandra(spec) is not None:
-        return spec
-    raise ConfigError(f"{path}: flow_state {spec!r}: use 'local' or "
-                      "'cassandra:HOST[,HOST...][:PORT][/KEYSPACE]'")
-
-
-def parse_cassandra(spec: str) -> tuple[list[str], int, str] | None:
-    """"cassandra:h1,h2:9042/ks" -> (["h1", "h2"], 9042, "ks"); None if malformed."""
-    rest = spec.removeprefix("cassandra:")
-    rest, _, keyspace = rest.partition("/")
-    hosts, port = rest, 9042
-    if ":" in rest:
-        hosts, _, p = rest.rpartition(":")
-        if not p.isdigit() or not 0 < int(p) < 65536:
-            return None
-        port = int(p)
-    names = [h.strip() for h in hosts.split(",") if h.strip()]
-    if not names or (keyspace and not keyspace.replace("_", "").isalnum()):
-        return None
-    return names, port, keyspace or "midoflow"

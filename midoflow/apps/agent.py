@@ -24,14 +24,16 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from midoflow.agent import restart
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
-from midoflow.agent.flowstate_client import make_flow_state
+from midoflow.agent.flows import FlowIndex
 from midoflow.agent.storm import StormControl
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.bgp.speaker import BgpManager
 from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
 from midoflow.store.factory import make_store
+from midoflow.store.flowstate_factory import make_flow_state
 
 LOG = logging.getLogger("midoflow.agent")
 
@@ -40,8 +42,17 @@ EXPIRY_INTERVAL = 5.0
 # How often the per-port packet-in meters' drops are read (storm control
 # decides on each reading).
 METER_STATS_INTERVAL = 1.0
+# Fast restart: how long the flows OVS kept wait for their ports' bindings
+# and flow state before they are judged anyway (a port whose binding went
+# while the agent was away never comes: its flows are deleted then).
+KEPT_FLOWS_WAIT = 10.0
+KEPT_FLOWS_BATCH = 256  # flows judged between two yields to the other green threads
 hub_time = time.monotonic
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
+
+
+def _no_decision(_ofport, _fields):
+    return None
 
 
 class _OsKenFrames(Frames):
@@ -54,6 +65,11 @@ class _OsKenFrames(Frames):
 
 class MidoflowAgent(app_manager.OSKenApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+    # fast restart: the flow dump asked for at connection, and its parts so far
+    _kept_xid: int | None = None
+    _classify_xid: int | None = None
+    _kept: list = []  # noqa: RUF012 - each connection gets a list of its own
+    _kept_classify: list = []  # noqa: RUF012 - the same
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,13 +87,16 @@ class MidoflowAgent(app_manager.OSKenApp):
                               flow_state=make_flow_state(self.cfg.flow_state, eventlet=True))
         self._poke = hub.Event()
         self._last_expiry = 0.0
-        self.bgp = BgpManager(self.core.cache, self.store, self.cfg.host_id, self.cfg.ovsdb,
-                              self.cfg.bridge, self.cfg.ovs_netns,
+        # the bridge's interfaces by OVSDB notifications (see _interfaces_changed)
+        self.ovs = ovsdb.OvsdbMonitor(self.cfg.ovsdb, self.cfg.bridge,
+                                      on_change=self._interfaces_changed)
+        self.ovs.ensure_tunnel_ports(self.cfg.tunnel_ip, self.cfg.vxlan_port, self.cfg.gre_port)
+        self.bgp = BgpManager(self.core.cache, self.store, self.cfg.host_id, self.ovs,
+                              self.cfg.ovs_netns,
                               bindings=lambda: dict(self.core.bindings),
                               on_links=self._bgp_links)
         self._bgp_wake = hub.Event()
         self.bgp.kick = self._bgp_wake.set
-        self.bgp.interfaces = lambda: self.core.interfaces
         self.core.cache.on_bgp = self._bgp_wake.set
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
         self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds)
@@ -89,6 +108,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         signal.signal(signal.SIGTERM, self._terminate)
         thread = super().start()
         self.core.start()
+        self.threads.append(hub.spawn(self.ovs.run))
         self.threads.append(hub.spawn(self._ovsdb_loop))
         self.threads.append(hub.spawn(self._state_loop))
         self.threads.append(hub.spawn(self._bgp_loop))
@@ -106,11 +126,21 @@ class MidoflowAgent(app_manager.OSKenApp):
             super().stop()
 
     def _terminate(self, _signum, _frame):
-        LOG.info("SIGTERM: closing the ZooKeeper session and exiting")
+        """SIGTERM (systemd's stop, a restart). OVS keeps the flows either way
+        (br-int is fail_mode=secure). With fast_restart the ZooKeeper session
+        is left to its timeout, as after kill -9: the agent started in our
+        place takes this host's ephemeral state over and the other hosts'
+        flows to our ports stay valid meanwhile (closing it would make them
+        drop traffic to our VMs until then). Without, it is closed now, so the
+        host's state (alive, ports, learned entries) goes at once."""
+        keep = self.cfg.fast_restart
+        LOG.info("SIGTERM: %s the ZooKeeper session and exiting",
+                 "leaving (fast restart)" if keep else "closing")
         try:
             self.bgp.stop()
             self.core.flush_state()
-            self.store.close()
+            if not keep:
+                self.store.close()
             self.core.flow_state.close()
         finally:
             logging.shutdown()
@@ -146,62 +176,217 @@ class MidoflowAgent(app_manager.OSKenApp):
             return
         for pid, entry in old.items():
             if links.get(pid) != entry:
-                dp.send_msg(pipeline.delete_bgp_link_flows(dp, entry[0]))
+                pipeline.send(dp, [pipeline.delete_bgp_link_flows(dp, entry[0])])
         for pid, entry in links.items():
             if old.get(pid) != entry:
-                for m in pipeline.bgp_link_flows(dp, *entry):
-                    dp.send_msg(m)
+                pipeline.send(dp, pipeline.bgp_link_flows(dp, *entry))
 
     # ---- OVSDB ------------------------------------------------------------
+    def _interfaces_changed(self, ifaces: dict[str, tuple[int, str | None]]) -> None:
+        """OVSDB notified a change of the bridge's interfaces (in the monitor's
+        green thread): bindings follow at once, and so do the BGP links."""
+        if ifaces != self.core.interfaces:
+            self.core.set_interfaces(ifaces)
+        self._bgp_wake.set()
+
     def _ovsdb_loop(self):
-        ensured = False
+        """The periodic jobs (the interfaces come by notification, above)."""
         while self.is_active:
             try:
-                if not ensured:
-                    ovsdb.ensure_tunnel_ports(self.cfg.ovsdb, self.cfg.bridge, self.cfg.tunnel_ip,
-                                              self.cfg.vxlan_port, self.cfg.gre_port)
-                    ensured = True
-                ifaces = ovsdb.list_interfaces(self.cfg.ovsdb, self.cfg.bridge)
-                if ifaces != self.core.interfaces:
-                    self.core.set_interfaces(ifaces)
-            except ovsdb.OvsError as e:
-                LOG.warning("OVSDB: %s", e)
+                if self.ovs.interfaces != self.core.interfaces:  # a failed callback
+                    self._interfaces_changed(dict(self.ovs.interfaces))
+                if self.core.unsynced_ports or self.core.unsynced_host:
+                    self.core.resync()  # quorum may be back: write what was refused
+                if hub_time() - self._last_expiry > EXPIRY_INTERVAL:
+                    self._last_expiry = hub_time()
+                    self.core.expire_state()
+                self.core.maybe_publish()  # what the per-port bounds refused, for status
             except Exception:
-                LOG.exception("OVSDB poll failed")
-            if self.core.unsynced_ports or self.core.unsynced_host:
-                self.core.resync()  # quorum may be back: write what was refused
-            if hub_time() - self._last_expiry > EXPIRY_INTERVAL:
-                self._last_expiry = hub_time()
-                self.core.expire_state()
-            self.core.maybe_publish()  # what the per-port bounds refused, for status
+                LOG.exception("periodic agent job failed")
             self._poke.wait(timeout=POLL_INTERVAL)
             self._poke.clear()
 
     # ---- OpenFlow ---------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):
+        """Connected to OVS: its fixed flows, every binding's classify flows.
+        With ``fast_restart`` the simulated flows OVS holds keep carrying
+        traffic and are judged once the bindings are up (``_kept_flows``);
+        without, every flow and meter is wiped and simulated again."""
         dp = ev.msg.datapath
         self.dp = dp
-        for m in pipeline.base_flows(dp):  # flows and meters wiped: counts restart
-            dp.send_msg(m)
+        fast = self.cfg.fast_restart
+        self.core.forget_flows()
+        self.core.flows.reserved.clear()
+        self._kept = []
+        self._kept_classify = []
+        if fast:  # asked first: OVS answers before it applies anything sent later
+            p = dp.ofproto_parser
+            classify = p.OFPFlowStatsRequest(  # the base and classify flows (cookie 0)
+                dp, table_id=pipeline.TABLE_CLASSIFY, cookie=0, cookie_mask=(1 << 64) - 1)
+            simulated = p.OFPFlowStatsRequest(
+                dp, table_id=pipeline.TABLE_SIMULATED, cookie=FlowIndex.COOKIE_BASE,
+                cookie_mask=FlowIndex.COOKIE_MASK)
+            for req in (classify, simulated):
+                dp.set_xid(req)
+                dp.send_msg(req)
+            self._classify_xid, self._kept_xid = classify.xid, simulated.xid
+        # fixed flows: an add replaces the flow of the same match and priority
+        pipeline.send(dp, pipeline.base_flows(dp, wipe=not fast))
         self.classified.clear()
         self.core.stats["metered_drops"] = {}
-        self.core.forget_flows()
         # Re-install the classify flows of every current binding.
         self.core.bindings = {}
         self.core.set_connected(True)
         self.core.recompute_bindings()
-        for entry in self.bgp_links.values():  # the wipe took them
-            for m in pipeline.bgp_link_flows(dp, *entry):
-                dp.send_msg(m)
+        for entry in self.bgp_links.values():  # a wipe took them; else they replace themselves
+            pipeline.send(dp, pipeline.bgp_link_flows(dp, *entry))
         self._poke.set()
-        LOG.info("connected to OVS datapath %016x", dp.id)
+        LOG.info("connected to OVS datapath %016x (%s)", dp.id,
+                 "keeping its flows" if fast else "flows wiped")
+
+    # ---- fast restart: the flows OVS kept ---------------------------------
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _kept_flows(self, ev):
+        """The simulated flows OVS held when we connected (maybe in several
+        parts): reserved at once (no new flow gets their cookies), judged once
+        the bindings are up and their flow state is recovered."""
+        msg = ev.msg
+        if msg.datapath is not self.dp:
+            return
+        if msg.xid == self._classify_xid:  # answered first: see _features
+            self._kept_classify.extend(msg.body)
+            return
+        if msg.xid != self._kept_xid:
+            return
+        self._kept.extend(msg.body)
+        self.core.flows.reserve(s.cookie for s in msg.body)
+        if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        kept, self._kept, self._kept_xid = self._kept, [], None
+        LOG.info("OVS kept %d simulated flow(s): judging them once the bindings are up",
+                 len(kept))
+        self.threads.append(hub.spawn(self._judge_kept, msg.datapath, kept))
+
+    def _settled(self, in_ports: set[int]) -> bool:
+        """Interfaces read from OVSDB, every port the kept flows came in by
+        bound (or gone from the bridge), and the bound ports' flow state
+        recovered: the flows can be judged."""
+        if not self.core.interfaces or self.core.recovering:
+            return False
+        present = {ofport for ofport, _iface in self.core.interfaces.values()}
+        bound = set(self.core.bindings.values())
+        return all(p in bound or p not in present for p in in_ports)
+
+    def _judge_kept(self, dp, stats) -> None:
+        in_ports = {s.match.get("in_port") for s in stats}
+        deadline = hub_time() + KEPT_FLOWS_WAIT
+        while not self._settled(in_ports) and hub_time() < deadline and dp is self.dp:
+            hub.sleep(0.05)
+        if dp is not self.dp:  # reconnected meanwhile: that connection asks again
+            return
+        t0 = hub_time()
+        index = self.core.flows
+        decide = getattr(self.core, "dry_decision", None)
+        if decide is None:
+            LOG.error("AgentCore has no dry_decision: every kept flow is deleted")
+            decide = _no_decision
+        kept = [restart.KeptFlow(s.cookie, dict(s.match.items()), s.priority,
+                                 self._instructions_key(dp, s.instructions))
+                for s in stats if s.cookie in index.reserved]  # not removed meanwhile
+
+        def build(decision, ofport):
+            flow = pipeline.decision_flow(dp, decision, ofport, self.cfg.idle_timeout,
+                                          pipeline.actions_for(dp, decision))
+            return restart.Wanted(dict(flow.match.items()), flow.priority,
+                                  self._instructions_key(dp, flow.instructions))
+
+        verdict = restart.Verdict()
+        for i in range(0, len(kept), KEPT_FLOWS_BATCH):
+            # Judged and adopted without yielding: a topology change that
+            # comes in between batches invalidates the adopted ones as usual
+            # and is seen by the simulation of the next ones.
+            if dp is not self.dp:
+                return
+            part = restart.judge([f for f in kept[i:i + KEPT_FLOWS_BATCH]
+                                  if f.cookie in index.reserved], decide, build)
+            for flow, decision in part.keep:
+                self._adopt(flow, decision)
+            for flow in part.stale:
+                index.release(flow.cookie)
+            pipeline.send(dp, [pipeline.delete_cookie(dp, f.cookie) for f in part.stale])
+            verdict.keep += part.keep
+            verdict.stale += part.stale
+            verdict.why.update(part.why)
+            hub.sleep(0)  # the agent's other work goes on between batches
+        self._unclassify_orphans(dp)
+        self.core.stats["restart_kept"] = len(verdict.keep)
+        self.core.stats["restart_stale"] = len(verdict.stale)
+        reasons: dict[str, int] = {}
+        for why in verdict.why.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        LOG.info("kept flows judged in %.3f s: %d adopted, %d stale deleted %s",
+                 hub_time() - t0, len(verdict.keep), len(verdict.stale), reasons)
+
+    def _unclassify_orphans(self, dp) -> None:
+        """Remove what OVS kept of the ports bound here no more (unbound while
+        the agent was away): their classify, delivery and to-controller flows
+        and their meter."""
+        kept, self._kept_classify = self._kept_classify, []
+        orphans = restart.orphan_ports(
+            [(dict(s.match.items()), self._instructions_key(dp, s.instructions))
+             for s in kept],
+            {ofport for ofport, _key in self.classified.values()}, pipeline.TABLE_SIMULATED)
+        for ofport, key in orphans.items():
+            if key is None:
+                LOG.warning("ofport %d was classified and is bound no more, but has no "
+                            "delivery flow: its flows stay", ofport)
+                continue
+            pipeline.send(dp, pipeline.unclassify_flows(dp, ofport, key))
+        if orphans:
+            LOG.info("flows of ports bound here no more removed: ofports %s", sorted(orphans))
+
+    def _adopt(self, flow: restart.KeptFlow, decision) -> None:
+        """Index a kept flow as if this agent had installed it (tags, ingress
+        port, the flow state it keeps alive), and its match: a flow-mod of the
+        same match replaces it."""
+        self.core.adopt_flow(flow.cookie, decision)
+        self.core.flow_replaced(tuple(sorted(flow.match.items())), flow.cookie)
+
+    @staticmethod
+    def _instructions_key(dp, instructions) -> tuple:
+        """Instructions in a form that compares equal between a flow-mod we
+        build and the same flow read back from OVS (which may differ in
+        unused fields such as an output's max_len, or in value spelling)."""
+        ofp, p = dp.ofproto, dp.ofproto_parser
+
+        def action(a):
+            if isinstance(a, p.OFPActionOutput):
+                return ("output", a.port, a.max_len if a.port == ofp.OFPP_CONTROLLER else 0)
+            if isinstance(a, p.OFPActionSetField):
+                return ("set_field", ofp.oxm_from_user(a.key, a.value))
+            return (type(a).__name__, tuple(sorted(
+                (k, repr(v)) for k, v in vars(a).items() if k not in ("len", "type"))))
+
+        out = []
+        for i in instructions:
+            if isinstance(i, p.OFPInstructionActions):
+                out.append(("actions", i.type, tuple(action(a) for a in i.actions)))
+            elif isinstance(i, p.OFPInstructionGotoTable):
+                out.append(("goto", i.table_id))
+            elif isinstance(i, p.OFPInstructionMeter):
+                out.append(("meter", i.meter_id))
+            else:
+                out.append((type(i).__name__, repr(i)))
+        return tuple(out)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _disconnected(self, ev):
         if ev.datapath is self.dp:
             self.dp = None
             self.classified.clear()
+            self._kept, self._kept_xid = [], None
+            self._kept_classify, self._classify_xid = [], None
             self.core.set_connected(False)
             LOG.warning("lost the OVS connection")
 
@@ -251,48 +436,25 @@ class MidoflowAgent(app_manager.OSKenApp):
             return
         if decision is None:
             return
-        p, ofp = dp.ofproto_parser, dp.ofproto
-        for push in decision.pushes:  # flow state first: it must arrive before the reply
-            dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
-                                       in_port=ofp.OFPP_CONTROLLER, data=push.frame,
-                                       actions=pipeline.output_actions(dp, push.actions)))
-        try:  # what OpenFlow cannot set is rewritten in the packet itself
-            for r in decision.rewrites:
-                if r.field == "icmp_id":
-                    data, buffer_id = frames.set_icmp_id(data, int(r.value)), None
-                elif r.field in ("icmp_inner_src", "icmp_inner_dst"):
-                    data = frames.set_icmp_inner(data, r.field[-3:], str(r.value))
-                    buffer_id = None
-        except frames.FrameError:
-            return
-        actions = pipeline.actions_for(dp, decision)
-        if decision.install:
-            flow = pipeline.decision_flow(dp, decision, in_port, self.cfg.idle_timeout, actions)
-            # a burst's queued packets each install the same flow: OVS keeps
-            # the last, the index must too
-            self.core.flow_replaced(tuple(sorted(flow.match.items())), decision.cookie)
-            dp.send_msg(flow)
-        if actions:
-            if buffer_id is not None:
-                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=buffer_id, in_port=in_port,
-                                           actions=actions, data=None))
-            else:
-                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
-                                           in_port=in_port, actions=actions, data=data))
-        for em in decision.emits:
-            acts = pipeline.output_actions(dp, em.actions, em.rewrites)
-            if acts:
-                dp.send_msg(p.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
-                                           in_port=ofp.OFPP_CONTROLLER, actions=acts,
-                                           data=em.frame))
+        flow_mod = dp.ofproto_parser.OFPFlowMod
+        for m in pipeline.decision_messages(dp, decision, in_port, data, buffer_id,
+                                            self.cfg.idle_timeout):
+            ok = pipeline.allowed(m)
+            if isinstance(m, flow_mod):
+                if ok:  # a burst's queued packets each install the same flow:
+                    # OVS keeps the last, the index must too
+                    self.core.flow_replaced(tuple(sorted(m.match.items())), decision.cookie)
+                else:
+                    self.core.flow_removed(decision.cookie)
+            if ok:
+                dp.send_msg(m)
 
     # ---- decisions of the core --------------------------------------------
     def _delete_cookies(self, cookies: set[int]) -> None:
         dp = self.dp
         if dp is None:
             return
-        for c in cookies:
-            dp.send_msg(pipeline.delete_cookie(dp, c))
+        pipeline.send(dp, [pipeline.delete_cookie(dp, c) for c in cookies])
 
     def _bindings_changed(self, change: BindingChange) -> None:
         dp = self.dp
@@ -301,8 +463,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         for pid in change.removed:
             old = self.classified.pop(pid, None)
             if old:
-                for m in pipeline.unclassify_flows(dp, *old):
-                    dp.send_msg(m)
+                pipeline.send(dp, pipeline.unclassify_flows(dp, *old))
         keys = self.core.tunnel_keys()
         tunnels = sorted(self.core.tunnel_ofports.values())
         for pid, ofport in change.added.items():
@@ -310,12 +471,10 @@ class MidoflowAgent(app_manager.OSKenApp):
                 continue
             old = self.classified.pop(pid, None)
             if old:
-                for m in pipeline.unclassify_flows(dp, *old):
-                    dp.send_msg(m)
+                pipeline.send(dp, pipeline.unclassify_flows(dp, *old))
             self.classified[pid] = (ofport, keys[pid])
-            for m in pipeline.classify_flows(dp, ofport, keys[pid], tunnels,
-                                             *self._meter_rate(pid)):
-                dp.send_msg(m)
+            pipeline.send(dp, pipeline.classify_flows(dp, ofport, keys[pid], tunnels,
+                                                      *self._meter_rate(pid)))
         LOG.info("bindings: +%s -%s", sorted(change.added), sorted(change.removed))
 
     # ---- per-port packet-in meters ------------------------------------------
@@ -366,7 +525,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             rate, _burst = self._meter_rate(pid)
             if self.storm.observe(pid, n, rate):
                 ofport = self.classified[pid][0]
-                dp.send_msg(pipeline.storm_block_flow(dp, ofport, self.storm.seconds))
+                pipeline.send(dp, [pipeline.storm_block_flow(dp, ofport, self.storm.seconds)])
                 LOG.warning("port %s floods past %d packet-ins/s: everything from it is "
                             "dropped for %d s (storm control)", pid, rate, self.storm.seconds)
         self.core.stats["storm_blocked"] = dict(self.storm.blocked)

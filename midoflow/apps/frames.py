@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet
 from os_ken.lib.packet.packet_utils import checksum as _ip_checksum
 
 from midoflow.sim.packet import BROADCAST, ETH_ARP, ETH_IP, ICMP_ECHO_REPLY
-from midoflow.sim.result import Generated
+from midoflow.sim.result import Generated, Rewrite
 
 ETH_LEN = 14
 VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))  # 802.1Q, 802.1ad, old QinQ
@@ -259,17 +260,39 @@ def _set_icmp_inner(frame: bytes, which: str, addr: str) -> bytes:
     return _replace_icmp(pkt, icmp.icmp(type_=ic.type, code=ic.code, data=body))
 
 
-def set_icmp_id(frame: bytes, ident: int) -> bytes:
+def set_icmp_id(frame: bytes, ident: int | str) -> bytes:
     """The frame with its ICMP echo identifier replaced (checksum updated)."""
     if "icmp_id" not in parse(frame):
         raise FrameError("build", "not an ICMP echo")
     try:
+        ident = int(ident)
+        if not 0 <= ident <= 0xFFFF:
+            raise ValueError("not a 16-bit identifier")
         pkt = packet.Packet(frame)
         ic = pkt.get_protocol(icmp.icmp)
         return _replace_icmp(pkt, icmp.icmp(type_=ic.type, code=ic.code, data=icmp.echo(
-            id_=int(ident), seq=ic.data.seq, data=ic.data.data)))
+            id_=ident, seq=ic.data.seq, data=ic.data.data)))
     except Exception as e:  # a bad identifier from the caller
         raise FrameError("build", f"cannot set the ICMP identifier to {ident!r}: {e}") from None
+
+
+FRAME_REWRITES = frozenset({"icmp_id", "icmp_inner_src", "icmp_inner_dst"})
+"""Rewrites OpenFlow cannot make, so they are made in the frame itself."""
+
+
+def apply_rewrites(frame: bytes, rewrites: Iterable[Rewrite]) -> bytes:
+    """``frame`` with the rewrites of ``FRAME_REWRITES`` made, in order: the
+    ICMP echo identifier (icmp_id, a number) and the address and port of the
+    packet an ICMP error quotes (icmp_inner_src / icmp_inner_dst, "ip:port").
+    Other rewrites are the flow's set-field actions: they are left alone, and
+    a frame with none of these comes back as it is (the same object).
+    Raises only FrameError."""
+    for r in rewrites:
+        if r.field == "icmp_id":
+            frame = set_icmp_id(frame, r.value)
+        elif r.field in ("icmp_inner_src", "icmp_inner_dst"):
+            frame = set_icmp_inner(frame, r.field[-3:], str(r.value))
+    return frame
 
 
 def _replace_icmp(pkt: packet.Packet, new: icmp.icmp) -> bytes:

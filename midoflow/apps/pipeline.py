@@ -1,65 +1,63 @@
-"""The agent's OpenFlow 1.3 pipeline, declared in one place.
-
-Table 0 (CLASSIFY)
-    * flow state from another host's agent (the reserved tunnel key) → the
-      controller, straight (not metered per VM port: it is the hosts' own
-      traffic, and a reply may depend on it);
-    * from a VM port in a storm (its meter dropped far more than it passed,
-      see ``midoflow.agent.storm``): everything, for a few seconds (a hard
-      timeout), by one flow that OVS's datapath applies without an upcall;
-    * from a bound VM port: a tagged frame (802.1Q or 802.1ad VLAN present, or
-      the ethertypes 0x8100, 0x88a8, 0x9100) is dropped (ports are
-      VLAN-unaware: a tag must never ride a flow made for untagged traffic);
-      anything else → table 1;
-    * from a tunnel port with the tunnel key of a local port → that port
-      (egress delivery by key alone: the ingress host already simulated it);
-    * anything else is dropped.
-Table 1 (SIMULATED)
-    * TCP FIN and RST segments → table 2 (they close connections);
-    * IPv4 fragments (first and later) always → table 2: a first fragment is
-      simulated and its decision remembered (``midoflow.agent.fragments``);
-      later fragments, which carry no ports, follow it or are dropped. No
-      flow made for unfragmented packets may carry a first fragment past the
-      agent (its later fragments would then find no decision);
-    * IPv4 packets with a TTL below ``LOW_TTL`` always → table 2 (OpenFlow
-      cannot match "TTL > n", and a router on the path may have to answer with
-      ICMP time exceeded: traceroute works, nothing expires in OVS);
-    * flows computed by the simulation, each with its own cookie and an idle
-      timeout, matching only the fields the decision read; a miss → table 2,
-      to be simulated.
-Table 2 (TO_CONTROLLER)
-    * one flow per bound port (its ``in_port``): that port's meter (a drop
-      band of ``packet_in_rate`` packets per second with a burst of
-      ``packet_in_burst``; meter id = the ofport), then the controller. One VM
-      flooding new flows or malformed frames loses its own excess packet-ins
-      in OVS; the others' first packets still reach the agent at once;
-    * anything else is dropped (nothing else reaches table 1).
+"""The agent's OpenFlow messages, built from os-ken's ``ofproto_v1_3`` and its
+parser without a live switch: any object with ``ofproto`` and
+``ofproto_parser`` serves as the datapath (``OFFLINE`` when there is none).
+The tables, priorities and cookies are declared in ``midoflow.apps.tables``;
+``send`` checks every flow-mod against them (``midoflow.apps.flowcheck``)
+before it goes to OVS. ``decision_messages`` turns one simulated decision
+into everything the switch must get for it.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from types import SimpleNamespace
+
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
 from midoflow.agent.core import Decision, Output, Tunnel
+from midoflow.apps import flowcheck, frames
+from midoflow.apps.tables import (
+    BGP_COOKIE,
+    LOW_TTL,
+    PRIO_BGP,
+    PRIO_CLASSIFY,
+    PRIO_FRAGMENT,
+    PRIO_LOW_TTL,
+    PRIO_MISS,
+    PRIO_SIMULATED,
+    PRIO_STATE,
+    PRIO_STORM,
+    PRIO_TAGGED,
+    PRIO_TCP_CLOSE,
+    STORM_COOKIE,
+    TABLE_CLASSIFY,
+    TABLE_SIMULATED,
+    TABLE_TO_CONTROLLER,
+)
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.nat.conntrack import TCP_FIN, TCP_RST
 from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import Rewrite
 
-TABLE_CLASSIFY = 0
-TABLE_SIMULATED = 1
-TABLE_TO_CONTROLLER = 2
+__all__ = [
+    "BGP_COOKIE", "BGP_PORT", "LOW_TTL", "OFFLINE", "OFPVID_PRESENT", "PACKET_IN_BURST",
+    "PACKET_IN_RATE", "PRIO_BGP", "PRIO_CLASSIFY", "PRIO_FRAGMENT", "PRIO_LOW_TTL",
+    "PRIO_MISS", "PRIO_SIMULATED", "PRIO_STATE", "PRIO_STORM", "PRIO_TAGGED",
+    "PRIO_TCP_CLOSE", "STORM_COOKIE", "TABLE_CLASSIFY", "TABLE_SIMULATED",
+    "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
+    "bgp_link_flows", "classify_flows", "decision_flow", "decision_messages",
+    "delete_bgp_link_flows", "delete_cookie", "delete_meter", "match_kwargs", "meter_id",
+    "meter_stats_request",
+    "metered_drops", "output_actions", "packet_out", "port_meter", "rewrite_actions", "send",
+    "storm_block_flow", "tagged_drop_flows", "to_controller_flow", "unclassify_flows",
+]
 
-PRIO_MISS = 0
-PRIO_CLASSIFY = 100
-PRIO_SIMULATED = 100
-PRIO_LOW_TTL = 200
-PRIO_TCP_CLOSE = 150
-PRIO_FRAGMENT = 190
-PRIO_STATE = 300
-PRIO_BGP = 250
-PRIO_TAGGED = 280  # above the goto and the BGP link's flows of the same port
-PRIO_STORM = 290
-# Storm-control flows carry this cookie (| the ofport).
-STORM_COOKIE = 0x5702 << 48
+LOG = logging.getLogger("midoflow.agent")
+
+OFFLINE = SimpleNamespace(ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser, id=0)
+"""A stand-in datapath: builds and serializes messages without a switch."""
+
 # Ethertypes of a tagged frame: 802.1Q, 802.1ad (QinQ), and the older 0x9100
 # QinQ tag, which OVS does not parse as a VLAN.
 TAG_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
@@ -70,15 +68,32 @@ OFPVID_PRESENT = 0x1000
 # burst of connections at once (a browser, a boot) without losing one.
 PACKET_IN_RATE = 1000
 PACKET_IN_BURST = 200
-# Flows of a BGP link carry this cookie (| the link's ofport): no simulated
-# flow's cookie has these high bits (see midoflow.agent.flows.FlowIndex).
-BGP_COOKIE = 0xB6B0 << 48
 BGP_PORT = 179
-# More routers than this in one simulated flow is impossible (MAX_DEVICES).
-LOW_TTL = 8
 
 _TP_FIELDS = {PROTO_TCP: ("tcp_src", "tcp_dst"), PROTO_UDP: ("udp_src", "udp_dst"),
               PROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
+
+
+def allowed(msg) -> bool:
+    """Whether ``msg`` may be sent: a flow-mod the declared pipeline refuses
+    is logged as an error (it is a bug of the code that built it)."""
+    try:
+        flowcheck.check(msg)
+    except flowcheck.PipelineError as e:
+        LOG.error("flow-mod not sent, the declared pipeline refuses it: %s", e)
+        return False
+    return True
+
+
+def send(dp, msgs: Iterable) -> int:
+    """Send each message the pipeline allows; returns how many were refused."""
+    refused = 0
+    for m in msgs:
+        if allowed(m):
+            dp.send_msg(m)
+        else:
+            refused += 1
+    return refused
 
 
 def match_kwargs(fields: frozenset[str], pkt: Packet, ofport: int) -> dict:
@@ -127,12 +142,14 @@ def _goto(dp, table: int) -> list:
     return [dp.ofproto_parser.OFPInstructionGotoTable(table)]
 
 
-def base_flows(dp) -> list:
-    """Wipe every flow and meter, then the fixed part of the pipeline."""
+def base_flows(dp, wipe: bool = True) -> list:
+    """The fixed part of the pipeline; with ``wipe``, after deleting every flow
+    and meter (without, it is added over what OVS holds: an add replaces the
+    flow of the same table, priority and match, so it is idempotent)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    wipe = p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
-    wipe_meters = p.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=ofp.OFPM_ALL)
+    wipes = [p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                          out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch()),
+             p.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=ofp.OFPM_ALL)] if wipe else []
     metered = _goto(dp, TABLE_TO_CONTROLLER)
     miss = _flow(dp, TABLE_SIMULATED, PRIO_MISS, p.OFPMatch(), metered)
     drop = _flow(dp, TABLE_CLASSIFY, PRIO_MISS, p.OFPMatch(), [])
@@ -153,7 +170,7 @@ def base_flows(dp) -> list:
     # ip_frag (NXM nw_frag) bit 0: any fragment, first or later.
     frags = _flow(dp, TABLE_SIMULATED, PRIO_FRAGMENT, p.OFPMatch(_ordered_fields=[
         ("eth_type", ETH_IP), ("ip_frag", (1, 1))]), metered)
-    return [wipe, wipe_meters, drop, miss, drop_ctl, *low_ttl, state, *close, frags]
+    return [*wipes, drop, miss, drop_ctl, *low_ttl, state, *close, frags]
 
 
 def meter_id(ofport: int) -> int:
@@ -338,3 +355,41 @@ def delete_cookie(dp, cookie: int):
     return p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=TABLE_SIMULATED,
                         cookie=cookie, cookie_mask=0xFFFFFFFFFFFFFFFF,
                         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
+
+
+def packet_out(dp, actions: list, data: bytes | None = None, in_port: int | None = None,
+               buffer_id: int | None = None):
+    """A packet-out: ``data`` (or the switch's buffer) through ``actions``, as
+    if it entered by ``in_port`` (the controller when None)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPPacketOut(datapath=dp,
+                          buffer_id=ofp.OFP_NO_BUFFER if buffer_id is None else buffer_id,
+                          in_port=ofp.OFPP_CONTROLLER if in_port is None else in_port,
+                          actions=actions, data=None if buffer_id is not None else data)
+
+
+def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
+                      buffer_id: int | None, idle_timeout: int) -> list:
+    """Everything the switch gets for one decision, in the order to send:
+    the flow-state pushes (they must reach other hosts before any reply),
+    the decision's flow (when it is installed), the packet itself, then the
+    frames the topology sends in answer. A frame whose rewrites cannot be made
+    (``frames.apply_rewrites``) gets its pushes only."""
+    msgs = [packet_out(dp, output_actions(dp, push.actions), push.frame)
+            for push in decision.pushes]
+    try:  # what OpenFlow cannot set is rewritten in the packet itself
+        frame = frames.apply_rewrites(data, decision.rewrites)
+    except frames.FrameError:
+        return msgs
+    if frame is not data:
+        buffer_id = None  # the switch's copy is not the packet to send
+    actions = actions_for(dp, decision)
+    if decision.install:
+        msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
+    if actions:
+        msgs.append(packet_out(dp, actions, frame, in_port, buffer_id))
+    for em in decision.emits:
+        acts = output_actions(dp, em.actions, em.rewrites)
+        if acts:
+            msgs.append(packet_out(dp, acts, em.frame))
+    return msgs

@@ -78,20 +78,16 @@ def desired(cache, bound: set[str]) -> tuple[dict[str, PeerConf], dict[str, set[
 
 
 class BgpManager:
-    def __init__(self, cache, store, host_id: str, ovsdb: str, bridge: str,
+    def __init__(self, cache, store, host_id: str, switch: bgplink.Switch,
                  ovs_netns: str | None, bindings: Callable[[], dict[str, int]],
                  on_links: Callable[[dict[str, tuple[int, int, str]]], None]) -> None:
         self.cache = cache
         self.store = store
         self.host_id = host_id
-        self.ovsdb = ovsdb
-        self.bridge = bridge
+        self.switch = switch  # the local OVS bridge (the agent's OVSDB monitor)
         self.ovs_netns = ovs_netns or None
         self.netns = bgplink.namespace_name(host_id)  # where the sessions' sockets live
         self.bindings = bindings
-        # the bridge's interfaces as the agent's OVSDB poll sees them:
-        # name -> (ofport, iface-id); spares an ovs-vsctl call per link and second
-        self.interfaces: Callable[[], dict] = lambda: {}
         self.on_links = on_links  # uplink port -> (link ofport, uplink ofport, ip)
         self.learner = RouteLearner()
         self.speaker = None
@@ -174,13 +170,13 @@ class BgpManager:
         changed = False
         for pid, spec in list(self.links.items()):
             if want.get(pid) != spec:
-                bgplink.remove(spec, self.ovsdb, self.bridge, self.netns)
+                bgplink.remove(spec, self.switch, self.netns)
                 del self.links[pid]
                 changed |= self.link_flows.pop(pid, None) is not None
         for pid, spec in want.items():
             if pid not in self.links:
                 try:
-                    bgplink.create(spec, self.ovsdb, self.bridge, self.netns, self.ovs_netns)
+                    bgplink.create(spec, self.switch, self.netns, self.ovs_netns)
                     self.links[pid] = spec
                     self.errors.pop(pid, None)
                 except (bgplink.LinkError, Exception) as e:
@@ -188,8 +184,7 @@ class BgpManager:
                         LOG.error("BGP link for uplink %s: %s", pid, e)
                     self.errors[pid] = str(e)
                     continue
-            known = self.interfaces().get(spec.ovs_name)
-            ofp = known[0] if known else bgplink.ofport(self.ovsdb, spec)
+            ofp = bgplink.ofport(self.switch, spec)
             entry = (ofp, bound[pid], spec.ip)
             if ofp > 0 and self.link_flows.get(pid) != entry:
                 self.link_flows[pid] = entry
@@ -309,7 +304,7 @@ class BgpManager:
                     pass
         for spec in self.links.values():
             try:
-                bgplink.remove(spec, self.ovsdb, self.bridge, self.netns)
+                bgplink.remove(spec, self.switch, self.netns)
             except Exception:
                 pass
         if self.links:

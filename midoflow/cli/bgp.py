@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from midoflow import model
 from midoflow.cli import render
 from midoflow.cli.base import Context, arg, command, group
+from midoflow.cli.columns import columns, show_order
+from midoflow.cli.common import IF_VERSION, _changes, _deleted
 from midoflow.cli.render import col
-from midoflow.cli.resources import IF_VERSION, _changes, _deleted
 from midoflow.cli.routers import router_id
 from midoflow.model import BGP_CONNECT_RETRY, BGP_HOLD_TIME, BGP_KEEPALIVE
 
@@ -17,31 +19,10 @@ group("bgp peer", "BGP sessions of uplink ports (exterior router ports) to borde
 group("bgp network", "prefixes a gateway advertises to the BGP peers of its uplink port")
 
 
-def _prefixes(p: dict) -> str | None:
-    """``received/advertised`` while an agent holds the session."""
-    st = p.get("status") or {}
-    rx, tx = st.get("prefixes_received"), st.get("prefixes_advertised")
-    if rx is None and tx is None:
-        return None
-    return f"{render.cell(rx)}/{render.cell(tx)}"
-
-
-PEER_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("PORT", "port_id"),
-    col("PEER ADDRESS", "peer_address"),
-    col("PEER AS", "peer_as"),
-    col("LOCAL AS", "local_as"),
-    col("TIMERS", lambda p: f"{p.get('keepalive')}/{p.get('hold_time')}"),
-    col("STATE", lambda p: (p.get("status") or {}).get("state")),
-    col("HOST", lambda p: (p.get("status") or {}).get("host_id")),
-    col("PREFIXES IN/OUT", _prefixes),
-]
-PEER_ORDER = ("id", "name", "port_id", "local_as", "peer_address", "peer_as", "keepalive",
-              "hold_time", "connect_retry", "status", "version")
-NETWORK_COLS = [col("ID", "id"), col("PORT", "port_id"), col("PREFIX", "prefix")]
-NETWORK_ORDER = ("id", "port_id", "prefix", "version")
+PEER_COLS = columns(model.BGP_PEERS)
+PEER_ORDER = show_order(model.BGP_PEERS)
+NETWORK_COLS = columns(model.BGP_NETWORKS)
+NETWORK_ORDER = show_order(model.BGP_NETWORKS)
 LEARNED_COLS = [
     col("DESTINATION", "dst_cidr"),
     col("GATEWAY", "next_hop_gateway"),

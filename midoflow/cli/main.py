@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 
 # Importing a command module registers its commands (see midoflow.cli.base).
-from midoflow.cli import bgp, resources, routers, security, status, trace  # noqa: F401
+from midoflow.cli import bgp, kinds, resources, routers, security, status, trace  # noqa: F401
 from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
 from midoflow.cli.client import DEFAULT_API, ApiError, Client, ResolveError, Unreachable
+
+kinds.register_all()  # list/show of the declared kinds the modules above do not define
 
 EXIT_OK = 0
 EXIT_API = 1

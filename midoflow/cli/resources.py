@@ -4,94 +4,31 @@ from __future__ import annotations
 
 import argparse
 
+from midoflow import model
 from midoflow.cli import render
 from midoflow.cli.base import Context, UsageError, arg, command, exclusive, group
+from midoflow.cli.columns import columns, show_order
+from midoflow.cli.common import (
+    FILTER_ARGS,
+    FILTER_FLAGS,
+    FILTER_OPTS,
+    IF_VERSION,
+    UP_DOWN,
+    _changes,
+    _deleted,
+    _given,
+    filter_changes,
+    parse_pair,
+)
 from midoflow.cli.render import col
 from midoflow.model import PORT_EXTERIOR, PORT_INTERIOR, TUNNEL_TYPES
-
-
-def _changes(a: argparse.Namespace, *names: str) -> dict:
-    """The update fields actually given on the command line."""
-    body = {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
-    if not body:
-        opts = ", ".join("--" + n.replace("_", "-") for n in names if n != "admin_state_up")
-        if "admin_state_up" in names:
-            opts += ", --up, --down"
-        raise UsageError(f"nothing to update: give at least one of {opts}")
-    if getattr(a, "version", None) is not None:
-        body["version"] = a.version
-    return body
-
-
-IF_VERSION = arg("--if-version", type=int, dest="version", metavar="N",
-                 help="refuse (409) unless the object is still at version N")
-
-
-def _deleted(ctx: Context, label: str, oid: str) -> None:
-    ctx.emit(None, f"deleted {label} {oid}")
-
-
-FILTER_ARGS = (
-    exclusive(
-        arg("--inbound-filter", metavar="CHAIN", help="filter packets entering through it "
-            "with this chain (id or name)"),
-        arg("--no-inbound-filter", action="store_true", help="remove the inbound filter"),
-    ),
-    exclusive(
-        arg("--outbound-filter", metavar="CHAIN", help="filter packets leaving through it "
-            "with this chain (id or name)"),
-        arg("--no-outbound-filter", action="store_true", help="remove the outbound filter"),
-    ),
-)
-
-
-def filter_changes(ctx: Context, a: argparse.Namespace) -> dict:
-    """inbound_filter_id / outbound_filter_id from --inbound-filter etc."""
-    body: dict = {}
-    for d in ("inbound", "outbound"):
-        ref = getattr(a, f"{d}_filter")
-        if ref is not None:
-            body[f"{d}_filter_id"] = ctx.client.resolve("chains", ref, "chain")
-        elif getattr(a, f"no_{d}_filter"):
-            body[f"{d}_filter_id"] = None
-    return body
-
-
-def _given(a: argparse.Namespace, *names: str) -> bool:
-    """Whether any of these options was given (False from --down is a value; from an
-    unset --no-* flag it is not)."""
-    for n in names:
-        val = getattr(a, n, None)
-        if val is not None and (val is not False or n in TRI_STATE):
-            return True
-    return False
-
-
-TRI_STATE = ("admin_state_up", "port_security_enabled")
-
-
-FILTER_FLAGS = ("inbound_filter", "no_inbound_filter", "outbound_filter", "no_outbound_filter")
-FILTER_OPTS = "--inbound-filter, --outbound-filter, --no-inbound-filter, --no-outbound-filter"
-
-
-UP_DOWN = exclusive(
-    arg("--up", dest="admin_state_up", action="store_const", const=True,
-        help="set the admin state up"),
-    arg("--down", dest="admin_state_up", action="store_const", const=False,
-        help="set the admin state down"),
-)
 
 # ---------------------------------------------------------------------- hosts
 
 group("host", "hosts of the cloud (one agent each)")
 
-HOST_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("ALIVE", lambda h: None if "alive" not in h else ("alive" if h["alive"] else "DOWN")),
-    col("DESCRIPTION", "description"),
-]
-HOST_ORDER = ("id", "name", "description", "alive", "state", "version")
+HOST_COLS = columns(model.HOSTS)
+HOST_ORDER = show_order(model.HOSTS)
 
 
 def _host_id(ctx: Context, ref: str) -> str:
@@ -149,13 +86,8 @@ def host_bindings(ctx: Context, a: argparse.Namespace) -> None:
 
 group("tunnel-zone", "tunnel zones: which hosts tunnel to each other, and how")
 
-TZ_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TYPE", "type"),
-    col("MEMBERS", lambda z: len(z.get("members") or ())),
-]
-TZ_ORDER = ("id", "name", "type", "members", "version")
+TZ_COLS = columns(model.TUNNEL_ZONES)
+TZ_ORDER = show_order(model.TUNNEL_ZONES)
 MEMBER_COLS = [col("HOST ID", "host_id"), col("IP", "ip")]
 
 
@@ -235,15 +167,8 @@ def tz_member_remove(ctx: Context, a: argparse.Namespace) -> None:
 
 group("bridge", "virtual L2 bridges")
 
-BRIDGE_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("STATE", lambda b: render.updown(b.get("admin_state_up"))),
-    col("PORTS", lambda b: len(b.get("port_ids") or ())),
-]
-BRIDGE_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
-                "outbound_filter_id", "version")
+BRIDGE_COLS = columns(model.BRIDGES)
+BRIDGE_ORDER = show_order(model.BRIDGES)
 
 
 def _bridge_id(ctx: Context, ref: str) -> str:
@@ -313,17 +238,7 @@ def bridge_delete(ctx: Context, a: argparse.Namespace) -> None:
 group("port", "virtual ports of bridges and routers: exterior (bound to a host interface) "
       "or interior (linked)")
 
-PORT_COLS = [
-    col("ID", "id"),
-    col("DEVICE", "device_id"),
-    col("TYPE", "type"),
-    col("NAME", "name"),
-    col("STATE", lambda p: render.updown(p.get("admin_state_up"))),
-    col("HOST", "host_id"),
-    col("INTERFACE", "interface_name"),
-    col("PEER", "peer_id"),
-    col("ADDRESS", lambda p: port_address(p)),
-]
+PORT_COLS = columns(model.PORTS)
 BINDING_COLS = [
     col("PORT ID", "id"),
     col("DEVICE", "device_id"),
@@ -331,12 +246,7 @@ BINDING_COLS = [
     col("NAME", "name"),
     col("STATE", lambda p: render.updown(p.get("admin_state_up"))),
 ]
-PORT_ORDER = (
-    "id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
-    "mac", "ip_address", "prefix_len", "host_id", "interface_name", "peer_id",
-    "fixed_ips", "security_group_ids", "port_security_enabled", "allowed_address_pairs",
-    "inbound_filter_id", "outbound_filter_id", "version",
-)
+PORT_ORDER = show_order(model.PORTS)
 SECURITY_ARGS = (
     arg("--mac", help="the VM's MAC (needed by port security)"),
     exclusive(
@@ -367,8 +277,6 @@ SECURITY_FLAGS = ("mac", "fixed_ip", "no_fixed_ips", "security_group", "no_secur
 
 def security_changes(ctx: Context, a: argparse.Namespace) -> dict:
     """The port-security fields given on the command line."""
-    from midoflow.cli.security import parse_pair
-
     body: dict = {}
     if a.mac is not None:
         body["mac"] = a.mac
@@ -383,13 +291,6 @@ def security_changes(ctx: Context, a: argparse.Namespace) -> dict:
     if a.allowed_address_pair or a.no_allowed_address_pairs:
         body["allowed_address_pairs"] = [parse_pair(p) for p in a.allowed_address_pair or []]
     return body
-
-
-def port_address(p: dict) -> str | None:
-    """A router port's ``ip/len``; None for a bridge port."""
-    if p.get("ip_address") is None:
-        return None
-    return f"{p['ip_address']}/{p.get('prefix_len')}"
 
 
 def _port_id(ctx: Context, ref: str) -> str:

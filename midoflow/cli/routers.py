@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from midoflow import model
 from midoflow.cli import render
 from midoflow.cli.base import Context, UsageError, arg, command, exclusive, group
 from midoflow.cli.client import ResolveError
+from midoflow.cli.columns import columns, port_address, show_order
+from midoflow.cli.common import FILTER_ARGS, IF_VERSION, UP_DOWN, _deleted
 from midoflow.cli.render import col
-from midoflow.cli.resources import (
-    FILTER_ARGS,
-    IF_VERSION,
-    PORT_ORDER,
-    UP_DOWN,
-    _deleted,
-    device_changes,
-    port_address,
-)
+from midoflow.cli.resources import PORT_ORDER, device_changes
 from midoflow.model import PORT_EXTERIOR, PORT_INTERIOR, ROUTE_NORMAL, ROUTE_TYPES
 
 # -------------------------------------------------------------------- routers
 
 group("router", "virtual L3 routers")
 
-ROUTER_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("STATE", lambda r: render.updown(r.get("admin_state_up"))),
-    col("PORTS", lambda r: len(r.get("port_ids") or ())),
-]
-ROUTER_ORDER = ("id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
-                "outbound_filter_id", "version")
+ROUTER_COLS = columns(model.ROUTERS)
+ROUTER_ORDER = show_order(model.ROUTERS)
 ROUTER_PORT_COLS = [
     col("ID", "id"),
     col("NAME", "name"),
@@ -151,17 +139,8 @@ def router_add_port(ctx: Context, a: argparse.Namespace) -> None:
 
 group("route", "routes of routers (connected networks come from the router's ports)")
 
-ROUTE_COLS = [
-    col("ID", "id"),
-    col("DESTINATION", "dst_cidr"),
-    col("SOURCE", lambda r: None if r.get("src_cidr") == "0.0.0.0/0" else r.get("src_cidr")),
-    col("TYPE", "type"),
-    col("NEXT HOP PORT", "next_hop_port"),
-    col("GATEWAY", "next_hop_gateway"),
-    col("WEIGHT", "weight"),
-]
-ROUTE_ORDER = ("id", "router_id", "dst_cidr", "src_cidr", "type", "next_hop_port",
-               "next_hop_gateway", "weight", "version")
+ROUTE_COLS = columns(model.ROUTES)
+ROUTE_ORDER = show_order(model.ROUTES)
 
 
 def route_id(ctx: Context, ref: str) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 
+from midoflow import model
 from midoflow.cli import render
 from midoflow.cli.base import Context, UsageError, arg, command, exclusive, group
+from midoflow.cli.columns import PROTOCOL_NAMES, PROTOCOLS, columns, range_text, show_order
+from midoflow.cli.common import IF_VERSION, _deleted
 from midoflow.cli.render import col
-from midoflow.cli.resources import IF_VERSION, _deleted
 from midoflow.model import FRAG_POLICIES, RULE_ACTIONS, RULE_CONDITIONS, RULE_JUMP
 
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
-PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
 ETH_TYPES = {"ip": 0x0800, "ipv4": 0x0800, "arp": 0x0806}
 _IP = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
 
@@ -59,98 +59,14 @@ def parse_nat_target(value: str) -> dict:
     return target
 
 
-def parse_pair(value: str) -> dict:
-    """``IP[/LEN][,MAC]`` -> an allowed address pair."""
-    ip, _, mac = value.partition(",")
-    if not ip:
-        raise UsageError(f"--allowed-address-pair wants IP[/LEN][,MAC], not {value!r}")
-    pair: dict = {"ip_address": ip}
-    if mac:
-        pair["mac_address"] = mac
-    return pair
-
-
-# ------------------------------------------------------------------- render
-def _range(r: list | None) -> str:
-    if not r:
-        return ""
-    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
-
-
-def rule_match(r: dict) -> str:
-    """The rule's conditions, e.g. ``tcp nw_src!=10.0.0.0/8 tp_dst=80 return-flow``."""
-    parts = []
-    inv = set(r.get("invert") or ())
-
-    def cond(name: str, text: str) -> None:
-        parts.append(f"{name}{'!=' if name in inv else '='}{text}")
-
-    for f in ("in_ports", "out_ports"):
-        if r.get(f):
-            cond(f, ",".join(r[f]))
-    for f in ("port_group", "ip_addr_group_src", "ip_addr_group_dst"):
-        if r.get(f):
-            cond(f, r[f])
-    if r.get("eth_type") is not None:
-        cond("eth_type", f"0x{r['eth_type']:04x}")
-    for f in ("eth_src", "eth_dst", "nw_src", "nw_dst"):
-        if r.get(f):
-            cond(f, r[f])
-    if r.get("nw_proto") is not None:
-        cond("nw_proto", PROTOCOL_NAMES.get(r["nw_proto"], str(r["nw_proto"])))
-    if r.get("nw_tos") is not None:
-        cond("nw_tos", str(r["nw_tos"]))
-    for f in ("tp_src", "tp_dst"):
-        if r.get(f):
-            cond(f, _range(r[f]))
-    if r.get("match_forward_flow"):
-        parts.append("forward-flow")
-    if r.get("match_return_flow"):
-        parts.append("return-flow")
-    if r.get("fragment_policy") not in (None, "any"):
-        parts.append(f"fragments={r['fragment_policy']}")
-    return " ".join(parts) or "any"
-
-
-def rule_action(r: dict) -> str:
-    action = r.get("action") or ""
-    if action == RULE_JUMP:
-        return f"jump {r.get('jump_chain_id')}"
-    if r.get("nat_targets"):
-        targets = []
-        for t in r["nat_targets"]:
-            addr = t["addr_from"] if t["addr_from"] == t["addr_to"] else \
-                f"{t['addr_from']}-{t['addr_to']}"
-            if t.get("port_from"):
-                addr += f":{_range([t['port_from'], t['port_to']])}"
-            targets.append(addr)
-        return f"{action} {', '.join(targets)}"
-    return action
-
-
 # ------------------------------------------------------------------- chains
 group("chain", "rule chains: the filters of ports, bridges and routers (chains named sg-* "
       "and port-* are generated from security groups and port security)")
 
-CHAIN_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("RULES", lambda c: len(c.get("rule_ids") or ())),
-    col("GENERATED", "generated"),
-]
-CHAIN_ORDER = ("id", "name", "tenant_id", "generated", "rule_ids", "version")
-RULE_COLS = [
-    col("#", "position"),
-    col("ID", "id"),
-    col("ACTION", rule_action),
-    col("MATCH", rule_match),
-]
-RULE_ORDER = ("id", "chain_id", "action", "jump_chain_id", "nat_targets", "in_ports",
-              "out_ports", "port_group", "ip_addr_group_src", "ip_addr_group_dst", "eth_type",
-              "eth_src", "eth_dst", "nw_src", "nw_dst", "nw_proto", "nw_tos", "tp_src",
-              "tp_dst", "match_forward_flow", "match_return_flow", "fragment_policy",
-              "invert", "generated", "version")
+CHAIN_COLS = columns(model.CHAINS)
+CHAIN_ORDER = show_order(model.CHAINS)
+RULE_COLS = columns(model.RULES)
+RULE_ORDER = show_order(model.RULES)
 
 
 def chain_id(ctx: Context, ref: str) -> str:
@@ -343,14 +259,8 @@ def rule_delete(ctx: Context, a: argparse.Namespace) -> None:
 # -------------------------------------------------------------- port groups
 group("port-group", "groups of ports, for rules (a stateful group shares flow state)")
 
-PG_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("STATEFUL", "stateful"),
-    col("PORTS", lambda g: len(g.get("port_ids") or ())),
-]
-PG_ORDER = ("id", "name", "tenant_id", "stateful", "port_ids", "version")
+PG_COLS = columns(model.PORT_GROUPS)
+PG_ORDER = show_order(model.PORT_GROUPS)
 
 
 def port_group_id(ctx: Context, ref: str) -> str:
@@ -410,10 +320,8 @@ def pg_delete(ctx: Context, a: argparse.Namespace) -> None:
 
 @command("port-group", "ports", "the ports of a port group", [arg("group", help="id or name")])
 def pg_ports(ctx: Context, a: argparse.Namespace) -> None:
-    from midoflow.cli.resources import PORT_COLS
-
     rows = ctx.client.get(f"/port_groups/{port_group_id(ctx, a.group)}/ports")
-    ctx.emit(rows, lambda rs: render.table(rs, PORT_COLS))
+    ctx.emit(rows, lambda rs: render.table(rs, columns(model.PORTS)))
 
 
 @command("port-group", "add-port", "add a port to a port group", [
@@ -442,14 +350,8 @@ def pg_remove_port(ctx: Context, a: argparse.Namespace) -> None:
 group("ip-group", "IP address groups, for rules (sg-* groups are generated from security "
       "groups)")
 
-IPG_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("ADDRESSES", "addresses"),
-    col("GENERATED", "generated"),
-]
-IPG_ORDER = ("id", "name", "tenant_id", "generated", "addresses", "version")
+IPG_COLS = columns(model.IP_ADDR_GROUPS)
+IPG_ORDER = show_order(model.IP_ADDR_GROUPS)
 
 
 def ip_group_id(ctx: Context, ref: str) -> str:
@@ -527,15 +429,8 @@ def ipg_remove(ctx: Context, a: argparse.Namespace) -> None:
 group("security-group", "Neutron security groups (kept as generated chains); attach them "
       "with 'port update --security-group'")
 
-SG_COLS = [
-    col("ID", "id"),
-    col("NAME", "name"),
-    col("TENANT", "tenant_id"),
-    col("RULES", lambda g: len(g.get("rules") or ())),
-    col("DESCRIPTION", "description"),
-]
-SG_ORDER = ("id", "name", "tenant_id", "description", "ip_addr_group_id", "ingress_chain_id",
-            "egress_chain_id", "version")
+SG_COLS = columns(model.SECURITY_GROUPS)
+SG_ORDER = show_order(model.SECURITY_GROUPS)
 
 
 def _sg_proto(r: dict) -> str:
@@ -549,7 +444,7 @@ def _sg_ports(r: dict) -> str | None:
         return None
     if r.get("protocol") == PROTOCOLS["icmp"]:
         return f"type {lo} code {hi}"
-    return _range([lo, hi])
+    return range_text([lo, hi])
 
 
 SG_RULE_COLS = [

@@ -37,14 +37,28 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+with warnings.catch_warnings():
+    # cassandra.cluster imports its eventlet reactor (to detect monkey patching)
+    # and eventlet announces its own deprecation on import: not ours to report.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import cassandra.cluster  # noqa: F401
+
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.policies import WhiteListRoundRobinPolicy
+from cassandra.protocol import ErrorMessage
+from cassandra.query import SimpleStatement, tuple_factory
 
 JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64/bin/java",)
 CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
@@ -290,17 +304,16 @@ def _progress(msg: str, quiet: bool) -> None:
         print(f"[cassandra] {msg}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------- a minimal CQL client
-# Enough of the native protocol (v4) to ask a node whether it serves, without
-# the driver (its threads and reconnection logic are not wanted in a probe).
+# ------------------------------------------------- CQL through cassandra-driver
+# Each call is one short-lived driver session pinned to one node (that node
+# coordinates the query), with schema and token metadata off: a probe, not a
+# client. The consistency constants are the driver's ConsistencyLevel values.
 
-_CQL_VERSION = 0x04
-_OP_ERROR, _OP_STARTUP, _OP_READY, _OP_QUERY, _OP_RESULT = 0x00, 0x01, 0x02, 0x07, 0x08
-CL_ONE, CL_QUORUM, CL_ALL = 0x0001, 0x0004, 0x0005
+CL_ONE, CL_QUORUM, CL_ALL = ConsistencyLevel.ONE, ConsistencyLevel.QUORUM, ConsistencyLevel.ALL
 
 
 class CqlError(Exception):
-    """The node answered with an error frame (code, message)."""
+    """The node answered with an error (code, message)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code:#06x}: {message}")
@@ -308,121 +321,41 @@ class CqlError(Exception):
         self.message = message
 
 
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack(">H", len(b)) + b
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        b = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return b
-
-    def int(self) -> int:
-        return struct.unpack(">i", self.take(4))[0]
-
-    def short(self) -> int:
-        return struct.unpack(">H", self.take(2))[0]
-
-    def string(self) -> str:
-        return self.take(self.short()).decode(errors="replace")
-
-    def bytes(self) -> bytes | None:
-        n = self.int()
-        return None if n < 0 else self.take(n)
-
-    def option(self) -> None:
-        kind = self.short()
-        if kind == 0x0000:  # custom
-            self.string()
-        elif kind in (0x0020, 0x0022):  # list, set
-            self.option()
-        elif kind == 0x0021:  # map
-            self.option()
-            self.option()
-        elif kind == 0x0030:  # UDT
-            self.string()
-            self.string()
-            for _ in range(self.short()):
-                self.string()
-                self.option()
-        elif kind == 0x0031:  # tuple
-            for _ in range(self.short()):
-                self.option()
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the node")
-        buf += chunk
-    return bytes(buf)
-
-
-def _frame(sock: socket.socket, stream: int, opcode: int, body: bytes) -> tuple[int, bytes]:
-    sock.sendall(struct.pack(">BBhBi", _CQL_VERSION, 0, stream, opcode, len(body)) + body)
-    while True:
-        _ver, _flags, rstream, op, length = struct.unpack(">BBhBi", _recv_exact(sock, 9))
-        payload = _recv_exact(sock, length)
-        if rstream == stream:
-            break  # stream -1 frames are server events; none are registered here
-    if op == _OP_ERROR:
-        r = _Reader(payload)
-        code = r.int()
-        raise CqlError(code, r.string())
-    return op, payload
-
-
 def cql_query(host: str, port: int, query: str, consistency: int = CL_ONE,
-              timeout: float = 5.0) -> list[list[bytes | None]]:
-    """Run one CQL query over a fresh connection; the rows (cells as raw
-    bytes). Raises OSError when nothing answers, CqlError on an error frame."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        startup = struct.pack(">H", 1) + _string("CQL_VERSION") + _string("3.0.0")
-        op, _ = _frame(sock, 1, _OP_STARTUP, startup)
-        if op != _OP_READY:
-            raise CqlError(-1, f"unexpected answer to STARTUP (opcode {op:#x})")
-        qb = query.encode()
-        body = struct.pack(">i", len(qb)) + qb + struct.pack(">HB", consistency, 0)
-        op, payload = _frame(sock, 2, _OP_QUERY, body)
-    if op != _OP_RESULT:
-        raise CqlError(-1, f"unexpected answer to QUERY (opcode {op:#x})")
-    r = _Reader(payload)
-    if r.int() != 0x0002:  # not Rows (Void, SetKeyspace, SchemaChange)
-        return []
-    flags, ncols = r.int(), r.int()
-    if flags & 0x0002:  # has_more_pages
-        r.bytes()
-    if not flags & 0x0004:  # metadata present
-        if flags & 0x0001:  # global table spec
-            r.string()
-            r.string()
-        for _ in range(ncols):
-            if not flags & 0x0001:
-                r.string()
-                r.string()
-            r.string()
-            r.option()
-    return [[r.bytes() for _ in range(ncols)] for _ in range(r.int())]
+              timeout: float = 5.0) -> list[list[Any]]:
+    """Run one CQL query with ``host`` as coordinator; the rows (cells decoded
+    by the driver: str, int, UUID ...). Raises OSError when the node does not
+    answer, CqlError when it answers with an error."""
+    profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([host]),
+                               request_timeout=timeout, row_factory=tuple_factory)
+    cluster = Cluster([host], port=port, protocol_version=4, connect_timeout=timeout,
+                      control_connection_timeout=timeout,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                      schema_metadata_enabled=False, token_metadata_enabled=False)
+    try:
+        session = cluster.connect()
+        rows = session.execute(SimpleStatement(query, consistency_level=consistency))
+        return [list(r) for r in rows]
+    except ErrorMessage as e:  # the node's own error (unavailable, invalid query ...)
+        raise CqlError(e.code, e.message) from e
+    except NoHostAvailable as e:
+        errors = list(e.errors.values())
+        if errors and isinstance(errors[0], ErrorMessage):
+            raise CqlError(errors[0].code, errors[0].message) from e
+        raise ConnectionError(f"Cassandra at {host}:{port} does not answer: {e}") from e
+    except (OperationTimedOut, DriverException) as e:
+        raise ConnectionError(f"Cassandra at {host}:{port}: {e}") from e
+    finally:
+        cluster.shutdown()
 
 
 def release_version(host: str, port: int, timeout: float = 2.0) -> str | None:
     """The node's Cassandra version if it serves CQL now, else None."""
     try:
         rows = cql_query(host, port, "SELECT release_version FROM system.local", timeout=timeout)
-    except (OSError, CqlError, struct.error):
+    except (OSError, CqlError):
         return None
-    if rows and rows[0][0] is not None:
-        return rows[0][0].decode()
-    return None
+    return rows[0][0] if rows and rows[0][0] is not None else None
 
 
 # ------------------------------------------------------------------------ node
@@ -772,7 +705,7 @@ class CassandraCluster:
                 cql_query(n.address, n.native_port, query, consistency=CL_ALL, timeout=5.0)
                 rows = cql_query(n.address, n.native_port,
                                  "SELECT schema_version FROM system.local", timeout=5.0)
-            except (OSError, CqlError, struct.error):
+            except (OSError, CqlError):
                 return False
             versions.add(rows[0][0] if rows else None)
         return len(versions) == 1 and None not in versions  # and they agree on the schema

@@ -8,7 +8,7 @@ freed (and, by ZooKeeper, when the host dies).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Protocol
 
 import netaddr
@@ -59,6 +59,40 @@ def _blocks(lo: int, hi: int) -> range:
     return range(lo // BLOCK_SIZE, hi // BLOCK_SIZE + 1)
 
 
+def _span(t: NatTarget) -> tuple[int, int]:
+    lo, hi = (t.port_from, t.port_to) if t.port_to else (PORT_MIN, PORT_MAX)
+    return max(lo, PORT_MIN), min(hi, PORT_MAX)
+
+
+def _free_port(block: int, used: Set[int], lo: int, hi: int,
+               skip: Collection[int] = ()) -> int | None:
+    start, end = max(block * BLOCK_SIZE, lo), min(block * BLOCK_SIZE + BLOCK_SIZE - 1, hi)
+    if end - start + 1 <= len(used):
+        return None
+    for port in range(start, end + 1):
+        if port not in used and port not in skip:
+            return port
+    return None
+
+
+def propose(leased: Mapping[tuple[str, int, int], Set[int]], targets: Sequence[NatTarget],
+            proto: int, taken: Collection[tuple[str, int, int]] = ()) -> tuple[str, int] | None:
+    """A free (address, port) of the targets in the blocks already leased
+    (``leased``: (ip, proto, block) -> ports in use), skipping ``taken``
+    ((ip, port, proto) proposed but not yet committed). Pure: it changes
+    nothing; None when no leased block has a free port (lease another)."""
+    for t in targets:
+        lo, hi = _span(t)
+        for ip in (str(a) for a in netaddr.iter_iprange(t.addr_from, t.addr_to)):
+            skip = {port for tip, port, tproto in taken if tip == ip and tproto == proto}
+            for (lip, lproto, block), used in leased.items():
+                if lip == ip and lproto == proto:
+                    port = _free_port(block, used, lo, hi, skip)
+                    if port is not None:
+                        return ip, port
+    return None
+
+
 class NatAllocator:
     """One host's SNAT ports. ``allocate`` returns an (ip, port) that no live
     connection of any host holds for the protocol; ``free`` gives it back."""
@@ -70,55 +104,52 @@ class NatAllocator:
         self.leased: dict[tuple[str, int, int], set[int]] = {}
 
     def allocate(self, targets: Sequence[NatTarget], proto: int) -> tuple[str, int]:
-        if not targets:
-            raise NatExhausted("no NAT target")
+        """Propose, leasing a block when none has a free port, and take."""
+        got = self.propose(targets, proto)
+        if got is None and self.lease(targets, proto):
+            got = self.propose(targets, proto)
+        if got is None or not self.take(got[0], got[1], proto):
+            raise NatExhausted(f"every {proto=} address and port of {len(targets)} NAT "
+                               "target(s) is in use")
+        return got
+
+    def propose(self, targets: Sequence[NatTarget], proto: int,
+                taken: Collection[tuple[str, int, int]] = ()) -> tuple[str, int] | None:
+        """See :func:`propose` (this host's leased blocks; no effect)."""
+        return propose(self.leased, targets, proto, taken)
+
+    def take(self, ip: str, port: int, proto: int) -> bool:
+        """Commit a proposal: False when the port is no longer free (taken
+        meanwhile) or its block is not ours."""
+        used = self.leased.get((ip, proto, port // BLOCK_SIZE))
+        if used is None or port in used:
+            return False
+        used.add(port)
+        return True
+
+    def lease(self, targets: Sequence[NatTarget], proto: int) -> bool:
+        """Lease one more block with a port in the targets (a store write):
+        False when every block is held (by us or by other hosts)."""
         for t in targets:
-            lo, hi = (t.port_from, t.port_to) if t.port_to else (PORT_MIN, PORT_MAX)
-            lo, hi = max(lo, PORT_MIN), min(hi, PORT_MAX)
+            lo, hi = _span(t)
             for ip in (str(a) for a in netaddr.iter_iprange(t.addr_from, t.addr_to)):
-                got = self._from_leased(ip, proto, lo, hi) or self._lease(ip, proto, lo, hi)
-                if got is not None:
-                    return ip, got
-        raise NatExhausted(f"every {proto=} address and port of {len(targets)} NAT "
-                           "target(s) is in use")
+                if self._lease(ip, proto, lo, hi):
+                    return True
+        return False
 
-    def _from_leased(self, ip: str, proto: int, lo: int, hi: int) -> int | None:
-        for (lip, lproto, block), used in self.leased.items():
-            if lip != ip or lproto != proto:
-                continue
-            port = self._free_port(block, used, lo, hi)
-            if port is not None:
-                used.add(port)
-                return port
-        return None
-
-    @staticmethod
-    def _free_port(block: int, used: set[int], lo: int, hi: int) -> int | None:
-        start, end = max(block * BLOCK_SIZE, lo), min(block * BLOCK_SIZE + BLOCK_SIZE - 1, hi)
-        if end - start + 1 <= len(used):
-            return None
-        for port in range(start, end + 1):
-            if port not in used:
-                return port
-        return None
-
-    def _lease(self, ip: str, proto: int, lo: int, hi: int) -> int | None:
+    def _lease(self, ip: str, proto: int, lo: int, hi: int) -> bool:
         blocks = _blocks(lo, hi)
         first = zlib.crc32(f"{self.salt}|{ip}|{proto}".encode()) % len(blocks)
         for i in range(len(blocks)):
             block = blocks[(first + i) % len(blocks)]
             if (ip, proto, block) in self.leased:
                 continue
+            if _free_port(block, set(), lo, hi) is None:  # the range covers none of it
+                continue
             if self.leaser.try_lease(ip, proto, block):
-                used: set[int] = set()
-                port = self._free_port(block, used, lo, hi)
-                if port is None:  # the range covers none of this block's ports
-                    self.leaser.release(ip, proto, block)
-                    continue
-                used.add(port)
-                self.leased[(ip, proto, block)] = used
-                return port
-        return None
+                self.leased[(ip, proto, block)] = set()
+                return True
+        return False
 
     def free(self, ip: str, port: int, proto: int) -> None:
         key = (ip, proto, port // BLOCK_SIZE)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from midoflow.nat.conntrack import ConnKey
-from midoflow.sim.packet import PROTO_ICMP
+from midoflow.nat.conntrack import PROTO_ICMP, ConnKey
 
 SNAT, DNAT = "snat", "dnat"
 

@@ -12,8 +12,12 @@ key to every host that may see the reply before it forwards the first packet
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from midoflow.sim.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+# IP protocol numbers (IANA); midoflow.sim.packet re-exports them.
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
 
 # MidoNet's idle timeout for flow state; refreshed by traffic.
 IDLE_SECONDS = 60.0
@@ -21,6 +25,17 @@ IDLE_SECONDS = 60.0
 CLOSING_SECONDS = 10.0
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
 _WITH_PORTS = (PROTO_TCP, PROTO_UDP)
+
+
+class Headers(Protocol):
+    """The packet fields a connection key reads (midoflow.sim.packet.Packet)."""
+
+    ip_src: str | None
+    ip_dst: str | None
+    ip_proto: int | None
+    tp_src: int | None
+    tp_dst: int | None
+    icmp_id: int | None
 
 
 @dataclass(frozen=True, order=True)
@@ -36,7 +51,7 @@ class ConnKey:
     dport: int
 
     @classmethod
-    def of(cls, device: str, pkt: Packet) -> ConnKey | None:
+    def of(cls, device: str, pkt: Headers) -> ConnKey | None:
         """The key of an IPv4 packet at ``device`` (None for non-IP)."""
         if pkt.ip_src is None or pkt.ip_dst is None or pkt.ip_proto is None:
             return None
@@ -120,6 +135,12 @@ class ConnTrackTable:
             return False
         return True
 
+    def live(self, key: ConnKey, now: float) -> bool:
+        """:meth:`is_return` without its side effect (an expired key stays
+        until :meth:`expire`): for read-only views."""
+        c = self._conns.get(key)
+        return c is not None and c.expires > now
+
     def refresh(self, ret: ConnKey, now: float) -> None:
         c = self._conns.get(ret)
         if c is not None and not c.closing:
@@ -162,6 +183,6 @@ class ConnTrackTable:
         return gone
 
 
-def icmp_is_error(pkt: Packet) -> bool:
+def icmp_is_error(pkt: Headers) -> bool:
     """ICMP errors relate to a connection by the packet they quote."""
     return pkt.ip_proto == PROTO_ICMP and pkt.tp_src in (3, 4, 5, 11, 12)

@@ -21,6 +21,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import routes
 import webob
 
 from midoflow.errors import Invalid, MidoflowError, TooLarge
+from midoflow.kinds import KINDS
 from midoflow.service.topology import TopologyService
 from midoflow.store.base import Store
 
@@ -203,84 +205,92 @@ def _safe_path(environ: dict) -> str:
     return repr(environ.get("PATH_INFO", ""))[1:-1][:200]
 
 
-# (route name, path template, {method: handler name})
-ROUTES: list[tuple[str, str, dict[str, str]]] = [
+@dataclass(frozen=True)
+class Crud:
+    """What a generated handler does: ``op`` on ``kind``; ``tenant``: the list filter
+    (a query parameter); ``check``: the service getter called first, so a missing
+    object answers 404 before its body is read (400/413/415)."""
+
+    op: str
+    kind: str
+    tenant: str | None = None
+    check: str | None = None
+    parent: str | None = None
+
+
+_STATUS = {"list": 200, "list_under": 200, "get": 200, "update": 200, "create": 201,
+           "create_under": 201, "delete": 204}
+
+
+# (route name, path template, {method: handler name}) of what is not a kind's CRUD;
+# :func:`kind_routes` adds the CRUD routes of every declared kind.
+SPECIAL_ROUTES: list[tuple[str, str, dict[str, str]]] = [
     ("index", "", {"GET": "index"}),
     ("index_slash", "/", {"GET": "index"}),
     ("openapi_yaml", "/openapi.yaml", {"GET": "openapi_yaml"}),
     ("openapi_json", "/openapi.json", {"GET": "openapi_json"}),
     ("status", "/status", {"GET": "status"}),
-    ("hosts", "/hosts", {"GET": "list_hosts", "POST": "create_host"}),
-    ("host", "/hosts/{id}", {"GET": "get_host", "PUT": "update_host", "DELETE": "delete_host"}),
     ("host_bindings", "/hosts/{id}/bindings", {"GET": "host_bindings"}),
-    ("tzs", "/tunnel_zones", {"GET": "list_tunnel_zones", "POST": "create_tunnel_zone"}),
-    ("tz", "/tunnel_zones/{id}", {"GET": "get_tunnel_zone", "PUT": "update_tunnel_zone",
-                                  "DELETE": "delete_tunnel_zone"}),
     ("tz_members", "/tunnel_zones/{id}/members", {"GET": "list_members", "POST": "add_member"}),
     ("tz_member", "/tunnel_zones/{id}/members/{host_id}", {"DELETE": "remove_member"}),
-    ("bridges", "/bridges", {"GET": "list_bridges", "POST": "create_bridge"}),
-    ("bridge", "/bridges/{id}", {"GET": "get_bridge", "PUT": "update_bridge",
-                                 "DELETE": "delete_bridge"}),
-    ("bridge_ports", "/bridges/{id}/ports", {"GET": "list_bridge_ports",
-                                             "POST": "create_port"}),
-    ("ports", "/ports", {"GET": "list_ports"}),
-    ("port", "/ports/{id}", {"GET": "get_port", "PUT": "update_port", "DELETE": "delete_port"}),
     ("port_binding", "/ports/{id}/binding", {"PUT": "set_binding", "DELETE": "unbind_port"}),
     ("port_link", "/ports/{id}/link", {"PUT": "set_link", "DELETE": "unlink_port"}),
-    ("port_bgp_peers", "/ports/{id}/bgp_peers", {"GET": "list_port_bgp_peers",
-                                                 "POST": "create_bgp_peer"}),
-    ("port_bgp_networks", "/ports/{id}/bgp_networks", {"GET": "list_port_bgp_networks",
-                                                       "POST": "create_bgp_network"}),
-    ("routers", "/routers", {"GET": "list_routers", "POST": "create_router"}),
-    ("router", "/routers/{id}", {"GET": "get_router", "PUT": "update_router",
-                                 "DELETE": "delete_router"}),
-    ("router_ports", "/routers/{id}/ports", {"GET": "list_router_ports",
-                                             "POST": "create_router_port"}),
-    ("router_routes", "/routers/{id}/routes", {"GET": "list_router_routes",
-                                               "POST": "create_route"}),
     ("router_learned_routes", "/routers/{id}/learned_routes",
      {"GET": "list_learned_routes"}),
-    ("routes", "/routes", {"GET": "list_routes"}),
-    ("route", "/routes/{id}", {"GET": "get_route", "PUT": "update_route",
-                               "DELETE": "delete_route"}),
-    ("chains", "/chains", {"GET": "list_chains", "POST": "create_chain"}),
-    ("chain", "/chains/{id}", {"GET": "get_chain", "PUT": "update_chain",
-                               "DELETE": "delete_chain"}),
-    ("chain_rules", "/chains/{id}/rules", {"GET": "list_chain_rules", "POST": "create_rule"}),
-    ("rules", "/rules", {"GET": "list_rules"}),
-    ("rule", "/rules/{id}", {"GET": "get_rule", "PUT": "update_rule", "DELETE": "delete_rule"}),
-    ("pgs", "/port_groups", {"GET": "list_port_groups", "POST": "create_port_group"}),
-    ("pg", "/port_groups/{id}", {"GET": "get_port_group", "PUT": "update_port_group",
-                                 "DELETE": "delete_port_group"}),
     ("pg_ports", "/port_groups/{id}/ports", {"GET": "list_port_group_ports",
                                              "POST": "add_port_group_port"}),
     ("pg_port", "/port_groups/{id}/ports/{port_id}", {"DELETE": "remove_port_group_port"}),
-    ("ipags", "/ip_addr_groups", {"GET": "list_ip_addr_groups", "POST": "create_ip_addr_group"}),
-    ("ipag", "/ip_addr_groups/{id}", {"GET": "get_ip_addr_group", "PUT": "update_ip_addr_group",
-                                      "DELETE": "delete_ip_addr_group"}),
     ("ipag_addrs", "/ip_addr_groups/{id}/addresses",
      {"GET": "list_ip_addr_group_addresses", "POST": "add_ip_addr_group_address"}),
     ("ipag_addr", "/ip_addr_groups/{id}/addresses/{address}",
      {"DELETE": "remove_ip_addr_group_address"}),
-    ("sgs", "/security_groups", {"GET": "list_security_groups",
-                                 "POST": "create_security_group"}),
-    ("sg", "/security_groups/{id}", {"GET": "get_security_group",
-                                     "PUT": "update_security_group",
-                                     "DELETE": "delete_security_group"}),
     ("sg_rules", "/security_groups/{id}/rules", {"GET": "list_security_group_rules",
                                                  "POST": "add_security_group_rule"}),
     ("sg_rule", "/security_groups/{id}/rules/{rule_id}",
      {"GET": "get_security_group_rule", "DELETE": "delete_security_group_rule"}),
-    ("bgp_peers", "/bgp_peers", {"GET": "list_bgp_peers"}),
-    ("bgp_peer", "/bgp_peers/{id}", {"GET": "get_bgp_peer", "PUT": "update_bgp_peer",
-                                     "DELETE": "delete_bgp_peer"}),
-    ("bgp_networks", "/bgp_networks", {"GET": "list_bgp_networks"}),
-    ("bgp_network", "/bgp_networks/{id}", {"GET": "get_bgp_network",
-                                           "DELETE": "delete_bgp_network"}),
     ("trace", "/trace", {"POST": "trace"}),
 ]
+
+
+def kind_routes() -> tuple[list[tuple[str, str, dict[str, str]]], dict[str, Crud]]:
+    """The CRUD routes of every declared kind, and what each handler does.
+
+    Handler names are the service's method names: ``list_hosts``, ``get_host``,
+    ``create_host``, ...; under a parent ``list_bridge_ports`` and ``create_port``
+    (``create_<parent>_<kind>`` where the parent has its own create schema)."""
+    routes_: list[tuple[str, str, dict[str, str]]] = []
+    crud: dict[str, Crud] = {}
+
+    def add(name: str, path: str, ops: dict[str, tuple[str, Crud]]) -> None:
+        routes_.append((name, path, {m: h for m, (h, _) in ops.items()}))
+        crud.update(ops.values())
+
+    for k in KINDS.values():
+        one = k.name[:-1]
+        coll = {"GET": (f"list_{k.name}", Crud("list", k.name, k.tenant))}
+        if k.top_create:
+            coll["POST"] = (f"create_{one}", Crud("create", k.name))
+        add(k.name, f"/{k.name}", coll)
+        item = {"GET": (f"get_{one}", Crud("get", k.name))}
+        if k.updatable:
+            item["PUT"] = (f"update_{one}", Crud("update", k.name, check=f"get_{one}"))
+        item["DELETE"] = (f"delete_{one}", Crud("delete", k.name))
+        add(one, f"/{k.name}/{{id}}", item)
+        own_schema = dict(k.parent_create)
+        for parent, _field in k.parents:
+            p1 = parent[:-1]
+            create = f"create_{p1}_{one}" if parent in own_schema else f"create_{one}"
+            add(f"{p1}_{k.name}", f"/{parent}/{{id}}/{k.name}", {
+                "GET": (f"list_{p1}_{k.name}", Crud("list_under", k.name, parent=parent)),
+                "POST": (create, Crud("create_under", k.name, check=f"get_{p1}",
+                                      parent=parent)),
+            })
+    return routes_, crud
+
+
 # Path parameters besides the object's id.
 PATH_PARAMS = ("id", "host_id", "port_id", "address", "rule_id")
+ROUTES = SPECIAL_ROUTES + kind_routes()[0]
 
 
 class Api:
@@ -291,7 +301,8 @@ class Api:
         self.mapper = routes.Mapper()
         self.mapper.minimization = False
         self.methods: dict[str, dict[str, str]] = {}
-        for name, path, methods in ROUTES:
+        kind_routes_, self.crud_ops = kind_routes()
+        for name, path, methods in SPECIAL_ROUTES + kind_routes_:
             self.mapper.connect(name, PREFIX + path, route=name,
                                 requirements={k: "[^/]+" for k in PATH_PARAMS})
             self.methods[name] = methods
@@ -333,7 +344,48 @@ class Api:
                           f"{req.method} is not allowed here; allowed: {allow}",
                           headers={"Allow": allow})
         args = {k: val for k, val in match.items() if k in PATH_PARAMS}
+        if handler in self.crud_ops:
+            return self.crud(req, handler, self.crud_ops[handler], **args)
         return getattr(self, "h_" + handler)(req, **args)
+
+    def crud(self, req: webob.Request, handler: str, what: Crud, **args: str) -> webob.Response:
+        """A kind's CRUD request: the service method named like the handler."""
+        if not hasattr(self.service, handler):
+            return self.generic(req, what, **args)
+        method = getattr(self.service, handler)
+        if what.check:
+            getattr(self.service, what.check)(args["id"])  # 404 before 400/415
+        if what.op == "list":
+            kw = {"tenant_id": req.GET.get(what.tenant)} if what.tenant else {}
+            result = method(**kw)
+        elif what.op == "create":
+            result = method(read_json(req))
+        elif what.op in ("update", "create_under"):
+            result = method(args["id"], read_json(req))
+        else:  # get, delete, list_under
+            result = method(args["id"])
+        return _json_response(_STATUS[what.op], None if what.op == "delete" else result)
+
+    def generic(self, req: webob.Request, what: Crud, **args: str) -> webob.Response:
+        """A kind with no special rules: its declaration's CRUD (service.kind)."""
+        crud = self.service.kind(what.kind)
+        if what.op == "list":
+            result: Any = crud.list(req.GET.get(what.tenant) if what.tenant else None)
+        elif what.op == "list_under":
+            result = crud.list_under(what.parent or "", args["id"])
+        elif what.op == "create":
+            result = crud.create(read_json(req))
+        elif what.op == "create_under":
+            self.service.kind(what.parent or what.kind).get(args["id"])  # 404 first
+            result = crud.create(read_json(req), what.parent, args["id"])
+        elif what.op == "update":
+            crud.get(args["id"])
+            result = crud.update(args["id"], read_json(req))
+        elif what.op == "delete":
+            result = crud.delete(args["id"])
+        else:
+            result = crud.get(args["id"])
+        return _json_response(_STATUS[what.op], None if what.op == "delete" else result)
 
     # ------------------------------------------------------------ handlers
     def h_index(self, req: webob.Request) -> webob.Response:
@@ -342,19 +394,7 @@ class Api:
             "version": "v1",
             "resources": {
                 "status": PREFIX + "/status",
-                "hosts": PREFIX + "/hosts",
-                "tunnel_zones": PREFIX + "/tunnel_zones",
-                "bridges": PREFIX + "/bridges",
-                "ports": PREFIX + "/ports",
-                "routers": PREFIX + "/routers",
-                "routes": PREFIX + "/routes",
-                "chains": PREFIX + "/chains",
-                "rules": PREFIX + "/rules",
-                "port_groups": PREFIX + "/port_groups",
-                "ip_addr_groups": PREFIX + "/ip_addr_groups",
-                "security_groups": PREFIX + "/security_groups",
-                "bgp_peers": PREFIX + "/bgp_peers",
-                "bgp_networks": PREFIX + "/bgp_networks",
+                **{name: f"{PREFIX}/{name}" for name in KINDS},
                 "trace": PREFIX + "/trace",
                 "openapi": PREFIX + "/openapi.yaml",
             },
@@ -373,44 +413,10 @@ class Api:
         return _json_response(200, self.service.status())
 
     # hosts
-    def h_list_hosts(self, req):
-        return _json_response(200, self.service.list_hosts())
-
-    def h_create_host(self, req):
-        return _json_response(201, self.service.create_host(read_json(req)))
-
-    def h_get_host(self, req, id):
-        return _json_response(200, self.service.get_host(id))
-
-    def h_update_host(self, req, id):
-        self.service.get_host(id)  # 404 before 400/415 for a missing host
-        return _json_response(200, self.service.update_host(id, read_json(req)))
-
-    def h_delete_host(self, req, id):
-        self.service.delete_host(id)
-        return _json_response(204)
-
     def h_host_bindings(self, req, id):
         return _json_response(200, self.service.host_bindings(id))
 
     # tunnel zones
-    def h_list_tunnel_zones(self, req):
-        return _json_response(200, self.service.list_tunnel_zones())
-
-    def h_create_tunnel_zone(self, req):
-        return _json_response(201, self.service.create_tunnel_zone(read_json(req)))
-
-    def h_get_tunnel_zone(self, req, id):
-        return _json_response(200, self.service.get_tunnel_zone(id))
-
-    def h_update_tunnel_zone(self, req, id):
-        self.service.get_tunnel_zone(id)
-        return _json_response(200, self.service.update_tunnel_zone(id, read_json(req)))
-
-    def h_delete_tunnel_zone(self, req, id):
-        self.service.delete_tunnel_zone(id)
-        return _json_response(204)
-
     def h_list_members(self, req, id):
         return _json_response(200, self.service.list_members(id))
 
@@ -421,47 +427,7 @@ class Api:
     def h_remove_member(self, req, id, host_id):
         return _json_response(200, self.service.remove_member(id, host_id))
 
-    # bridges
-    def h_list_bridges(self, req):
-        tenant = req.GET.get("tenant_id")
-        return _json_response(200, self.service.list_bridges(tenant_id=tenant))
-
-    def h_create_bridge(self, req):
-        return _json_response(201, self.service.create_bridge(read_json(req)))
-
-    def h_get_bridge(self, req, id):
-        return _json_response(200, self.service.get_bridge(id))
-
-    def h_update_bridge(self, req, id):
-        self.service.get_bridge(id)
-        return _json_response(200, self.service.update_bridge(id, read_json(req)))
-
-    def h_delete_bridge(self, req, id):
-        self.service.delete_bridge(id)
-        return _json_response(204)
-
-    def h_list_bridge_ports(self, req, id):
-        return _json_response(200, self.service.list_bridge_ports(id))
-
-    def h_create_port(self, req, id):
-        self.service.get_bridge(id)
-        return _json_response(201, self.service.create_port(id, read_json(req)))
-
     # ports
-    def h_list_ports(self, req):
-        return _json_response(200, self.service.list_ports())
-
-    def h_get_port(self, req, id):
-        return _json_response(200, self.service.get_port(id))
-
-    def h_update_port(self, req, id):
-        self.service.get_port(id)
-        return _json_response(200, self.service.update_port(id, read_json(req)))
-
-    def h_delete_port(self, req, id):
-        self.service.delete_port(id)
-        return _json_response(204)
-
     def h_set_binding(self, req, id):
         self.service.get_port(id)
         return _json_response(200, self.service.set_binding(id, read_json(req)))
@@ -476,112 +442,7 @@ class Api:
     def h_unlink_port(self, req, id):
         return _json_response(200, self.service.unlink_port(id))
 
-    # routers
-    def h_list_routers(self, req):
-        tenant = req.GET.get("tenant_id")
-        return _json_response(200, self.service.list_routers(tenant_id=tenant))
-
-    def h_create_router(self, req):
-        return _json_response(201, self.service.create_router(read_json(req)))
-
-    def h_get_router(self, req, id):
-        return _json_response(200, self.service.get_router(id))
-
-    def h_update_router(self, req, id):
-        self.service.get_router(id)
-        return _json_response(200, self.service.update_router(id, read_json(req)))
-
-    def h_delete_router(self, req, id):
-        self.service.delete_router(id)
-        return _json_response(204)
-
-    def h_list_router_ports(self, req, id):
-        return _json_response(200, self.service.list_router_ports(id))
-
-    def h_create_router_port(self, req, id):
-        self.service.get_router(id)
-        return _json_response(201, self.service.create_router_port(id, read_json(req)))
-
-    # routes
-    def h_list_router_routes(self, req, id):
-        return _json_response(200, self.service.list_router_routes(id))
-
-    def h_create_route(self, req, id):
-        self.service.get_router(id)
-        return _json_response(201, self.service.create_route(id, read_json(req)))
-
-    def h_list_routes(self, req):
-        return _json_response(200, self.service.list_routes())
-
-    def h_get_route(self, req, id):
-        return _json_response(200, self.service.get_route(id))
-
-    def h_update_route(self, req, id):
-        self.service.get_route(id)
-        return _json_response(200, self.service.update_route(id, read_json(req)))
-
-    def h_delete_route(self, req, id):
-        self.service.delete_route(id)
-        return _json_response(204)
-
-    # chains and rules
-    def h_list_chains(self, req):
-        return _json_response(200, self.service.list_chains(tenant_id=req.GET.get("tenant_id")))
-
-    def h_create_chain(self, req):
-        return _json_response(201, self.service.create_chain(read_json(req)))
-
-    def h_get_chain(self, req, id):
-        return _json_response(200, self.service.get_chain(id))
-
-    def h_update_chain(self, req, id):
-        self.service.get_chain(id)
-        return _json_response(200, self.service.update_chain(id, read_json(req)))
-
-    def h_delete_chain(self, req, id):
-        self.service.delete_chain(id)
-        return _json_response(204)
-
-    def h_list_chain_rules(self, req, id):
-        return _json_response(200, self.service.list_chain_rules(id))
-
-    def h_create_rule(self, req, id):
-        self.service.get_chain(id)
-        return _json_response(201, self.service.create_rule(id, read_json(req)))
-
-    def h_list_rules(self, req):
-        return _json_response(200, self.service.list_rules())
-
-    def h_get_rule(self, req, id):
-        return _json_response(200, self.service.get_rule(id))
-
-    def h_update_rule(self, req, id):
-        self.service.get_rule(id)
-        return _json_response(200, self.service.update_rule(id, read_json(req)))
-
-    def h_delete_rule(self, req, id):
-        self.service.delete_rule(id)
-        return _json_response(204)
-
     # port groups
-    def h_list_port_groups(self, req):
-        return _json_response(200, self.service.list_port_groups(
-            tenant_id=req.GET.get("tenant_id")))
-
-    def h_create_port_group(self, req):
-        return _json_response(201, self.service.create_port_group(read_json(req)))
-
-    def h_get_port_group(self, req, id):
-        return _json_response(200, self.service.get_port_group(id))
-
-    def h_update_port_group(self, req, id):
-        self.service.get_port_group(id)
-        return _json_response(200, self.service.update_port_group(id, read_json(req)))
-
-    def h_delete_port_group(self, req, id):
-        self.service.delete_port_group(id)
-        return _json_response(204)
-
     def h_list_port_group_ports(self, req, id):
         return _json_response(200, self.service.list_port_group_ports(id))
 
@@ -593,24 +454,6 @@ class Api:
         return _json_response(200, self.service.remove_port_group_port(id, port_id))
 
     # IP address groups
-    def h_list_ip_addr_groups(self, req):
-        return _json_response(200, self.service.list_ip_addr_groups(
-            tenant_id=req.GET.get("tenant_id")))
-
-    def h_create_ip_addr_group(self, req):
-        return _json_response(201, self.service.create_ip_addr_group(read_json(req)))
-
-    def h_get_ip_addr_group(self, req, id):
-        return _json_response(200, self.service.get_ip_addr_group(id))
-
-    def h_update_ip_addr_group(self, req, id):
-        self.service.get_ip_addr_group(id)
-        return _json_response(200, self.service.update_ip_addr_group(id, read_json(req)))
-
-    def h_delete_ip_addr_group(self, req, id):
-        self.service.delete_ip_addr_group(id)
-        return _json_response(204)
-
     def h_list_ip_addr_group_addresses(self, req, id):
         return _json_response(200, self.service.list_ip_addr_group_addresses(id))
 
@@ -622,24 +465,6 @@ class Api:
         return _json_response(200, self.service.remove_ip_addr_group_address(id, address))
 
     # security groups
-    def h_list_security_groups(self, req):
-        return _json_response(200, self.service.list_security_groups(
-            tenant_id=req.GET.get("tenant_id")))
-
-    def h_create_security_group(self, req):
-        return _json_response(201, self.service.create_security_group(read_json(req)))
-
-    def h_get_security_group(self, req, id):
-        return _json_response(200, self.service.get_security_group(id))
-
-    def h_update_security_group(self, req, id):
-        self.service.get_security_group(id)
-        return _json_response(200, self.service.update_security_group(id, read_json(req)))
-
-    def h_delete_security_group(self, req, id):
-        self.service.delete_security_group(id)
-        return _json_response(204)
-
     def h_list_security_group_rules(self, req, id):
         return _json_response(200, self.service.list_security_group_rules(id))
 
@@ -654,45 +479,7 @@ class Api:
         self.service.delete_security_group_rule(id, rule_id)
         return _json_response(204)
 
-    # BGP peers and networks of uplink ports, learned routes
-    def h_list_port_bgp_peers(self, req, id):
-        return _json_response(200, self.service.list_port_bgp_peers(id))
-
-    def h_create_bgp_peer(self, req, id):
-        self.service.get_port(id)
-        return _json_response(201, self.service.create_bgp_peer(id, read_json(req)))
-
-    def h_list_bgp_peers(self, req):
-        return _json_response(200, self.service.list_bgp_peers())
-
-    def h_get_bgp_peer(self, req, id):
-        return _json_response(200, self.service.get_bgp_peer(id))
-
-    def h_update_bgp_peer(self, req, id):
-        self.service.get_bgp_peer(id)
-        return _json_response(200, self.service.update_bgp_peer(id, read_json(req)))
-
-    def h_delete_bgp_peer(self, req, id):
-        self.service.delete_bgp_peer(id)
-        return _json_response(204)
-
-    def h_list_port_bgp_networks(self, req, id):
-        return _json_response(200, self.service.list_port_bgp_networks(id))
-
-    def h_create_bgp_network(self, req, id):
-        self.service.get_port(id)
-        return _json_response(201, self.service.create_bgp_network(id, read_json(req)))
-
-    def h_list_bgp_networks(self, req):
-        return _json_response(200, self.service.list_bgp_networks())
-
-    def h_get_bgp_network(self, req, id):
-        return _json_response(200, self.service.get_bgp_network(id))
-
-    def h_delete_bgp_network(self, req, id):
-        self.service.delete_bgp_network(id)
-        return _json_response(204)
-
+    # learned routes
     def h_list_learned_routes(self, req, id):
         return _json_response(200, self.service.list_learned_routes(id))
 

@@ -1,7 +1,6 @@
 """BGP configuration: the peers and the advertised networks of uplink ports.
 
-Part of :class:`midoflow.service.topology.TopologyService` (a mixin: it uses
-the service's helpers). A BGP peer is a session of an uplink port (an exterior
+A BGP peer is a session of an uplink port (an exterior
 router port with an address) to a directly connected router; a BGP network is
 a prefix the gateway holding the port advertises to that port's peers. The
 agent of the host the port is bound to runs the speaker (:mod:`midoflow.bgp`),
@@ -11,8 +10,8 @@ and the routes it learns under :func:`~midoflow.store.paths.learned_routes`.
 Every create touches the port (re-written unchanged: its version moves on), so
 two concurrent creations on a port cannot both pass the duplicate check, and a
 concurrent delete of the port fails instead of leaving a peer or a network
-behind. Deleting a port deletes its peers and networks in the same commit
-(:meth:`TopologyService.delete_port`).
+behind. Deleting a port deletes its peers and networks in the same commit (their
+``port_id`` is declared ``cascade``: :mod:`.refs`).
 """
 
 from __future__ import annotations
@@ -23,16 +22,12 @@ import netaddr
 
 from midoflow import model
 from midoflow.errors import Conflict, Invalid
+from midoflow.service import body as gen
 from midoflow.service import validate as v
-from midoflow.service.txn import Txn
+from midoflow.service.context import Ctx
 from midoflow.store import paths
-from midoflow.store.base import Create, Data, Delete, Update
+from midoflow.store.base import Create, Data, Update
 
-BGP_PEER_FIELDS = ("id", "port_id", "name", "local_as", "peer_address", "peer_as",
-                   "keepalive", "hold_time", "connect_retry")
-BGP_NETWORK_FIELDS = ("id", "port_id", "prefix")
-# What a peer's PUT may change; port_id and peer_address name the session.
-BGP_PEER_MUTABLE = ("name", "local_as", "peer_as", "keepalive", "hold_time", "connect_retry")
 # What the status of a session holds (from the agent's ephemeral state).
 BGP_STATUS_FIELDS = ("state", "host_id", "since", "prefixes_received", "prefixes_advertised")
 BGP_DOWN = "down"
@@ -97,14 +92,16 @@ def _learned_route(name: str) -> Data | None:
             "next_hop_port": r["next_hop_port"], "weight": r["weight"], "learned": True}
 
 
-class BgpMixin:
-    store: Any
+class Bgp:
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
 
     # ------------------------------------------------------------- helpers
     def _uplink(self, port_id: str) -> tuple[Data, int]:
         """The port a peer or network is created on: an exterior router port with an
         address (404 if missing, 400 naming port_id if it cannot speak BGP)."""
-        port, pver = self._get(model.PORTS, port_id)  # type: ignore[attr-defined]
+        port, pver = self.ctx.get(model.PORTS, port_id)
         pid = port["id"]
         if port.get("device_type") != model.DEVICE_ROUTER:
             raise Invalid(f"port {pid} is a bridge port: BGP runs on a router's uplink, an "
@@ -165,7 +162,7 @@ class BgpMixin:
 
     # ----------------------------------------------------------- BGP peers
     def _bgp_peer_out(self, data: Data, version: int) -> Data:
-        out = self._out(data, version, BGP_PEER_FIELDS)  # type: ignore[attr-defined]
+        out = self.ctx.out(model.BGP_PEERS, data, version)
         out["status"] = _status(self.store.get_state(paths.bgp_peer_state(data["id"])))
         return out
 
@@ -174,117 +171,84 @@ class BgpMixin:
                 sorted(self.store.list(model.BGP_PEERS), key=lambda dv: _peer_key(dv[0]))]
 
     def list_port_bgp_peers(self, port_id: str) -> list[Data]:
-        port, _ = self._get(model.PORTS, port_id)  # type: ignore[attr-defined]
+        port, _ = self.ctx.get(model.PORTS, port_id)
         return [self._bgp_peer_out(d, ver) for d, ver in
                 sorted(self.store.list(model.BGP_PEERS), key=lambda dv: _peer_key(dv[0]))
                 if d.get("port_id") == port["id"]]
 
     def get_bgp_peer(self, id: str) -> Data:
-        return self._bgp_peer_out(*self._get(model.BGP_PEERS, id))  # type: ignore[attr-defined]
+        return self._bgp_peer_out(*self.ctx.get(model.BGP_PEERS, id))
 
     def create_bgp_peer(self, port_id: str, body: Any) -> Data:
         """POST /ports/{id}/bgp_peers: a session of that uplink port."""
         port, pver = self._uplink(port_id)
-        body = v.body_object(body)
-        v.check_fields(body, ("id", "name", "local_as", "peer_address", "peer_as",
-                              "keepalive", "hold_time", "connect_retry"))
-        data: Data = {
-            "port_id": port["id"],
-            "name": v.string(body.get("name", ""), "name"),
-            "local_as": v.asn(v.require(body, "local_as"), "local_as"),
-            "peer_address": self._peer_address(v.require(body, "peer_address"), port),
-            "peer_as": v.asn(v.require(body, "peer_as"), "peer_as"),
-            "keepalive": model.BGP_KEEPALIVE,
-            "hold_time": model.BGP_HOLD_TIME,
-            "connect_retry": model.BGP_CONNECT_RETRY,
-        }
+        body, data = gen.create(model.BGP_PEERS, body)  # timers default to model.BGP_*
+        data["port_id"] = port["id"]
+        data["peer_address"] = self._peer_address(v.require(body, "peer_address"), port)
         self._timers(body, data)
-        data["id"] = self._new_id(model.BGP_PEERS, body)  # type: ignore[attr-defined]
+        data["id"] = self.ctx.new_id(model.BGP_PEERS, body)
         for other, _ in self.store.list(model.BGP_PEERS):
             if (other.get("port_id") == port["id"]
                     and other.get("peer_address") == data["peer_address"]):
                 raise Conflict(f"port {port['id']} already has a BGP peer at "
                                f"{data['peer_address']} ({other['id']})", "peer_address")
-        self._commit([Create(model.BGP_PEERS, data),  # type: ignore[attr-defined]
-                      self._touch(model.PORTS, port, pver)])  # type: ignore[attr-defined]
+        self.ctx.commit([Create(model.BGP_PEERS, data),
+                         self.ctx.touch(model.PORTS, port, pver)])
         return self.get_bgp_peer(data["id"])
 
     def update_bgp_peer(self, id: str, body: Any) -> Data:
         """Partial update of the name, the AS numbers and the timers."""
         body = v.body_object(body)
-        data, ver = self._get(model.BGP_PEERS, id)  # type: ignore[attr-defined]
-        v.check_fields(body, BGP_PEER_FIELDS + ("version", "status"))
-        v.readonly(body, data, ("id",))
-        for f in ("port_id", "peer_address"):
-            if f in body and body[f] != data.get(f):
-                raise Invalid(f"{f} of a BGP peer cannot be changed: delete the peer and "
-                              "create it again", f)
+        data, ver = self.ctx.get(model.BGP_PEERS, id)
+        new = gen.update(model.BGP_PEERS, body, data)  # port_id, peer_address: fixed
         if "status" in body and not isinstance(body["status"], dict):
             raise Invalid("status must be an object (it is read-only, and ignored)", "status")
-        new = dict(data)
-        if "name" in body:
-            new["name"] = v.string(body["name"], "name")
-        for f in ("local_as", "peer_as"):
-            if f in body:
-                new[f] = v.asn(body[f], f)
         self._timers(body, new)
-        self._check_version(body, ver, f"BGP peer {data['id']}")  # type: ignore[attr-defined]
-        self._commit([Update(model.BGP_PEERS, new, ver)])  # type: ignore[attr-defined]
+        self.ctx.check_version(body, ver, f"BGP peer {data['id']}")
+        self.ctx.commit([Update(model.BGP_PEERS, new, ver)])
         return self.get_bgp_peer(data["id"])
 
     def delete_bgp_peer(self, id: str) -> None:
-        data, ver = self._get(model.BGP_PEERS, id)  # type: ignore[attr-defined]
-        self._commit([Delete(model.BGP_PEERS, data["id"], ver)])  # type: ignore[attr-defined]
+        self.ctx.delete(model.BGP_PEERS, *self.ctx.get(model.BGP_PEERS, id))
 
     # -------------------------------------------------------- BGP networks
     def _bgp_network_out(self, data: Data, version: int) -> Data:
-        return self._out(data, version, BGP_NETWORK_FIELDS)  # type: ignore[attr-defined]
+        return self.ctx.out(model.BGP_NETWORKS, data, version)
 
     def list_bgp_networks(self) -> list[Data]:
         return [self._bgp_network_out(d, ver) for d, ver in
                 sorted(self.store.list(model.BGP_NETWORKS), key=lambda dv: _network_key(dv[0]))]
 
     def list_port_bgp_networks(self, port_id: str) -> list[Data]:
-        port, _ = self._get(model.PORTS, port_id)  # type: ignore[attr-defined]
+        port, _ = self.ctx.get(model.PORTS, port_id)
         return [self._bgp_network_out(d, ver) for d, ver in
                 sorted(self.store.list(model.BGP_NETWORKS), key=lambda dv: _network_key(dv[0]))
                 if d.get("port_id") == port["id"]]
 
     def get_bgp_network(self, id: str) -> Data:
-        return self._bgp_network_out(
-            *self._get(model.BGP_NETWORKS, id))  # type: ignore[attr-defined]
+        return self._bgp_network_out(*self.ctx.get(model.BGP_NETWORKS, id))
 
     def create_bgp_network(self, port_id: str, body: Any) -> Data:
         """POST /ports/{id}/bgp_networks: a prefix the port's gateway advertises."""
         port, pver = self._uplink(port_id)
-        body = v.body_object(body)
-        v.check_fields(body, ("id", "prefix"))
-        data: Data = {"port_id": port["id"], "prefix": self._bgp_prefix(v.require(body, "prefix"))}
-        data["id"] = self._new_id(model.BGP_NETWORKS, body)  # type: ignore[attr-defined]
+        body, data = gen.create(model.BGP_NETWORKS, body)
+        data.update(port_id=port["id"], prefix=self._bgp_prefix(v.require(body, "prefix")))
+        data["id"] = self.ctx.new_id(model.BGP_NETWORKS, body)
         for other, _ in self.store.list(model.BGP_NETWORKS):
             if other.get("port_id") == port["id"] and other.get("prefix") == data["prefix"]:
                 raise Conflict(f"port {port['id']} already advertises {data['prefix']} "
                                f"({other['id']})", "prefix")
-        self._commit([Create(model.BGP_NETWORKS, data),  # type: ignore[attr-defined]
-                      self._touch(model.PORTS, port, pver)])  # type: ignore[attr-defined]
+        self.ctx.commit([Create(model.BGP_NETWORKS, data),
+                         self.ctx.touch(model.PORTS, port, pver)])
         return self.get_bgp_network(data["id"])
 
     def delete_bgp_network(self, id: str) -> None:
-        data, ver = self._get(model.BGP_NETWORKS, id)  # type: ignore[attr-defined]
-        self._commit([Delete(model.BGP_NETWORKS, data["id"], ver)])  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _delete_port_bgp(txn: Txn, port_id: str) -> None:
-        """Stage the deletion of a port's BGP peers and networks (port delete)."""
-        for kind in (model.BGP_PEERS, model.BGP_NETWORKS):
-            for obj in txn.list(kind):
-                if obj.get("port_id") == port_id:
-                    txn.delete(kind, obj["id"])
+        self.ctx.delete(model.BGP_NETWORKS, *self.ctx.get(model.BGP_NETWORKS, id))
 
     # ------------------------------------------------------ learned routes
     def list_learned_routes(self, router_id: str) -> list[Data]:
         """The routes the router's BGP speakers learned (ephemeral, per agent)."""
-        router, _ = self._get(model.ROUTERS, router_id)  # type: ignore[attr-defined]
+        router, _ = self.ctx.get(model.ROUTERS, router_id)
         routes = (_learned_route(n) for n in self.store.list_state(paths.learned_routes(
             router["id"])))
         return sorted((r for r in routes if r is not None), key=_learned_key)

@@ -5,7 +5,7 @@ into chains, rules and IP address groups; the simulation only knows chains.
 This module computes, from a security group or a port (plain store dicts),
 exactly the objects that must exist for it. The service writes them in the
 same commit as the change that affects them (see
-:meth:`midoflow.service.chains.ChainsMixin._sync_sg` and ``_sync_port``), and
+:func:`midoflow.service.sync.sync_sg` and ``sync_port``), and
 the integrity checks compare the store against :func:`expected`.
 
 Generated objects have version-5 UUIDs derived from their owner's id (users

@@ -58,6 +58,10 @@ class Txn:
 
     def list(self, kind: str) -> list[Data]:
         """All objects of a kind as staged (read from the store once)."""
+        return [copy.deepcopy(d) for d in self.scan(kind)]
+
+    def scan(self, kind: str) -> list[Data]:
+        """:meth:`list` without the copies: for reading only."""
         if kind not in self._lists:
             ids = []
             for d, ver in self.store.list(kind):
@@ -68,7 +72,8 @@ class Txn:
         ids += [oid for (k, oid) in self._staged if k == kind and oid not in ids]
         out = []
         for oid in ids:
-            d = self.get(kind, oid)
+            key = (kind, oid)
+            d = self._staged[key] if key in self._staged else self._read(kind, oid)[0]
             if d is not None:
                 out.append(d)
         return out
@@ -102,6 +107,10 @@ class Txn:
     def check(self, kind: str, oid: str) -> None:
         self._read(kind, oid)
         self._checked[(kind, oid)] = None
+
+    def deleted(self) -> list[Key]:
+        """The objects staged for deletion, in the order they were staged."""
+        return [key for key, data in self._staged.items() if data is None]
 
     def ops(self) -> list[Op]:
         ops: list[Op] = []

@@ -10,9 +10,9 @@ from typing import Any
 import netaddr
 
 from midoflow.errors import Invalid, NotFound
+from midoflow.kinds.base import DESCRIPTION_MAX as DESCRIPTION_MAX  # declared once there
+from midoflow.kinds.base import NAME_MAX as NAME_MAX
 
-NAME_MAX = 255
-DESCRIPTION_MAX = 1024
 # Linux IFNAMSIZ is 16 including the NUL; OVS port names follow it.
 INTERFACE_RE = re.compile(r"[^\s/]{1,15}")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -49,7 +49,7 @@ from midoflow.sim.result import (
     nat_miss_tag,
     port_group_tag,
 )
-from midoflow.sim.view import TopologyView
+from midoflow.sim.view import FlowStateView, TopologyView
 
 MAX_JUMPS = 16  # jump depth: a loop of chains is cut here
 TERMINAL = (RULE_ACCEPT, RULE_DROP, RULE_REJECT)
@@ -59,12 +59,13 @@ CT_FIELDS = ("eth_type", "ip_src", "ip_dst", "ip_proto", "tp_src", "tp_dst")
 @dataclass(frozen=True)
 class Context:
     """Where a chain runs: the port the packet entered the device through, the
-    port it leaves by (outbound filters), and the device that tracks
-    connections for these rules."""
+    port it leaves by (outbound filters), the device that tracks
+    connections for these rules, and the host's flow state (read only)."""
 
     in_port: str
     out_port: str | None
     ct_device: str
+    state: FlowStateView
 
 
 def _ip(ip: str) -> int:
@@ -117,7 +118,7 @@ def is_return_flow(view: TopologyView, pkt: Packet, ctx: Context, b: _Builder) -
     key = ConnKey.of(ctx.ct_device, pkt)
     if key is None:
         return False
-    if view.is_return_flow(key):
+    if ctx.state.is_return_flow(key):
         b.ct_hits.append(key)
         b.step("conntrack", ctx.ct_device, f"{key.src}:{key.sport} -> {key.dst}:{key.dport} "
                                            "is a reply of a tracked connection")
@@ -292,7 +293,7 @@ def _nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
     ports = pkt.ip_proto in (PROTO_TCP, PROTO_UDP) or pkt.icmp_id is not None
     if pkt.icmp_id is not None:
         b.cacheable = False  # replies must be told apart by identifier: no flow
-    binding = view.nat_forward(kind, key)
+    binding = ctx.state.nat_forward(kind, key)
     if binding is None:
         t = rule.nat_targets[0]
         if kind == SNAT:
@@ -301,16 +302,21 @@ def _nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Builder,
             if keep or not ports:  # 1:1 (a floating IP), or no ports: the address only
                 xl = (t.addr_from, key.sport)
             else:
-                xl = view.nat_allocate(rule.nat_targets, key.proto)
-                if xl is None:
+                xl = ctx.state.nat_propose(rule.nat_targets, key.proto, b.nat_allocs)
+                if xl is None:  # the agent leases a block and simulates again
                     b.cacheable = False
-                    b.step("chain", ctx.ct_device, f"{label}: no SNAT port left: drop")
+                    b.nat_wants.append((tuple(rule.nat_targets), key.proto))
+                    b.step("chain", ctx.ct_device, f"{label}: no SNAT port free in this "
+                                                   "host's blocks: drop")
                     return RULE_DROP, pkt
+                b.nat_allocs.append((xl[0], xl[1], key.proto))
         else:
             orig = (key.dst, key.dport)
             xl = (t.addr_from, t.port_from if t.port_from and ports else key.dport)
         binding = NatBinding(kind, key, orig, xl)
         b.nat.append(binding)
+    else:  # the connection's flow keeps its binding alive, as a reply's does
+        b.ct_hits.append(("nat", binding))
     which = "src" if kind == SNAT else "dst"
     b.step("chain", ctx.ct_device, f"{label}: {kind} {binding.orig[0]}:{binding.orig[1]} -> "
                                    f"{binding.xlated[0]}:{binding.xlated[1]}")
@@ -324,7 +330,7 @@ def _rev_nat_icmp_error(view: TopologyView, kind: str, pkt: Packet, ctx: Context
     quoted packet shows the original address, as the host sent it."""
     proto, isrc, isport, idst, idport = pkt.icmp_inner
     sent = ConnKey(ctx.ct_device, proto, isrc, isport, idst, idport)
-    binding = view.nat_reverse(kind, sent.reverse())
+    binding = ctx.state.nat_reverse(kind, sent.reverse())
     b.cacheable = False  # the quoted packet is rewritten in the agent, and errors are rare
     if binding is None:
         return None
@@ -351,7 +357,7 @@ def _rev_nat(view: TopologyView, rule: Rule, pkt: Packet, ctx: Context, b: _Buil
     if key is None:
         return None
     b.fields.update(CT_FIELDS)
-    binding = view.nat_reverse(kind, key)
+    binding = ctx.state.nat_reverse(kind, key)
     if binding is None:
         b.tags.add(nat_miss_tag(kind, key))  # the binding may be on its way
         return None

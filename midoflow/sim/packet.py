@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from midoflow.nat.conntrack import PROTO_ICMP, PROTO_TCP, PROTO_UDP  # noqa: F401 (re-exported)
+
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
 ARP_REQUEST = 1
 ARP_REPLY = 2
 ICMP_ECHO_REPLY = 0

@@ -146,6 +146,12 @@ class Result:
     ct_hits: tuple = ()
     # NAT bindings this packet made (midoflow.nat.bindings.NatBinding).
     nat: tuple = ()
+    # SNAT ports those bindings use, as proposed over the read-only state
+    # ((ip, port, proto)): the agent takes them when it commits the bindings.
+    nat_allocs: tuple[tuple[str, int, int], ...] = ()
+    # ((targets, proto), ...): no free SNAT port in this host's blocks; the
+    # agent leases a block and simulates again (the packet was dropped).
+    nat_wants: tuple = ()
 
     @property
     def dropped(self) -> bool:
@@ -170,6 +176,8 @@ class _Builder:
     conntrack: list = field(default_factory=list)
     ct_hits: list = field(default_factory=list)
     nat: list = field(default_factory=list)
+    nat_allocs: list[tuple[str, int, int]] = field(default_factory=list)
+    nat_wants: list = field(default_factory=list)
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -193,4 +201,6 @@ class _Builder:
             conntrack=tuple(dict.fromkeys(self.conntrack)),
             ct_hits=tuple(dict.fromkeys(self.ct_hits)),
             nat=tuple(dict.fromkeys(self.nat)),
+            nat_allocs=tuple(self.nat_allocs),
+            nat_wants=tuple(dict.fromkeys(self.nat_wants)),
         )

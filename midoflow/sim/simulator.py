@@ -30,14 +30,17 @@ from midoflow.sim.result import (
     mac_tag,
     port_tag,
 )
-from midoflow.sim.view import TopologyView
+from midoflow.sim.view import NO_FLOW_STATE, FlowStateView, TopologyView
 
 MAX_DEVICES = 12
 
 
-def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
+def simulate(view: TopologyView, pkt: Packet, now: float = 0.0,
+             state: FlowStateView = NO_FLOW_STATE) -> Result:
     """Walk ``pkt`` through the topology. ``now`` (seconds, same clock as the
-    ARP table's timestamps) decides ARP entry expiry."""
+    ARP table's timestamps) decides ARP entry expiry; ``state``: the host's
+    conntrack and NAT tables, read only (what the walk wants tracked, bound
+    or allocated comes back in the Result, for the caller to commit)."""
     b = _Builder()
     ingress = view.port(pkt.in_port)
     b.tags.add(port_tag(pkt.in_port))
@@ -75,12 +78,13 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
             continue
         # MidoNet's order: port inbound, device inbound, the device, device
         # outbound, port outbound.
-        cur = _filter(view, port.inbound_filter_id, cur, port, port.id, None, b, "inbound")
+        cur = _filter(view, state, port.inbound_filter_id, cur, port, port.id, None, b,
+                      "inbound")
         if cur is None:
             continue
         if device is not None:
-            cur = _filter(view, device.inbound_filter_id, cur, port, port.device_id, None, b,
-                          "inbound")
+            cur = _filter(view, state, device.inbound_filter_id, cur, port, port.device_id,
+                          None, b, "inbound")
             if cur is None:
                 continue
         if port.device_type == DEVICE_BRIDGE:
@@ -90,11 +94,11 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0) -> Result:
             nexts = [hop] if hop else []
         for nxt, npkt in nexts:
             if device is not None:
-                npkt = _filter(view, device.outbound_filter_id, npkt, port, port.device_id,
-                               nxt.id, b, "outbound")
+                npkt = _filter(view, state, device.outbound_filter_id, npkt, port,
+                               port.device_id, nxt.id, b, "outbound")
                 if npkt is None:
                     continue
-            npkt = _filter(view, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
+            npkt = _filter(view, state, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
                            "outbound")
             if npkt is None:
                 continue
@@ -188,14 +192,15 @@ def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
     return None
 
 
-def _filter(view: TopologyView, chain_id: str | None, pkt: Packet, inport: Port,
-            ct_device: str, out_port: str | None, b: _Builder, where: str) -> Packet | None:
+def _filter(view: TopologyView, state: FlowStateView, chain_id: str | None, pkt: Packet,
+            inport: Port, ct_device: str, out_port: str | None, b: _Builder,
+            where: str) -> Packet | None:
     """Run one filter chain: the packet (as NAT rules left it) when it may go
     on, else None. A reject answers the sender with ICMP administratively
     prohibited."""
     if not chain_id:
         return pkt
-    ctx = chains.Context(inport.id, out_port, ct_device)
+    ctx = chains.Context(inport.id, out_port, ct_device, state)
     verdict, out = chains.run(view, chain_id, pkt, ctx, b)
     if verdict in (None, chains.RULE_ACCEPT):
         return out

@@ -1,11 +1,24 @@
-"""What the simulation may read of the world: a read-only topology view."""
+"""What the simulation may read of the world: a read-only topology view and
+a read-only view of the host's flow state (conntrack and NAT)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from midoflow.model import Bridge, Chain, IpAddrGroup, Port, PortGroup, Route, Router, Rule
+from midoflow.model import (
+    Bridge,
+    Chain,
+    IpAddrGroup,
+    NatTarget,
+    Port,
+    PortGroup,
+    Route,
+    Router,
+    Rule,
+)
+from midoflow.nat.bindings import NatBinding
+from midoflow.nat.conntrack import ConnKey
 
 
 class TopologyView(Protocol):
@@ -35,24 +48,55 @@ class TopologyView(Protocol):
 
     def ip_addr_group(self, group_id: str) -> IpAddrGroup | None: ...
 
-    def is_return_flow(self, key) -> bool:
-        """Is a packet with this connection key (midoflow.nat.conntrack.ConnKey)
-        the reply of a tracked connection?"""
+
+class FlowStateView(Protocol):
+    """Lookups in the host's conntrack and NAT tables, and SNAT proposals
+    (midoflow.nat.tables.StateView). Nothing here has an effect: the
+    simulation returns in its Result what it wants tracked, bound or taken."""
+
+    def is_return_flow(self, key: ConnKey) -> bool:
+        """Is a packet with this key the reply of a tracked connection?"""
         ...
 
-    def nat_forward(self, kind: str, key):
-        """The NatBinding (midoflow.nat.bindings) of a connection, by its key
-        before translation, if one was made."""
+    def nat_forward(self, kind: str, key: ConnKey) -> NatBinding | None:
+        """The binding of a connection, by its key before translation."""
         ...
 
-    def nat_reverse(self, kind: str, key):
-        """The NatBinding a reply (its key as it arrives) belongs to."""
+    def nat_reverse(self, kind: str, key: ConnKey) -> NatBinding | None:
+        """The binding a reply (its key as it arrives) belongs to."""
         ...
 
-    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
-        """A free SNAT (address, port) from the targets (None: exhausted).
-        The only call of the simulation with an effect: it takes a port."""
+    def nat_propose(self, targets: Sequence[NatTarget], proto: int,
+                    taken: Collection[tuple[str, int, int]] = ()) -> tuple[str, int] | None:
+        """A free SNAT (address, port) among the targets, not in ``taken``
+        ((ip, port, proto) proposed earlier in this walk); None: no free
+        port in the blocks this host holds (the agent leases one and
+        simulates again, or the targets are exhausted)."""
         ...
+
+
+class NoFlowState:
+    """No connection tracked, no binding: every packet opens a connection;
+    an SNAT proposal is the first target address and port (what a trace of
+    the stored topology shows: it has no host's flow state)."""
+
+    def is_return_flow(self, key: ConnKey) -> bool:
+        return False
+
+    def nat_forward(self, kind: str, key: ConnKey) -> NatBinding | None:
+        return None
+
+    def nat_reverse(self, kind: str, key: ConnKey) -> NatBinding | None:
+        return None
+
+    def nat_propose(self, targets: Sequence[NatTarget], proto: int,
+                    taken: Collection[tuple[str, int, int]] = ()) -> tuple[str, int] | None:
+        if not targets:
+            return None
+        return targets[0].addr_from, targets[0].port_from or 0
+
+
+NO_FLOW_STATE = NoFlowState()
 
 
 class DictView:
@@ -73,9 +117,6 @@ class DictView:
         rules: dict[str, Rule] | None = None,
         port_groups: dict[str, PortGroup] | None = None,
         ip_addr_groups: dict[str, IpAddrGroup] | None = None,
-        return_keys: set | None = None,
-        nat=None,
-        allocator=None,
     ) -> None:
         self.ports = ports or {}
         self.bridges = bridges or {}
@@ -87,9 +128,6 @@ class DictView:
         self.rules = rules or {}
         self.port_groups = port_groups or {}
         self.ip_addr_groups = ip_addr_groups or {}
-        self.return_keys = return_keys if return_keys is not None else set()
-        self.nat = nat  # a midoflow.nat.bindings.NatTable, or None
-        self.allocator = allocator  # a midoflow.nat.allocator.NatAllocator, or None
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -120,22 +158,3 @@ class DictView:
 
     def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
         return self.ip_addr_groups.get(group_id)
-
-    def is_return_flow(self, key) -> bool:
-        return key in self.return_keys
-
-    def nat_forward(self, kind: str, key):
-        return self.nat.forward(kind, key) if self.nat is not None else None
-
-    def nat_reverse(self, kind: str, key):
-        return self.nat.reverse(kind, key) if self.nat is not None else None
-
-    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
-        if self.allocator is None:
-            return None
-        from midoflow.nat.allocator import NatExhausted
-
-        try:
-            return self.allocator.allocate(targets, proto)
-        except NatExhausted:
-            return None

@@ -463,7 +463,17 @@ class ZkStore(Store):
                 cid = self._client.client_id
                 want_owner = (cid[0] if cid else -1) if ephemeral else 0
                 if stat.ephemeralOwner != want_owner:
-                    self._op("delete", zpath, stat.version)
+                    # Replaced in one transaction: a watcher never sees it gone
+                    # (an agent taking over its predecessor's ports keeps the
+                    # other hosts' flows to them).
+                    t = self._client.transaction()
+                    t.delete(zpath, stat.version)
+                    t.create(zpath, value, ephemeral=ephemeral)
+                    res = self._call(t.commit_async())
+                    if any(isinstance(r, NotEmptyError) for r in res):
+                        raise NotEmptyError()
+                    if not any(isinstance(r, Exception) for r in res):
+                        return True
                     continue
                 if only_if_lost:
                     return False

@@ -99,8 +99,8 @@ def _iperf_server(node, ip: str, port: int):
     return srv
 
 
-def _iperf_client(node, ip: str, port: int):
-    return node.popen(["iperf3", "-J", "-c", ip, "-p", str(port), "-t", "10", "-b", "20M",
+def _iperf_client(node, ip: str, port: int, rate: str = "20M"):
+    return node.popen(["iperf3", "-J", "-c", ip, "-p", str(port), "-t", "10", "-b", rate,
                        "--connect-timeout", "3000"], text=True)
 
 
@@ -204,3 +204,110 @@ def test_a_vm_moved_to_a_host_without_its_state_keeps_its_connections(rc):
     finally:
         for s in servers:
             s.kill()
+
+
+KA_IP, KB_IP, KC_IP = "192.168.71.10", "192.168.71.11", "192.168.71.12"
+KC_MAC = "02:00:00:07:01:0c"
+KD_IP = "192.168.71.13"
+
+
+def _cookie(h, *needles: str) -> str | None:
+    """The cookie of the simulated flow on ``h`` that matches every needle and
+    carried the most packets."""
+    best, cookie = 0, None
+    for f in h.dump_flows():
+        n = int(re.search(r"n_packets=(\d+)", f).group(1))
+        if "table=1" in f and n > best and all(x in f for x in needles):
+            best, cookie = n, re.search(r"cookie=(0x[0-9a-f]+)", f).group(1)
+    return cookie
+
+
+def _judged(h, since: int, timeout: float = 30) -> str:
+    """The restarted agent's log line saying it judged the flows OVS kept."""
+    path = os.path.join(h.rundir, "agent.log")
+
+    def line():
+        with open(path, errors="replace") as f:
+            f.seek(since)
+            return next((ln for ln in f if "kept flows judged" in ln), None)
+    return wait_for(line, timeout, f"{h.name}'s agent to judge the flows OVS kept")
+
+
+def _connects(node, ip: str, port: int) -> bool:
+    """Whether a new TCP connection from ``node`` to ip:port is set up within 2 s."""
+    code = (f"import socket; s = socket.socket(); s.settimeout(2); "
+            f"s.connect(('{ip}', {port})); print('CONNECTED')")
+    return "CONNECTED" in node.cmd(f'python3 -c "{code}"')
+
+
+def test_a_restarted_agent_keeps_valid_flows_and_removes_the_stale_ones(rc):
+    """kill -9 of h2's agent with a 10 ms ping and two TCP streams from ka (h2)
+    under way; meanwhile the security-group rule that admitted one stream is
+    removed. After the restart OVS still holds the ping's and the other
+    stream's flows under their old cookies and they carry on (no stall, no
+    three pings in a row lost); the flow
+    of the removed rule is gone (the established stream goes on through a
+    new one, as security groups are stateful), and new connections to its
+    port are refused. The port of kd (h2), deleted meanwhile, leaves no flow."""
+    mc = rc[0]
+    h2 = mc.hosts[1]
+    net = mc.bridge("keep-net", "t")
+    ka = mc.vm(2, net, "ka", f"{KA_IP}/24", "02:00:00:07:01:0a")
+    kb = mc.vm(3, net, "kb", f"{KB_IP}/24", "02:00:00:07:01:0b")
+    mc.vm(3, net, "kc", f"{KC_IP}/24", KC_MAC)
+    kd = mc.vm(2, net, "kd", f"{KD_IP}/24", "02:00:00:07:01:0d")  # deleted meanwhile
+    group = mc.api.request("POST", "/security_groups", {"name": "kb", "tenant_id": "t"})["id"]
+    rules = {port: mc.api.request("POST", f"/security_groups/{group}/rules", {
+        "direction": "ingress", "protocol": "tcp", "port_range_min": port,
+        "port_range_max": port})["id"] for port in (7001, 7002)}
+    mc.api.request("PUT", f"/ports/{kb.port_id}", {
+        "mac": "02:00:00:07:01:0b", "fixed_ips": [KB_IP], "security_group_ids": [group],
+        "port_security_enabled": True})
+    wait_for(lambda: ping(ka, KC_IP, count=1)[1] == 1, 15, "ka to reach kc")
+    wait_for(lambda: ping(kd, KC_IP, count=1)[1] == 1, 15, "kd to reach kc")
+    kd_flows = re.compile(rf"in_port={kd.ofport}\b|output:{kd.ofport}\b")
+    servers = [_iperf_server(kb, KB_IP, p) for p in (7001, 7002)]
+    kept_stream = _iperf_client(ka, KB_IP, 7002, rate="5M")
+    stale_stream = _iperf_client(ka, KB_IP, 7001, rate="5M")
+    pinger = ka.popen(["ping", "-i", "0.01", "-c", "900", "-W", "1", KC_IP], text=True)
+    try:
+        _under_way(mc, h2, "tp_dst=7002")
+        _under_way(mc, h2, "tp_dst=7001")
+        _under_way(mc, h2, f"dl_dst={KC_MAC}", packets=20)
+        before = {"stream": _cookie(h2, "tp_dst=7002"), "stale": _cookie(h2, "tp_dst=7001"),
+                  "ping": _cookie(h2, f"dl_dst={KC_MAC}")}
+        assert all(before.values()), f"flows on h2 before the restart: {before}"
+        assert _connects(ka, KB_IP, 7001), "no new connection to kb:7001 before the change"
+        log_at = os.path.getsize(os.path.join(h2.rundir, "agent.log"))
+        mc.kill_agent(h2, sig=9)
+        mc.api.request("DELETE", f"/security_groups/{group}/rules/{rules[7001]}")
+        mc.api.request("DELETE", f"/ports/{kd.port_id}")
+        mc.start_agent(h2)
+        judged = _judged(h2, log_at)
+        assert int(re.search(r"(\d+) adopted", judged).group(1)) >= 2, judged
+        cookies = set(re.findall(r"cookie=(0x[0-9a-f]+)", "\n".join(h2.dump_flows())))
+        assert before["stream"] in cookies and before["ping"] in cookies, \
+            f"kept flows lost their cookies: {before}\n{_diagnose(mc)}"
+        assert before["stale"] not in cookies, \
+            f"the flow of the removed rule is still there: {judged}\n{_diagnose(mc)}"
+        assert not _connects(ka, KB_IP, 7001), "a new connection to the removed rule's port"
+        left = [f for f in h2.dump_flows() if kd_flows.search(f)]
+        assert not left, f"flows of kd's port, deleted while the agent was away: {left}"
+        out, _ = pinger.communicate(timeout=30)
+        sent = int(re.search(r"(\d+) packets transmitted", out).group(1))
+        lost = sorted(set(range(1, sent + 1)) - {int(n) for n in re.findall(
+            r"icmp_seq=(\d+) ttl", out)})
+        runs = [n for n in lost if n - 1 in lost and n - 2 in lost]
+        # This loaded 2-core machine drops the odd ping beside two streams
+        # through userspace OVS, restart or not (seen: 2 to 4 of 900, spread
+        # over the run); a restart that broke the path would lose a run of
+        # them (the agent takes a second or more to come back).
+        assert not runs and len(lost) <= sent // 100, \
+            f"the ping lost {lost} of {sent} across the restart ({judged.strip()})\n" \
+            f"{_diagnose(mc)}"
+        res = _finished(mc, [ka], "ka -> kb:7002 across the restart", kept_stream, servers[1])
+        empty = [i["sum"]["start"] for i in res["intervals"] if i["sum"]["bytes"] == 0]
+        assert not empty, f"the kept stream carried nothing in the seconds from {empty}"
+    finally:
+        for p in (pinger, kept_stream, stale_stream, *servers):
+            p.kill()

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.helpers import read_until
 from topologies.cloud import whoami, whoami_server
 from topologies.gateways import FIP, INTERNET_IP, RANGE, SNAT_IP, UPLINKS, GatewayLab, ping_gaps
 from topologies.midocloud import wait_for
@@ -137,7 +138,8 @@ def test_killing_a_gateway_keeps_tcp_and_ping_going(lab):
     duration = HOLD + GW_ZK_TIMEOUT + 12
     srv_out = _popen(inet, [*STREAM, "server", "9100"])
     srv_in = _popen(lab.vm2, [*STREAM, "server", "9101"])
-    time.sleep(0.5)
+    for srv in (srv_out, srv_in):
+        read_until(srv, '"listening"', 10, "the stream server to listen")
     cli_out = _popen(lab.vm1, [*STREAM, "client", INTERNET_IP, "9100", str(duration)])
     cli_in = _popen(inet, [*STREAM, "client", FIP, "9101", str(duration)])
     # to a file: a pipe read only at the end would fill up and stall ping
@@ -147,7 +149,9 @@ def test_killing_a_gateway_keeps_tcp_and_ping_going(lab):
     try:
         victim = wait_for(lambda: (lambda g: None if g is None else (g,))(
             lab.gateway_of_flow("tp_dst=9100")), 10, "vm1's stream to show in h1's flows")[0]
-        time.sleep(2)
+        # the floating-IP path carries traffic too (pread: ping shares the file offset)
+        wait_for(lambda: b"bytes from" in os.pread(ping_log.fileno(), 1 << 16, 0), 10,
+                 "the internet host's ping to the floating IP to be answered")
         killed_at = time.monotonic()
         lab.kill_gateway(victim)
         dead = UPLINKS[victim]

@@ -3,11 +3,11 @@ OVS instances, real agents and real packets."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
+from tests.helpers import LivePing, read_until
 from topologies.cloud import iperf_tcp, ping
 from topologies.midocloud import wait_for
 
@@ -20,7 +20,8 @@ class Capture:
     def __init__(self, vm, macs):
         flt = " or ".join(f"ether src {m}" for m in macs)
         self.proc = vm.popen(["tcpdump", "-l", "-n", "-e", "-i", "eth0", flt], text=True)
-        time.sleep(0.5)  # tcpdump needs a moment before it captures
+        read_until(self.proc, "^listening on", 10, "tcpdump to start capturing",
+                   stream=self.proc.stderr)
 
     def stop(self) -> list[str]:
         self.proc.terminate()
@@ -85,22 +86,15 @@ def test_vm_moved_to_another_host_keeps_working(vx):
     assert not any(f"tun_id={key:#x}," in f for f in vx.hosts[1].dump_flows())
 
 
-def _reply_times(out: str) -> list[float]:
-    return [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
-
-
 def test_deleted_port_stops_passing_traffic_within_one_second(vx):
     b = vx.bridge("del-net", "tenant-d")
     a = vx.vm(1, b, "dl1", "192.168.30.1/24", mac(30, 1))
     d = vx.vm(2, b, "dl2", "192.168.30.2/24", mac(30, 2))
     assert ping(a, "192.168.30.2", count=2) == (2, 2)
-    pinger = a.popen(["ping", "-D", "-n", "-i", "0.05", "-c", "60", "-W", "1", "192.168.30.2"],
-                     text=True)
-    time.sleep(0.8)
+    pinger = LivePing(a, "192.168.30.2", count=60)
     t_delete = time.time()
     vx.api.request("DELETE", f"/ports/{d.port_id}")
-    out, _ = pinger.communicate(timeout=30)
-    times = _reply_times(out)
+    times = pinger.reply_times()
     assert any(t < t_delete for t in times), "no traffic passed before the delete"
     late = [t - t_delete for t in times if t > t_delete + 1.0]
     assert not late, f"replies still arrived {max(late):.2f} s after the port was deleted"
@@ -114,8 +108,9 @@ def test_port_down_stops_traffic_and_up_restores_it(vx):
     s = vx.vm(3, b, "ad2", "192.168.40.2/24", mac(40, 2))
     assert ping(a, "192.168.40.2", count=2) == (2, 2)
     vx.api.request("PUT", f"/ports/{s.port_id}", {"admin_state_up": False})
-    time.sleep(1.0)
-    assert ping(a, "192.168.40.2", count=3)[1] == 0
+    wait_for(lambda: ping(a, "192.168.40.2", count=1, timeout=0.5)[1] == 0, 5,
+             "ping to stop after port down")
+    assert ping(a, "192.168.40.2", count=3)[1] == 0  # and it stays stopped
     vx.api.request("PUT", f"/ports/{s.port_id}", {"admin_state_up": True})
     wait_for(lambda: ping(a, "192.168.40.2", count=1)[1] == 1, 5, "ping after port up")
 

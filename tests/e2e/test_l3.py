@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.helpers import LivePing, read_until
 from topologies.cloud import iperf_tcp, ping
 from topologies.midocloud import wait_for
 
@@ -85,10 +86,10 @@ def test_one_tunnel_hop_and_no_third_host(l3, tenant_a):
     assert ping(ta.a, "192.168.2.20", count=2) == (2, 2)
     h3 = l3.hosts[2]
     cap = h3.popen(["tcpdump", "-l", "-n", "-i", "uplink", "udp port 4789"], text=True)
-    time.sleep(0.5)
+    read_until(cap, "^listening on", 10, "tcpdump to start capturing", stream=cap.stderr)
     h2_before = _tunnel_rx(l3.hosts[1])
     sent, got = ping(ta.a, "192.168.2.20", count=50, timeout=1)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the test: no stray frame shows up at h3 in the meantime
     cap.terminate()
     seen, _ = cap.communicate(timeout=5)
     assert got == sent == 50
@@ -139,16 +140,13 @@ def test_ttl_exceeded_and_traceroute_through_tenant_and_provider_routers(l3, ten
 def test_route_change_takes_effect_on_live_traffic(l3, tenant_a):
     ta = tenant_a
     assert ping(ta.a, "192.168.2.20", count=2) == (2, 2)
-    pinger = ta.a.popen(["ping", "-D", "-n", "-i", "0.05", "-c", "80", "-W", "1",
-                         "192.168.2.20"], text=True)
-    time.sleep(1.0)
+    pinger = LivePing(ta.a, "192.168.2.20", count=80)
     t0 = time.time()
     rid = l3.route(ta.r, "192.168.2.20/32", type="blackhole")
-    time.sleep(1.5)
+    time.sleep(1.5)  # the test: the blackhole holds for 1.5 s of live traffic
     t1 = time.time()
     l3.api.request("DELETE", f"/routes/{rid}")
-    out, _ = pinger.communicate(timeout=30)
-    times = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    times = pinger.reply_times()
     assert any(t < t0 for t in times), "no traffic before the route change"
     late = [t for t in times if t0 + 1.0 < t < t1]
     assert not late, f"replies {late[-1] - t0:.2f} s after the blackhole route was added"

@@ -5,12 +5,12 @@ other host first), rule changes acting on live traffic, spoofing dropped."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
 from tests.e2e.test_stateful import connect, serve
+from tests.helpers import LivePing
 from topologies.cloud import ping
 from topologies.midocloud import wait_for
 
@@ -68,13 +68,10 @@ def test_rule_changes_act_on_live_traffic(sg):
     icmp = mc.api.request("POST", f"/security_groups/{group}/rules", {
         "direction": "ingress", "protocol": "icmp"})["id"]
     wait_for(lambda: ping(a, "10.60.0.2", count=1)[1] == 1, 3, "ping admitted by the new rule")
-    pinger = a.popen(["ping", "-D", "-n", "-i", "0.05", "-c", "80", "-W", "1", "10.60.0.2"],
-                     text=True)
-    time.sleep(1.0)
+    pinger = LivePing(a, "10.60.0.2", count=80)
     t0 = time.time()
     mc.api.request("DELETE", f"/security_groups/{group}/rules/{icmp}")
-    out, _ = pinger.communicate(timeout=30)
-    times = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    times = pinger.reply_times()
     assert any(t < t0 for t in times), "no ping passed before the rule was removed"
     late = [t - t0 for t in times if t > t0 + 1.0]
     assert not late, f"pings still passed {max(late):.2f} s after the rule was removed"

@@ -26,13 +26,14 @@ import time
 
 import pytest
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not (shutil.which("gobgpd") and os.path.exists("/usr/lib/frr/bgpd")
-                            and shutil.which("mnexec")),
-                       reason="needs FRR (/usr/lib/frr), gobgpd and Mininet's mnexec"),
-]
+from tests.helpers import require
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_root_frr_gobgp_mininet():
+    require(root=True, tools=("gobgpd", "mnexec"), files=("/usr/lib/frr/bgpd",))
 
 CLOUD = "203.0.113.0/24"
 CLOUD_ADDR = "203.0.113.1"

@@ -18,6 +18,7 @@ import pytest
 from midoflow.devenv.cassandra import CassandraCluster, CassandraError
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateUnavailable
 from midoflow.store.cassandra_flowstate import CassandraFlowState
+from tests.helpers import running, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cassandra, pytest.mark.cassandra_cluster,
               pytest.mark.timeout(420)]
@@ -26,12 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.cassandra, pytest.mark.cassan
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = CassandraCluster(tmp_path_factory.mktemp("cassandra-cluster"), n=3, quiet=False)
-    try:
-        c.start()
-    except CassandraError as e:
-        pytest.fail(f"could not start a 3-node Cassandra cluster: {e}", pytrace=False)
-    yield c
-    c.kill()
+    with running(c, "a 3-node Cassandra cluster", CassandraError, stop="kill"):
+        yield c
 
 
 def _store(cluster: CassandraCluster, keyspace: str) -> CassandraFlowState:
@@ -131,10 +128,8 @@ def test_quorum_through_outages(cluster):
         # ---- the seed (and the driver's first contact point) crashes, once the
         # driver itself (not only the cluster) has nodes 2 and 3 back up: it
         # reconnects to a node that came back with a backoff of its own
-        deadline = time.monotonic() + 60
-        while not all(h.is_up for h in store._cluster.metadata.all_hosts()):
-            assert time.monotonic() < deadline, "the driver never saw nodes 2 and 3 up again"
-            time.sleep(0.2)
+        wait_until(lambda: all(h.is_up for h in store._cluster.metadata.all_hosts()), 60,
+                   "the driver to see nodes 2 and 3 up again", interval=0.2)
         n1.kill()
         step("node 1 killed")
         save("seed-down")

@@ -20,6 +20,7 @@ from cassandra.query import BatchStatement
 from midoflow.devenv.cassandra import free_port
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore, FlowStateUnavailable
 from midoflow.store.cassandra_flowstate import CassandraFlowState
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cassandra]
 
@@ -113,17 +114,18 @@ def test_ttl_expiry(store):
     t0 = time.monotonic()
     assert store.load(p) == [CT1, CT2, NAT1]
     # Cassandra expires at whole-second granularity: gone within ttl + 1 s.
-    while store.load(p) != [CT2] and time.monotonic() - t0 < 6:
-        time.sleep(0.2)
-    assert store.load(p) == [CT2]
+    wait_until(lambda: store.load(p) == [CT2], 6, "the 2 s entries to expire",
+               interval=0.2)
     assert time.monotonic() - t0 >= 1.0
 
 
 def test_save_again_refreshes_ttl(store):
-    p = port_id()
-    store.save([p], [CT1], ttl=2)
-    store.save([p], [CT1], ttl=60)  # traffic refreshed the key
-    time.sleep(3.2)
+    p, control = port_id(), port_id()
+    store.save([p, control], [CT1], ttl=2)
+    store.save([p], [CT1], ttl=60)  # traffic refreshed the key (of p only)
+    # once the control copy, saved with the same 2 s TTL, has expired, so would have p's
+    wait_until(lambda: store.load(control) == [], 6, "the control entry (ttl 2 s) to expire",
+               interval=0.2)
     assert store.load(p) == [CT1]
 
 
@@ -321,7 +323,7 @@ def test_agent_store_connects_once_without_blocking_the_hub(cassandra_server, ke
         import eventlet
         eventlet.monkey_patch(thread=False)
         eventlet.monkey_patch(thread=True)
-        from midoflow.agent import flowstate_client
+        from midoflow.store import flowstate_factory as flowstate_client
         import midoflow.store.cassandra_flowstate as cfs
         made = []
         class Counting(cfs.CassandraFlowState):

@@ -19,14 +19,6 @@ from tests.store_contract import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.ensemble]
 
 
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory):
-    ens = ZooKeeperEnsemble(tmp_path_factory.mktemp("zk-ensemble"), n=3)
-    ens.start()
-    yield ens
-    ens.kill()
-
-
 def _heal(ensemble: ZooKeeperEnsemble) -> None:
     for s in ensemble.servers:
         if not s.running():

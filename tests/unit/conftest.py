@@ -1,4 +1,5 @@
-"""Fixtures for the service and REST tests: a memory store, the service, the app."""
+"""Fixtures for the service and REST tests (a memory store, the service, the
+app) and the agent tests' two-host worlds (built from tests/unit/worlds.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from typing import Any
 import pytest
 import webob
 
+from midoflow.agent.core import AgentCore
 from midoflow.errors import Unavailable
+from midoflow.nat.flowstate import LocalFlowState
 from midoflow.rest.app import make_app
 from midoflow.service.topology import TopologyService
 from midoflow.store.base import Store
 from midoflow.store.memory import MemoryStore
+from tests.unit import worlds
+from tests.unit.worlds import TUNNELS
 
 _NO_BODY = object()
 
@@ -150,3 +155,78 @@ def service(flaky_store) -> TopologyService:
 @pytest.fixture
 def api(flaky_store) -> ApiClient:
     return ApiClient(make_app(flaky_store))
+
+
+# ---- the agent tests' two-host worlds ------------------------------------------------
+@pytest.fixture
+def l2_world():
+    """Bridge b: p1 and p3 bound on h1 (ofports 5, 6), p2 on h2 (5); the
+    cookies each host's core invalidated. (api, agents, invalidated)"""
+    api = worlds.two_hosts(*worlds.l2_bridge())
+    invalidated: dict[str, set[int]] = {h: set() for h in worlds.HOSTS}
+    agents = {h: worlds.agent(api, h, on_invalidate=invalidated[h].update)
+              for h in worlds.HOSTS}
+    worlds.bind(agents, {"h1": {**TUNNELS, "vm1": (5, "p1"), "vm3": (6, "p3")},
+                         "h2": {**TUNNELS, "vm2": (5, "p2")}})
+    return api, agents, invalidated
+
+
+@pytest.fixture
+def limits_world():
+    """Bridge b with M2 learned on p2 at h2 (VXLAN only); ``make(host, **cfg)``
+    starts another core with those configuration fields. (api, make)"""
+    api = worlds.two_hosts(*worlds.l2_bridge())
+
+    def make(host: str, **kw) -> AgentCore:
+        return worlds.agent(api, host, config=kw)
+
+    h2 = make("h2")
+    h2.set_interfaces({"vxlan0": (1, None), "vm2": (5, "p2")})
+    h2.handle_miss(5, {"eth_src": worlds.M2, "eth_dst": worlds.BCAST, "eth_type": 0x800,
+                       "ip_src": "10.0.0.11", "ip_dst": "10.0.0.12", "ip_proto": 17,
+                       "ip_ttl": 64, "ip_tos": 0, "tp_src": 1, "tp_dst": 53})
+    return api, make
+
+
+@pytest.fixture
+def snat_world():
+    """worlds.snat_uplink: the uplink bound on h1 (ofport 7), the VM on h2
+    (5); the router knows the gateway's and the VM's MACs. (api, agents)"""
+    api = worlds.two_hosts(*worlds.snat_uplink())
+    worlds.learn_arp(api, "r", {"198.51.100.254": worlds.GW, "192.168.1.10": worlds.VM})
+    agents = {h: worlds.agent(api, h) for h in worlds.HOSTS}
+    worlds.bind(agents, {"h1": {**TUNNELS, "uplink": (7, "up")},
+                         "h2": {**TUNNELS, "vm1": (5, "vm")}})
+    return api, agents
+
+
+@pytest.fixture
+def ct_world():
+    """worlds.guarded_bridge: p1 on h1, p2 on h2 (ofport 5 each), M1 and M2
+    learned; one flow-state store for both. (agents, state)"""
+    api = worlds.two_hosts(*worlds.guarded_bridge())
+    state = LocalFlowState()
+    agents = {h: worlds.agent(api, h, flow_state=state) for h in worlds.HOSTS}
+    worlds.bind(agents, {"h1": {**TUNNELS, "vm1": (5, "p1")},
+                         "h2": {**TUNNELS, "vm2": (5, "p2")}})
+    worlds.learn_macs(api, "b", {worlds.M1: "p1", worlds.M2: "p2"})
+    return agents, state
+
+
+@pytest.fixture
+def routed_world():
+    """worlds.two_subnets: p1 on h1, p2 on h2 (ofport 5 each), VM2 learned;
+    os-ken frames, a fixed clock (NOW), the packets replayed (host, ofport,
+    frame) and the cookies h1 invalidated. (api, agents, replayed, invalidated)"""
+    api = worlds.two_hosts(*worlds.two_subnets())
+    replayed: list = []
+    invalidated: set = set()
+    agents = {h: worlds.agent(api, h, frames=worlds.OsKenFrames(),
+                              on_invalidate=invalidated.update if h == "h1" else lambda c: None,
+                              replay=lambda ofport, frame, h=h: replayed.append((h, ofport, frame)),
+                              clock=lambda: worlds.NOW)
+              for h in worlds.HOSTS}
+    worlds.bind(agents, {"h1": {**TUNNELS, "vm1": (5, "p1")},
+                         "h2": {**TUNNELS, "vm2": (5, "p2")}})
+    worlds.learn_macs(api, "b2", {worlds.VM2: "p2"})
+    return api, agents, replayed, invalidated

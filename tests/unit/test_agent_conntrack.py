@@ -7,77 +7,22 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import AgentCore, Tunnel
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.nat import statewire
-from midoflow.nat.flowstate import LocalFlowState
-from midoflow.store import paths
-from midoflow.store.base import Create
-from midoflow.store.memory import MemoryBackend, MemoryStore
-
-M1, M2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
-
-
-def cfg(host):
-    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
-                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
-
-
-def tcp(src, dst, sport, dport, smac, dmac):
-    return {"eth_src": smac, "eth_dst": dmac, "eth_type": 0x800, "ip_src": src, "ip_dst": dst,
-            "ip_proto": 6, "tp_src": sport, "tp_dst": dport}
-
-
-@pytest.fixture
-def world():
-    """p1 (h1) and p2 (h2) on bridge b; p2's VM accepts only replies."""
-    backend = MemoryBackend()
-    api = MemoryStore(backend)
-    api.commit([
-        Create("hosts", {"id": "h1", "name": "h1"}),
-        Create("hosts", {"id": "h2", "name": "h2"}),
-        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
-                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
-                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
-        Create("chains", {"id": "in2", "rule_ids": ["fwd"]}),
-        Create("chains", {"id": "out2", "rule_ids": ["ret", "deny"]}),
-        Create("rules", {"id": "fwd", "chain_id": "in2", "action": "continue",
-                         "match_forward_flow": True}),
-        Create("rules", {"id": "ret", "chain_id": "out2", "action": "accept",
-                         "match_return_flow": True}),
-        Create("rules", {"id": "deny", "chain_id": "out2", "action": "drop"}),
-        Create("bridges", {"id": "b", "port_ids": ["p1", "p2"]}),
-        Create("ports", {"id": "p1", "device_id": "b", "tunnel_key": 11}),
-        Create("ports", {"id": "p2", "device_id": "b", "tunnel_key": 12,
-                         "inbound_filter_id": "in2", "outbound_filter_id": "out2"}),
-    ])
-    state = LocalFlowState()
-    agents = {}
-    for h in ("h1", "h2"):
-        a = AgentCore(cfg(h), MemoryStore(backend), flow_state=state)
-        a.start()
-        agents[h] = a
-    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1")})
-    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm2": (5, "p2")})
-    api.put_state(paths.mac_entry("b", M1, "p1"), {})
-    api.put_state(paths.mac_entry("b", M2, "p2"), {})
-    return agents, state
-
+from tests.unit.worlds import M1, M2, cfg, tcp
 
 OUT = tcp("10.1.0.2", "10.1.0.1", 40000, 443, M2, M1)  # p2's VM opens
 REPLY = tcp("10.1.0.1", "10.1.0.2", 443, 40000, M1, M2)  # p1's VM answers
 
 
-def test_unsolicited_traffic_to_the_guarded_vm_is_dropped(world):
-    agents, _ = world
+def test_unsolicited_traffic_to_the_guarded_vm_is_dropped(ct_world):
+    agents, _ = ct_world
     assert agents["h1"].handle_miss(5, REPLY).actions == []
 
 
-def test_return_key_is_pushed_first_and_admits_the_reply(world):
-    agents, state = world
+def test_return_key_is_pushed_first_and_admits_the_reply(ct_world):
+    agents, state = ct_world
     h1, h2 = agents["h1"], agents["h2"]
     d = h2.handle_miss(5, OUT)
     assert d.actions == [Tunnel(11, "10.0.0.1", 1)]
@@ -97,8 +42,8 @@ def test_return_key_is_pushed_first_and_admits_the_reply(world):
     assert [e.key for e in state.load("p2")] == [keys[0].encode()]
 
 
-def test_a_restarted_agent_recovers_its_connections_from_the_store(world):
-    agents, state = world
+def test_a_restarted_agent_recovers_its_connections_from_the_store(ct_world):
+    agents, state = ct_world
     d = agents["h2"].handle_miss(5, OUT)
     assert d.pushes
     agents["h2"].flush_state()
@@ -109,15 +54,15 @@ def test_a_restarted_agent_recovers_its_connections_from_the_store(world):
     assert fresh.handle_miss(5, REPLY).actions == [Tunnel(12, "10.0.0.2", 1)]
 
 
-def test_garbage_state_frames_are_counted_not_fatal(world):
-    h1 = world[0]["h1"]
+def test_garbage_state_frames_are_counted_not_fatal(ct_world):
+    h1 = ct_world[0]["h1"]
     assert h1.receive_state(b"\x00" * 40) == 0
     assert h1.receive_state(statewire.DST_MAC + statewire.SRC_MAC + b"\x88\xb5MFS1{") == 0
     assert h1.stats["malformed"] == 2
 
 
-def test_state_lives_while_a_flow_uses_it(world):
-    agents, _ = world
+def test_state_lives_while_a_flow_uses_it(ct_world):
+    agents, _ = ct_world
     h1, h2 = agents["h1"], agents["h2"]
     h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
     r = h1.handle_miss(5, REPLY)
@@ -130,8 +75,8 @@ def test_state_lives_while_a_flow_uses_it(world):
     assert h1.expire_state() == 1  # ...and gone an idle timeout later
 
 
-def test_fin_both_ways_closes_on_both_hosts_and_its_flows_go(world):
-    agents, _ = world
+def test_fin_both_ways_closes_on_both_hosts_and_its_flows_go(ct_world):
+    agents, _ = ct_world
     h1, h2 = agents["h1"], agents["h2"]
     h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
     reply = h1.handle_miss(5, REPLY)
@@ -153,8 +98,8 @@ def test_fin_both_ways_closes_on_both_hosts_and_its_flows_go(world):
     assert h1.handle_miss(5, REPLY).actions == []
 
 
-def test_rst_closes_at_once(world):
-    agents, _ = world
+def test_rst_closes_at_once(ct_world):
+    agents, _ = ct_world
     h1, h2 = agents["h1"], agents["h2"]
     h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
     h1.handle_miss(5, {**REPLY, "tcp_flags": 0x04})
@@ -163,8 +108,8 @@ def test_rst_closes_at_once(world):
     assert h1.expire_state() == 1
 
 
-def test_state_the_store_refused_is_kept_for_the_next_flush(world):
-    agents, state = world
+def test_state_the_store_refused_is_kept_for_the_next_flush(ct_world):
+    agents, state = ct_world
     h2 = agents["h2"]
     real = state.save
     state.save = lambda *a: (_ for _ in ()).throw(RuntimeError("down"))

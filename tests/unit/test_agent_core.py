@@ -1,71 +1,33 @@
 """AgentCore on the memory store: bindings, translation, exact invalidation."""
 
-import pytest
-
-from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import AgentCore, Output, Tunnel
 from midoflow.store import paths
-from midoflow.store.base import Create, Delete, Update
-from midoflow.store.memory import MemoryBackend, MemoryStore
-
-BCAST = "ff:ff:ff:ff:ff:ff"
-M1, M2, M3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
-
+from midoflow.store.base import Delete, Update
+from midoflow.store.memory import MemoryStore
+from tests.unit.worlds import BCAST, M1, M2, M3, cfg
 
 
 def eth(src: str, dst: str, eth_type: int) -> dict:
     """Packet-in fields of a frame with only these headers."""
     return {"eth_src": src, "eth_dst": dst, "eth_type": eth_type}
 
-def cfg(host):
-    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
-                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
 
-
-@pytest.fixture
-def world():
-    backend = MemoryBackend()
-    api = MemoryStore(backend)
-    api.commit([
-        Create("hosts", {"id": "h1", "name": "h1"}),
-        Create("hosts", {"id": "h2", "name": "h2"}),
-        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
-                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
-                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
-        Create("bridges", {"id": "b", "name": "b", "port_ids": ["p1", "p2", "p3"]}),
-        Create("ports", {"id": "p1", "device_id": "b", "tunnel_key": 11}),
-        Create("ports", {"id": "p2", "device_id": "b", "tunnel_key": 12}),
-        Create("ports", {"id": "p3", "device_id": "b", "tunnel_key": 13}),
-    ])
-    invalidated = {"h1": set(), "h2": set()}
-    agents = {}
-    for h in ("h1", "h2"):
-        a = AgentCore(cfg(h), MemoryStore(backend),
-                      on_invalidate=lambda c, h=h: invalidated[h].update(c))
-        a.start()
-        agents[h] = a
-    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None),
-                                 "vm1": (5, "p1"), "vm3": (6, "p3")})
-    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm2": (5, "p2")})
-    return api, agents, invalidated
-
-
-def test_bindings_publish_active_ports_and_host_state(world):
-    api, agents, _ = world
+def test_bindings_publish_active_ports_and_host_state(l2_world):
+    api, agents, _ = l2_world
     assert agents["h1"].bindings == {"p1": 5, "p3": 6}
     assert api.get_state(paths.port_active("p2")) == {"host_id": "h2"}
     assert api.get_state(paths.host_alive("h1"))["tunnel_ips"] == {"underlay": "10.0.0.1"}
     assert agents["h1"].cache.port_hosts == {"p1": "h1", "p2": "h2", "p3": "h1"}
 
 
-def test_broadcast_goes_local_and_through_the_tunnel_with_the_port_key(world):
-    _, agents, _ = world
+def test_broadcast_goes_local_and_through_the_tunnel_with_the_port_key(l2_world):
+    _, agents, _ = l2_world
     d = agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))
     assert set(d.actions) == {Output(6), Tunnel(12, "10.0.0.2", 1)}
 
 
-def test_learning_is_replicated_and_invalidates_flood_flows(world):
-    api, agents, inv = world
+def test_learning_is_replicated_and_invalidates_flood_flows(l2_world):
+    api, agents, inv = l2_world
     flood = agents["h2"].handle_miss(5, eth(M2, M1, 0x800))  # M1 unknown yet: flood
     assert set(flood.actions) == {Tunnel(11, "10.0.0.1", 1), Tunnel(13, "10.0.0.1", 1)}
     agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))  # learns M1 on p1
@@ -75,8 +37,8 @@ def test_learning_is_replicated_and_invalidates_flood_flows(world):
     assert d.actions == [Tunnel(11, "10.0.0.1", 1)]
 
 
-def test_deleting_a_port_removes_exactly_the_flows_through_it(world):
-    api, agents, inv = world
+def test_deleting_a_port_removes_exactly_the_flows_through_it(l2_world):
+    api, agents, inv = l2_world
     a = agents["h1"]
     a.handle_miss(5, eth(M1, BCAST, 0x806))
     a.handle_miss(6, eth(M3, BCAST, 0x806))
@@ -92,8 +54,8 @@ def test_deleting_a_port_removes_exactly_the_flows_through_it(world):
     assert m1_to_m3.cookie not in inv["h1"]
 
 
-def test_port_down_drops_and_port_up_restores(world):
-    api, agents, inv = world
+def test_port_down_drops_and_port_up_restores(l2_world):
+    api, agents, inv = l2_world
     a = agents["h1"]
     agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
     d = a.handle_miss(5, eth(M1, M2, 0x800))
@@ -104,8 +66,8 @@ def test_port_down_drops_and_port_up_restores(world):
     assert a.handle_miss(5, eth(M1, M2, 0x800)).actions == []
 
 
-def test_unbinding_on_one_host_and_binding_on_another_moves_the_port(world):
-    api, agents, inv = world
+def test_unbinding_on_one_host_and_binding_on_another_moves_the_port(l2_world):
+    api, agents, inv = l2_world
     agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
     d = agents["h1"].handle_miss(5, eth(M1, M2, 0x800))
     agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None)})
@@ -117,8 +79,8 @@ def test_unbinding_on_one_host_and_binding_on_another_moves_the_port(world):
     assert set(agents["h1"].handle_miss(5, eth(M1, M2, 0x800)).actions) == {Output(6), Output(7)}
 
 
-def test_api_binding_without_iface_id(world):
-    api, agents, _ = world
+def test_api_binding_without_iface_id(l2_world):
+    api, agents, _ = l2_world
     port, v = api.get("ports", "p2")
     port.update(host_id="h1", interface_name="tapx")
     agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "tapx": (9, None)})
@@ -126,8 +88,8 @@ def test_api_binding_without_iface_id(world):
     assert agents["h1"].bindings == {"p2": 9}
 
 
-def test_host_death_removes_its_ports(world):
-    api, agents, inv = world
+def test_host_death_removes_its_ports(l2_world):
+    api, agents, inv = l2_world
     agents["h2"].handle_miss(5, eth(M2, BCAST, 0x806))
     d = agents["h1"].handle_miss(5, eth(M1, M2, 0x800))
     agents["h2"].store.close()
@@ -135,8 +97,8 @@ def test_host_death_removes_its_ports(world):
     assert d.cookie in inv["h1"]
 
 
-def test_gre_zone_uses_the_gre_port(world):
-    api, agents, _ = world
+def test_gre_zone_uses_the_gre_port(l2_world):
+    api, agents, _ = l2_world
     zone, v = api.get("tunnel_zones", "z")
     zone["type"] = "gre"
     api.commit([Update("tunnel_zones", zone, v)])
@@ -144,13 +106,13 @@ def test_gre_zone_uses_the_gre_port(world):
     assert Tunnel(12, "10.0.0.2", 2) in d.actions
 
 
-def test_packet_from_unbound_ofport_is_ignored(world):
-    _, agents, _ = world
+def test_packet_from_unbound_ofport_is_ignored(l2_world):
+    _, agents, _ = l2_world
     assert agents["h1"].handle_miss(42, eth(M1, BCAST, 0x806)) is None
 
 
-def test_a_replaced_flow_leaves_the_index(world):
-    _, agents, _ = world
+def test_a_replaced_flow_leaves_the_index(l2_world):
+    _, agents, _ = l2_world
     a = agents["h1"]
     cookies = []
     for _ in range(5):  # a burst: each queued packet-in installs the same flow
@@ -162,8 +124,8 @@ def test_a_replaced_flow_leaves_the_index(world):
     assert len(a.flows) == 0
 
 
-def test_a_restarted_agent_writes_again_what_its_previous_run_learned(world):
-    api, agents, _ = world
+def test_a_restarted_agent_writes_again_what_its_previous_run_learned(l2_world):
+    api, agents, _ = l2_world
     agents["h1"].handle_miss(5, eth(M1, BCAST, 0x806))
     assert paths.parse_mac_entry(api.list_state(paths.mac_table("b"))[0]) == (M1, "p1")
     # a new agent process: its cache shows the entry, but the old session owns it

@@ -11,16 +11,7 @@ from midoflow.agent.core import AgentCore, Tunnel
 from midoflow.cli.status import format_status
 from midoflow.service.topology import _status_host
 from midoflow.store import paths
-from midoflow.store.base import Create
-from midoflow.store.memory import MemoryBackend, MemoryStore
-
-BCAST = "ff:ff:ff:ff:ff:ff"
-M1, M2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
-
-
-def cfg(host: str, **kw) -> AgentConfig:
-    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
-                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host], **kw)
+from tests.unit.worlds import BCAST, M1, M2
 
 
 def udp(src_mac: str, dst_mac: str, sport: int, dport: int = 53, **kw) -> dict:
@@ -29,33 +20,6 @@ def udp(src_mac: str, dst_mac: str, sport: int, dport: int = 53, **kw) -> dict:
          "tp_src": sport, "tp_dst": dport}
     f.update(kw)
     return f
-
-
-@pytest.fixture
-def world():
-    backend = MemoryBackend()
-    api = MemoryStore(backend)
-    api.commit([
-        Create("hosts", {"id": "h1", "name": "h1"}),
-        Create("hosts", {"id": "h2", "name": "h2"}),
-        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
-                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
-                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
-        Create("bridges", {"id": "b", "name": "b", "port_ids": ["p1", "p2", "p3"]}),
-        Create("ports", {"id": "p1", "device_id": "b", "tunnel_key": 11}),
-        Create("ports", {"id": "p2", "device_id": "b", "tunnel_key": 12}),
-        Create("ports", {"id": "p3", "device_id": "b", "tunnel_key": 13}),
-    ])
-
-    def make(host: str, **kw) -> AgentCore:
-        a = AgentCore(cfg(host, **kw), MemoryStore(backend))
-        a.start()
-        return a
-
-    h2 = make("h2")
-    h2.set_interfaces({"vxlan0": (1, None), "vm2": (5, "p2")})
-    h2.handle_miss(5, udp(M2, BCAST, 1))  # M2 learned on p2
-    return api, make
 
 
 def bind_h1(a: AgentCore) -> AgentCore:
@@ -77,8 +41,8 @@ def test_config_validates_the_limits(tmp_path):
         AgentConfig.load(str(path))
 
 
-def test_new_source_macs_beyond_the_limit_are_dropped_and_not_learned(world):
-    api, make = world
+def test_new_source_macs_beyond_the_limit_are_dropped_and_not_learned(limits_world):
+    api, make = limits_world
     a = bind_h1(make("h1", max_macs_per_port=4))
     macs = [f"02:aa:00:00:00:{i:02x}" for i in range(10)]
     decisions = [a.handle_miss(5, udp(m, M2, 1000 + i)) for i, m in enumerate(macs)]
@@ -94,8 +58,8 @@ def test_new_source_macs_beyond_the_limit_are_dropped_and_not_learned(world):
         [Tunnel(12, "10.0.0.2", 1)]
 
 
-def test_flows_beyond_the_per_port_limit_are_forwarded_but_not_installed(world):
-    _, make = world
+def test_flows_beyond_the_per_port_limit_are_forwarded_but_not_installed(limits_world):
+    _, make = limits_world
     a = bind_h1(make("h1", max_flows_per_port=5))
     a.handle_miss(5, udp(M1, BCAST, 1))
     # each miss is a new flow for the index (OVS would see packets that miss)
@@ -106,8 +70,8 @@ def test_flows_beyond_the_per_port_limit_are_forwarded_but_not_installed(world):
     assert a.refused["flow_limit"] == {"p1": 4}
 
 
-def test_flow_limit_counts_per_ingress_port_and_frees_on_removal(world):
-    _, make = world
+def test_flow_limit_counts_per_ingress_port_and_frees_on_removal(limits_world):
+    _, make = limits_world
     a = bind_h1(make("h1", max_flows_per_port=2))
     d1 = a.handle_miss(5, udp(M1, BCAST, 1))
     d2 = a.handle_miss(5, udp(M1, M2, 2))
@@ -120,8 +84,8 @@ def test_flow_limit_counts_per_ingress_port_and_frees_on_removal(world):
     assert a.handle_miss(5, udp(M1, "02:00:00:00:00:09", 3)).install
 
 
-def test_later_fragments_follow_their_first_or_are_dropped(world):
-    _, make = world
+def test_later_fragments_follow_their_first_or_are_dropped(limits_world):
+    _, make = limits_world
     a = bind_h1(make("h1"))
     a.handle_miss(5, udp(M1, BCAST, 1))
     later = udp(M1, M2, None, None, tp_src=None, tp_dst=None, ip_frag=2, ip_id=77)
@@ -139,8 +103,8 @@ def test_later_fragments_follow_their_first_or_are_dropped(world):
     assert a.handle_miss(6, {**later, "eth_src": "02:00:00:00:00:03"}).actions == []
 
 
-def test_later_fragment_of_a_denied_first_fragment_is_dropped(world):
-    api, make = world
+def test_later_fragment_of_a_denied_first_fragment_is_dropped(limits_world):
+    api, make = limits_world
     a = bind_h1(make("h1"))
     port, v = api.get("ports", "p2")
     port["admin_state_up"] = False
@@ -152,8 +116,8 @@ def test_later_fragment_of_a_denied_first_fragment_is_dropped(world):
     assert a.handle_miss(5, later).actions == []
 
 
-def test_protection_report_reaches_host_state_and_status(world):
-    api, make = world
+def test_protection_report_reaches_host_state_and_status(limits_world):
+    api, make = limits_world
     a = bind_h1(make("h1", max_macs_per_port=1))
     a.handle_miss(5, udp(M1, M2, 1))
     a.handle_miss(5, udp("02:aa:00:00:00:01", M2, 2))
@@ -180,8 +144,8 @@ def test_status_without_protection_block_still_renders():
     assert "limits:" not in text and "h9" in text
 
 
-def test_malformed_counts_also_in_stats(world):
-    _, make = world
+def test_malformed_counts_also_in_stats(limits_world):
+    _, make = limits_world
     a = make("h1")
     before = a.stats["malformed"]
     a.note_malformed("ip_header")
@@ -190,10 +154,10 @@ def test_malformed_counts_also_in_stats(world):
     assert dataclasses.asdict(a.cfg)["max_flows_per_port"] == 4096
 
 
-def test_a_frame_of_another_ethertype_gets_a_flow_naming_it(world):
+def test_a_frame_of_another_ethertype_gets_a_flow_naming_it(limits_world):
     """An IPv6 (or LLC) frame is parsed as Ethernet only: its flow must not
     match IPv4 or ARP between the same MACs (it would carry or drop them)."""
-    _, make = world
+    _, make = limits_world
     a = bind_h1(make("h1"))
     a.handle_miss(5, udp(M1, BCAST, 1))
     d = a.handle_miss(5, {"eth_src": M1, "eth_dst": M2, "eth_type": 0x86DD})
@@ -202,10 +166,10 @@ def test_a_frame_of_another_ethertype_gets_a_flow_naming_it(world):
     assert ip.install and "eth_type" not in ip.match_fields  # plain L2: MACs only
 
 
-def test_mac_limit_counts_entries_written_but_not_yet_seen_through_the_watch(world):
+def test_mac_limit_counts_entries_written_but_not_yet_seen_through_the_watch(limits_world):
     """Between the store write and the watch that fills the cache, a learned
     MAC must still count against the port's limit."""
-    _, make = world
+    _, make = limits_world
     a = bind_h1(make("h1", max_macs_per_port=3))
     for i in range(3):
         assert a.handle_miss(5, udp(f"02:aa:00:00:00:{i:02x}", M2, i)).actions != []

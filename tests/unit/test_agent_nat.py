@@ -7,70 +7,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from midoflow.agent.config import AgentConfig
-from midoflow.agent.core import AgentCore, Tunnel
+from midoflow.agent.core import Tunnel
 from midoflow.agent.natlease import lease_path
 from midoflow.nat import statewire
-from midoflow.store import paths
-from midoflow.store.base import Create
-from midoflow.store.memory import MemoryBackend, MemoryStore
-
-VM, RMAC, UPMAC, GW = "02:00:00:00:00:01", "02:aa:00:00:00:01", "02:aa:00:00:00:09", \
-    "02:ee:00:00:00:01"
-PUBLIC = "203.0.113.10"
-
-
-def cfg(host):
-    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
-                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
-
-
-@pytest.fixture
-def world():
-    backend = MemoryBackend()
-    api = MemoryStore(backend)
-    api.commit([
-        Create("hosts", {"id": "h1", "name": "h1"}),
-        Create("hosts", {"id": "h2", "name": "h2"}),
-        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
-                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
-                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
-        Create("chains", {"id": "post", "rule_ids": ["snat"]}),
-        Create("chains", {"id": "pre", "rule_ids": ["rev"]}),
-        Create("rules", {"id": "snat", "chain_id": "post", "action": "snat",
-                         "out_ports": ["up"], "nat_targets": [
-                             {"addr_from": PUBLIC, "addr_to": PUBLIC, "port_from": 1024,
-                              "port_to": 65535}]}),
-        Create("rules", {"id": "rev", "chain_id": "pre", "action": "rev_snat"}),
-        Create("bridges", {"id": "b", "port_ids": ["vm", "br"]}),
-        Create("routers", {"id": "r", "port_ids": ["rb", "up"], "inbound_filter_id": "pre",
-                           "outbound_filter_id": "post"}),
-        Create("ports", {"id": "vm", "device_id": "b", "tunnel_key": 11}),
-        Create("ports", {"id": "br", "device_id": "b", "tunnel_key": 12, "type": "interior",
-                         "peer_id": "rb"}),
-        Create("ports", {"id": "rb", "device_id": "r", "device_type": "router",
-                         "tunnel_key": 13, "type": "interior", "peer_id": "br", "mac": RMAC,
-                         "ip_address": "192.168.1.1", "prefix_len": 24}),
-        Create("ports", {"id": "up", "device_id": "r", "device_type": "router",
-                         "tunnel_key": 14, "mac": UPMAC, "ip_address": "198.51.100.1",
-                         "prefix_len": 24}),
-        Create("routes", {"id": "default", "router_id": "r", "dst_cidr": "0.0.0.0/0",
-                          "next_hop_port": "up", "next_hop_gateway": "198.51.100.254"}),
-        Create("routes", {"id": "nat-ip", "router_id": "r", "dst_cidr": f"{PUBLIC}/32",
-                          "type": "blackhole"}),
-    ])
-    api.put_state(paths.arp_entry("r", "198.51.100.254", GW, time.time()), {})
-    api.put_state(paths.arp_entry("r", "192.168.1.10", VM, time.time()), {})
-    agents = {}
-    for h in ("h1", "h2"):
-        a = AgentCore(cfg(h), MemoryStore(backend))
-        a.start()
-        agents[h] = a
-    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "uplink": (7, "up")})
-    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "vm")})
-    return api, agents
+from tests.unit.worlds import GW, PUBLIC, RMAC, UPMAC, VM
 
 
 def out_fields(sport):
@@ -78,8 +18,8 @@ def out_fields(sport):
             "ip_dst": "8.8.8.8", "ip_proto": 6, "tp_src": sport, "tp_dst": 80}
 
 
-def test_snat_at_the_vm_host_reply_translated_back_at_the_uplink_host(world):
-    api, agents = world
+def test_snat_at_the_vm_host_reply_translated_back_at_the_uplink_host(snat_world):
+    api, agents = snat_world
     h1, h2 = agents["h1"], agents["h2"]
     d = h2.handle_miss(5, out_fields(40000))
     assert d.actions == [Tunnel(14, "10.0.0.1", 1)]  # straight to the uplink's host
@@ -101,15 +41,15 @@ def test_snat_at_the_vm_host_reply_translated_back_at_the_uplink_host(world):
     assert (rw["ip_dst"], rw["tp_dst"], rw["eth_dst"]) == ("192.168.1.10", 40000, VM)
 
 
-def test_many_connections_share_the_address_with_distinct_ports(world):
-    _, agents = world
+def test_many_connections_share_the_address_with_distinct_ports(snat_world):
+    _, agents = snat_world
     ports = {dict((r.field, r.value) for r in agents["h2"].handle_miss(
         5, out_fields(s)).rewrites)["tp_src"] for s in range(1000, 1100)}
     assert len(ports) == 100
 
 
-def test_bindings_expire_with_their_flows_and_give_the_ports_back(world):
-    api, agents = world
+def test_bindings_expire_with_their_flows_and_give_the_ports_back(snat_world):
+    api, agents = snat_world
     h2 = agents["h2"]
     d = h2.handle_miss(5, out_fields(40000))
     port = {r.field: r.value for r in d.rewrites}["tp_src"]
@@ -123,12 +63,12 @@ def test_bindings_expire_with_their_flows_and_give_the_ports_back(world):
     assert len(h2.nat) == 0
 
 
-def test_a_reply_that_beats_its_state_is_decided_again_when_the_state_arrives(world):
+def test_a_reply_that_beats_its_state_is_decided_again_when_the_state_arrives(snat_world):
     """With ECMP a reply may reach the other gateway before the binding pushed
     there (another path through its OVS): the drop decided without it must
     not outlive the binding's arrival (its flow would keep the connection
     dead for as long as the peer retransmits)."""
-    _, agents = world
+    _, agents = snat_world
     h1, h2 = agents["h1"], agents["h2"]
     d = h2.handle_miss(5, out_fields(40001))
     port = {r.field: r.value for r in d.rewrites}["tp_src"]

@@ -7,30 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from midoflow.agent.config import AgentConfig
-from midoflow.agent.core import AgentCore, Frames, Output, TokenBucket, Tunnel
+from midoflow.agent.core import Output, TokenBucket, Tunnel
 from midoflow.apps import frames
 from midoflow.sim.result import routes_tag
 from midoflow.store import paths
 from midoflow.store.base import Create, Delete
-from midoflow.store.memory import MemoryBackend, MemoryStore
-
-VM1, VM2 = "02:00:00:00:01:01", "02:00:00:00:02:02"
-R1, R2 = "02:aa:00:00:00:01", "02:aa:00:00:00:02"
-NOW = 50_000.0
-
-
-class OsKenFrames(Frames):
-    def build(self, gen, original):
-        return frames.build(gen, original)
-
-    def parse(self, frame):
-        return frames.parse(frame)
-
-
-def cfg(host):
-    return AgentConfig(host_id=host, zookeeper="memory", ovsdb="unix:/x",
-                       tunnel_ip={"h1": "10.0.0.1", "h2": "10.0.0.2"}[host])
+from tests.unit.worlds import NOW, R1, R2, VM1, VM2
 
 
 def ip_fields(dst="192.168.2.20", ttl=64, src="192.168.1.10"):
@@ -51,51 +33,8 @@ def frame_of(fields) -> bytes:
     return bytes(p.data)
 
 
-@pytest.fixture
-def world():
-    """b1 (p1 on h1) and b2 (p2 on h2) on router r: 192.168.1/24 and 192.168.2/24."""
-    backend = MemoryBackend()
-    api = MemoryStore(backend)
-    api.commit([
-        Create("hosts", {"id": "h1", "name": "h1"}),
-        Create("hosts", {"id": "h2", "name": "h2"}),
-        Create("tunnel_zones", {"id": "z", "name": "z", "type": "vxlan",
-                                "members": [{"host_id": "h1", "ip": "10.0.0.1"},
-                                            {"host_id": "h2", "ip": "10.0.0.2"}]}),
-        Create("bridges", {"id": "b1", "port_ids": ["p1", "b1r"]}),
-        Create("bridges", {"id": "b2", "port_ids": ["p2", "b2r"]}),
-        Create("routers", {"id": "r", "port_ids": ["r1", "r2"]}),
-        Create("ports", {"id": "p1", "device_id": "b1", "tunnel_key": 11}),
-        Create("ports", {"id": "p2", "device_id": "b2", "tunnel_key": 12}),
-        Create("ports", {"id": "b1r", "device_id": "b1", "tunnel_key": 13,
-                         "type": "interior", "peer_id": "r1"}),
-        Create("ports", {"id": "b2r", "device_id": "b2", "tunnel_key": 14,
-                         "type": "interior", "peer_id": "r2"}),
-        Create("ports", {"id": "r1", "device_id": "r", "device_type": "router",
-                         "tunnel_key": 15, "type": "interior", "peer_id": "b1r", "mac": R1,
-                         "ip_address": "192.168.1.1", "prefix_len": 24}),
-        Create("ports", {"id": "r2", "device_id": "r", "device_type": "router",
-                         "tunnel_key": 16, "type": "interior", "peer_id": "b2r", "mac": R2,
-                         "ip_address": "192.168.2.1", "prefix_len": 24}),
-    ])
-    replayed: list = []
-    invalidated: set = set()
-    agents = {}
-    for h in ("h1", "h2"):
-        a = AgentCore(cfg(h), MemoryStore(backend), frames=OsKenFrames(),
-                      on_invalidate=invalidated.update if h == "h1" else lambda c: None,
-                      replay=lambda ofport, frame, h=h: replayed.append((h, ofport, frame)),
-                      clock=lambda: NOW)
-        a.start()
-        agents[h] = a
-    agents["h1"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm1": (5, "p1")})
-    agents["h2"].set_interfaces({"vxlan0": (1, None), "gre0": (2, None), "vm2": (5, "p2")})
-    api.put_state(paths.mac_entry("b2", VM2, "p2"), {})
-    return api, agents, replayed, invalidated
-
-
-def test_unknown_next_hop_holds_the_packet_and_replays_it_when_arp_resolves(world):
-    api, agents, replayed, _ = world
+def test_unknown_next_hop_holds_the_packet_and_replays_it_when_arp_resolves(routed_world):
+    api, agents, replayed, _ = routed_world
     h1, h2 = agents["h1"], agents["h2"]
     f = ip_fields()
     d = h1.handle_miss(5, f, frame_of(f))
@@ -128,8 +67,8 @@ def test_unknown_next_hop_holds_the_packet_and_replays_it_when_arp_resolves(worl
         ("eth_src", R2), ("eth_dst", VM2), ("ttl", 1)]
 
 
-def test_router_arp_reply_goes_back_to_the_asking_vm(world):
-    _, agents, _, _ = world
+def test_router_arp_reply_goes_back_to_the_asking_vm(routed_world):
+    _, agents, _, _ = routed_world
     req = {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x806, "arp_op": 1,
            "arp_sha": VM1, "arp_spa": "192.168.1.10", "arp_tha": "00:00:00:00:00:00",
            "arp_tpa": "192.168.1.1"}
@@ -140,8 +79,8 @@ def test_router_arp_reply_goes_back_to_the_asking_vm(world):
     assert frames.parse(replies[0].frame)["arp_sha"] == R1
 
 
-def test_ttl_expiry_answers_with_time_exceeded_quoting_the_packet(world):
-    _, agents, _, _ = world
+def test_ttl_expiry_answers_with_time_exceeded_quoting_the_packet(routed_world):
+    _, agents, _, _ = routed_world
     f = ip_fields(ttl=1)
     d = agents["h1"].handle_miss(5, f, frame_of(f))
     (err,) = d.emits
@@ -152,8 +91,8 @@ def test_ttl_expiry_answers_with_time_exceeded_quoting_the_packet(world):
     assert ic.type == 11 and ic.data.data[:1] == b"\x45"  # quotes the IP header
 
 
-def test_icmp_errors_are_rate_limited_per_router(world):
-    _, agents, _, _ = world
+def test_icmp_errors_are_rate_limited_per_router(routed_world):
+    _, agents, _, _ = routed_world
     h1 = agents["h1"]
     h1.icmp_bucket = TokenBucket(rate=0.0, burst=3.0, clock=lambda: 0.0)
     f = ip_fields(dst="172.16.0.1")
@@ -161,8 +100,8 @@ def test_icmp_errors_are_rate_limited_per_router(world):
     assert sent == 3 and h1.stats["icmp_limited"] == 7
 
 
-def test_route_change_invalidates_only_flows_through_that_router(world):
-    api, agents, _, invalidated = world
+def test_route_change_invalidates_only_flows_through_that_router(routed_world):
+    api, agents, _, invalidated = routed_world
     h1 = agents["h1"]
     api.put_state(paths.arp_entry("r", "192.168.2.20", VM2, NOW), {})
     f = ip_fields()
@@ -178,7 +117,7 @@ def test_route_change_invalidates_only_flows_through_that_router(world):
     assert invalidated == set()  # the flow was already gone; nothing else is touched
 
 
-def test_malformed_frames(world):
+def test_malformed_frames(routed_world):
     with pytest.raises(frames.FrameError):
         frames.parse(b"\x00" * 13)
     # a cut IPv4 header is refused by the parser (issue 9); the core's handling
@@ -186,7 +125,7 @@ def test_malformed_frames(world):
     with pytest.raises(frames.FrameError):
         frames.parse(bytes.fromhex("ffffffffffff020000000101" "0800" "45"))
     broken = {"eth_src": VM1, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x800}
-    h1 = world[1]["h1"]
+    h1 = routed_world[1]["h1"]
     # at L2 it is switched by a flow on MACs; at the router it is dropped, no flow
     d = h1.handle_miss(5, {**broken, "eth_dst": "02:00:00:00:09:09"})
     assert d.install
@@ -194,12 +133,12 @@ def test_malformed_frames(world):
     assert not d.install and d.actions == []
 
 
-def test_one_store_write_per_learned_mac_however_many_packets(world):
-    api, agents, _, _ = world
+def test_one_store_write_per_learned_mac_however_many_packets(routed_world):
+    api, agents, _, _ = routed_world
     h1 = agents["h1"]
     writes = []
     h1.spawn = lambda f, *a: writes.append((f.__name__, a))  # nothing runs: in flight
     for _ in range(50):
         h1.handle_miss(5, {"eth_src": "02:00:00:00:07:07", "eth_dst": VM1, "eth_type": 0x800})
-    assert [w for w in writes if w[0] == "_learn"] == [
-        ("_learn", ((("b1", "02:00:00:00:07:07", "p1"),),))]
+    assert [w for w in writes if w[0] == "learn_macs"] == [
+        ("learn_macs", ((("b1", "02:00:00:00:07:07", "p1"),),))]

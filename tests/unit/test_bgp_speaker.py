@@ -58,20 +58,44 @@ class FakeSpeaker:
         self.keepalives[addr] = s
 
 
+class FakeSwitch:
+    """The OVS bridge as the manager sees it: the links' ports and their ofports."""
+
+    def __init__(self):
+        self.ofports: dict[str, int] = {}
+
+    def add_port(self, name, external_ids):
+        self.ofports[name] = 40 + len(external_ids["midoflow-bgp-link"])
+
+    def del_port(self, name):
+        self.ofports.pop(name, None)
+
+    def ofport(self, name):
+        return self.ofports.get(name, -1)
+
+
 @pytest.fixture
 def gw(monkeypatch):
     links = []
-    monkeypatch.setattr(sp.bgplink, "create", lambda spec, db, br, ns, ovs: links.append(spec))
-    monkeypatch.setattr(sp.bgplink, "remove", lambda spec, db, br, ns: links.remove(spec)
-                        if spec in links else None)
-    monkeypatch.setattr(sp.bgplink, "ofport", lambda db, spec: 40 + len(spec.port_id))
+
+    def create(spec, switch, ns, ovs):  # no namespaces or veths in unit tests
+        links.append(spec)
+        switch.add_port(spec.ovs_name, {"midoflow-bgp-link": spec.port_id})
+
+    def remove(spec, switch, ns):
+        switch.del_port(spec.ovs_name)
+        if spec in links:
+            links.remove(spec)
+
+    monkeypatch.setattr(sp.bgplink, "create", create)
+    monkeypatch.setattr(sp.bgplink, "remove", remove)
     cache = SimpleNamespace(ports={"up1": uplink("up1", "192.0.2.1", "02:00:00:00:01:01"),
                                    "up2": uplink("up2", "192.0.2.5", "02:00:00:00:01:02")},
                             bgp_peers={}, bgp_networks={})
     store = MemoryStore()
     flows = {}
     bound = {"up1": 5}
-    mgr = sp.BgpManager(cache, store, "host-gw1", "unix:db", "br-int", "1234",
+    mgr = sp.BgpManager(cache, store, "host-gw1", FakeSwitch(), "1234",
                         bindings=lambda: dict(bound), on_links=lambda d: flows.update(
                             {"now": dict(d)}))
     mgr.make_speaker = FakeSpeaker

@@ -642,6 +642,28 @@ def test_rewriters_raise_only_frame_error():
     assert accepted(out)["icmp_inner"] == (6, B, 2000, "9.9.9.9", 8443)
 
 
+def test_apply_rewrites_makes_the_frame_rewrites_in_order_and_leaves_the_rest():
+    from midoflow.sim.result import Rewrite
+
+    echo = REGRESSION["icmp_echo_request"][0]
+    error = REGRESSION["icmp_port_unreachable_quoting_tcp"][0]
+    of_only = (Rewrite("ip_src", "1.2.3.4"), Rewrite("eth_dst", VM1), Rewrite("ttl", 1),
+               Rewrite("tp_src", 9))
+    assert frames.apply_rewrites(echo, of_only) is echo  # OpenFlow's to make
+    assert frames.apply_rewrites(echo, ()) is echo
+    out = accepted(frames.apply_rewrites(echo, (*of_only, Rewrite("icmp_id", 7))))
+    assert (out["icmp_id"], out["ip_src"]) == (7, A)  # the address is left to the flow
+    out = frames.apply_rewrites(error, (Rewrite("icmp_inner_src", "5.5.5.5:1"),
+                                        Rewrite("icmp_inner_dst", "6.6.6.6:2"),
+                                        Rewrite("icmp_inner_dst", "7.7.7.7:3")))
+    assert accepted(out)["icmp_inner"] == (6, "5.5.5.5", 1, "7.7.7.7", 3)  # last one wins
+    for bad in ((Rewrite("icmp_id", 1),), (Rewrite("icmp_inner_src", "x"),)):
+        with pytest.raises(FrameError) as e:
+            frames.apply_rewrites(REGRESSION["udp"][0], bad)
+        assert e.value.reason == "build"
+    assert set(frames.FRAME_REWRITES) == {"icmp_id", "icmp_inner_src", "icmp_inner_dst"}
+
+
 def test_every_reason_is_documented():
     assert len(set(REASONS)) == len(REASONS)
     assert all(r.isidentifier() and r.islower() for r in REASONS)

@@ -135,3 +135,18 @@ def test_no_two_live_connections_share_an_address_and_port(steps):
     # every lease belongs to a host that still uses it
     for (ip, proto, block), owner in shared.owner.items():
         assert hosts[owner].leased.get((ip, proto, block)), "a lease outlived its ports"
+
+
+def test_a_proposal_is_pure_and_skips_what_this_walk_already_proposed():
+    a = NatAllocator(MemoryLeaser().for_host("h1"))
+    t = [NatTarget("203.0.113.1", "203.0.113.1", 1000, 1001)]
+    assert a.propose(t, 6) is None and a.leased == {}  # no block: nothing leased
+    assert a.lease(t, 6) and not a.lease(t, 6)  # one block covers the range
+    first = a.propose(t, 6)
+    assert a.propose(t, 6) == first and a.in_use() == set()  # proposing takes nothing
+    second = a.propose(t, 6, taken=[(*first, 6)])
+    assert second not in (None, first) and a.propose(t, 6, taken=[(*first, 6),
+                                                                  (*second, 6)]) is None
+    assert a.take(*first, 6) and not a.take(*first, 6)  # taken meanwhile
+    assert not a.take("203.0.113.1", 5000, 6)  # not a block of ours
+    assert a.propose(t, 17) is None  # leases are per protocol

@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 
 from midoflow.model import Bridge, Chain, IpAddrGroup, NatTarget, Port, PortGroup, Rule
 from midoflow.nat.conntrack import ConnKey
+from midoflow.nat.tables import FlowTables
 from midoflow.sim import chains
 from midoflow.sim.packet import ETH_ARP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import Action, _Builder, chain_tag, ip_addr_group_tag
 from midoflow.sim.simulator import simulate
-from midoflow.sim.view import DictView
+from midoflow.sim.view import NO_FLOW_STATE, DictView
 
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
@@ -46,7 +47,8 @@ def R(rid, action, chain="c", **kw) -> Rule:
 
 def verdict(v: DictView, p: Packet, chain="c", in_port="pa", out_port=None):
     b = _Builder()
-    return chains.run(v, chain, p, chains.Context(in_port, out_port, "dev"), b)[0], b
+    ctx = chains.Context(in_port, out_port, "dev", NO_FLOW_STATE)
+    return chains.run(v, chain, p, ctx, b)[0], b
 
 
 CASES = [  # (condition, value, matching packet fields, non-matching fields, flow field)
@@ -201,11 +203,12 @@ def test_connection_tracking_admits_the_reply_of_an_allowed_connection():
     reply = pkt(ip_src="10.0.0.1", ip_dst="10.0.0.2", tp_src=443, tp_dst=50000)
     assert simulate(v, reply).dropped
     # ...and admitted once it is (the agent installs it before forwarding)
-    v.return_keys.add(fwd.reverse())
-    r = simulate(v, reply)
+    tables = FlowTables()
+    assert tables.track(out.conntrack, 0.0) == [fwd.reverse()]
+    r = simulate(v, reply, 0.0, tables.view(0.0))
     assert r.out_ports == ("pb",) and r.conntrack == ()
     # another connection from pa to pb's VM on 443 is not a reply: dropped
-    assert simulate(v, pkt(tp_src=443, tp_dst=50001)).dropped
+    assert simulate(v, pkt(tp_src=443, tp_dst=50001), 0.0, tables.view(0.0)).dropped
 
 
 def test_reject_answers_with_icmp_prohibited_from_the_destination():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from midoflow.model import Chain, NatTarget, Router, Rule
 from midoflow.nat.allocator import MemoryLeaser, NatAllocator
-from midoflow.nat.bindings import SNAT, NatBinding, NatTable
+from midoflow.nat.bindings import SNAT, NatBinding
 from midoflow.nat.conntrack import ConnKey
+from midoflow.nat.tables import FlowTables
 from midoflow.sim.packet import PROTO_ICMP, PROTO_TCP, Packet
 from midoflow.sim.simulator import simulate
 from tests.unit.test_sim_router import NOW, VM1, VM2, Topo, ip_pkt
@@ -41,22 +42,35 @@ def nat_topo():
     r = t.v.routers["r1"]
     t.v.routers["r1"] = Router(**{**r.to_dict(), "inbound_filter_id": "pre",
                                   "outbound_filter_id": "post"})
-    t.v.nat = NatTable()
-    t.v.allocator = NatAllocator(MemoryLeaser().for_host("h1"))
+    t.state = FlowTables(NatAllocator(MemoryLeaser().for_host("h1")))
     return t
 
 
+def sim(t, p):
+    """One simulation over the host's flow state, read only."""
+    return simulate(t.v, p, NOW, t.state.view(NOW))
+
+
+def run(t, p):
+    """What the agent does: simulate; lease a block and simulate again when
+    the simulation found no free SNAT port; then take its ports and record
+    its bindings."""
+    r = sim(t, p)
+    if r.nat_wants and t.state.lease(r.nat_wants):
+        r = sim(t, p)
+    _commit(t, r)
+    return r
+
+
 def _commit(t, r):
-    """What the agent does with a decision's NAT bindings."""
-    for b in r.nat:
-        t.v.nat.add(b)
+    assert t.state.commit_nat(r.nat_allocs, r.nat, NOW)
 
 
 def test_snat_allocates_distinct_ports_and_rewrites_the_source():
     t = nat_topo()
     seen = set()
     for sport in (1000, 1001, 1002):
-        r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=sport), NOW)
+        r = run(t, ip_pkt(dst="8.8.8.8", sport=sport))
         assert r.out_ports == ("up",)
         (b,) = r.nat
         assert b.kind == SNAT and b.xlated[0] == PUBLIC and b.orig == ("192.168.1.10", sport)
@@ -64,28 +78,26 @@ def test_snat_allocates_distinct_ports_and_rewrites_the_source():
         assert rw["ip_src"] == PUBLIC and rw["tp_src"] == b.xlated[1]
         assert rw["eth_dst"] == EXT_GW
         seen.add(b.xlated)
-        _commit(t, r)
     assert len(seen) == 3
     # the same connection again: the same binding, nothing new
-    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
+    r = sim(t, ip_pkt(dst="8.8.8.8", sport=1000))
     assert r.nat == () and dict((w.field, w.value) for w in r.rewrites)["ip_src"] == PUBLIC
 
 
 def test_the_reply_is_translated_back_and_routed_to_the_vm():
     t = nat_topo()
-    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
-    _commit(t, r)
+    r = run(t, ip_pkt(dst="8.8.8.8", sport=1000))
     (b,) = r.nat
     reply = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
                    ip_dst=PUBLIC, ip_proto=PROTO_TCP, tp_src=80, tp_dst=b.xlated[1])
-    r = simulate(t.v, reply, NOW)
+    r = sim(t, reply)
     assert r.out_ports == ("p1",)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert (rw["ip_dst"], rw["tp_dst"], rw["eth_dst"]) == ("192.168.1.10", 1000, VM1)
     # an unsolicited packet to the public address is not translated: no route back
     stray = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
                    ip_dst=PUBLIC, ip_proto=PROTO_TCP, tp_src=80, tp_dst=4444)
-    r = simulate(t.v, stray, NOW)
+    r = sim(t, stray)
     assert r.dropped and "blackhole" in r.trace[-1].decision
 
 
@@ -93,7 +105,7 @@ def test_floating_ip_in_and_out():
     t = nat_topo()
     inbound = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.4.4",
                      ip_dst=FIP, ip_proto=PROTO_TCP, tp_src=5555, tp_dst=22)
-    r = simulate(t.v, inbound, NOW)
+    r = sim(t, inbound)
     assert r.out_ports == ("p2",)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert rw["ip_dst"] == "192.168.2.20" and "tp_dst" not in rw  # 1:1, port kept
@@ -101,17 +113,17 @@ def test_floating_ip_in_and_out():
     # the VM's own outbound traffic leaves with its floating IP, port kept
     out = ip_pkt(src="192.168.2.20", dst="8.8.8.8", in_port="p2", eth_src=VM2,
                  eth_dst="02:aa:00:00:00:02", sport=3333)
-    r = simulate(t.v, out, NOW)
+    r = sim(t, out)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert r.out_ports == ("up",) and rw["ip_src"] == FIP and "tp_src" not in rw
 
 
 def test_icmp_is_translated_by_address_and_east_west_is_not_translated():
     t = nat_topo()
-    r = simulate(t.v, ip_pkt(dst="8.8.8.8", proto=PROTO_ICMP, sport=8, dport=0), NOW)
+    r = sim(t, ip_pkt(dst="8.8.8.8", proto=PROTO_ICMP, sport=8, dport=0))
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert rw["ip_src"] == PUBLIC and "tp_src" not in rw
-    r = simulate(t.v, ip_pkt(), NOW)  # 192.168.1.10 -> 192.168.2.20: not via the uplink
+    r = sim(t, ip_pkt())  # 192.168.1.10 -> 192.168.2.20: not via the uplink
     assert r.out_ports == ("p2",) and r.nat == ()
     assert "ip_src" not in {w.field for w in r.rewrites}
 
@@ -122,9 +134,33 @@ def test_exhaustion_drops_without_crashing():
     t.v.rules["snat"] = Rule(**{**rule.to_dict(), "nat_targets": (
         NatTarget(PUBLIC, PUBLIC, 2000, 2001),)})
     for sport in (1, 2):
-        _commit(t, simulate(t.v, ip_pkt(dst="8.8.8.8", sport=sport), NOW))
-    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=3), NOW)
+        run(t, ip_pkt(dst="8.8.8.8", sport=sport))
+    r = sim(t, ip_pkt(dst="8.8.8.8", sport=3))
     assert r.dropped and not r.cacheable and r.nat == ()
+    assert r.nat_wants and not t.state.lease(r.nat_wants)  # no block left to lease
+
+
+def test_the_simulation_only_proposes_and_the_commit_takes():
+    """The simulation writes nothing: without a block it asks for one; with
+    one it proposes a port (the same each time until committed); a port
+    taken meanwhile makes the commit fail, and the next walk proposes
+    another."""
+    t = nat_topo()
+    p = ip_pkt(dst="8.8.8.8", sport=1000)
+    first = sim(t, p)
+    assert first.dropped and first.nat == () and first.nat_allocs == ()
+    assert first.nat_wants == (((NatTarget(PUBLIC, PUBLIC, 1024, 65535),), PROTO_TCP),)
+    assert t.state.allocator.leased == {}  # nothing was leased by simulating
+    assert t.state.lease(first.nat_wants)
+    a, b = sim(t, p), sim(t, p)
+    assert a.nat_allocs == b.nat_allocs and len(a.nat_allocs) == 1
+    ip, port, proto = a.nat_allocs[0]
+    assert a.nat[0].xlated == (ip, port) and len(t.state.nat) == 0
+    assert t.state.allocator.take(ip, port, proto)  # another packet took it meanwhile
+    assert not t.state.commit_nat(a.nat_allocs, a.nat, NOW)
+    assert len(t.state.nat) == 0
+    again = run(t, p)
+    assert again.nat_allocs[0][1] != port and t.state.nat.forward(SNAT, again.nat[0].fwd)
 
 
 def test_binding_encoding_round_trips():
@@ -143,18 +179,17 @@ def test_icmp_echo_identifier_is_translated_like_a_port_and_never_cached():
         p = ip_pkt(dst="8.8.8.8", proto=PROTO_ICMP, sport=8, dport=0, src="192.168.1.10")
         p = p.evolve(icmp_id=vm_id, tp_src=8, tp_dst=0)
         p = p.evolve(ip_src="192.168.1.10" if not ids else "192.168.1.11")
-        r = simulate(t.v, p, NOW)
+        r = run(t, p)
         (b,) = r.nat
         rw = dict((w.field, w.value) for w in r.rewrites)
         assert rw["ip_src"] == PUBLIC and rw["icmp_id"] == b.xlated[1] and not r.cacheable
         ids.add(b.xlated[1])
-        _commit(t, r)
     assert len(ids) == 2
     # the echo reply to the second translation goes back to the second sender
     nid = sorted(ids)[1] if len(ids) == 2 else None
     reply = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
                    ip_dst=PUBLIC, ip_proto=PROTO_ICMP, tp_src=0, tp_dst=0, icmp_id=nid)
-    r = simulate(t.v, reply, NOW)
+    r = sim(t, reply)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert rw["icmp_id"] == 7 and rw["ip_dst"] in ("192.168.1.10", "192.168.1.11")
     assert not r.cacheable
@@ -184,20 +219,19 @@ def test_set_icmp_id_rewrites_the_frame():
 
 def test_icmp_errors_about_a_translated_connection_are_translated_back():
     t = nat_topo()
-    r = simulate(t.v, ip_pkt(dst="8.8.8.8", sport=1000), NOW)
-    _commit(t, r)
+    r = run(t, ip_pkt(dst="8.8.8.8", sport=1000))
     (b,) = r.nat
     # a router out there says the port is unreachable, quoting what it got
     err = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="198.51.100.77",
                  ip_dst=PUBLIC, ip_proto=PROTO_ICMP, tp_src=3, tp_dst=3,
                  icmp_inner=(PROTO_TCP, PUBLIC, b.xlated[1], "8.8.8.8", 80))
-    r = simulate(t.v, err, NOW)
+    r = sim(t, err)
     assert r.out_ports == ("p1",) and not r.cacheable
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert rw["ip_dst"] == "192.168.1.10" and rw["icmp_inner_src"] == "192.168.1.10:1000"
     # an error quoting a connection we never translated goes nowhere
     stray = err.evolve(icmp_inner=(PROTO_TCP, PUBLIC, 9, "8.8.8.8", 80))
-    assert simulate(t.v, stray, NOW).dropped
+    assert sim(t, stray).dropped
 
 
 def test_set_icmp_inner_rewrites_the_quoted_packet():
@@ -234,13 +268,31 @@ def test_stateless_nat_rewrites_addresses_both_ways_without_state():
     t.v.chains["pre"] = Chain(id="pre", rule_ids=("s-in",))  # stateless only
     out = ip_pkt(src="192.168.2.20", dst="8.8.8.8", in_port="p2", eth_src=VM2,
                  eth_dst="02:aa:00:00:00:02", sport=3333)
-    r = simulate(t.v, out, NOW)
+    r = sim(t, out)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert r.out_ports == ("up",) and rw["ip_src"] == "203.0.113.30" and "tp_src" not in rw
     assert r.nat == () and r.conntrack == () and r.cacheable
     assert "tp_src" not in r.match_fields  # wildcarded: one flow for every connection
     back = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="8.8.8.8",
                   ip_dst="203.0.113.30", ip_proto=PROTO_TCP, tp_src=80, tp_dst=4444)
-    r = simulate(t.v, back, NOW)
+    r = sim(t, back)
     rw = dict((w.field, w.value) for w in r.rewrites)
     assert r.out_ports == ("p2",) and rw["ip_dst"] == "192.168.2.20" and r.nat == ()
+
+
+def test_the_simulation_imports_neither_the_agent_nor_a_store():
+    """It reads flow state through the view it is given, never by calling back."""
+    import ast
+    import pathlib
+
+    import midoflow.sim
+
+    bad = []
+    for path in pathlib.Path(midoflow.sim.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[:2] in (["midoflow", "agent"], ["midoflow", "apps"],
+                                            ["midoflow", "store"])]
+    assert bad == []

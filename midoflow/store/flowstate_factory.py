@@ -1,6 +1,8 @@
 """The agent's flow-state store, from its configuration: the local one, or
 Cassandra reached lazily (an agent starts, and forwards, while Cassandra is
-down; it connects when it can and says so)."""
+down; it connects when it can and says so). The os-ken app injects it into
+the agent core, which sees only the FlowStateStore interface (as
+:mod:`midoflow.store.factory` does for the topology store)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 
-from midoflow.agent.config import parse_cassandra
 from midoflow.nat.flowstate import (
     Entry,
     FlowStateStore,
     FlowStateUnavailable,
     LocalFlowState,
 )
+from midoflow.store.endpoints import parse_cassandra
 
 LOG = logging.getLogger(__name__)
 RETRY_SECONDS = 5.0
@@ -72,6 +74,7 @@ class LazyCassandra(FlowStateStore):
 
 
 def make_flow_state(spec: str, eventlet: bool = False) -> FlowStateStore:
+    """``local`` or ``cassandra:HOST[,HOST...][:PORT][/KEYSPACE]``."""
     if spec == "local":
         return LocalFlowState()
     parsed = parse_cassandra(spec)

@@ -1,0 +1,156 @@
+"""The agent's OpenFlow 1.3 pipeline, declared as data (Faucet's
+``faucet_pipeline`` idea): each table states what its flows may match, the
+actions, set-fields and instructions they may carry, and which part of the
+agent writes which of its flows (by priority and cookie). Every flow-mod the
+agent builds is checked against this (``midoflow.apps.flowcheck``) before it
+is sent.
+
+Table 0 (classify)
+    * flow state from another host's agent (the reserved tunnel key) → the
+      controller, straight (not metered per VM port: it is the hosts' own
+      traffic, and a reply may depend on it);
+    * from a VM port in a storm (its meter dropped far more than it passed,
+      see ``midoflow.agent.storm``): everything, for a few seconds (a hard
+      timeout), by one flow that OVS's datapath applies without an upcall;
+    * from a bound VM port: a tagged frame (802.1Q or 802.1ad VLAN present, or
+      the ethertypes 0x8100, 0x88a8, 0x9100) is dropped (ports are
+      VLAN-unaware: a tag must never ride a flow made for untagged traffic);
+      anything else → table 1;
+    * from a tunnel port with the tunnel key of a local port → that port
+      (egress delivery by key alone: the ingress host already simulated it);
+    * a gateway's BGP link and its uplink: BGP and ARP passed between them;
+    * anything else is dropped.
+Table 1 (simulated)
+    * TCP FIN and RST segments → table 2 (they close connections);
+    * IPv4 fragments (first and later) always → table 2: a first fragment is
+      simulated and its decision remembered (``midoflow.agent.fragments``);
+      later fragments, which carry no ports, follow it or are dropped;
+    * IPv4 packets with a TTL below ``LOW_TTL`` always → table 2 (OpenFlow
+      cannot match "TTL > n", and a router on the path may have to answer with
+      ICMP time exceeded);
+    * flows computed by the simulation, each with its own cookie and an idle
+      timeout, matching only the fields the decision read; a miss → table 2.
+Table 2 (to controller)
+    * one flow per bound port (its ``in_port``): that port's meter (meter id =
+      the ofport), then the controller;
+    * anything else is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from midoflow.agent.flows import FlowIndex
+
+TABLE_CLASSIFY = 0
+TABLE_SIMULATED = 1
+TABLE_TO_CONTROLLER = 2
+
+PRIO_MISS = 0
+PRIO_CLASSIFY = 100
+PRIO_SIMULATED = 100
+PRIO_TCP_CLOSE = 150
+PRIO_FRAGMENT = 190
+PRIO_LOW_TTL = 200
+PRIO_BGP = 250
+PRIO_TAGGED = 280  # above the goto and the BGP link's flows of the same port
+PRIO_STORM = 290
+PRIO_STATE = 300
+
+ALL_BITS = (1 << 64) - 1
+# Storm-control flows carry this cookie (| the ofport).
+STORM_COOKIE = 0x5702 << 48
+# Flows of a BGP link carry this cookie (| the link's ofport).
+BGP_COOKIE = 0xB6B0 << 48
+# Simulated flows: the flow index's cookies (top byte 0x4D).
+DECISION_COOKIE = FlowIndex.COOKIE_BASE
+# More routers than this in one simulated flow is impossible (MAX_DEVICES).
+LOW_TTL = 8
+
+# The agent's parts that write flows.
+BASE, CLASSIFY, DECISION, BGP_LINK, STORM = "base", "classify", "decision", "bgp_link", "storm"
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Flows of one part of the agent in one table: their priorities, their
+    cookies (``cookie & mask == value``) and which timeout they must carry
+    (``"idle"``, ``"hard"``, or None: none, they live until deleted)."""
+
+    name: str
+    priorities: frozenset[int]
+    cookie: int = 0
+    mask: int = ALL_BITS
+    timeout: str | None = None
+
+    def owns(self, priority: int, cookie: int) -> bool:
+        return priority in self.priorities and cookie & self.mask == self.cookie
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table: what its flows may match and carry, and who writes them.
+    ``controller``: whether its flows may output to the controller;
+    ``meter``: whether they may pass a meter instruction."""
+
+    table_id: int
+    name: str
+    match: frozenset[str]
+    actions: frozenset[str]
+    set_fields: frozenset[str]
+    goto: frozenset[int]
+    writers: tuple[Writer, ...]
+    controller: bool = False
+    meter: bool = False
+
+    def writer(self, priority: int, cookie: int) -> Writer | None:
+        return next((w for w in self.writers if w.owns(priority, cookie)), None)
+
+
+def _fs(*names) -> frozenset:
+    return frozenset(names)
+
+
+_L4 = ("ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "icmpv4_type", "icmpv4_code")
+
+PIPELINE: dict[int, Table] = {t.table_id: t for t in (
+    Table(TABLE_CLASSIFY, "classify",
+          match=_fs("in_port", "tunnel_id", "vlan_vid", "eth_type", "ip_proto", "ipv4_dst",
+                    "tcp_src", "tcp_dst", "arp_tpa"),
+          actions=_fs("output"), set_fields=frozenset(),
+          goto=_fs(TABLE_SIMULATED), controller=True,
+          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_STATE)),
+                   Writer(CLASSIFY, _fs(PRIO_CLASSIFY, PRIO_TAGGED)),
+                   Writer(BGP_LINK, _fs(PRIO_BGP), BGP_COOKIE, 0xFFFF << 48),
+                   Writer(STORM, _fs(PRIO_STORM), STORM_COOKIE, 0xFFFF << 48, "hard"))),
+    Table(TABLE_SIMULATED, "simulated",
+          match=_fs("in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "ipv4_dst",
+                    "ip_dscp", "ip_ecn", *_L4, "arp_op", "arp_spa", "arp_tpa", "arp_sha",
+                    "nw_ttl", "tcp_flags", "ip_frag"),
+          actions=_fs("output", "set_field", "dec_nw_ttl"),
+          set_fields=_fs("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
+                         "udp_src", "udp_dst", "tunnel_id", "tun_ipv4_dst"),
+          goto=_fs(TABLE_TO_CONTROLLER),
+          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TCP_CLOSE, PRIO_FRAGMENT, PRIO_LOW_TTL)),
+                   Writer(DECISION, _fs(PRIO_SIMULATED), DECISION_COOKIE, FlowIndex.COOKIE_MASK,
+                          "idle"))),
+    Table(TABLE_TO_CONTROLLER, "to_controller",
+          match=_fs("in_port"), actions=_fs("output"), set_fields=frozenset(),
+          goto=frozenset(), controller=True, meter=True,
+          writers=(Writer(BASE, _fs(PRIO_MISS)), Writer(CLASSIFY, _fs(PRIO_CLASSIFY)))),
+)}
+
+# OpenFlow 1.3 prerequisites (OXM, 7.2.3.6) of the fields used here: a match
+# or a set-field of the key needs the match to fix these fields to one of
+# these values (OVS refuses the flow otherwise).
+ETH_IP, ETH_ARP = 0x0800, 0x0806
+_IP = {"eth_type": (ETH_IP,)}
+PREREQUISITES: dict[str, dict[str, tuple[int, ...]]] = {
+    **{f: _IP for f in ("ipv4_src", "ipv4_dst", "ip_dscp", "ip_ecn", "ip_proto", "nw_ttl",
+                        "ip_frag")},
+    **{f: {"ip_proto": (6,)} for f in ("tcp_src", "tcp_dst", "tcp_flags")},
+    **{f: {"ip_proto": (17,)} for f in ("udp_src", "udp_dst")},
+    **{f: {"ip_proto": (1,)} for f in ("icmpv4_type", "icmpv4_code")},
+    **{f: {"eth_type": (ETH_ARP,)} for f in ("arp_op", "arp_spa", "arp_tpa", "arp_sha")},
+    "dec_nw_ttl": _IP,
+}
