@@ -126,21 +126,3 @@ class StoreView:
         if port_id not in self._active:
             self._active[port_id] = self.store.get_state(paths.port_active(port_id)) is not None
         return self._active[port_id]
-
-    # Connection tracking and NAT bindings live in each host's agent, not in
-    # the store: a trace sees every packet as the first of a new connection,
-    # and shows the NAT target a new binding would take (no port is leased).
-    def is_return_flow(self, key) -> bool:
-        return False
-
-    def nat_forward(self, kind: str, key):
-        return None
-
-    def nat_reverse(self, kind: str, key):
-        return None
-
-    def nat_allocate(self, targets, proto: int) -> tuple[str, int] | None:
-        if not targets:
-            return None
-        t = targets[0]
-        return t.addr_from, t.port_from or 0
