@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+from midoflow.agent.clock import Clock
+
 # A packet waiting for an ARP answer waits this long at most, this many per next hop.
 ARP_HOLD_SECONDS = 3.0
 ARP_HOLD_MAX = 16
@@ -14,15 +16,16 @@ ARP_RETRY_SECONDS = 1.0
 
 
 class ArpHold:
-    def __init__(self, clock: Callable[[], float], spawn: Callable[..., object],
+    def __init__(self, clock: Clock, spawn: Callable[..., object],
                  replay: Callable[[int, bytes], None], stats: dict) -> None:
+        # monotonic throughout: local deadlines only
         self.clock, self.spawn, self.replay, self.stats = clock, spawn, replay, stats
         # key -> [(deadline, ofport, frame)]
         self.held: dict[tuple[str, str], list[tuple[float, int, bytes]]] = defaultdict(list)
         self.asked: dict[tuple[str, str], float] = {}  # (router, ip) -> when asked
 
     def hold(self, key: tuple[str, str], ofport: int, frame: bytes) -> None:
-        now = self.clock()
+        now = self.clock.mono()
         q = [h for h in self.held[key] if h[0] > now]
         if len(q) >= ARP_HOLD_MAX:
             q.pop(0)
@@ -34,7 +37,7 @@ class ArpHold:
     def should_ask(self, key: tuple[str, str]) -> bool:
         """Whether to send an ARP request for ``key`` now (not asked within
         ARP_RETRY_SECONDS: the answer is on its way); records the ask."""
-        now = self.clock()
+        now = self.clock.mono()
         if now - self.asked.get(key, float("-inf")) < ARP_RETRY_SECONDS:
             return False
         self.asked[key] = now
@@ -44,7 +47,7 @@ class ArpHold:
         """What waited for ``key`` is simulated again (replayed); how many."""
         waiting = self.held.pop(key, [])
         self.asked.pop(key, None)
-        now = self.clock()
+        now = self.clock.mono()
         n = 0
         for deadline, ofport, frame in waiting:
             if deadline > now:

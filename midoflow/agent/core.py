@@ -1,5 +1,5 @@
 """The agent's logic, free of os-ken: a thin coordinator over parts with one
-job each, sharing one injected clock --
+job each, sharing one injected :class:`~midoflow.agent.clock.Clock` --
 
 * :mod:`~midoflow.agent.bindings`: interfaces -> local bindings, activation;
 * :mod:`~midoflow.agent.installed`: installed flows, invalidation by tag;
@@ -21,12 +21,12 @@ these decisions into OpenFlow messages.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from midoflow.agent.arphold import ArpHold
 from midoflow.agent.bindings import Bindings
 from midoflow.agent.cache import TopologyCache
+from midoflow.agent.clock import Clock
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.decision import (
     BindingChange,
@@ -79,12 +79,12 @@ class AgentCore:
         spawn: Callable[..., object] | None = None,
         frames: Frames | None = None,
         replay: Callable[[int, bytes], None] = lambda ofport, frame: None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         flow_state: FlowStateStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.clock = clock  # the one clock of every part (see now)
+        self.clock = clock or Clock()  # the one clock of every part
         self.on_invalidate = on_invalidate
         self.on_bindings = on_bindings
         self.spawn = spawn or (lambda f, *a: f(*a))
@@ -92,7 +92,7 @@ class AgentCore:
         self.replay = replay
         self.ovs_connected = False
         self.unsynced_host = False
-        self.started_at = time.time()
+        self.started_at = self.clock.wall()
         self.stats = {"packet_in": 0, "simulated": 0, "dropped": 0, "malformed": 0,
                       "invalidated": 0, "learned": 0, "generated": 0, "arp_held": 0,
                       "arp_expired": 0, "icmp_limited": 0}
@@ -102,20 +102,17 @@ class AgentCore:
         self.egress = Egress(cfg.host_id, self.cache, self.ports)
         self.state = FlowState(flow_state or LocalFlowState(),
                                NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id),
-                               self.now, self._spawn, self.stats)
-        self.arp = ArpHold(self.now, self._spawn, self._replay, self.stats)
-        self.learning = Learning(store, self.cache, cfg.max_macs_per_port, self.now, self.stats)
-        self.protection = Protection(cfg, self.stats, self.now)
-        self.frags = FragmentTable(clock=self.now)
-        self.icmp_bucket = TokenBucket(ICMP_RATE, ICMP_BURST, self.now)
+                               self.clock, self._spawn, self.stats)
+        self.arp = ArpHold(self.clock, self._spawn, self._replay, self.stats)
+        self.learning = Learning(store, self.cache, cfg.max_macs_per_port, self.clock,
+                                 self.stats)
+        self.protection = Protection(cfg, self.stats, self.clock)
+        self.frags = FragmentTable(clock=self.clock)
+        self.icmp_bucket = TokenBucket(ICMP_RATE, ICMP_BURST, self.clock)
         self.cache.on_arp = lambda router_id, ip: self.arp.release((router_id, ip))
 
-    # The parts call back through these: ``clock``, ``spawn``, ``replay`` and
+    # The parts call back through these: ``spawn``, ``replay`` and
     # ``on_invalidate`` may be replaced after construction (tests do).
-    def now(self) -> float:
-        """The clock every part reads."""
-        return self.clock()
-
     def _spawn(self, f: Callable[..., object], *args: object) -> object:
         return self.spawn(f, *args)
 
@@ -315,7 +312,7 @@ class AgentCore:
         """Simulate over the read-only flow state; lease a block and walk
         again when the simulation found no free SNAT port."""
         for _ in range(_MAX_WALKS):
-            result = simulate(self.cache, pkt, self.clock(), self.state.view())
+            result = simulate(self.cache, pkt, self.clock.wall(), self.state.view())
             self.stats["simulated"] += 1
             if not result.nat_wants or not self.state.lease(result):
                 break
@@ -395,7 +392,7 @@ class AgentCore:
         pkt = Packet(in_port=in_port, **fields)
         if pkt.ip_frag == 2:
             return None  # follows its first fragment; never a flow of its own
-        result = simulate(self.cache, pkt, self.clock(), self.state.view())
+        result = simulate(self.cache, pkt, self.clock.wall(), self.state.view())
         if result.learned and self.learning.would_hit(result.learned, in_port):
             return dropped(pkt, "the port's learned-MAC limit")
         decision = self._decide(result, pkt, None, in_port, dry=True)
@@ -478,7 +475,7 @@ class AgentCore:
             if peer is None:
                 return []
             pkt = Packet(in_port=peer.id, **fields)
-            result = simulate(self.cache, pkt, self.clock(), self.state.view())
+            result = simulate(self.cache, pkt, self.clock.wall(), self.state.view())
             d = self._decide(result, pkt, frame, depth=depth)
             out = [Emit(frame, d.actions, d.rewrites)] if d.actions else []
             return out + d.emits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
+from midoflow.agent.clock import Clock
 from midoflow.nat import statewire
 from midoflow.nat.allocator import NatAllocator
 from midoflow.nat.bindings import NatBinding
@@ -30,8 +31,10 @@ STATE_HOLD_MAX = 100_000
 
 class FlowState:
     def __init__(self, store: FlowStateStore, allocator: NatAllocator,
-                 clock: Callable[[], float], spawn: Callable[..., object],
+                 clock: Clock, spawn: Callable[..., object],
                  stats: dict) -> None:
+        # wall time throughout: entries and their expiry are shared with other
+        # hosts and the store
         self.store, self.clock, self.spawn, self.stats = store, clock, spawn, stats
         self.tables = FlowTables(allocator)
         self.unsaved: dict[str, list[Entry]] = {}  # port -> entries to file
@@ -39,7 +42,7 @@ class FlowState:
         self._flushing = False
 
     def view(self) -> StateView:
-        return self.tables.view(self.clock())
+        return self.tables.view(self.clock.wall())
 
     # ---- what a simulation wants ---------------------------------------------
     def lease(self, result: Result) -> bool:
@@ -56,12 +59,12 @@ class FlowState:
         False when a port was taken meanwhile (simulate again)."""
         if not result.nat:
             return True
-        return self.tables.commit_nat(result.nat_allocs, result.nat, self.clock())
+        return self.tables.commit_nat(result.nat_allocs, result.nat, self.clock.wall())
 
     def track(self, result: Result, ports: Iterable[str]) -> bytes:
         """Track the connections a packet opens, file them (and its NAT
         bindings) for ``ports``; the message that tells the other hosts."""
-        rets = self.tables.track(result.conntrack, self.clock())
+        rets = self.tables.track(result.conntrack, self.clock.wall())
         self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
         entries = [Entry(CONNTRACK, k.encode()) for k in rets]
         entries += [Entry(NAT, b.encode()) for b in result.nat]
@@ -71,7 +74,7 @@ class FlowState:
     def closing(self, result: Result, flags: int) -> bytes | None:
         """A FIN or RST: close the connection here; the message that tells
         the hosts that track it too (each sees only its own side)."""
-        now = self.clock()
+        now = self.clock.wall()
         seen = [*result.conntrack, *(k for k in result.ct_hits if isinstance(k, ConnKey))]
         for k in seen:
             self.tables.ct.tcp_flags(k, flags, now)
@@ -85,7 +88,7 @@ class FlowState:
         """Flow state another host pushed: (keys installed, tags of decisions
         made without it). ValueError for a bad message."""
         keys, nat, closing, ttl = statewire.decode_full(frame)
-        now = self.clock()
+        now = self.clock.wall()
         t = self.tables
         # A reply may have beaten its state here (another path through OVS):
         # what was decided without state that is new here goes, the next
@@ -112,7 +115,7 @@ class FlowState:
         except Exception as e:
             LOG.warning("cannot recover flow state of port %s: %s", port_id, e)
             return 0
-        now = self.clock()
+        now = self.clock.wall()
         n = 0
         for e in entries:
             try:
@@ -130,7 +133,7 @@ class FlowState:
     def expire(self, keep: set) -> tuple[set[ConnKey], int]:
         """Forget idle connections and bindings (``keep``: what installed
         flows use); (connections gone, NAT bindings gone)."""
-        now = self.clock()
+        now = self.clock.wall()
         gone = set(self.tables.ct.expire(now, {k for k in keep if isinstance(k, ConnKey)}))
         nat_keep = {k[1] for k in keep if isinstance(k, tuple) and k[:1] == ("nat",)}
         return gone, self.tables.expire_nat(nat_keep, now)

@@ -24,10 +24,11 @@ The values are opaque (the agent stores its actions). Pure: no I/O, no os-ken.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
+
+from midoflow.agent.clock import Clock
 
 FragmentKey = tuple[str | None, str | None, int | None, int | None]
 """(ip_src, ip_dst, ip_proto, ip_id) of a fragmented datagram."""
@@ -43,14 +44,14 @@ class FragmentTable:
 
     def __init__(self, ttl: float = DEFAULT_TTL, max_entries: int = DEFAULT_MAX_ENTRIES,
                  max_per_port: int = DEFAULT_MAX_PER_PORT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | None = None) -> None:
         if ttl <= 0 or max_entries < 1 or max_per_port < 1:
             raise ValueError("FragmentTable needs ttl > 0, max_entries >= 1 and "
                              f"max_per_port >= 1 (got {ttl}, {max_entries}, {max_per_port})")
         self.ttl = ttl
         self.max_entries = max_entries
         self.max_per_port = max_per_port
-        self.clock = clock
+        self.clock = clock or Clock()
         # (port, key) -> (deadline, value), oldest first: with one ttl and a
         # monotonic clock, insertion order is also deadline order.
         self._all: OrderedDict[tuple[Hashable, FragmentKey], tuple[float, Any]] = OrderedDict()
@@ -60,7 +61,7 @@ class FragmentTable:
     def remember(self, in_port: Hashable, key: FragmentKey, value: Any) -> None:
         """Record the decision for a first fragment (replacing, and renewing,
         an earlier one for the same port and key)."""
-        now = self.clock()
+        now = self.clock.mono()
         self._expire(now)
         entry = (in_port, key)
         port = self._per_port.setdefault(in_port, OrderedDict())
@@ -81,7 +82,7 @@ class FragmentTable:
         """The value remembered for this port and key, None if there is none
         (never seen, expired or evicted)."""
         got = self._all.get((in_port, key))
-        if got is not None and got[0] > self.clock():
+        if got is not None and got[0] > self.clock.mono():
             self._counts["hits"] += 1
             return got[1]
         if got is not None:
@@ -92,7 +93,7 @@ class FragmentTable:
 
     def expire(self) -> int:
         """Forget the entries whose time is up; how many went."""
-        return self._expire(self.clock())
+        return self._expire(self.clock.mono())
 
     def forget_port(self, in_port: Hashable) -> int:
         """Forget every entry of a port (unbound or deleted); how many went."""

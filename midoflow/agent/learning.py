@@ -6,9 +6,10 @@ each start one; and the per-port MAC limit."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from midoflow.agent.cache import TopologyCache
+from midoflow.agent.clock import Clock
 from midoflow.errors import MidoflowError
 from midoflow.store import paths
 from midoflow.store.base import Store
@@ -28,7 +29,7 @@ ArpEntry = tuple[str, str, str]  # (router, ip, mac)
 
 class Learning:
     def __init__(self, store: Store, cache: TopologyCache, max_macs: int,
-                 clock: Callable[[], float], stats: dict) -> None:
+                 clock: Clock, stats: dict) -> None:
         self.store, self.cache, self.max_macs = store, cache, max_macs
         self.clock, self.stats = clock, stats
         self.writing: dict[tuple, float] = {}  # entry -> claimed until
@@ -79,7 +80,7 @@ class Learning:
         """The entries no write is in flight (or just failed) for: every packet
         of a flow misses until the learned entry comes back through the watch,
         and each must not start a store write of its own."""
-        now = self.clock()
+        now = self.clock.mono()  # a local deadline
         out = []
         for e in entries:
             until = self.writing.get(e)
@@ -114,7 +115,7 @@ class Learning:
     def learn_arps(self, entries: Iterable[ArpEntry]) -> None:
         for router_id, ip, mac in entries:
             cur = self.cache.arps.get((router_id, ip))
-            now = self.clock()
+            now = self.clock.wall()  # the learned time, compared with stored ones
             if cur and cur[0] == mac and now - cur[1] < ARP_REWRITE_SECONDS \
                     and cur[2] in self.mine:
                 continue

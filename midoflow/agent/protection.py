@@ -5,8 +5,8 @@ again; plus the token bucket that rate-limits the ICMP errors a router sends."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+from midoflow.agent.clock import Clock
 from midoflow.agent.config import AgentConfig
 
 LOG = logging.getLogger(__name__)
@@ -19,12 +19,12 @@ PROTECTION_REPORT_PORTS = 20
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock  # read monotonic: a rate
         self.tokens: dict[str, tuple[float, float]] = {}
 
     def take(self, key: str) -> bool:
-        now = self.clock()
+        now = self.clock.mono()
         tokens, last = self.tokens.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         ok = tokens >= 1.0
@@ -40,7 +40,7 @@ def _worst(per: dict[str, int]) -> dict[str, int]:
 class Protection:
     """Counters of refusals, shared with the core's ``stats``."""
 
-    def __init__(self, cfg: AgentConfig, stats: dict, clock: Callable[[], float]) -> None:
+    def __init__(self, cfg: AgentConfig, stats: dict, clock: Clock) -> None:
         self.cfg, self.stats, self.clock = cfg, stats, clock
         # What the per-port bounds refused: by kind, then by port.
         self.refused: dict[str, dict[str, int]] = {"mac_limit": {}, "flow_limit": {}}
@@ -91,7 +91,7 @@ class Protection:
     def changed(self) -> bool:
         """Whether the report changed since last said so (at most every
         PROTECTION_PUBLISH_SECONDS): then the host state is published."""
-        now = self.clock()
+        now = self.clock.mono()
         if now - self._published_at < PROTECTION_PUBLISH_SECONDS:
             return False
         report = self.report()

@@ -18,9 +18,9 @@ Pure: the agent feeds it the meters' counters and acts on its answers.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from midoflow.agent.clock import Clock
 
 DEFAULT_FACTOR = 5.0
 DEFAULT_SECONDS = 2
@@ -36,11 +36,11 @@ class StormControl:
     """Decides, from each port's cumulative meter drops, when to block it."""
 
     def __init__(self, factor: float = DEFAULT_FACTOR, seconds: int = DEFAULT_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | None = None) -> None:
         if factor <= 0 or seconds < 1:
             raise ValueError(f"storm control needs factor > 0 and seconds >= 1 "
                              f"(got {factor}, {seconds})")
-        self.factor, self.seconds, self.clock = factor, seconds, clock
+        self.factor, self.seconds, self.clock = factor, seconds, clock or Clock()
         self._seen: dict[str, _Seen] = {}
         self._blocked_until: dict[str, float] = {}
         self.blocked: dict[str, int] = {}  # port -> times blocked
@@ -49,7 +49,7 @@ class StormControl:
         """The port's meter has dropped ``dropped`` packets in all (a counter
         that restarts when the meter is made again); ``rate`` is its packet-in
         rate. True: block the port now for ``seconds``."""
-        now = self.clock()
+        now = self.clock.mono()
         prev = self._seen.get(port_id)
         self._seen[port_id] = _Seen(now, dropped)
         if prev is None or dropped < prev.dropped or now <= prev.at:

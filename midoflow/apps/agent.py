@@ -42,6 +42,9 @@ EXPIRY_INTERVAL = 5.0
 # How often the per-port packet-in meters' drops are read (storm control
 # decides on each reading).
 METER_STATS_INTERVAL = 1.0
+# How long a fast reconnect waits for OVS to list the meters it kept before
+# classifying the bound ports without that list.
+METERS_WAIT = 5.0
 # Fast restart: how long the flows OVS kept wait for their ports' bindings
 # and flow state before they are judged anyway (a port whose binding went
 # while the agent was away never comes: its flows are deleted then).
@@ -70,6 +73,13 @@ class MidoflowAgent(app_manager.OSKenApp):
     _classify_xid: int | None = None
     _kept: list = []  # noqa: RUF012 - each connection gets a list of its own
     _kept_classify: list = []  # noqa: RUF012 - the same
+    # fast restart: the meters OVS held at connection (None: a wiping
+    # connection, which deletes them all), those deleted since, and whether
+    # classifying waits for the answer (see _meter_config)
+    _meters_xid: int | None = None
+    _kept_meters: set[int] | None = None
+    _gone_meters: set[int] = set()  # noqa: RUF012 - each connection gets a set of its own
+    _meters_wait = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -99,7 +109,8 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.bgp.kick = self._bgp_wake.set
         self.core.cache.on_bgp = self._bgp_wake.set
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
-        self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds)
+        self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds,
+                                  clock=self.core.clock)
 
     def start(self):
         # osken-manager only handles SIGINT: on SIGTERM (systemd, kill) close
@@ -220,6 +231,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.core.flows.reserved.clear()
         self._kept = []
         self._kept_classify = []
+        self._kept_meters, self._gone_meters, self._meters_wait = None, set(), fast
         if fast:  # asked first: OVS answers before it applies anything sent later
             p = dp.ofproto_parser
             classify = p.OFPFlowStatsRequest(  # the base and classify flows (cookie 0)
@@ -227,10 +239,13 @@ class MidoflowAgent(app_manager.OSKenApp):
             simulated = p.OFPFlowStatsRequest(
                 dp, table_id=pipeline.TABLE_SIMULATED, cookie=FlowIndex.COOKIE_BASE,
                 cookie_mask=FlowIndex.COOKIE_MASK)
-            for req in (classify, simulated):
+            meters = pipeline.meter_config_request(dp)
+            for req in (classify, simulated, meters):
                 dp.set_xid(req)
                 dp.send_msg(req)
             self._classify_xid, self._kept_xid = classify.xid, simulated.xid
+            self._meters_xid, self._kept_meters = meters.xid, set()
+            self.threads.append(hub.spawn(self._meters_deadline, dp, meters.xid))
         # fixed flows: an add replaces the flow of the same match and priority
         pipeline.send(dp, pipeline.base_flows(dp, wipe=not fast))
         self.classified.clear()
@@ -267,6 +282,62 @@ class MidoflowAgent(app_manager.OSKenApp):
         LOG.info("OVS kept %d simulated flow(s): judging them once the bindings are up",
                  len(kept))
         self.threads.append(hub.spawn(self._judge_kept, msg.datapath, kept))
+
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _meter_config(self, ev):
+        """The meters OVS held when we connected (fast restart; maybe in
+        several parts). The bound ports, classified meanwhile without a word
+        to OVS, are classified now: their meters modified (counters kept) or
+        added, never deleted (OVS would take the kept flows using them)."""
+        msg = ev.msg
+        if msg.datapath is not self.dp or msg.xid != self._meters_xid \
+                or self._kept_meters is None:
+            return
+        self._kept_meters.update(c.meter_id for c in msg.body)
+        if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        self._kept_meters -= self._gone_meters  # deleted after OVS answered
+        self._meters_xid, self._meters_wait = None, False
+        LOG.info("OVS kept %d meter(s): classifying %d bound port(s)",
+                 len(self._kept_meters), len(self.classified))
+        tunnels = sorted(self.core.tunnel_ofports.values())
+        for pid, (ofport, key) in self.classified.items():
+            self._classify(msg.datapath, pid, ofport, key, tunnels)
+
+    def _meters_deadline(self, dp, xid: int) -> None:
+        """OVS did not answer the meter request (it always should): classify
+        the bound ports anyway, adding their meters (an add of a meter OVS
+        still holds is refused and leaves it as it was; the flows use it)."""
+        hub.sleep(METERS_WAIT)
+        if dp is not self.dp or self._meters_xid != xid or not self._meters_wait:
+            return
+        LOG.warning("OVS did not list its meters within %.0f s: classifying %d bound "
+                    "port(s) without them", METERS_WAIT, len(self.classified))
+        self._meters_xid, self._meters_wait = None, False
+        tunnels = sorted(self.core.tunnel_ofports.values())
+        for pid, (ofport, key) in self.classified.items():
+            self._classify(dp, pid, ofport, key, tunnels)
+
+    def _classify(self, dp, pid: str, ofport: int, key: int, tunnels: list[int]) -> None:
+        """A bound port's classify flows and meter: after a fast restart's
+        connection a meter OVS kept is modified (its counters go on), a
+        missing one added; else the meter is made afresh."""
+        command = None
+        if self._kept_meters is not None:
+            mid = pipeline.meter_id(ofport)
+            command = dp.ofproto.OFPMC_MODIFY if mid in self._kept_meters \
+                else dp.ofproto.OFPMC_ADD
+            self._kept_meters.discard(mid)  # from now on, ours: unclassify deletes it
+        pipeline.send(dp, pipeline.classify_flows(dp, ofport, key, tunnels,
+                                                  *self._meter_rate(pid), meter=command))
+
+    def _unclassify(self, dp, ofport: int, key: int) -> None:
+        """Remove a port's flows and meter (see pipeline.unclassify_flows)."""
+        mid = pipeline.meter_id(ofport)
+        self._gone_meters.add(mid)
+        if self._kept_meters is not None:
+            self._kept_meters.discard(mid)
+        pipeline.send(dp, pipeline.unclassify_flows(dp, ofport, key))
 
     def _settled(self, in_ports: set[int]) -> bool:
         """Interfaces read from OVSDB, every port the kept flows came in by
@@ -342,7 +413,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                 LOG.warning("ofport %d was classified and is bound no more, but has no "
                             "delivery flow: its flows stay", ofport)
                 continue
-            pipeline.send(dp, pipeline.unclassify_flows(dp, ofport, key))
+            self._unclassify(dp, ofport, key)
         if orphans:
             LOG.info("flows of ports bound here no more removed: ofports %s", sorted(orphans))
 
@@ -387,6 +458,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.classified.clear()
             self._kept, self._kept_xid = [], None
             self._kept_classify, self._classify_xid = [], None
+            self._kept_meters, self._meters_xid, self._meters_wait = None, None, False
             self.core.set_connected(False)
             LOG.warning("lost the OVS connection")
 
@@ -460,21 +532,24 @@ class MidoflowAgent(app_manager.OSKenApp):
         dp = self.dp
         if dp is None:
             return
+        # Waiting for the meters OVS kept (see _meter_config), only
+        # ``classified`` changes: nothing was sent for these ports yet.
+        wait = self._meters_wait
         for pid in change.removed:
             old = self.classified.pop(pid, None)
-            if old:
-                pipeline.send(dp, pipeline.unclassify_flows(dp, *old))
+            if old and not wait:
+                self._unclassify(dp, *old)
         keys = self.core.tunnel_keys()
         tunnels = sorted(self.core.tunnel_ofports.values())
         for pid, ofport in change.added.items():
             if pid not in keys:
                 continue
             old = self.classified.pop(pid, None)
-            if old:
-                pipeline.send(dp, pipeline.unclassify_flows(dp, *old))
+            if old and not wait:
+                self._unclassify(dp, *old)
             self.classified[pid] = (ofport, keys[pid])
-            pipeline.send(dp, pipeline.classify_flows(dp, ofport, keys[pid], tunnels,
-                                                      *self._meter_rate(pid)))
+            if not wait:
+                self._classify(dp, pid, ofport, keys[pid], tunnels)
         LOG.info("bindings: +%s -%s", sorted(change.added), sorted(change.removed))
 
     # ---- per-port packet-in meters ------------------------------------------

@@ -48,7 +48,7 @@ __all__ = [
     "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
     "bgp_link_flows", "classify_flows", "decision_flow", "decision_messages",
     "delete_bgp_link_flows", "delete_cookie", "delete_meter", "match_kwargs", "meter_id",
-    "meter_stats_request",
+    "meter_config_request", "meter_stats_request",
     "metered_drops", "output_actions", "packet_out", "port_meter", "rewrite_actions", "send",
     "storm_block_flow", "tagged_drop_flows", "to_controller_flow", "unclassify_flows",
 ]
@@ -215,14 +215,18 @@ def tagged_drop_flows(dp, ofport: int) -> list:
 
 
 def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int],
-                   rate: int = PACKET_IN_RATE, burst: int = PACKET_IN_BURST) -> list:
+                   rate: int = PACKET_IN_RATE, burst: int = PACKET_IN_BURST,
+                   meter: int | None = None) -> list:
     """A local port: its meter and to-controller flow first (so no packet of
     it can reach table 2 before them), its tagged frames dropped, the rest of
     its traffic to simulation; tunnelled traffic for it delivered straight
-    to it."""
+    to it. ``meter``: None deletes the port's meter and adds it afresh
+    (counters from zero); OFPMC_MODIFY keeps a meter OVS holds, counters and
+    all, OFPMC_ADD adds a missing one (a reconnect: see meter_config_request)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    msgs = [delete_meter(dp, ofport), port_meter(dp, ofport, rate, burst),
-            to_controller_flow(dp, ofport), *tagged_drop_flows(dp, ofport),
+    meter_msgs = [delete_meter(dp, ofport), port_meter(dp, ofport, rate, burst)] \
+        if meter is None else [port_meter(dp, ofport, rate, burst, meter)]
+    msgs = [*meter_msgs, to_controller_flow(dp, ofport), *tagged_drop_flows(dp, ofport),
             _flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY, p.OFPMatch(in_port=ofport),
                   _goto(dp, TABLE_SIMULATED))]
     for tp in tunnel_ofports:
@@ -238,6 +242,12 @@ def storm_block_flow(dp, ofport: int, seconds: int):
     p = dp.ofproto_parser
     return _flow(dp, TABLE_CLASSIFY, PRIO_STORM, p.OFPMatch(in_port=ofport), [],
                  cookie=STORM_COOKIE | ofport, hard_timeout=seconds)
+
+
+def meter_config_request(dp):
+    """Ask which meters OVS holds (answered by OFPMeterConfigStatsReply)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
 
 
 def meter_stats_request(dp):

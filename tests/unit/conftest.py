@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import webob
 
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.core import AgentCore
 from midoflow.errors import Unavailable
 from midoflow.nat.flowstate import LocalFlowState
@@ -224,7 +225,7 @@ def routed_world():
     agents = {h: worlds.agent(api, h, frames=worlds.OsKenFrames(),
                               on_invalidate=invalidated.update if h == "h1" else lambda c: None,
                               replay=lambda ofport, frame, h=h: replayed.append((h, ofport, frame)),
-                              clock=lambda: worlds.NOW)
+                              clock=FakeClock(wall=worlds.NOW))
               for h in worlds.HOSTS}
     worlds.bind(agents, {"h1": {**TUNNELS, "vm1": (5, "p1")},
                          "h2": {**TUNNELS, "vm2": (5, "p2")}})

@@ -118,6 +118,8 @@ class FakeOFTable:
     def __init__(self, check: bool = True) -> None:
         self.entries: list[Entry] = []
         self.meters: dict[int, list] = {}
+        # packets each meter passed since it was added (a modify keeps them)
+        self.meter_packets: dict[int, int] = {}
         self.packet_outs: list = []
         self.check = check
 
@@ -176,6 +178,7 @@ class FakeOFTable:
             if m.meter_id in self.meters:
                 raise FakeTableError(f"meter {m.meter_id} exists (OFPMMFC_METER_EXISTS)")
             self.meters[m.meter_id] = list(m.bands)
+            self.meter_packets[m.meter_id] = 0
         elif m.command == ofp.OFPMC_MODIFY:
             if m.meter_id not in self.meters:
                 raise FakeTableError(f"meter {m.meter_id} does not exist (OFPMMFC_UNKNOWN_METER)")
@@ -184,10 +187,16 @@ class FakeOFTable:
             gone = set(self.meters) if m.meter_id == ofp.OFPM_ALL else {m.meter_id}
             for mid in gone:
                 self.meters.pop(mid, None)
+                self.meter_packets.pop(mid, None)
             # as OVS does: the flows that used a deleted meter go with it
             self.entries = [e for e in self.entries if not any(
                 isinstance(i, parser.OFPInstructionMeter) and i.meter_id in gone
                 for i in e.instructions)]
+
+    def meter_config(self) -> list:
+        """The body of an OFPMeterConfigStatsReply: the meters held."""
+        return [parser.OFPMeterConfigStats(meter_id=mid, bands=bands)
+                for mid, bands in sorted(self.meters.items())]
 
     # ---- packets ------------------------------------------------------------
     def flows(self, table: int | None = None) -> list[Entry]:
@@ -208,6 +217,7 @@ class FakeOFTable:
             for i in sorted(entry.instructions, key=_order):
                 if isinstance(i, parser.OFPInstructionMeter):
                     trace.meters.append(i.meter_id)
+                    self.meter_packets[i.meter_id] += 1
                 elif isinstance(i, parser.OFPInstructionActions):
                     if i.type == ofp.OFPIT_APPLY_ACTIONS:
                         if not self._run(i.actions, pkt, trace):

@@ -5,8 +5,6 @@ push the reply is dropped. Also recovery from the flow-state store."""
 
 from __future__ import annotations
 
-import time
-
 from midoflow.agent.core import AgentCore, Tunnel
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.nat import statewire
@@ -66,12 +64,11 @@ def test_state_lives_while_a_flow_uses_it(ct_world):
     h1, h2 = agents["h1"], agents["h2"]
     h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
     r = h1.handle_miss(5, REPLY)
-    later = time.time() + 10 ** 6
-    h1.clock = lambda: later  # far future: idle long ago
+    h1.clock.advance(10 ** 6)  # far future: idle long ago
     assert h1.expire_state() == 0  # the reply's flow still uses the key
     h1.flow_removed(r.cookie)
     assert h1.expire_state() == 0  # idle from now on...
-    h1.clock = lambda: later + 61
+    h1.clock.advance(61)
     assert h1.expire_state() == 1  # ...and gone an idle timeout later
 
 
@@ -91,8 +88,7 @@ def test_fin_both_ways_closes_on_both_hosts_and_its_flows_go(ct_world):
     # p1's VM closes too: its FIN at h1
     fin2 = h1.handle_miss(5, {**REPLY, "tcp_flags": 0x11})
     assert not fin2.install and fin2.actions == [Tunnel(12, "10.0.0.2", 1)]
-    later = time.time() + 11
-    h1.clock = lambda: later
+    h1.clock.advance(11)
     assert h1.expire_state() >= 1  # closed: gone after the closing time, flow or not
     assert reply.cookie in removed  # and the reply's flow with it
     assert h1.handle_miss(5, REPLY).actions == []
@@ -103,8 +99,7 @@ def test_rst_closes_at_once(ct_world):
     h1, h2 = agents["h1"], agents["h2"]
     h1.receive_state(h2.handle_miss(5, OUT).pushes[0].frame)
     h1.handle_miss(5, {**REPLY, "tcp_flags": 0x04})
-    later = time.time() + 11
-    h1.clock = lambda: later
+    h1.clock.advance(11)
     assert h1.expire_state() == 1
 
 

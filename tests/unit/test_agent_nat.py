@@ -5,8 +5,6 @@ there is translated back; the lease is given back when the binding expires."""
 
 from __future__ import annotations
 
-import time
-
 from midoflow.agent.core import Tunnel
 from midoflow.agent.natlease import lease_path
 from midoflow.nat import statewire
@@ -53,11 +51,10 @@ def test_bindings_expire_with_their_flows_and_give_the_ports_back(snat_world):
     h2 = agents["h2"]
     d = h2.handle_miss(5, out_fields(40000))
     port = {r.field: r.value for r in d.rewrites}["tp_src"]
-    later = time.time() + 10 ** 6
-    h2.clock = lambda: later
+    h2.clock.advance(10 ** 6)
     assert h2.expire_state() == 0  # its flow is installed: kept
     h2.flow_removed(d.cookie)
-    h2.clock = lambda: later + 61
+    h2.clock.advance(61)
     assert h2.expire_state() >= 1
     assert api.get_state(lease_path(PUBLIC, 6, port // 64)) is None
     assert len(h2.nat) == 0

@@ -8,8 +8,10 @@ import pytest
 from midoflow.agent.arphold import ARP_HOLD_MAX, ARP_HOLD_SECONDS, ArpHold
 from midoflow.agent.bindings import Bindings
 from midoflow.agent.cache import TopologyCache
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.flowstate import STATE_FLUSH_ENTRIES, FlowState
+from midoflow.agent.fragments import FragmentTable
 from midoflow.agent.installed import InstalledFlows
 from midoflow.agent.learning import LEARN_RETRY_SECONDS, Learning
 from midoflow.agent.protection import PROTECTION_PUBLISH_SECONDS, Protection
@@ -27,14 +29,6 @@ from midoflow.store.memory import MemoryBackend, MemoryStore
 
 K = ConnKey("dev", 6, "10.0.0.1", 40000, "10.0.0.2", 80)
 TARGETS = (NatTarget("203.0.113.1", "203.0.113.1", 1024, 65535),)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def stats() -> dict:
@@ -68,12 +62,12 @@ def test_installed_flows_invalidate_by_tag_and_drop_flows_of_expired_state():
 # ---- flow state ---------------------------------------------------------------------
 def flow_state(clock, store=None):
     alloc = NatAllocator(MemoryLeaser().for_host("h1"))
-    return FlowState(store or LocalFlowState(clock), alloc, clock, lambda f, *a: f(*a),
+    return FlowState(store or LocalFlowState(clock.wall), alloc, clock, lambda f, *a: f(*a),
                      stats())
 
 
 def test_flow_state_commits_tracks_files_and_recovers():
-    clock = Clock()
+    clock = FakeClock()
     fs = flow_state(clock)
     want = Result(action=Action.DROP, nat_wants=((TARGETS, 6),))
     assert fs.lease(want) and not fs.view().is_return_flow(K.reverse())
@@ -92,26 +86,26 @@ def test_flow_state_commits_tracks_files_and_recovers():
 
 
 def test_flow_state_expires_idle_state_unless_a_flow_uses_it():
-    clock = Clock()
+    clock = FakeClock()
     fs = flow_state(clock)
-    fs.tables.track([K], clock())
+    fs.tables.track([K], clock.wall())
     b = NatBinding(SNAT, K, (K.src, K.sport), ("203.0.113.1", 2000))
-    fs.tables.add_binding(b, clock() + IDLE_SECONDS)
-    clock.t += IDLE_SECONDS + 1
+    fs.tables.add_binding(b, clock.wall() + IDLE_SECONDS)
+    clock.advance(IDLE_SECONDS + 1)
     assert fs.expire({K.reverse(), ("nat", b)}) == (set(), 0)  # kept by a flow
-    clock.t += IDLE_SECONDS + 1
+    clock.advance(IDLE_SECONDS + 1)
     assert fs.expire(set()) == ({K.reverse()}, 1)
     assert len(fs.tables.nat) == 0
 
 
 def test_flow_state_received_marks_decisions_made_without_it_stale():
-    clock = Clock()
+    clock = FakeClock()
     fs = flow_state(clock)
     n, stale = fs.receive(statewire.encode([K.reverse()], 60))
     assert n == 1 and stale == {ct_miss_tag(K.reverse())}
     assert fs.receive(statewire.encode([K.reverse()], 60))[1] == set()  # known: nothing
     fs.receive(statewire.encode([], 60, closing=[(K, TCP_RST)]))
-    clock.t += 11
+    clock.advance(11)
     assert not fs.view().is_return_flow(K.reverse())  # closed by the RST
     with pytest.raises(ValueError):
         fs.receive(b"not a message")
@@ -126,8 +120,8 @@ def test_flow_state_keeps_what_the_store_refused_and_flushes_when_full():
                 raise Unavailable("no quorum (test)")
             super().save(ports, entries, ttl)
 
-    clock = Clock()
-    store = Down(clock)
+    clock = FakeClock()
+    store = Down(clock.wall)
     fs = flow_state(clock, store)
     r = Result(action=Action.FORWARD, conntrack=(K,))
     fs.track(r, ("p",))
@@ -141,18 +135,41 @@ def test_flow_state_keeps_what_the_store_refused_and_flushes_when_full():
 
 # ---- the ARP hold ----------------------------------------------------------------------
 def test_arp_hold_replays_in_time_and_drops_what_waited_too_long():
-    clock, st, replayed = Clock(), stats(), []
+    clock, st, replayed = FakeClock(), stats(), []
     hold = ArpHold(clock, lambda f, *a: f(*a), lambda o, fr: replayed.append((o, fr)), st)
     for i in range(ARP_HOLD_MAX + 2):
         hold.hold(("r", "10.0.0.9"), 5, bytes([i]))
     assert len(hold.held[("r", "10.0.0.9")]) == ARP_HOLD_MAX and st["arp_expired"] == 2
     assert hold.release(("r", "10.0.0.9")) == ARP_HOLD_MAX and replayed[0] == (5, bytes([2]))
     hold.hold(("r", "10.0.0.8"), 5, b"x")
-    clock.t += ARP_HOLD_SECONDS + 0.1
+    clock.advance(ARP_HOLD_SECONDS + 0.1)
     assert hold.release(("r", "10.0.0.8")) == 0 and st["arp_expired"] == 3
     assert hold.should_ask(("r", "ip")) and not hold.should_ask(("r", "ip"))
-    clock.t += 1.5
+    clock.advance(1.5)
     assert hold.should_ask(("r", "ip"))
+
+
+def test_a_wall_clock_step_moves_flow_state_expiry_but_no_local_deadline():
+    """An NTP step of the wall clock one hour back: the ARP hold and the
+    fragment table still end on time (monotonic), while flow-state expiry
+    follows wall time (shared with the other hosts and the store)."""
+    clock, st, replayed = FakeClock(), stats(), []
+    hold = ArpHold(clock, lambda f, *a: f(*a), lambda o, fr: replayed.append((o, fr)), st)
+    frags = FragmentTable(ttl=5, clock=clock)
+    fs = flow_state(clock)
+    hold.hold(("r", "10.0.0.9"), 5, b"x")
+    frags.remember("p", ("a", "b", 17, 1), "decision")
+    fs.tables.track([K], clock.wall())
+    clock.step_wall(-3600)
+    clock.advance(ARP_HOLD_SECONDS + 0.1)  # the hold's deadline passed: not stretched
+    assert hold.release(("r", "10.0.0.9")) == 0 and st["arp_expired"] == 1
+    clock.advance(5 - ARP_HOLD_SECONDS)  # past the fragment entry's ttl
+    assert frags.lookup("p", ("a", "b", 17, 1)) is None
+    clock.advance(IDLE_SECONDS + 1)  # idle that long in monotonic time ...
+    assert fs.expire(set()) == (set(), 0)  # ... but not in wall time: kept
+    assert fs.view().is_return_flow(K.reverse())
+    clock.step_wall(3600)
+    assert fs.expire(set()) == ({K.reverse()}, 0)
 
 
 # ---- learning --------------------------------------------------------------------------
@@ -165,7 +182,7 @@ def learning():
     store = MemoryStore(backend)
     cache = TopologyCache(store, lambda tags: None)
     cache.start()
-    clock = Clock()
+    clock = FakeClock()
     return Learning(store, cache, 2, clock, stats()), api, clock
 
 
@@ -174,7 +191,7 @@ def test_learning_claims_once_writes_the_entry_and_forgets_the_old_one(learning)
     e = ("b", "02:00:00:00:00:01", "p1")
     api.put_state(paths.mac_entry("b", "02:00:00:00:00:01", "p0"), {})  # it moved
     assert lrn.claim([e]) == (e,) and lrn.claim([e]) == ()
-    clock.t += LEARN_RETRY_SECONDS + 0.1
+    clock.advance(LEARN_RETRY_SECONDS + 0.1)
     assert lrn.claim([e]) == (e,)  # the claim timed out: written again
     lrn.learn_macs([e])
     assert api.list_state(paths.mac_table("b")) == ["02:00:00:00:00:01,p1"]
@@ -196,14 +213,14 @@ def test_the_mac_limit_counts_new_macs_only_and_would_hit_counts_nothing(learnin
 
 # ---- protection ------------------------------------------------------------------------
 def test_protection_counts_refusals_and_says_when_to_publish():
-    clock, st = Clock(), stats()
+    clock, st = FakeClock(), stats()
     p = Protection(cfg(), st, clock)
     assert p.changed()  # the first report
     assert not p.changed()
     p.refuse("mac_limit", "p1")
     p.note_malformed("runt")
     assert not p.changed()  # too soon
-    clock.t += PROTECTION_PUBLISH_SECONDS
+    clock.advance(PROTECTION_PUBLISH_SECONDS)
     assert p.changed()
     rep = p.report()
     assert rep["mac_limit"] == {"p1": 1} and rep["malformed"] == {"runt": 1}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.core import Output, TokenBucket, Tunnel
 from midoflow.apps import frames
 from midoflow.sim.result import routes_tag
@@ -94,7 +95,7 @@ def test_ttl_expiry_answers_with_time_exceeded_quoting_the_packet(routed_world):
 def test_icmp_errors_are_rate_limited_per_router(routed_world):
     _, agents, _, _ = routed_world
     h1 = agents["h1"]
-    h1.icmp_bucket = TokenBucket(rate=0.0, burst=3.0, clock=lambda: 0.0)
+    h1.icmp_bucket = TokenBucket(rate=0.0, burst=3.0, clock=FakeClock())
     f = ip_fields(dst="172.16.0.1")
     sent = sum(len(h1.handle_miss(5, f, frame_of(f)).emits) for _ in range(10))
     assert sent == 3 and h1.stats["icmp_limited"] == 7

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.fragments import FragmentTable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def key(ident: int, src: str = "10.0.0.1") -> tuple[str, str, int, int]:
@@ -20,8 +13,8 @@ def key(ident: int, src: str = "10.0.0.1") -> tuple[str, str, int, int]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 def test_later_fragments_find_their_first_fragments_decision(clock):
@@ -45,9 +38,9 @@ def test_a_port_never_follows_another_ports_decision(clock):
 def test_entries_live_ttl_seconds(clock):
     t = FragmentTable(ttl=5, clock=clock)
     t.remember("p1", key(1), "a")
-    clock.now += 4.9
+    clock.advance(4.9)
     assert t.lookup("p1", key(1)) == "a"
-    clock.now += 0.1
+    clock.advance(0.1)
     assert t.lookup("p1", key(1)) is None
     assert len(t) == 0 and t.counters["expired"] == 1
 
@@ -55,21 +48,21 @@ def test_entries_live_ttl_seconds(clock):
 def test_expire_forgets_only_what_is_due(clock):
     t = FragmentTable(ttl=5, clock=clock)
     t.remember("p1", key(1), "a")
-    clock.now += 3
+    clock.advance(3)
     t.remember("p2", key(2), "b")
-    clock.now += 2.5
+    clock.advance(2.5)
     assert t.expire() == 1
     assert t.lookup("p1", key(1)) is None and t.lookup("p2", key(2)) == "b"
-    clock.now += 3
+    clock.advance(3)
     assert t.expire() == 1 and len(t) == 0
 
 
 def test_remembering_again_replaces_and_renews(clock):
     t = FragmentTable(ttl=5, clock=clock)
     t.remember("p1", key(1), "old")
-    clock.now += 4
+    clock.advance(4)
     t.remember("p1", key(1), "new")  # the first fragment sent again
-    clock.now += 4
+    clock.advance(4)
     assert t.lookup("p1", key(1)) == "new" and len(t) == 1
 
 
@@ -77,7 +70,7 @@ def test_a_port_at_its_limit_loses_its_own_oldest_entry_not_anothers(clock):
     t = FragmentTable(max_entries=100, max_per_port=3, clock=clock)
     t.remember("quiet", key(1), "q")
     for i in range(10):  # a flood of first fragments from one port
-        clock.now += 0.01
+        clock.advance(0.01)
         t.remember("noisy", key(i, "10.9.9.9"), i)
     assert t.lookup("quiet", key(1)) == "q"
     assert [t.lookup("noisy", key(i, "10.9.9.9")) for i in range(10)] == [None] * 7 + [7, 8, 9]
@@ -87,7 +80,7 @@ def test_a_port_at_its_limit_loses_its_own_oldest_entry_not_anothers(clock):
 def test_the_table_at_its_limit_loses_its_oldest_entry(clock):
     t = FragmentTable(max_entries=4, max_per_port=4, clock=clock)
     for i in range(6):
-        clock.now += 0.01
+        clock.advance(0.01)
         t.remember(f"p{i % 3}", key(i), i)
     assert len(t) == 4 and t.counters["evicted"] == 2
     assert t.lookup("p0", key(0)) is None and t.lookup("p1", key(1)) is None

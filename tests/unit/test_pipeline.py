@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.core import Decision, Output, Tunnel
 from midoflow.agent.storm import StormControl
 from midoflow.apps import pipeline as pl
@@ -264,23 +265,22 @@ def test_agent_files_meter_drops_by_port_id():
     def stats(mid, n):
         return parser.OFPMeterStats(meter_id=mid, band_stats=[parser.OFPMeterBandStats(n, 0)])
 
-    sent = []
+    sent, clock = [], FakeClock(mono=0.0)
     agent = SimpleNamespace(classified={"vm1": (5, 11), "vm2": (6, 12)},
                             core=SimpleNamespace(stats={"metered_drops": {"gone": 3}},
                                                  cache=SimpleNamespace(ports={})),
                             cfg=SimpleNamespace(packet_in_rate=100, packet_in_burst=10),
                             dp=SimpleNamespace(send_msg=sent.append, ofproto=ofp,
                                                ofproto_parser=parser),
-                            storm=StormControl(factor=5, seconds=2, clock=lambda: now[0]))
+                            storm=StormControl(factor=5, seconds=2, clock=clock))
     agent._meter_rate = lambda pid: MidoflowAgent._meter_rate(agent, pid)
     agent._storm_control = lambda d: MidoflowAgent._storm_control(agent, d)
-    now = [0.0]
     MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(body=[stats(5, 40)])))
     MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(body=[stats(6, 2)])))
     assert agent.core.stats["metered_drops"] == {"vm1": 40, "vm2": 2}
     assert sent == []
     # a second later vm1's meter dropped 5,000 more (50x its rate): cut off for 2 s
-    now[0] = 1.0
+    clock.advance(1.0)
     MidoflowAgent._meter_stats(agent, SimpleNamespace(msg=SimpleNamespace(
         body=[stats(5, 5040), stats(6, 60)])))
     blocks = flows(sent, pl.TABLE_CLASSIFY)

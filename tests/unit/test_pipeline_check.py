@@ -60,13 +60,15 @@ def _decisions():
 # Every message-building function of the pipeline, with arguments.
 BUILDERS = {
     "base_flows": [(DP,), (DP, False)],
-    "classify_flows": [(DP, 5, 77, [2, 3]), (DP, 5, 77, [], 10, 1)],
+    "classify_flows": [(DP, 5, 77, [2, 3]), (DP, 5, 77, [], 10, 1),
+                       (DP, 5, 77, [2], 10, 1, DP.ofproto.OFPMC_MODIFY)],
     "to_controller_flow": [(DP, 5)],
     "tagged_drop_flows": [(DP, 5)],
     "unclassify_flows": [(DP, 5, 77)],
     "port_meter": [(DP, 5)],
     "delete_meter": [(DP, 5)],
     "meter_stats_request": [(DP,)],
+    "meter_config_request": [(DP,)],
     "storm_block_flow": [(DP, 5, 2)],
     "bgp_link_flows": [(DP, 40, 5, "192.0.2.1")],
     "delete_bgp_link_flows": [(DP, 40)],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from midoflow.agent.clock import FakeClock
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import AgentCore, Frames
 from midoflow.apps import frames
@@ -56,7 +57,9 @@ def two_hosts(*objects: Create) -> MemoryStore:
 def agent(api: MemoryStore, host: str, config: dict | None = None, **kw) -> AgentCore:
     """An agent core of ``host`` in its own session of ``api``'s backend,
     started (host registered, topology cached), nothing bound yet.
-    ``config``: configuration fields; ``kw``: AgentCore's own arguments."""
+    ``config``: configuration fields; ``kw``: AgentCore's own arguments (a
+    FakeClock at the present time unless given)."""
+    kw.setdefault("clock", FakeClock(wall=time.time(), mono=time.monotonic()))
     a = AgentCore(cfg(host, **(config or {})), MemoryStore(api.backend), **kw)
     a.start()
     return a
