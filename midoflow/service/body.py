@@ -10,6 +10,7 @@ update body may also echo the read-only fields unchanged and the computed ones
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from midoflow.errors import Invalid
@@ -18,39 +19,35 @@ from midoflow.kinds import base as b
 from midoflow.service import validate as v
 from midoflow.store.base import Data
 
+# Each field type's checker: (value, field name, declaration) -> canonical value.
+_CHECKS: dict[str, Callable[[Any, str, b.Field], Any]] = {
+    b.STRING: lambda x, n, f: v.string(x, n, f.max_len, f.min_len),
+    b.BOOLEAN: lambda x, n, f: v.boolean(x, n),
+    b.INTEGER: lambda x, n, f: v.integer(x, n, f.lo, f.hi),
+    b.ENUM: lambda x, n, f: v.enum(x, n, f.choices),
+    b.UUID: lambda x, n, f: v.uuid_str(x, n),
+    b.IPV4: lambda x, n, f: v.unicast_ipv4(x, n),
+    b.CIDR: lambda x, n, f: v.cidr(x, n),
+    b.MAC: lambda x, n, f: v.mac(x, n),
+    b.ASN: lambda x, n, f: v.asn(x, n),
+    b.UUID_LIST: lambda x, n, f: v.id_list(x, n),
+    b.IPV4_LIST: lambda x, n, f: v.ipv4_list(x, n),
+    b.INTERFACE: lambda x, n, f: v.interface_name(x, n),
+    b.OBJECT: lambda x, n, f: _object(x, n, f),
+}
+
+
+def _object(value: Any, name: str, f: b.Field) -> Any:
+    if not isinstance(value, dict):
+        raise Invalid(f"{name} must be an object{' or null' if f.nullable else ''}", name)
+    return value
+
 
 def check(f: b.Field, value: Any) -> Any:
     """One field's value, checked by its declaration (canonical form returned)."""
-    name = f.name
     if value is None and f.nullable:
         return None
-    if f.type == b.STRING:
-        return v.string(value, name, f.max_len, f.min_len)
-    if f.type == b.BOOLEAN:
-        return v.boolean(value, name)
-    if f.type == b.INTEGER:
-        return v.integer(value, name, f.lo, f.hi)
-    if f.type == b.ENUM:
-        return v.enum(value, name, f.choices)
-    if f.type == b.UUID:
-        return v.uuid_str(value, name)
-    if f.type == b.IPV4:
-        return v.unicast_ipv4(value, name)
-    if f.type == b.CIDR:
-        return v.cidr(value, name)
-    if f.type == b.MAC:
-        return v.mac(value, name)
-    if f.type == b.ASN:
-        return v.asn(value, name)
-    if f.type == b.UUID_LIST:
-        return v.id_list(value, name)
-    if f.type == b.IPV4_LIST:
-        return v.ipv4_list(value, name)
-    if f.type == b.INTERFACE:
-        return v.interface_name(value, name)
-    if not isinstance(value, dict):  # OBJECT
-        raise Invalid(f"{name} must be an object{' or null' if f.nullable else ''}", name)
-    return value
+    return _CHECKS[f.type](value, f.name, f)
 
 
 def create(kind: str, body: Any) -> tuple[dict[str, Any], Data]:

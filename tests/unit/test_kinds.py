@@ -75,3 +75,10 @@ def test_generated_paths_cover_crud():
         assert ("post" in doc["paths"][f"/v1/{kind.name}"]) == kind.top_create
         schema = doc["components"]["schemas"][kind.schema]
         assert schema["required"] == list(kind.output) + ["version"]
+
+
+def test_every_field_type_has_one_checker():
+    from midoflow.kinds import base
+    from midoflow.service import body
+
+    assert set(body._CHECKS) == set(base.TYPES)
