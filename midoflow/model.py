@@ -165,6 +165,9 @@ class Port(_Model):
     mac: str | None = None
     ip_address: str | None = None
     prefix_len: int | None = None
+    # Router ports only: more addresses the port answers ARP for with its MAC
+    # (a Neutron gateway port's floating IPs, on the external network).
+    proxy_arp: tuple[str, ...] = ()
     # Chains applied to packets entering the topology from this port
     # (inbound) and leaving through it (outbound).
     inbound_filter_id: str | None = None
@@ -176,7 +179,7 @@ class Port(_Model):
     port_security_enabled: bool = False
     allowed_address_pairs: tuple[tuple[str, str], ...] = ()
 
-    _TUPLES = ("fixed_ips", "security_group_ids")
+    _TUPLES = ("fixed_ips", "security_group_ids", "proxy_arp")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Port:

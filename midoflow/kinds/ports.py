@@ -64,6 +64,10 @@ KIND = Kind(
         _set_elsewhere("prefix_len", INTEGER, lo=1, hi=32,
                        description="The router port's network prefix length (null for bridge "
                                    "ports); read-only"),
+        Field("proxy_arp", IPV4_LIST, default=[], create=False, update=False,
+              description="Router ports: more addresses the port answers ARP for with its "
+                          "own MAC (a Neutron router's floating IPs, on its gateway port; "
+                          "set by the Neutron translation); read-only"),
         *FILTER_FIELDS,
         Field("fixed_ips", IPV4_LIST, default=[], special=True,
               description="The VM's IPv4 addresses (bridge ports)"),
@@ -86,7 +90,7 @@ KIND = Kind(
              Column("HOST", "host_id"), Column("INTERFACE", "interface_name"),
              Column("PEER", "peer_id"), Column("ADDRESS", "ip_address", "port_address")),
     show=("id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
-          "mac", "ip_address", "prefix_len", "host_id", "interface_name", "peer_id",
+          "mac", "ip_address", "prefix_len", "proxy_arp", "host_id", "interface_name", "peer_id",
           "fixed_ips", "security_group_ids", "port_security_enabled",
           "allowed_address_pairs", "inbound_filter_id", "outbound_filter_id", "version"),
     create_note="A bridge port. mac and fixed_ips are unique on the bridge (409); security "

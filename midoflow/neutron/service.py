@@ -14,80 +14,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from midoflow import errors as mf
+from midoflow.neutron import collections as _collections  # noqa: F401 (they register)
 from midoflow.neutron import errors as ne
+from midoflow.neutron.base import COLLECTIONS, Collection, Op, kind_of, register
 from midoflow.neutron.context import Context
 from midoflow.service.txn import Txn
 from midoflow.store.base import Data, Store
 
+__all__ = ["COLLECTIONS", "Collection", "NeutronService", "Op", "kind_of", "register"]
+
 LOG = logging.getLogger("midoflow.neutron")
 
 RETRIES = 8
-
-
-def kind_of(collection: str) -> str:
-    """The store kind Neutron objects of a collection are kept under."""
-    return f"neutron.{collection}"
-
-
-@dataclass
-class Op:
-    """One attempt at one request: who asks, the transaction, the service."""
-
-    ctx: Context
-    txn: Txn
-    service: NeutronService
-    # run after a successful commit (never on failure or retry)
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
-
-    def get(self, collection: str, oid: str) -> Data | None:
-        """A Neutron object as staged in this request (no visibility check)."""
-        return self.txn.get(kind_of(collection), oid)
-
-    def scan(self, collection: str) -> list[Data]:
-        return self.txn.scan(kind_of(collection))
-
-
-class Collection:
-    """A Neutron collection's behaviour. Subclasses set the names and override
-    what they support; the defaults answer a clear 400 for what they do not."""
-
-    name: str = ""          # "networks" (URL)
-    resource: str = ""      # "network" (JSON key of one object)
-    not_found: type[ne.NotFound] = ne.ResourceNotFound
-    actions: dict[str, str] = {}  # action name in the URL -> method name
-
-    @property
-    def kind(self) -> str:
-        return kind_of(self.name)
-
-    def visible(self, ctx: Context, obj: Data, op: Op) -> bool:
-        """May ``ctx`` see ``obj``? Default: admin, or the object's project."""
-        return ctx.is_admin or obj.get("project_id") == ctx.project_id
-
-    def create(self, op: Op, body: Data) -> Data:
-        raise ne.BadRequest(f"{self.name} cannot be created")
-
-    def update(self, op: Op, obj: Data, body: Data) -> Data:
-        raise ne.BadRequest(f"{self.name} cannot be updated")
-
-    def delete(self, op: Op, obj: Data) -> None:
-        raise ne.BadRequest(f"{self.name} cannot be deleted")
-
-    def view(self, op_or_none: Op | None, obj: Data) -> Data:
-        """What a GET returns for a stored object (computed fields added)."""
-        return obj
-
-
-COLLECTIONS: dict[str, Collection] = {}
-
-
-def register(handler: Collection) -> Collection:
-    COLLECTIONS[handler.name] = handler
-    return handler
 
 
 class NeutronService:
@@ -98,8 +39,6 @@ class NeutronService:
         self.store = store
         self.tunnel_type = tunnel_type
         self.underlay_mtu = underlay_mtu
-        # the collections register on import
-        from midoflow.neutron import collections as _  # noqa: F401
 
     # ------------------------------------------------------------ plumbing
     def handler(self, collection: str) -> Collection:
@@ -154,6 +93,8 @@ class NeutronService:
     # ------------------------------------------------------------ the API
     def list(self, ctx: Context, collection: str) -> list[Data]:
         h = self.handler(collection)
+        if type(h).prepare_list is not Collection.prepare_list:
+            self.run(ctx, h.prepare_list)
         return self.read(ctx, lambda op: [h.view(op, o) for o in op.scan(collection)
                                           if h.visible(ctx, o, op)])
 

@@ -143,6 +143,8 @@ def sg_rule_to_rule(sg_id: str, chain_id: str, r: Data) -> Data:
             conds["tp_dst"] = [hi, hi]
         else:
             conds["tp_dst"] = [lo, hi]
+    elif lo is not None and proto == PROTO_ICMP:
+        conds["tp_src"] = [lo, lo]  # an ICMP type, any code (Neutron's type-only rule)
     ingress = r["direction"] == "ingress"
     if r.get("remote_ip_prefix"):
         conds["nw_src" if ingress else "nw_dst"] = r["remote_ip_prefix"]

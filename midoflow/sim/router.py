@@ -203,7 +203,8 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.fields.update(("eth_dst", "eth_type"))
 
     if pkt.eth_type == ETH_ARP:
-        _arp(inport, pkt, b, {p.ip_address for p in ports if p.ip_address})
+        own = {p.ip_address for p in ports if p.ip_address}
+        _arp(inport, pkt, b, own | {a for p in ports for a in p.proxy_arp})
         return None
     if pkt.eth_dst != inport.mac:
         b.step("router", rid, f"{pkt.eth_dst} is not port {inport.id}'s MAC: drop")
@@ -308,13 +309,15 @@ def learnable(inport: Port, own: set[str], spa: str | None, sha: str | None) -> 
 
 
 def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
-    """ARP at a router port: answer requests for its address; learn senders on
-    its network (requests and replies addressed to it), never one of the
-    router's own addresses or an address outside the port's subnet."""
+    """ARP at a router port: answer requests for its address and its
+    ``proxy_arp`` addresses (floating IPs) with its MAC; learn senders on its
+    network (requests and replies addressed to it), never one of the router's
+    own addresses or an address outside the port's subnet."""
     rid = inport.device_id
     b.cacheable = False  # the router's answer depends on the whole ARP payload
     b.fields.update(("arp_op", "arp_tpa"))
-    if inport.ip_address is None or pkt.arp_tpa != inport.ip_address:
+    if inport.ip_address is None or (pkt.arp_tpa != inport.ip_address
+                                     and pkt.arp_tpa not in inport.proxy_arp):
         b.step("router", rid, f"ARP for {pkt.arp_tpa}, not port {inport.id}'s address: drop")
         return
     if learnable(inport, own, pkt.arp_spa, pkt.arp_sha):
@@ -325,7 +328,7 @@ def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
                               f"(not a host of port {inport.id}'s subnet)")
     if pkt.arp_op == ARP_REQUEST:
         b.generated.append(_gen("arp_reply", inport.id, eth_src=inport.mac,
-                                eth_dst=pkt.arp_sha or pkt.eth_src, ip_src=inport.ip_address,
+                                eth_dst=pkt.arp_sha or pkt.eth_src, ip_src=pkt.arp_tpa,
                                 ip_dst=pkt.arp_spa))
         b.step("router", rid, f"ARP request for {pkt.arp_tpa}: reply {inport.mac}")
     elif pkt.arp_op != ARP_REPLY:

@@ -7,6 +7,8 @@ inside functions; imports under ``if TYPE_CHECKING:`` do not count. Rules:
   eventlet code, and do not import each other in a loop;
 * ``agent`` imports neither os-ken, kazoo, cassandra nor ``midoflow.apps``;
 * ``bgp`` does not import ``midoflow.apps``; ``service`` imports no os-ken;
+* ``neutron`` imports no os-ken, kazoo, cassandra or ``midoflow.apps``, and its
+  translation modules (``translate_*``) neither the store nor the service;
 * no import cycle between modules at module level anywhere in ``midoflow/``.
 
 "Imports" here is what a package's modules import (at any level) plus what
@@ -157,6 +159,9 @@ def _violations(package: str, banned: tuple[str, ...]) -> list[str]:
     ("midoflow.agent", ("os_ken", "kazoo", "cassandra", "midoflow.apps")),
     ("midoflow.bgp", ("midoflow.apps",)),
     ("midoflow.service", ("os_ken",)),
+    ("midoflow.neutron", ("os_ken", "kazoo", "cassandra", "midoflow.apps")),
+    ("midoflow.neutron.translate_l2", FORBIDDEN + ("midoflow.store", "midoflow.service")),
+    ("midoflow.neutron.translate_l3", FORBIDDEN + ("midoflow.store", "midoflow.service")),
 ])
 def test_package_does_not_import(package, banned):
     bad = _violations(package, banned)

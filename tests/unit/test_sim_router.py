@@ -166,6 +166,38 @@ def test_arp_for_another_address_is_not_answered_by_the_router():
     assert not r.generated and "p3" in r.out_ports
 
 
+def test_router_port_answers_arp_for_its_proxy_arp_addresses():
+    """A gateway port answers ARP for the router's floating IPs (proxy_arp) with
+    its own MAC, from the address asked for; other addresses stay unanswered,
+    and a proxied address is never learned as a neighbour."""
+    t = Topo()
+    t.v.ports["r1a"] = Port(**{**t.v.ports["r1a"].to_dict(),
+                              "proxy_arp": ("192.168.1.50", "192.168.1.51")})
+    t.port("p3", "b1")
+
+    def ask(tpa, spa="192.168.1.10"):
+        return simulate(t.v, Packet(in_port="p1", eth_src=VM1, eth_dst="ff:ff:ff:ff:ff:ff",
+                                    eth_type=ETH_ARP, arp_op=1, arp_sha=VM1, arp_spa=spa,
+                                    arp_tpa=tpa), NOW)
+
+    for fip in ("192.168.1.50", "192.168.1.51"):
+        r = ask(fip)
+        replies = [g for g in r.generated if g.kind == "arp_reply"]
+        assert len(replies) == 1 and replies[0].out_port == "r1a"
+        assert replies[0].get("eth_src") == R1A and replies[0].get("ip_src") == fip
+        assert replies[0].get("ip_dst") == "192.168.1.10" and not r.cacheable
+    r = ask("192.168.1.1")  # its own address: still answered from it
+    assert [g.get("ip_src") for g in r.generated if g.kind == "arp_reply"] == ["192.168.1.1"]
+    r = ask("192.168.1.52")
+    assert not r.generated and "p3" in r.out_ports
+    # a sender claiming a floating IP is not learned (the router owns it)
+    r = ask("192.168.1.1", spa="192.168.1.50")
+    assert not r.arp_learned
+    # as stored (a JSON list), the model holds it as a tuple
+    port = Port.from_dict({**t.v.ports["r1a"].to_dict(), "proxy_arp": ["192.168.1.50"]})
+    assert port.proxy_arp == ("192.168.1.50",)
+
+
 def test_arp_reply_to_the_router_is_learned():
     t = Topo()
     rep = Packet(in_port="p2", eth_src=VM2, eth_dst=R1B, eth_type=ETH_ARP, arp_op=2,

@@ -1,0 +1,113 @@
+"""Real traffic through what the Neutron service made, with no client in
+between: an external network and a project network joined by a distributed
+router with a gateway, three VMs on three hosts (bound by their Neutron port
+ids), an "internet" namespace on the external network and a floating IP.
+East-west and to the router, SNAT to the gateway address, the floating IP
+both ways (the gateway port answers ARP for it), and its disassociation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from midoflow.neutron.context import Context
+from midoflow.neutron.service import NeutronService
+from tests.helpers import wait_until
+from topologies.cloud import ping, whoami, whoami_server
+
+pytestmark = pytest.mark.e2e_neutron
+
+ADMIN = Context.admin()
+P1 = Context(project_id="p1", user_id="u1", roles=("member",))
+INTERNET = "172.24.4.1"  # the external subnet's gateway: the router's next hop
+
+
+@pytest.fixture(scope="module")
+def world(cloud_factory):
+    mc = cloud_factory(3)
+    svc = NeutronService(mc.store)
+    hid = [mc.host_ids[h.name] for h in mc.hosts]
+    ext = svc.create(ADMIN, "networks", {"name": "public", "router:external": True})
+    ext_sub = svc.create(ADMIN, "subnets", {"network_id": ext["id"], "ip_version": 4,
+                                            "cidr": "172.24.4.0/24", "gateway_ip": INTERNET})
+    # the ports code keeps a subnet's gateway address for routers: the internet
+    # namespace's port has .254 and the namespace also holds .1 (no port security)
+    inet_port = svc.create(ADMIN, "ports", {
+        "network_id": ext["id"], "name": "internet", "port_security_enabled": False,
+        "fixed_ips": [{"subnet_id": ext_sub["id"], "ip_address": "172.24.4.254"}],
+        "binding:host_id": hid[0]})
+    net = svc.create(P1, "networks", {"name": "private"})
+    sub = svc.create(P1, "subnets", {"network_id": net["id"], "ip_version": 4,
+                                     "cidr": "10.0.0.0/24"})
+    router = svc.create(P1, "routers", {"name": "r1", "external_gateway_info": {
+        "network_id": ext["id"]}})
+    svc.action(P1, "routers", router["id"], "add_router_interface", {"subnet_id": sub["id"]})
+    default = next(g for g in svc.list(P1, "security-groups") if g["name"] == "default")
+    for proto in ("icmp", "tcp"):
+        svc.create(P1, "security-group-rules", {
+            "security_group_id": default["id"], "direction": "ingress", "ethertype": "IPv4",
+            "protocol": proto, "remote_ip_prefix": "0.0.0.0/0"})
+    ports, vms = [], []
+    for i, h in enumerate(mc.hosts):
+        p = svc.create(P1, "ports", {"network_id": net["id"], "name": f"vm{i + 1}",
+                                     "binding:host_id": hid[i]})
+        vm = mc.cloud.add_vm(h, f"vm{i + 1}", f"{p['fixed_ips'][0]['ip_address']}/24",
+                             p["mac_address"], iface_id=p["id"])
+        vm.cmd("ip route add default via 10.0.0.1")
+        ports.append(p)
+        vms.append(vm)
+    inet = mc.cloud.add_vm(mc.hosts[0], "internet", "172.24.4.254/24",
+                           inet_port["mac_address"], iface_id=inet_port["id"])
+    inet.cmd(f"ip addr add {INTERNET}/24 dev {inet.defaultIntf()}")
+    fip = svc.create(P1, "floatingips", {"floating_network_id": ext["id"],
+                                         "port_id": ports[1]["id"]})
+    for p, h in zip([*ports, inet_port], [*mc.hosts, mc.hosts[0]], strict=True):
+        mc.wait_port(p["id"], h)
+    gw_ip = svc.get(P1, "routers", router["id"])["external_gateway_info"][
+        "external_fixed_ips"][0]["ip_address"]
+    return {"svc": svc, "vms": vms, "ports": ports, "inet": inet, "fip": fip,
+            "gw_ip": gw_ip}
+
+
+def _ip(port) -> str:
+    return port["fixed_ips"][0]["ip_address"]
+
+
+def test_east_west_across_hosts_and_to_the_router(world):
+    vms, ports = world["vms"], world["ports"]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert ping(vms[i], _ip(ports[j]), count=3)[1] >= 2, f"vm{i + 1} -> vm{j + 1}"
+    assert ping(vms[2], "10.0.0.1", count=3)[1] >= 2
+
+
+def test_snat_to_the_gateway_address_and_the_floating_ip_outbound(world):
+    vms, gw_ip, fip = world["vms"], world["gw_ip"], world["fip"]["floating_ip_address"]
+    srv = whoami_server(world["inet"], 8080)
+    try:
+        seen = [whoami(vms[i], INTERNET, 8080) for i in (0, 2)]
+        assert all(s.startswith(gw_ip + ":") for s in seen), seen
+        assert len(set(seen)) == 2  # one address, distinct ports
+        own = whoami(vms[1], INTERNET, 8080)
+        assert own.startswith(fip + ":"), own
+    finally:
+        with contextlib.suppress(Exception):
+            srv.kill()
+
+
+def test_floating_ip_inbound_then_disassociated(world):
+    inet, vms, fip = world["inet"], world["vms"], world["fip"]
+    addr = fip["floating_ip_address"]
+    inet.cmd(f"ip neigh flush dev {inet.defaultIntf()}")
+    assert ping(inet, addr, count=3)[1] >= 2  # ARP for it answered by the gateway port
+    srv = whoami_server(vms[1], 8081)
+    try:
+        seen = whoami(inet, addr, 8081)
+        assert seen.startswith("172.24.4.254:"), seen  # DNAT only: the source is kept
+    finally:
+        with contextlib.suppress(Exception):
+            srv.kill()
+    world["svc"].update(P1, "floatingips", fip["id"], {"port_id": None})
+    wait_until(lambda: ping(inet, addr, count=1, timeout=0.5)[1] == 0, 5,
+               "the floating IP to stop answering once disassociated")
+    assert ping(inet, addr, count=3)[1] == 0
