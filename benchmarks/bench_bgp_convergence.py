@@ -96,7 +96,7 @@ class StoreWatch:
     """A ZooKeeper session of its own watching the provider router's learned
     routes and the configured routes: the arrival time of every change."""
 
-    def __init__(self, zk_spec: str, router_id: str) -> None:
+    def __init__(self, zk_spec: str, router_id: str, auth=None) -> None:
         from midoflow.model import ROUTES
         from midoflow.store import paths
         from midoflow.store.zookeeper import ZkStore
@@ -104,7 +104,7 @@ class StoreWatch:
         self.learned: list[tuple[float, int]] = []  # (t, learned /25 entries)
         self.routes: list[tuple[float, frozenset[str]]] = []  # (t, route ids)
         self.lock = threading.Lock()
-        self.store = ZkStore(zk_spec)
+        self.store = ZkStore(zk_spec, auth=auth)
 
         def on_learned(children) -> None:
             now = time.monotonic()
@@ -197,7 +197,7 @@ def run() -> None:
                                 DST, str(UDP_PORT), str(INTERVAL)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         watches = [FlowWatch(h, DST) for h in mc.hosts]
-        sw = StoreWatch(mc.zk_spec, lab.router)
+        sw = StoreWatch(mc.zk_spec, lab.router, auth=mc.zk_auth)
         for w in watches:
             w.wait_until(lambda flows: any(k == "forward" for _c, k in flows.values()), 20,
                          "no forwarding flow toward the internet host while sending to it "

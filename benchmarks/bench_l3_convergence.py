@@ -231,13 +231,13 @@ class ZkWatch:
     """A ZooKeeper session of its own watching the routes (as an agent does):
     the arrival time of every change of the set of route ids."""
 
-    def __init__(self, zk_spec: str) -> None:
+    def __init__(self, zk_spec: str, auth=None) -> None:
         from midoflow.model import ROUTES
         from midoflow.store.zookeeper import ZkStore
 
         self.events: list[tuple[float, frozenset[str]]] = []
         self.lock = threading.Lock()
-        self.store = ZkStore(zk_spec)
+        self.store = ZkStore(zk_spec, auth=auth)
         self.store.watch_kind(ROUTES, self._cb)
 
     def _cb(self, ids) -> None:
@@ -284,7 +284,7 @@ def run() -> None:
             mc.cloud.popen(vm, ["ping", "-q", "-n", "-i", str(PING_INTERVAL), DST],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         watches = [FlowWatch(h) for h in mc.hosts]
-        zkw = ZkWatch(mc.zk_spec)
+        zkw = ZkWatch(mc.zk_spec, auth=mc.zk_auth)
         for w in watches:
             w.wait_until(lambda flows: any(k == "forward" for _c, k in flows.values()), 15,
                          "no forwarding flow toward the destination while pinging it")

@@ -185,7 +185,8 @@ def write_lags(cass, v: Variant, since: float) -> list[tuple[float, float]]:
     try:
         rows = cql_query(cass.address, cass.native_port,
                          f"SELECT kind, WRITETIME(value) FROM {KEYSPACE}.flow_state "
-                         f"WHERE port_id = '{v.vm.port_id}'", timeout=15)
+                         f"WHERE port_id = '{v.vm.port_id}'", timeout=15,
+                         auth=cass.admin_credentials)
     except (CqlError, OSError) as e:
         raise BenchError(f"cannot read the flow-state table: {e}") from None
     wts = sorted(wt / 1e6 for kind, wt in rows  # WRITETIME: microseconds
@@ -218,7 +219,8 @@ def run() -> None:
     try:
         t_start = time.monotonic()
         cass = start_cassandra(log)
-        mc = MidoCloud(n_hosts=3, tunnel="vxlan", progress=log, flow_state=flow_state_spec(cass))
+        mc = MidoCloud(n_hosts=3, tunnel="vxlan", progress=log, flow_state=flow_state_spec(cass),
+                       cassandra_credentials=cass.credentials)
         mc.start()
         h1, h2, h3 = mc.hosts
         log(f"restarting {h3.name}'s agent with flow_state=local")

@@ -194,7 +194,8 @@ def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
     try:
         rows = cql_query(node.address, node.native_port,
                          f"SELECT kind, WRITETIME(value) FROM {KEYSPACE}.flow_state "
-                         f"WHERE port_id = '{port_id}'", timeout=15)
+                         f"WHERE port_id = '{port_id}'", timeout=15,
+                         auth=node.admin_credentials)
     except CqlError as e:
         if "unconfigured table" in e.message or "does not exist" in e.message \
                 or "Keyspace" in e.message:
@@ -433,7 +434,7 @@ def run() -> None:
         t_start = time.monotonic()
         cass = start_cassandra()
         mc = MidoCloud(n_hosts=2, tunnel="vxlan", progress=log, flow_state=flow_state_spec(cass),
-                       agent_options=UNBOUNDED)
+                       agent_options=UNBOUNDED, cassandra_credentials=cass.credentials)
         mc.start()
         h1, h2 = mc.hosts
         topo = NatTopo(mc)

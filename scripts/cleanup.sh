@@ -3,7 +3,7 @@
 #   * cloud hosts' OVS daemons (rundirs /tmp/mfl*) and Mininet shells (mininet:mfl*),
 #     and every process living in their network namespaces (iperf3, nc, ...);
 #   * midoflow agents (osken-manager running midoflow.apps.agent), and the
-#     ZooKeeper servers and Cassandra nodes started by midoflow.devenv;
+#     ZooKeeper servers, Cassandra nodes and Keystone servers started by midoflow.devenv;
 #   * interfaces and bridges in the root namespace named mfl*, named netns mfl*,
 #     and gateway agents' BGP links (mb<10 hex>) and namespaces (mbgp-<10 hex>);
 #   * /tmp/mfl*-* run directories.
@@ -59,6 +59,7 @@ for d in /proc/[0-9]*; do
       *QuorumPeerMain*)
         cwd=$(readlink "$d/cwd" 2>/dev/null)
         case "$cwd $cmd" in *midoflow-zk*) match=1 ;; esac ;;
+      *keystone-venv/bin/uwsgi*keystone.wsgi*) match=1 ;;  # midoflow.devenv.keystone
       *CassandraDaemon*)  # the project's nodes run from its jar cache
         case "$cmd" in *cassandra/lib*|*midoflow-cassandra*) match=1 ;; esac ;;
     esac

@@ -50,4 +50,24 @@ if ((${#cass_missing[@]})); then
 fi
 bash scripts/cassandra-jars.sh || { echo "[setup] could not resolve the Cassandra jars (see above)" >&2; exit 1; }
 # ---- Cassandra 5.0 (end) -----------------------------------------------------
+# ---- Keystone (begin) --------------------------------------------------------
+# A real Keystone for the development environment (midoflow.devenv.keystone), from
+# PyPI in its own venv: Debian's package pulls 228 packages and starts its own
+# service; keystone's oslo/SQLAlchemy pins stay out of .venv. uwsgi compiles (gcc).
+ksv=.keystone-venv
+ks_stamp=$ksv/.midoflow-installed
+if [ ! -f "$ks_stamp" ]; then
+  echo "[setup] installing Keystone and uwsgi into $ksv (about a minute the first time)"
+  ks_t0=$(date +%s)
+  [ -x "$ksv/bin/python" ] || /usr/bin/python3 -m venv "$ksv"
+  "$ksv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+  "$ksv/bin/pip" install -q keystone uwsgi >/tmp/midoflow-keystone-pip.log 2>&1 \
+    || { echo "[setup] pip install keystone uwsgi failed (is PyPI reachable? does gcc work?); see /tmp/midoflow-keystone-pip.log" >&2; exit 1; }
+  for b in keystone-manage uwsgi; do
+    [ -x "$ksv/bin/$b" ] || { echo "[setup] $ksv/bin/$b is missing after pip install: remove $ksv and run make setup again" >&2; exit 1; }
+  done
+  touch "$ks_stamp"
+  echo "[setup] Keystone ready in $ksv ($(( $(date +%s) - ks_t0 )) s)"
+fi
+# ---- Keystone (end) ----------------------------------------------------------
 echo "[setup] ready"

@@ -9,7 +9,9 @@
   process); all closed afterwards.
 * ``ensemble`` (module): a three-server ZooKeeper ensemble for fault tests.
 * ``cassandra_server`` (session): ONE real Cassandra node, started on first
-  use (``MIDOFLOW_CASSANDRA_HOSTS`` uses yours).
+  use, with password authentication (``.credentials``: the store role's
+  login; ``MIDOFLOW_CASSANDRA_HOSTS`` uses yours, with the ``[cassandra]``
+  login of the file ``MIDOFLOW_STORE_CREDENTIALS`` names, if any).
 
 Each starts through :func:`tests.helpers.running`: a server that cannot start
 fails the test with the reason, and is always stopped afterwards.
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.fixtures_keystone import keystone_server  # noqa: F401
 from tests.helpers import running
 
 
@@ -111,6 +114,12 @@ class _ExternalCassandra:
         self.native_port = int(addrs[0].rsplit(":", 1)[1]) if ":" in addrs[0] else 9042
         self.address = self.addresses[0]
         self.hosts = hosts
+        from midoflow.store.credentials import credentials_from_env
+
+        creds = credentials_from_env()
+        self.credentials = creds.cassandra if creds else None
+        self.credentials_path = creds.path if creds else None
+        self.admin_credentials = self.credentials
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,13 @@ hosts (each its own OVS in a network namespace) with their agents, VMs.
 Used by the demo, the end-to-end tests and the benchmarks. Everything it
 starts is stopped by :meth:`MidoCloud.stop` (also on exceptions and at exit).
 Several clouds can share one ZooKeeper: each uses its own chroot.
+
+The stores are protected as in production (issue 11): each cloud makes a
+random ZooKeeper digest secret, writes the store credentials file (mode 0600)
+into its workdir with it (and with the Cassandra login given, for agents
+whose flow state is in Cassandra), creates its chroot with the digest ACL,
+and gives the file to every agent (``credentials_file``) and the secret to
+the API's store. ``store_auth=False`` runs open stores.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import uuid
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
 
 from midoflow.cli.client import Client
 from midoflow.store import paths
+from midoflow.store.credentials import Login, StoreCredentials, generate_password, write_credentials
 from midoflow.store.zookeeper import ZkStore
 from topologies.cloud import Cloud, CloudHost
 
@@ -61,7 +70,12 @@ class MidoCloud:
         agent_args: tuple[str, ...] = (),
         flow_state: str = "local",
         agent_options: dict | None = None,
+        store_auth: bool = True,
+        cassandra_credentials: Login | tuple[str, str] | None = None,
     ) -> None:
+        """``store_auth``: protect the cloud's ZooKeeper chroot with a digest
+        secret of its own (module doc); ``cassandra_credentials``: the login
+        the agents use for a ``cassandra:`` flow state."""
         self.n_hosts = n_hosts
         self.subnet = subnet
         self.prefix = prefix
@@ -82,6 +96,12 @@ class MidoCloud:
         self.host_ids: dict[str, str] = {}
         self.zone_id: str | None = None
         self.workdir = tempfile.mkdtemp(prefix="midocloud-")
+        self.credentials: StoreCredentials | None = None
+        if store_auth or cassandra_credentials:
+            self.credentials = write_credentials(
+                os.path.join(self.workdir, "store-credentials"),
+                zookeeper=Login("midoflow", generate_password()) if store_auth else None,
+                cassandra=cassandra_credentials)
         self._stopped = False
         atexit.register(self.stop)
 
@@ -110,13 +130,17 @@ class MidoCloud:
         self.cloud.start()
         self.hosts = self.cloud.hosts
         chroot = f"/{self.cloud.prefix}"
-        zk = KazooClient(hosts=self.zk_hosts, timeout=10)
+        login = self.credentials.zookeeper if self.credentials else None
+        zk = KazooClient(hosts=self.zk_hosts, timeout=10,
+                         auth_data=[("digest", f"{login.user}:{login.password}")] if login
+                         else None)
         zk.start(timeout=15)
-        zk.ensure_path(chroot)
+        zk.ensure_path(chroot, acl=[make_digest_acl(*login, all=True)] if login else None)
         zk.stop()
         zk.close()
         self.zk_spec = self.zk_hosts + chroot
-        self.store = ZkStore(self.zk_spec)
+        self.zk_auth = tuple(login) if login else None  # for more ZkStores on zk_spec
+        self.store = ZkStore(self.zk_spec, auth=self.zk_auth)
         from midoflow.rest.server import serve_in_thread
 
         self.api_server = serve_in_thread(self.store)
@@ -138,6 +162,8 @@ class MidoCloud:
         opts = {k: v for k, v in self.agent_options.items() if k != "hosts"}
         per_host = self.agent_options.get("hosts") or {}
         opts.update(per_host.get(h.name) or per_host.get(f"h{h.index}") or {})
+        if self.credentials is not None:
+            opts.setdefault("credentials_file", self.credentials.path)
         cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid,
                                             flow_state=self.flow_state, **opts)
         cmd = [_agent_bin(), "--config", cfg, *self.agent_args]

@@ -17,6 +17,7 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
+from midoflow.store.credentials import CredentialsError, load_credentials
 from midoflow.store.endpoints import parse_cassandra
 
 
@@ -94,6 +95,18 @@ def _flow_state(path: str, name: str, raw: str) -> str:
                       "'cassandra:HOST[,HOST...][:PORT][/KEYSPACE]'")
 
 
+def _credentials_file(path: str, name: str, raw: str) -> str:
+    """A readable, private store credentials file (checked now, so a bad one
+    stops the agent at start with the reason)."""
+    cred = raw.strip()
+    if cred:
+        try:
+            load_credentials(cred)
+        except CredentialsError as e:
+            raise ConfigError(f"{path}: {name}: {e}") from None
+    return cred
+
+
 def _opt(default: Any = dataclasses.MISSING, parse: Parser = _text,
          missing: Callable[[], Any] | None = None) -> Any:
     """A config option: its default (none: required), how the file's text
@@ -118,6 +131,10 @@ class AgentConfig:
     # Where flow state is filed for recovery: "local" (this process only) or
     # "cassandra:HOST[,HOST...][:PORT][/KEYSPACE]" (QUORUM writes).
     flow_state: str = _opt("local", _flow_state)
+    # The store credentials file (midoflow/store/credentials.py; mode 0600):
+    # its [zookeeper] login owns the topology nodes (digest ACL), its
+    # [cassandra] login is the flow-state role. Empty: open stores (development).
+    credentials_file: str = _opt("", _credentials_file)
     # The network namespace OVS runs in, when it is not the agent's (a pid or
     # a name in /var/run/netns): where the BGP links' OVS ends go.
     ovs_netns: str = _opt("", _stripped)

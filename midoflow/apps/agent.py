@@ -32,7 +32,7 @@ from midoflow.agent.storm import StormControl
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.bgp.speaker import BgpManager
 from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
-from midoflow.store.factory import make_store
+from midoflow.store.factory import load_credentials, make_store
 from midoflow.store.flowstate_factory import make_flow_state
 
 LOG = logging.getLogger("midoflow.agent")
@@ -89,12 +89,15 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.cfg = AgentConfig.load(path)
         self.dp = None
         self.classified: dict[str, tuple[int, int]] = {}  # port id -> (ofport, tunnel key)
+        creds = load_credentials(self.cfg.credentials_file) if self.cfg.credentials_file \
+            else None
         self.store = make_store(self.cfg.zookeeper, handler="eventlet",
-                                timeout=self.cfg.zk_session_timeout)
+                                timeout=self.cfg.zk_session_timeout, credentials=creds)
         self.core = AgentCore(self.cfg, self.store, on_invalidate=self._delete_cookies,
                               on_bindings=self._bindings_changed, spawn=hub.spawn,
                               frames=_OsKenFrames(), replay=self._replay,
-                              flow_state=make_flow_state(self.cfg.flow_state, eventlet=True))
+                              flow_state=make_flow_state(self.cfg.flow_state, eventlet=True,
+                                                         credentials=creds))
         self._poke = hub.Event()
         self._last_expiry = 0.0
         # the bridge's interfaces by OVSDB notifications (see _interfaces_changed)

@@ -8,6 +8,16 @@ Options (oslo.config, in the ``[DEFAULT]`` section of an osken-manager
   to ``$MIDOFLOW_ZOOKEEPER``, then to the ``zookeeper`` of the agent config
   named by ``$MIDOFLOW_AGENT_CONFIG`` (how ``midoflow-agent --with-api`` runs it).
 * ``midoflow_api_host`` / ``midoflow_api_port``: where to listen (127.0.0.1:8181).
+* ``midoflow_auth``: ``keystone`` (default) or ``noauth`` (single-machine
+  development; then the host must be a loopback address).
+* ``midoflow_keystone_url``, ``midoflow_keystone_user`` (midoflow),
+  ``midoflow_keystone_project`` (service), ``midoflow_keystone_password`` (or
+  ``midoflow_keystone_password_file``), or ``midoflow_keystone_config``: an
+  INI file with a ``[keystone_authtoken]`` section as in neutron.conf. Each
+  falls back to its ``MIDOFLOW_KEYSTONE_*`` environment variable.
+
+It serves both APIs: native ``/v1`` (admin role) and Neutron v2.0 (see
+:mod:`midoflow.rest.auth`).
 
 The app keeps no state of its own: every request goes to the store.
 """
@@ -29,6 +39,21 @@ OPTS = [
                help="ZooKeeper connection string host:port,... (or 'memory')"),
     cfg.StrOpt("midoflow_api_host", default="127.0.0.1", help="REST API listen address"),
     cfg.IntOpt("midoflow_api_port", default=8181, help="REST API listen port"),
+    cfg.StrOpt("midoflow_auth", default="keystone", choices=("keystone", "noauth"),
+               help="keystone: tokens validated by keystonemiddleware; noauth: none "
+               "(single-machine development, loopback only)"),
+    cfg.StrOpt("midoflow_keystone_url", default="",
+               help="Keystone identity endpoint http://HOST:PORT/v3"),
+    cfg.StrOpt("midoflow_keystone_user", default="", help="service user validating tokens"),
+    cfg.StrOpt("midoflow_keystone_project", default="", help="its project"),
+    cfg.StrOpt("midoflow_keystone_password", default="", secret=True, help="its password"),
+    cfg.StrOpt("midoflow_keystone_password_file", default="",
+               help="file whose first line is its password"),
+    cfg.StrOpt("midoflow_keystone_config", default="",
+               help="INI file with a [keystone_authtoken] section"),
+    cfg.StrOpt("midoflow_store_credentials", default="",
+               help="the stores' credentials file (mode 0600; default "
+               "$MIDOFLOW_STORE_CREDENTIALS)"),
 ]
 
 
@@ -58,17 +83,46 @@ def zookeeper_spec(conf=CONF) -> str:
     )
 
 
+def auth_config(conf=CONF):
+    """The :class:`midoflow.rest.auth.AuthConfig` the options ask for (SystemExit
+    with the reason when they are incomplete or unsafe)."""
+    from midoflow.rest.auth import AuthConfig, AuthConfigError
+
+    try:
+        auth = AuthConfig.load(
+            conf.midoflow_auth, config_file=conf.midoflow_keystone_config or None,
+            url=conf.midoflow_keystone_url or None, user=conf.midoflow_keystone_user or None,
+            project=conf.midoflow_keystone_project or None,
+            password=conf.midoflow_keystone_password or None,
+            password_file=conf.midoflow_keystone_password_file or None)
+        auth.check_listen(conf.midoflow_api_host)
+    except AuthConfigError as e:
+        raise SystemExit(f"midoflow api: {e} (options midoflow_auth and midoflow_keystone_* "
+                         f"in the --config-file)") from None
+    return auth
+
+
 class MidoflowApi(app_manager.OSKenApp):
-    """Serves :func:`midoflow.rest.app.make_app` with eventlet.wsgi in a hub thread."""
+    """Serves both APIs (:func:`midoflow.rest.auth.make_root_app`) with
+    eventlet.wsgi in a hub thread."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from midoflow.store.factory import make_store  # ZkStore imported lazily there
 
         self.spec = zookeeper_spec()
+        self.auth = auth_config()
         self.host = CONF.midoflow_api_host
         self.port = CONF.midoflow_api_port
-        self.store = make_store(self.spec, handler="eventlet")
+        from midoflow.store.credentials import CredentialsError, credentials_from_env
+        from midoflow.store.factory import load_credentials
+
+        try:
+            creds = load_credentials(CONF.midoflow_store_credentials) \
+                if CONF.midoflow_store_credentials else credentials_from_env()
+        except CredentialsError as e:
+            raise SystemExit(f"midoflow api: {e}") from None
+        self.store = make_store(self.spec, handler="eventlet", credentials=creds)
         self.sock = None
         self.server_thread = None
 
@@ -79,7 +133,7 @@ class MidoflowApi(app_manager.OSKenApp):
         from midoflow.rest.server import serve
 
         self.sock = eventlet.listen((self.host, self.port))
-        self.server_thread = hub.spawn(serve, self.store, sock=self.sock)
+        self.server_thread = hub.spawn(serve, self.store, sock=self.sock, auth=self.auth)
         self.threads.append(self.server_thread)
         LOG.info("midoflow API on http://%s:%d/v1 (store %s)", self.host, self.port, self.spec)
         # osken-manager waits on the thread start() returns: the server's.

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 # Importing a command module registers its commands (see midoflow.cli.base).
 from midoflow.cli import bgp, kinds, resources, routers, security, status, trace  # noqa: F401
 from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
-from midoflow.cli.client import DEFAULT_API, ApiError, Client, ResolveError, Unreachable
+from midoflow.cli.client import (
+    DEFAULT_API,
+    ApiError,
+    AuthFailed,
+    Client,
+    KeystoneLogin,
+    ResolveError,
+    Unreachable,
+)
 
 kinds.register_all()  # list/show of the declared kinds the modules above do not define
 
@@ -24,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 HINT = "is it running? (see 'make demo -- --keep' / MIDOFLOW_API)"
+KEYSTONE_HINT = "is OS_AUTH_URL right and Keystone running?"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="midoflow",
         description="Manage a midoflow cloud through its REST API.",
-        epilog="exit status: 0 ok, 1 API error, 2 usage error, 3 API unreachable",
+        epilog="authentication: the OpenStack variables OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, "
+        "OS_PROJECT_NAME (OS_USER_DOMAIN_NAME, OS_PROJECT_DOMAIN_NAME: default 'Default'; or "
+        "OS_TOKEN) of a user with the admin role; without OS_AUTH_URL no token is sent (a "
+        "no-auth development API). exit status: 0 ok, 1 API error, 2 usage error, "
+        "3 API or Keystone unreachable",
     )
     _global_options(parser, top=True)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -101,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     api = args.api or os.environ.get("MIDOFLOW_API") or DEFAULT_API
     try:
-        client = Client(api, timeout=args.timeout)
+        client = Client(api, timeout=args.timeout,
+                        login=KeystoneLogin.from_env(dict(os.environ), timeout=args.timeout))
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
@@ -114,11 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as e:
         _err(e.one_line())
         return EXIT_API
-    except ResolveError as e:
+    except (ResolveError, AuthFailed) as e:
         _err(str(e))
         return EXIT_API
     except Unreachable as e:
-        _err(f"cannot reach the midoflow API at {e.base_url}: {e.reason} — {HINT}")
+        hint = HINT if e.what == "the midoflow API" else KEYSTONE_HINT
+        _err(f"cannot reach {e.what} at {e.base_url}: {e.reason} — {hint}")
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         _err("interrupted")

@@ -18,6 +18,20 @@ The jars are resolved once by ``scripts/cassandra-jars.sh`` (Maven, from
 (or ``$MIDOFLOW_CASSANDRA_LIB``); ``make setup`` does it, and so does the first
 start here when they are missing.
 
+Nodes require a password (issue 11: the flow state is not an open door):
+they start with ``PasswordAuthenticator`` and ``CassandraAuthorizer``; once a
+node (or the whole cluster) serves CQL, :func:`setup_auth` logs in as the
+well-known ``cassandra`` superuser, replicates ``system_auth`` to every node
+(NetworkTopologyStrategy, RF = number of nodes, so a login survives a node
+down), creates a superuser ``midoflow_admin`` and the store role ``midoflow``
+(LOGIN, CREATE ON ALL KEYSPACES: it makes its keyspace on first use and owns
+it from then on), each with a random password, then drops ``cassandra``.
+``node.credentials`` is the store role's login, ``node.admin_credentials``
+the admin's; both are also written, mode 0600, to ``credentials.ini`` and
+``admin-credentials.ini`` in the node's (cluster's) folder, in the format of
+:mod:`midoflow.store.credentials` (what an agent's ``credentials_file`` reads).
+``auth=False`` starts an open node.
+
 Every node started here is stopped at interpreter exit (atexit) and, unless
 started with ``die_with_parent=False`` (``--background``), also dies with the
 thread that started it (Linux ``PR_SET_PDEATHSIG``), so a killed test run
@@ -54,11 +68,30 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     import cassandra.cluster  # noqa: F401
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra import (
+    AlreadyExists,
+    AuthenticationFailed,
+    ConfigurationException,
+    ConsistencyLevel,
+    DriverException,
+    InvalidRequest,
+    OperationTimedOut,
+    RequestValidationException,
+    Unauthorized,
+)
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.policies import WhiteListRoundRobinPolicy
 from cassandra.protocol import ErrorMessage
 from cassandra.query import SimpleStatement, tuple_factory
+
+from midoflow.store.credentials import (
+    CredentialsError,
+    Login,
+    generate_password,
+    load_credentials,
+    write_credentials,
+)
 
 JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64/bin/java",)
 CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
@@ -71,6 +104,16 @@ PID_FILE = "cassandra.pid"
 LOG_FILE = "cassandra.log"
 CLUSTER_NAME = "midoflow"
 DEFAULT_HEAP = "512M"
+DEFAULT_SUPERUSER = Login("cassandra", "cassandra")  # Cassandra's well-known default
+STORE_ROLE = "midoflow"
+ADMIN_ROLE = "midoflow_admin"
+CREDENTIALS_FILE = "credentials.ini"  # the store role's login ([cassandra])
+ADMIN_CREDENTIALS_FILE = "admin-credentials.ini"
+DATACENTER = "datacenter1"  # SimpleSnitch's
+BAD_CREDENTIALS = 0x0100  # the native protocol's error code for a refused login
+# The native protocol's codes of the errors the driver raises as its own classes.
+_REQUEST_ERRORS = ((Unauthorized, 0x2100), (AlreadyExists, 0x2400),
+                   (ConfigurationException, 0x2300), (InvalidRequest, 0x2200))
 
 # Three evenly spaced Murmur3 tokens, one per node (num_tokens: 1).
 TOKENS_3 = (-9223372036854775808, -3074457345618258603, 3074457345618258602)
@@ -321,25 +364,36 @@ class CqlError(Exception):
         self.message = message
 
 
-def cql_query(host: str, port: int, query: str, consistency: int = CL_ONE,
-              timeout: float = 5.0) -> list[list[Any]]:
-    """Run one CQL query with ``host`` as coordinator; the rows (cells decoded
-    by the driver: str, int, UUID ...). Raises OSError when the node does not
-    answer, CqlError when it answers with an error."""
+def cql_query(host: str, port: int, query: str | Sequence[str], consistency: int = CL_ONE,
+              timeout: float = 5.0, auth: Login | tuple[str, str] | None = None
+              ) -> list[list[Any]]:
+    """Run one CQL query (or several in turn, on one connection) with ``host``
+    as coordinator, logged in as ``auth`` (user, password) if given; the rows
+    of the last one (cells decoded by the driver: str, int, UUID ...). Raises
+    OSError when the node does not answer, CqlError when it answers with an
+    error (``BAD_CREDENTIALS`` when it refuses the login)."""
     profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([host]),
                                request_timeout=timeout, row_factory=tuple_factory)
     cluster = Cluster([host], port=port, protocol_version=4, connect_timeout=timeout,
                       control_connection_timeout=timeout,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                      schema_metadata_enabled=False, token_metadata_enabled=False)
+                      schema_metadata_enabled=False, token_metadata_enabled=False,
+                      auth_provider=PlainTextAuthProvider(*auth) if auth else None)
     try:
         session = cluster.connect()
-        rows = session.execute(SimpleStatement(query, consistency_level=consistency))
+        rows: Any = []
+        for q in [query] if isinstance(query, str) else query:
+            rows = session.execute(SimpleStatement(q, consistency_level=consistency))
         return [list(r) for r in rows]
     except ErrorMessage as e:  # the node's own error (unavailable, invalid query ...)
         raise CqlError(e.code, e.message) from e
+    except RequestValidationException as e:  # the same, as the driver's own classes
+        code = next((c for cls, c in _REQUEST_ERRORS if isinstance(e, cls)), 0x2000)
+        raise CqlError(code, str(e)) from e
     except NoHostAvailable as e:
         errors = list(e.errors.values())
+        if errors and isinstance(errors[0], AuthenticationFailed):
+            raise CqlError(BAD_CREDENTIALS, str(errors[0])) from e
         if errors and isinstance(errors[0], ErrorMessage):
             raise CqlError(errors[0].code, errors[0].message) from e
         raise ConnectionError(f"Cassandra at {host}:{port} does not answer: {e}") from e
@@ -349,13 +403,72 @@ def cql_query(host: str, port: int, query: str, consistency: int = CL_ONE,
         cluster.shutdown()
 
 
-def release_version(host: str, port: int, timeout: float = 2.0) -> str | None:
-    """The node's Cassandra version if it serves CQL now, else None."""
+def release_version(host: str, port: int, timeout: float = 2.0,
+                    auth: Login | tuple[str, str] | None = None) -> str | None:
+    """The node's Cassandra version if it serves CQL now, else None; "" if it
+    serves CQL but refuses the login ``auth`` (or requires one)."""
     try:
-        rows = cql_query(host, port, "SELECT release_version FROM system.local", timeout=timeout)
-    except (OSError, CqlError):
+        rows = cql_query(host, port, "SELECT release_version FROM system.local",
+                         timeout=timeout, auth=auth)
+    except CqlError as e:
+        return "" if e.code == BAD_CREDENTIALS else None
+    except OSError:
         return None
     return rows[0][0] if rows and rows[0][0] is not None else None
+
+
+def _cql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def setup_auth(coordinator: CassandraNode, n_nodes: int, store: Login, admin: Login,
+               timeout: float = 120.0) -> None:
+    """Make a fresh password-protected cluster safe (see the module doc):
+    system_auth on every node, the admin and store roles with their
+    passwords, the default ``cassandra`` superuser dropped. Idempotent (roles
+    that exist keep their passwords: Cassandra 5 refuses a password change
+    within 5 s of the last). ``coordinator`` runs the statements. A login the
+    node checked in the last 2 s (``credentials_validity``) may still pass
+    for that long after its role is dropped."""
+    host, port = coordinator.address, coordinator.native_port
+    statements = [
+        f"ALTER KEYSPACE system_auth WITH replication = {{'class': "
+        f"'NetworkTopologyStrategy', '{DATACENTER}': {n_nodes}}}",
+        f"CREATE ROLE IF NOT EXISTS {ADMIN_ROLE} WITH PASSWORD = {_cql_text(admin.password)} "
+        "AND SUPERUSER = true AND LOGIN = true",
+        f"CREATE ROLE IF NOT EXISTS {store.user} WITH PASSWORD = "
+        f"{_cql_text(store.password)} AND LOGIN = true",
+        f"GRANT CREATE ON ALL KEYSPACES TO {store.user}",
+    ]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    done = False
+    while time.monotonic() < deadline:
+        try:
+            if not done:
+                # the default superuser exists once a node's role manager made it
+                # (superuser_setup_delay_ms=0); a rerun finds the admin instead
+                for login in (DEFAULT_SUPERUSER, admin):
+                    try:
+                        cql_query(host, port, statements, timeout=30.0, auth=login)
+                        break
+                    except CqlError as e:
+                        if e.code != BAD_CREDENTIALS:
+                            raise
+                        last = e
+                else:
+                    raise last or CqlError(BAD_CREDENTIALS, "no login")
+                done = True
+            # a new login as the admin: it must exist everywhere before the
+            # default superuser goes
+            cql_query(host, port, f"DROP ROLE IF EXISTS {DEFAULT_SUPERUSER.user}",
+                      timeout=30.0, auth=admin)
+            return
+        except (CqlError, OSError) as e:
+            last = e
+            time.sleep(0.5)
+    raise CassandraError(f"could not set up password authentication on {host}:{port} in "
+                         f"{timeout:.0f} s ({last}): see {coordinator.log_path}")
 
 
 # ------------------------------------------------------------------------ node
@@ -384,7 +497,13 @@ class CassandraNode:
                  cluster_name: str = CLUSTER_NAME, heap: str = DEFAULT_HEAP,
                  java: str | None = None, lib: str | os.PathLike | None = None,
                  extra_yaml: dict[str, object] | None = None, die_with_parent: bool = True,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, auth: bool = True, setup: bool = True,
+                 credentials: Login | None = None,
+                 admin_credentials: Login | None = None) -> None:
+        """``auth``: require passwords (module doc); ``setup``: set the roles
+        up when first started (a cluster does it once for all its nodes);
+        ``credentials``/``admin_credentials``: the logins to create (default:
+        those of an earlier start in ``base_dir``, else random ones)."""
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="midoflow-cassandra-"))
         self.address = address
@@ -403,6 +522,30 @@ class CassandraNode:
         self.started_in: float | None = None  # seconds the last start took
         self._log = None
         self._t_launch = 0.0
+        self.auth = auth
+        self.setup = setup
+        # True once the roles exist (then probes log in as the admin)
+        self.auth_ready = False
+        self.credentials: Login | None = None
+        self.admin_credentials: Login | None = None
+        if auth:
+            saved = _saved_logins(self.base_dir)
+            if saved and credentials is None and admin_credentials is None:
+                credentials, admin_credentials = saved
+                self.auth_ready = True
+            self.credentials = credentials or Login(STORE_ROLE, generate_password())
+            self.admin_credentials = admin_credentials or Login(ADMIN_ROLE, generate_password())
+
+    @property
+    def probe_auth(self) -> Login | None:
+        """The login the probes (readiness, :func:`cql_query` by tests) use."""
+        if not self.auth:
+            return None
+        return self.admin_credentials if self.auth_ready else DEFAULT_SUPERUSER
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.base_dir / CREDENTIALS_FILE
 
     # ---- paths and config
     @property
@@ -453,6 +596,15 @@ class CassandraNode:
             "hints_flush_period": "1000ms",
             "dynamic_snitch": "true",
         }
+        if self.auth:
+            # Roles and permissions cached a minute and refreshed in the background
+            # every 2 s: a request never waits for a system_auth read, which stalls
+            # while a just-crashed replica is not yet known to be down (seen here:
+            # with the 2 s defaults, writes timed out when the seed was killed).
+            conf.update(authenticator="PasswordAuthenticator", authorizer="CassandraAuthorizer",
+                        role_manager="CassandraRoleManager",
+                        roles_validity="60s", roles_update_interval="2s",
+                        permissions_validity="60s", permissions_update_interval="2s")
         conf.update(self.extra_yaml)
         lines = [f"{k}: {v}" for k, v in conf.items() if v is not None]
         lines += [
@@ -539,7 +691,8 @@ class CassandraNode:
 
     def wait_ready(self, timeout: float = 180.0) -> str:
         """Wait until the node answers ``SELECT release_version FROM
-        system.local``; that version."""
+        system.local`` (and, the first time, set up its roles); that version
+        ("" when it serves CQL but refuses the probe's login)."""
         deadline = time.monotonic() + timeout
         last_note = time.monotonic()
         while time.monotonic() < deadline:
@@ -549,9 +702,13 @@ class CassandraNode:
                 raise CassandraError(
                     f"Cassandra {self.hosts} exited (code {code}) while starting: see "
                     f"{self.log_path}" + (f"; it ends with:\n{tail}" if tail else ""))
-            version = release_version(self.address, self.native_port)
-            if version:
+            version = release_version(self.address, self.native_port, auth=self.probe_auth)
+            if version is not None:  # "": serves CQL, the login is not ready yet
                 self.started_in = time.monotonic() - self._t_launch
+                if self.auth and self.setup and not self.auth_ready:
+                    self._setup_auth(max(30.0, deadline - time.monotonic()))
+                    version = release_version(self.address, self.native_port,
+                                              auth=self.probe_auth) or version
                 return version
             if time.monotonic() - last_note > 10:
                 _progress(f"waiting for {self.hosts} to serve CQL "
@@ -569,9 +726,16 @@ class CassandraNode:
         except BaseException:
             self.kill()
             raise
-        _progress(f"Cassandra {version} serving CQL on {self.hosts} in {self.started_in:.1f} s "
-                  f"(log {self.log_path})", self.quiet)
+        _progress(f"Cassandra {version or ''} serving CQL on {self.hosts} in "
+                  f"{self.started_in:.1f} s (log {self.log_path})", self.quiet)
         return self
+
+    def _setup_auth(self, timeout: float) -> None:
+        setup_auth(self, 1, self.credentials, self.admin_credentials, timeout)
+        _save_logins(self.base_dir, self.credentials, self.admin_credentials)
+        self.auth_ready = True
+        _progress(f"password authentication on: role {self.credentials.user}, credentials "
+                  f"in {self.credentials_path}", self.quiet)
 
     def _reap(self, timeout: float) -> None:
         if self.proc is not None:
@@ -634,7 +798,7 @@ class CassandraCluster:
                  native_port: int | None = None, storage_port: int | None = None,
                  heap: str = DEFAULT_HEAP, java: str | None = None,
                  lib: str | os.PathLike | None = None, die_with_parent: bool = True,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, auth: bool = True) -> None:
         if not 1 <= n <= len(TOKENS_3):
             raise ValueError(f"1 to {len(TOKENS_3)} nodes, not {n}")
         self._own_dir = base_dir is None
@@ -643,12 +807,26 @@ class CassandraCluster:
         native_port = native_port or free_port(addresses)
         storage_port = storage_port or free_port(addresses)
         self.quiet = quiet
+        self.auth = auth
+        saved = _saved_logins(self.base_dir) if auth else None
+        self.auth_ready = saved is not None
+        store, admin = saved or (Login(STORE_ROLE, generate_password()),
+                                 Login(ADMIN_ROLE, generate_password()))
+        self.credentials: Login | None = store if auth else None
+        self.admin_credentials: Login | None = admin if auth else None
         self.nodes = [
             CassandraNode(self.base_dir / f"node{i + 1}", addr, native_port, storage_port,
                           seeds=[addresses[0]], initial_token=TOKENS_3[i], heap=heap,
-                          java=java, lib=lib, die_with_parent=die_with_parent, quiet=quiet)
+                          java=java, lib=lib, die_with_parent=die_with_parent, quiet=quiet,
+                          auth=auth, setup=False, credentials=store, admin_credentials=admin)
             for i, addr in enumerate(addresses)
         ]
+        for node in self.nodes:
+            node.auth_ready = self.auth_ready
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.base_dir / CREDENTIALS_FILE
 
     @property
     def addresses(self) -> list[str]:
@@ -675,10 +853,20 @@ class CassandraCluster:
                 node.wait_ready(max(1.0, timeout - (time.monotonic() - t0)))
                 _progress(f"{node.hosts} serving CQL in {node.started_in:.1f} s", self.quiet)
             self.wait_up(max(1.0, timeout - (time.monotonic() - t0)))
+            if self.auth and not self.auth_ready:
+                setup_auth(self.nodes[0], len(self.nodes), self.credentials,
+                           self.admin_credentials, max(30.0, timeout - (time.monotonic() - t0)))
+                _save_logins(self.base_dir, self.credentials, self.admin_credentials)
+                self.auth_ready = True
+                for node in self.nodes:
+                    node.auth_ready = True
+                self.wait_up(max(30.0, timeout - (time.monotonic() - t0)))
         except BaseException:
             self.kill()
             raise
-        _progress(f"cluster {self.hosts} up in {time.monotonic() - t0:.1f} s", self.quiet)
+        _progress(f"cluster {self.hosts} up in {time.monotonic() - t0:.1f} s"
+                  + (f"; credentials in {self.credentials_path}" if self.auth else ""),
+                  self.quiet)
         return self
 
     def start_nodes(self, nodes: Iterable[CassandraNode], timeout: float = 180.0) -> None:
@@ -702,9 +890,9 @@ class CassandraCluster:
         versions = set()
         for n in self.nodes:
             try:
-                cql_query(n.address, n.native_port, query, consistency=CL_ALL, timeout=5.0)
                 rows = cql_query(n.address, n.native_port,
-                                 "SELECT schema_version FROM system.local", timeout=5.0)
+                                 [query, "SELECT schema_version FROM system.local"],
+                                 consistency=CL_ALL, timeout=5.0, auth=n.probe_auth)
             except (OSError, CqlError):
                 return False
             versions.add(rows[0][0] if rows else None)
@@ -750,6 +938,22 @@ class CassandraCluster:
         self.cleanup()
 
 
+def _saved_logins(d: Path) -> tuple[Login, Login] | None:
+    """The (store, admin) logins an earlier start wrote in ``d``, if any."""
+    try:
+        store = load_credentials(d / CREDENTIALS_FILE).cassandra
+        admin = load_credentials(d / ADMIN_CREDENTIALS_FILE).cassandra
+    except CredentialsError:
+        return None
+    return (store, admin) if store and admin else None
+
+
+def _save_logins(d: Path, store: Login, admin: Login) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    write_credentials(d / CREDENTIALS_FILE, cassandra=store)
+    write_credentials(d / ADMIN_CREDENTIALS_FILE, cassandra=admin)
+
+
 # ------------------------------------------------------------------------- CLI
 
 
@@ -789,6 +993,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--dir", help="data, config and logs (default: a new temp dir)")
     st.add_argument("--port", type=int, help="CQL port (default: a free port)")
     st.add_argument("--heap", default=DEFAULT_HEAP, help=f"heap per node (default {DEFAULT_HEAP})")
+    st.add_argument("--no-auth", action="store_true",
+                    help="no password required (default: PasswordAuthenticator, see "
+                    f"{CREDENTIALS_FILE} in --dir)")
     st.add_argument("--background", action="store_true",
                     help="leave the nodes running, write pid files, and return")
     sp = sub.add_parser("stop", help="stop nodes started with --background")
@@ -807,7 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="midoflow-cassandra-"))
     base.mkdir(parents=True, exist_ok=True)
-    keep = {"die_with_parent": not args.background, "quiet": False, "heap": args.heap}
+    keep = {"die_with_parent": not args.background, "quiet": False, "heap": args.heap,
+            "auth": not args.no_auth}
     try:
         if args.nodes > 1:
             c: CassandraNode | CassandraCluster = CassandraCluster(

@@ -1,4 +1,11 @@
-"""Serving the API: eventlet.wsgi standalone, or a plain thread for tests."""
+"""Serving both APIs (native ``/v1`` and Neutron, see :mod:`midoflow.rest.auth`):
+eventlet.wsgi standalone, or a plain thread for tests and MidoCloud.
+
+Both listen on 127.0.0.1 unless told otherwise. A standalone server
+authenticates with Keystone unless ``--auth noauth`` is asked for; the
+in-process :func:`serve_in_thread` is no-auth unless given a Keystone
+:class:`AuthConfig`.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +13,35 @@ import logging
 import threading
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
-from midoflow.rest.app import make_app
+from midoflow.rest.auth import AuthConfig, AuthConfigError, make_root_app
 from midoflow.store.base import Store
 
 LOG = logging.getLogger("midoflow.rest")
 
 
-def serve(store: Store, host: str = "127.0.0.1", port: int = 8181, sock=None) -> None:
-    """Serve the API over ``store`` with eventlet.wsgi until interrupted.
+def serve(store: Store, host: str = "127.0.0.1", port: int = 8181, sock=None, *,
+          auth: AuthConfig) -> None:
+    """Serve both APIs over ``store`` with eventlet.wsgi until interrupted.
 
-    ``sock`` may be an already listening eventlet socket (then host/port are ignored).
+    ``sock`` may be an already listening eventlet socket (then host/port are
+    ignored). ``auth`` is required: Keystone, or an explicit no-auth (which
+    refuses a non-loopback address: AuthConfigError). Run it in a process
+    patched by ``eventlet.monkey_patch()`` (as :func:`main` does): otherwise
+    auth_token's first validation of a token blocks every other request.
     """
     import eventlet
     import eventlet.wsgi
 
+    app = make_root_app(store, auth=auth)
     if sock is None:
+        auth.check_listen(host)
         sock = eventlet.listen((host, port))
-    LOG.info("midoflow API listening on http://%s:%d/v1", *sock.getsockname()[:2])
+    else:
+        auth.check_listen(sock.getsockname()[0])
+    LOG.info("midoflow API listening on http://%s:%d (native /v1, Neutron /v2.0; auth %s)",
+             *sock.getsockname()[:2], auth.mode)
     # debug=False: an error never puts a traceback in a response body.
-    eventlet.wsgi.server(sock, make_app(store), log=_EventletLog(), log_output=True,
-                         debug=False)
+    eventlet.wsgi.server(sock, app, log=_EventletLog(), log_output=True, debug=False)
 
 
 class _EventletLog:
@@ -123,14 +139,20 @@ class _ThreadingWSGIServer(WSGIServer):
 
 
 class BackgroundServer:
-    """The API on a real socket in a daemon thread (tests, the CLI's tests, demos).
+    """Both APIs on a real socket in a daemon thread (tests, the CLI's tests,
+    MidoCloud). wsgiref answers HTTP/1.0 and closes each connection after
+    its response, which clients that reuse connections (keystoneauth) handle.
 
     >>> srv = BackgroundServer(store).start(); srv.url  # 'http://127.0.0.1:PORT'
     >>> srv.stop()
     """
 
-    def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.httpd = make_server(host, port, make_app(store), server_class=_ThreadingWSGIServer,
+    def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0, *,
+                 auth: AuthConfig | None = None) -> None:
+        self.auth = AuthConfig.noauth() if auth is None else auth
+        self.auth.check_listen(host)
+        app = make_root_app(store, auth=self.auth)
+        self.httpd = make_server(host, port, app, server_class=_ThreadingWSGIServer,
                                  handler_class=_QuietHandler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="midoflow-api",
                                        daemon=True)
@@ -156,27 +178,87 @@ class BackgroundServer:
         self.stop()
 
 
-def serve_in_thread(store: Store, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
-    """Start the API in a background thread; returns the server (``.url``, ``.stop()``)."""
-    return BackgroundServer(store, host, port).start()
+def serve_in_thread(store: Store, host: str = "127.0.0.1", port: int = 0, *,
+                    auth: AuthConfig | None = None) -> BackgroundServer:
+    """Start both APIs in a background thread; returns the server (``.url``, ``.stop()``).
+
+    In-process servers (tests, MidoCloud) are explicitly no-auth and on
+    loopback unless ``auth`` is a Keystone :class:`AuthConfig`."""
+    return BackgroundServer(store, host, port, auth=auth).start()
+
+
+def add_auth_arguments(ap) -> None:
+    """``--auth`` and the Keystone options (argparse), shared with other launchers."""
+    g = ap.add_argument_group("authentication")
+    g.add_argument("--auth", choices=("keystone", "noauth"), default="keystone",
+                   help="keystone (default): tokens validated by keystonemiddleware; noauth: "
+                   "no authentication, single-machine development, loopback only")
+    g.add_argument("--keystone-config", metavar="FILE",
+                   help="an INI file with a [keystone_authtoken] section, as in neutron.conf "
+                   "(env MIDOFLOW_KEYSTONE_CONFIG)")
+    g.add_argument("--keystone-url", metavar="URL",
+                   help="Keystone's identity endpoint, http://HOST:PORT/v3 "
+                   "(env MIDOFLOW_KEYSTONE_URL)")
+    g.add_argument("--keystone-user", metavar="NAME",
+                   help="service user that validates tokens (env MIDOFLOW_KEYSTONE_USER; "
+                   "default midoflow)")
+    g.add_argument("--keystone-project", metavar="NAME",
+                   help="its project (env MIDOFLOW_KEYSTONE_PROJECT; default service)")
+    g.add_argument("--keystone-password-file", metavar="FILE",
+                   help="file whose first line is its password (env "
+                   "MIDOFLOW_KEYSTONE_PASSWORD_FILE, or the password in "
+                   "MIDOFLOW_KEYSTONE_PASSWORD)")
+    g.add_argument("--keystone-password", metavar="PASSWORD",
+                   help="its password (visible to other local users in the process list: "
+                   "prefer the file or the environment)")
+
+
+def auth_from_arguments(args) -> AuthConfig:
+    return AuthConfig.load(args.auth, config_file=args.keystone_config, url=args.keystone_url,
+                           user=args.keystone_user, project=args.keystone_project,
+                           password=args.keystone_password,
+                           password_file=args.keystone_password_file)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m midoflow.rest.server --store memory|HOST:PORT,... [--host H] [--port P]``."""
+    """``python -m midoflow.rest.server --store memory|HOST:PORT,... [--host H]
+    [--port P] [--auth keystone|noauth] [--keystone-...]``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m midoflow.rest.server",
-                                 description="Serve the midoflow REST API (eventlet.wsgi).")
+                                 description="Serve the midoflow APIs (native /v1 and Neutron "
+                                 "v2.0) with eventlet.wsgi.")
     ap.add_argument("--store", default="memory", help="'memory' or ZooKeeper host:port,...")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="listen address (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8181)
+    ap.add_argument("--store-credentials", default="",
+                    help="the stores' credentials file (mode 0600; default "
+                    "$MIDOFLOW_STORE_CREDENTIALS): ZooKeeper digest ACLs")
+    add_auth_arguments(ap)
     args = ap.parse_args(argv)
+    from midoflow.store.credentials import CredentialsError, credentials_from_env
+    from midoflow.store.factory import load_credentials
+
+    try:
+        auth = auth_from_arguments(args)
+        auth.check_listen(args.host)
+        creds = load_credentials(args.store_credentials) if args.store_credentials \
+            else credentials_from_env()
+    except (AuthConfigError, CredentialsError) as e:
+        ap.exit(2, f"error: {e}\n")
+    # Before the store and keystonemiddleware create sockets and threads: a
+    # token's validation must not block the hub (this process uses no Cassandra).
+    import eventlet
+
+    eventlet.monkey_patch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from midoflow.store.factory import make_store
 
-    store = make_store(args.store, handler="eventlet" if args.store != "memory" else "threading")
+    store = make_store(args.store, handler="eventlet" if args.store != "memory" else "threading",
+                       credentials=creds)
     try:
-        serve(store, args.host, args.port)
+        serve(store, args.host, args.port, auth=auth)
     except KeyboardInterrupt:
         pass
     finally:

@@ -27,6 +27,13 @@ replicas; saving them again is harmless: the writes are idempotent).
 Driver failures (no node reachable, too few replicas alive, timeouts) become
 :class:`FlowStateUnavailable` with a message that says what to do.
 
+With ``auth=(role, password)`` the session logs in with the driver's
+``PlainTextAuthProvider`` (Cassandra's PasswordAuthenticator); a refused or
+missing login is a :class:`FlowStateUnavailable` saying which credentials
+to fix. The role needs CREATE on the keyspace's parent (``ALL KEYSPACES``)
+the first time, when the store makes its keyspace and table, and owns them
+from then on (see :mod:`midoflow.devenv.cassandra`).
+
 The agent runs under eventlet (``osken-manager``): pass ``eventlet=True`` to use
 the driver's ``EventletConnection``. Nothing here imports os-ken or kazoo.
 """
@@ -46,13 +53,16 @@ with warnings.catch_warnings():
     import cassandra.cluster  # noqa: F401
 
 from cassandra import (
+    AuthenticationFailed,
     ConsistencyLevel,
     CoordinationFailure,
     OperationTimedOut,
     ReadTimeout,
+    Unauthorized,
     Unavailable,
     WriteTimeout,
 )
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -90,6 +100,9 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     OperationTimedOut,
     CoordinationFailure,  # ReadFailure, WriteFailure
     ConnectionException,
+    # refused by the authorizer: a lacking permission, or (most often) the
+    # permissions could not be read because system_auth has lost its quorum
+    Unauthorized,
 )
 
 
@@ -188,7 +201,7 @@ class CassandraFlowState(FlowStateStore):
     with it cassandra-driver 3.30 now and then fails a connection with "CRC
     mismatch on header" (seen here twice in about 80 connections under
     eventlet; a known driver issue, PYTHON-1337); None negotiates (and logs a
-    warning per downgrade).
+    warning per downgrade). ``auth``: the (role, password) to log in with.
     """
 
     def __init__(self, contact_points: Sequence[str] | str = ("127.0.0.1",), port: int = 9042,
@@ -197,7 +210,8 @@ class CassandraFlowState(FlowStateStore):
                  eventlet: bool = False, connection_class: type | None = None,
                  connect_timeout: float = 5.0, request_timeout: float = 10.0,
                  batch_size: int = 100, create_schema: bool = True,
-                 protocol_version: int | None = 4) -> None:
+                 protocol_version: int | None = 4,
+                 auth: tuple[str, str] | None = None) -> None:
         if isinstance(contact_points, str):
             contact_points = [p.strip() for p in contact_points.split(",")]
         self.contact_points = [p for p in contact_points if p]
@@ -227,6 +241,11 @@ class CassandraFlowState(FlowStateStore):
             kw["protocol_version"] = protocol_version
         if connection_class is not None:
             kw["connection_class"] = connection_class
+        self.auth_user = None
+        if auth is not None:
+            self.auth_user, password = auth
+            kw["auth_provider"] = PlainTextAuthProvider(username=self.auth_user,
+                                                        password=password)
         self._cluster = Cluster(
             self.contact_points, port=port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
@@ -306,6 +325,15 @@ class CassandraFlowState(FlowStateStore):
             return (f"flow state {op} failed: a QUORUM of replicas did not answer {where} "
                     f"within the server's timeout{acks}: nodes are down or overloaded; check "
                     f"them (nodetool status) and retry")
+        if isinstance(e, Unauthorized):
+            if "timed out" in str(e) or "Unable to perform authorization" in str(e):
+                return (f"flow state {op} failed: {where} could not check the permissions of "
+                        f"role {self.auth_user!r} (a QUORUM of the system_auth replicas does "
+                        f"not answer: nodes are down): start the Cassandra nodes that are "
+                        f"down, then retry")
+            return (f"flow state {op} failed: {where} refuses role {self.auth_user!r} on "
+                    f"{self.qualified_table} ({e}): grant it the permissions (see "
+                    f"midoflow/devenv/cassandra.py setup_auth)")
         if isinstance(e, CoordinationFailure):
             return (f"flow state {op} failed: replicas reported errors to {where} ({e}): see "
                     f"the Cassandra logs")
@@ -314,6 +342,15 @@ class CassandraFlowState(FlowStateStore):
                     f"{self.request_timeout:g} s: check that the nodes are up and not "
                     f"overloaded, then retry")
         if isinstance(e, NoHostAvailable):
+            auth = [err for err in e.errors.values() if isinstance(err, AuthenticationFailed)]
+            if auth and self.auth_user is None:
+                return (f"flow state {op} failed: {where} requires a password: give the agent "
+                        f"the store credentials file with a [cassandra] section "
+                        f"(credentials_file in its config)")
+            if auth:
+                return (f"flow state {op} failed: {where} refused the login of role "
+                        f"{self.auth_user!r}: check the [cassandra] user and password of the "
+                        f"store credentials file")
             errs = "; ".join(f"{h}: {err}" for h, err in list(e.errors.items())[:3])
             return (f"flow state {op} failed: no node of {where} could be used"
                     f"{' (' + errs + ')' if errs else ''}: start Cassandra (for tests: "

@@ -17,6 +17,7 @@ from midoflow.nat.flowstate import (
     FlowStateUnavailable,
     LocalFlowState,
 )
+from midoflow.store.credentials import StoreCredentials
 from midoflow.store.endpoints import parse_cassandra
 
 LOG = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ class LazyCassandra(FlowStateStore):
     while it is being made wait for it (under ``osken-manager`` the lock is
     green: it is made after eventlet patched ``threading``)."""
 
-    def __init__(self, hosts: list[str], port: int, keyspace: str, eventlet: bool) -> None:
+    def __init__(self, hosts: list[str], port: int, keyspace: str, eventlet: bool,
+                 auth: tuple[str, str] | None = None) -> None:
         self.hosts, self.port, self.keyspace, self.eventlet = hosts, port, keyspace, eventlet
+        self._auth = auth
         self._store: FlowStateStore | None = None
         self._next_try = 0.0
         self._connecting = threading.Lock()
@@ -52,7 +55,8 @@ class LazyCassandra(FlowStateStore):
         try:
             self._store = CassandraFlowState(self.hosts, self.port, keyspace=self.keyspace,
                                              eventlet=self.eventlet,
-                                             replication_factor=min(3, len(self.hosts)))
+                                             replication_factor=min(3, len(self.hosts)),
+                                             auth=self._auth)
             LOG.info("flow state: connected to Cassandra at %s", ",".join(self.hosts))
         except (FlowStateUnavailable, OSError) as e:
             self._next_try = now + RETRY_SECONDS
@@ -73,11 +77,15 @@ class LazyCassandra(FlowStateStore):
             self._store.close()
 
 
-def make_flow_state(spec: str, eventlet: bool = False) -> FlowStateStore:
-    """``local`` or ``cassandra:HOST[,HOST...][:PORT][/KEYSPACE]``."""
+def make_flow_state(spec: str, eventlet: bool = False,
+                    credentials: StoreCredentials | None = None) -> FlowStateStore:
+    """``local`` or ``cassandra:HOST[,HOST...][:PORT][/KEYSPACE]``; with
+    ``credentials`` holding a ``[cassandra]`` login, Cassandra is logged into
+    with it."""
     if spec == "local":
         return LocalFlowState()
     parsed = parse_cassandra(spec)
     if parsed is None:
         raise ValueError(f"bad flow_state {spec!r}")
-    return LazyCassandra(*parsed, eventlet=eventlet)
+    login = credentials.cassandra if credentials is not None else None
+    return LazyCassandra(*parsed, eventlet=eventlet, auth=tuple(login) if login else None)

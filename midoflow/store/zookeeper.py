@@ -29,6 +29,20 @@ Two guards keep a busy API answering (issue 9):
   (503) and triggers a recovery: the connection loop is woken, and if a probe
   still gets no answer the kazoo client is replaced by a new one (a fresh
   session: watches are re-armed, ephemeral state re-created).
+
+Access control (issue 11): with ``auth=(user, password)`` the store
+authenticates by ZooKeeper's digest scheme on every session (replacement
+clients included) and creates every node (root, models, state, counters,
+ephemerals, intermediate nodes) with one ACL, ``digest:user:<hash>`` with all
+permissions and nothing for anyone else: a client without the secret gets
+NoAuth on reading, writing, deleting or re-ACLing them (only ``exists`` and
+the servers' four-letter words stay open, as ZooKeeper never checks them).
+A root made before (an upgrade from an open tree) is secured on start:
+:func:`secure_tree` sets the ACL on every node below it, the root last, so a
+root that carries it means the whole tree does. A store without ``auth``
+works as before (single-machine development); against a protected tree it
+fails with :class:`~midoflow.errors.Unavailable` saying which credentials to
+give.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ from kazoo.exceptions import (
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
@@ -57,6 +72,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.serialization import Transaction as TransactionRequest
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, make_digest_acl
 
 from midoflow.errors import Conflict, Invalid, NotFound, Unavailable
 from midoflow.model import KINDS
@@ -115,11 +131,13 @@ def _check_name(what: str, value: Any) -> str:
 class ZkStore(Store):
     def __init__(self, hosts: str, root: str = "/midoflow", handler: Any = "threading",
                  timeout: float = 10.0, *, op_timeout: float = 5.0,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         """``timeout``: the ZooKeeper session timeout (ephemeral state of a
         dead client goes after it); ``op_timeout``: the longest one call waits
         for its answer before raising Unavailable; ``connect_timeout``: how
-        long the first connection may take (default ``timeout``)."""
+        long the first connection may take (default ``timeout``); ``auth``:
+        the digest login (user, password) that owns every node (module doc)."""
         root = "/" + root.strip("/")
         if root == "/":
             raise Invalid("root must not be '/'", "root")
@@ -133,6 +151,19 @@ class ZkStore(Store):
         self._session_id: int | None = None
         self._handler_spec = handler
         self.connect_timeout = connect_timeout or timeout
+        self._auth_data: list[tuple[str, str]] = []
+        self.acl: list[ACL] | None = None
+        if auth is not None:
+            user, password = auth
+            _check_name("user", user)
+            if ":" in user or not password:
+                raise Invalid("ZooKeeper digest auth needs a user without ':' and a password",
+                              "auth")
+            self._auth_data = [("digest", f"{user}:{password}")]
+            self.acl = [make_digest_acl(user, password, all=True)]
+            self.auth_user: str | None = user
+        else:
+            self.auth_user = None
         self._client = self._new_client()
         h = self._client.handler
         self._lock = h.rlock_object()
@@ -151,9 +182,15 @@ class ZkStore(Store):
         self._state = "CONNECTED"
         self._session_id = self._client.client_id[0] if self._client.client_id else None
         self._started = True
-        for kind in KINDS:
-            self._ensure_kind(kind)
-        self._ensure(f"{self.root}/counters")
+        try:
+            if self.acl is not None:
+                self._secure_root()
+            for kind in KINDS:
+                self._ensure_kind(kind)
+            self._ensure(f"{self.root}/counters")
+        except BaseException:
+            self.close()
+            raise
 
     # ---- connection ---------------------------------------------------------
     def _new_client(self) -> KazooClient:
@@ -167,6 +204,8 @@ class ZkStore(Store):
                                         sleep_func=h.sleep_func),
             command_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0,
                                      sleep_func=h.sleep_func),
+            # sent again by kazoo on every (re)connection of this session
+            auth_data=list(self._auth_data) or None, default_acl=self.acl,
         )
         _serialise_calls(client, h.lock_object(), self.op_timeout)
         client.add_listener(lambda state: self._on_state(client, state))
@@ -197,12 +236,43 @@ class ZkStore(Store):
         return Unavailable(f"ZooKeeper has no quorum / unreachable: {self.hosts} "
                            f"(session {self._state}{'; ' + why if why else ''})")
 
+    def _denied(self) -> Unavailable:
+        if self.acl is None:
+            return Unavailable(
+                f"ZooKeeper at {self.hosts} refuses access to {self.root} (NoAuth): the tree is "
+                "protected by a digest ACL; give this process the store credentials file "
+                "(agent config credentials_file, API --store-credentials or "
+                "MIDOFLOW_STORE_CREDENTIALS)")
+        return Unavailable(
+            f"ZooKeeper at {self.hosts} refuses user {self.auth_user!r} access to {self.root} "
+            "(NoAuth): the tree is protected by another secret; give every midoflow process "
+            "the same store credentials file")
+
+    def _secure_root(self) -> None:
+        """Set our ACL on an existing tree that lacks it (module doc)."""
+        try:
+            acls, _ = self._op("get_acls", self.root)
+        except NoNodeError:
+            return  # made below, with the ACL
+        if list(acls) == self.acl:
+            return
+        try:
+            n = secure_tree(self._client, self.root, self.acl)
+        except NoAuthError as e:
+            raise self._denied() from e
+        except KazooException as e:
+            raise self._unavailable(f"securing {self.root}: {type(e).__name__}") from e
+        log.warning("ZooKeeper: %s was not protected: digest ACL of user %s set on %d nodes",
+                    self.root, self.auth_user, n)
+
     def _call(self, async_result) -> Any:
         """Wait for one kazoo async call, at most ``op_timeout``; a call that gets
         no answer while the session is CONNECTED starts the watchdog."""
         client = self._client
         try:
             return async_result.get(timeout=self.op_timeout)
+        except NoAuthError as e:
+            raise self._denied() from e
         except _UNAVAILABLE as e:
             raise self._unavailable(type(e).__name__) from e
         except client.handler.timeout_exception as e:
@@ -370,6 +440,8 @@ class ZkStore(Store):
                 Conflict(f"transaction failed: {type(e).__name__}") from None
         except KazooException as e:
             raise Conflict(f"transaction failed: {type(e).__name__}") from None
+        if any(isinstance(res, NoAuthError) for res in results):
+            raise self._denied()
         for op, res in zip(ops, results, strict=False):
             if isinstance(res, Exception) and not isinstance(
                     res, RolledBackError | RuntimeInconsistency):
@@ -470,6 +542,8 @@ class ZkStore(Store):
                     t.delete(zpath, stat.version)
                     t.create(zpath, value, ephemeral=ephemeral)
                     res = self._call(t.commit_async())
+                    if any(isinstance(r, NoAuthError) for r in res):
+                        raise self._denied()
                     if any(isinstance(r, NotEmptyError) for r in res):
                         raise NotEmptyError()
                     if not any(isinstance(r, Exception) for r in res):
@@ -570,7 +644,8 @@ class ZkStore(Store):
     def health(self) -> Data:
         state = "CLOSED" if self._closed else str(self._state)
         d: Data = {"backend": "zookeeper", "connected": state == "CONNECTED", "state": state,
-                   "hosts": self.hosts, "root": self.root}
+                   "hosts": self.hosts, "root": self.root,
+                   "auth": "digest" if self.acl is not None else "none"}
         if state == "CONNECTED":
             cid = self._client.client_id
             if cid:
@@ -601,6 +676,26 @@ class ZkStore(Store):
             self._client.stop()
         finally:
             self._client.close()
+
+
+def secure_tree(client: KazooClient, path: str, acl: list[ACL]) -> int:
+    """Set ``acl`` on ``path`` and every node below it, children first (so a
+    node that has it means its subtree does); the number of nodes set. The
+    client must be allowed to change the ACLs (ADMIN): an open tree, or one
+    already protected by this client's digest. Nodes that vanish meanwhile
+    are skipped."""
+    count = 0
+    try:
+        children = client.get_children(path)
+    except NoNodeError:
+        return 0
+    for c in children:
+        count += secure_tree(client, f"{path.rstrip('/')}/{c}", acl)
+    try:
+        client.set_acls(path, acl)
+    except NoNodeError:
+        return count
+    return count + 1
 
 
 class _Watch:

@@ -27,7 +27,8 @@ RV_IP, MV_IP = "192.168.70.10", "192.168.70.11"
 def rc(cloud_factory, cassandra_server):
     spec = (f"cassandra:{cassandra_server.address}:{cassandra_server.native_port}"
             "/e2e_restart")
-    mc = cloud_factory(3, tunnel="vxlan", flow_state=spec)
+    mc = cloud_factory(3, tunnel="vxlan", flow_state=spec,
+                       cassandra_credentials=cassandra_server.credentials)
     pr = mc.router("provider", "admin")
     net = mc.bridge("restart-net", "t")
     mc.attach(pr, net, "192.168.70.1/24", "02:aa:00:00:07:01")

@@ -33,7 +33,8 @@ def cluster(tmp_path_factory):
 
 def _store(cluster: CassandraCluster, keyspace: str) -> CassandraFlowState:
     return CassandraFlowState(cluster.addresses, cluster.native_port, keyspace=keyspace,
-                              replication_factor=3, request_timeout=10.0)
+                              replication_factor=3, request_timeout=10.0,
+                              auth=cluster.credentials)
 
 
 def _entries(tag: str, n: int) -> list[Entry]:

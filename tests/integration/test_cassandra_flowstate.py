@@ -38,7 +38,8 @@ def keyspace(cassandra_server):
     yield ks
     try:
         with CassandraFlowState([cassandra_server.address], cassandra_server.native_port,
-                                keyspace=ks, create_schema=False) as s:
+                                keyspace=ks, create_schema=False,
+                                auth=cassandra_server.credentials) as s:
             s.session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=30)
     except Exception:  # the server may be gone; nothing to clean then
         pass
@@ -53,6 +54,7 @@ def make_store(cassandra_server, keyspace):
     def factory(**kw) -> CassandraFlowState:
         kw.setdefault("keyspace", keyspace)
         kw.setdefault("replication_factor", 1)
+        kw.setdefault("auth", cassandra_server.credentials)
         s = CassandraFlowState([cassandra_server.address], cassandra_server.native_port, **kw)
         stores.append(s)
         return s
@@ -175,7 +177,8 @@ def test_every_statement_is_prepared_at_quorum(store):
 def test_schema_created_with_given_replication(cassandra_server):
     ks = f"t_{uuid.uuid4().hex[:12]}"
     with CassandraFlowState([cassandra_server.address], cassandra_server.native_port,
-                            keyspace=ks, replication_factor=1) as s:
+                            keyspace=ks, replication_factor=1,
+                            auth=cassandra_server.credentials) as s:
         row = s.session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
             (ks,)).one()
@@ -189,7 +192,8 @@ def test_schema_created_with_given_replication(cassandra_server):
         s.save([p], [CT1], ttl=30)
         # A second client finds the schema there and does not mind.
         with CassandraFlowState([cassandra_server.address], cassandra_server.native_port,
-                                keyspace=ks, replication_factor=3) as again:
+                                keyspace=ks, replication_factor=3,
+                                auth=cassandra_server.credentials) as again:
             assert again.load(p) == [CT1]
         s.session.execute(f"DROP KEYSPACE {ks}", timeout=30)
 
@@ -262,6 +266,11 @@ def test_eventlet_needs_green_threads(cassandra_server):
                            eventlet=True)
 
 
+def _auth(server) -> tuple[str, str] | None:
+    """The server's store login as a literal for a child script."""
+    return tuple(server.credentials) if server.credentials else None
+
+
 def _run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
@@ -280,7 +289,8 @@ def test_eventlet_connection_like_osken_manager(cassandra_server, keyspace):
         from midoflow.nat.flowstate import Entry
         from cassandra.io.eventletreactor import EventletConnection
         s = CassandraFlowState([{cassandra_server.address!r}], {cassandra_server.native_port},
-                               keyspace={keyspace!r}, eventlet=True)
+                               keyspace={keyspace!r}, eventlet=True,
+                               auth={_auth(cassandra_server)!r})
         assert s._cluster.connection_class is EventletConnection
         def work(i):
             p = "evt-%d-{uuid.uuid4().hex[:8]}" % i
@@ -331,9 +341,11 @@ def test_agent_store_connects_once_without_blocking_the_hub(cassandra_server, ke
                 made.append(1)
                 super().__init__(*a, **kw)
         cfs.CassandraFlowState = Counting
+        from midoflow.store.credentials import Login, StoreCredentials
+        auth = {_auth(cassandra_server)!r}
         lazy = flowstate_client.make_flow_state(
             "cassandra:{cassandra_server.address}:{cassandra_server.native_port}/{keyspace}",
-            eventlet=True)
+            eventlet=True, credentials=StoreCredentials(cassandra=Login(*auth)) if auth else None)
         ticks, done = [], []
         def ticker():
             while not done:

@@ -36,13 +36,14 @@ SERVER = textwrap.dedent("""
     import sys
     import eventlet
     eventlet.monkey_patch(thread=False)  # as osken-manager's hub.patch(thread=False)
+    from midoflow.rest.auth import AuthConfig
     from midoflow.rest.server import serve
     from midoflow.store.zookeeper import ZkStore
     hosts, root, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = ZkStore(hosts, root=root, handler="eventlet", timeout=10.0)
     sock = eventlet.listen(("127.0.0.1", port))
     print("READY", flush=True)
-    serve(store, sock=sock)
+    serve(store, sock=sock, auth=AuthConfig.noauth())
 """)
 
 

@@ -73,3 +73,16 @@ def test_write_then_load_gives_the_same_config(tmp_path):
     path = tmp_path / "again.ini"
     c.write(str(path))
     assert AgentConfig.load(str(path)) == c
+
+
+def test_credentials_file_must_be_private(tmp_path):
+    cred = tmp_path / "store-credentials"
+    cred.write_text("[zookeeper]\nuser = midoflow\npassword = s3cret\n")
+    cred.chmod(0o600)
+    assert load(tmp_path, f"credentials_file = {cred}\n").credentials_file == str(cred)
+    assert load(tmp_path).credentials_file == ""  # open stores (development)
+    cred.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load(tmp_path, f"credentials_file = {cred}\n")
+    with pytest.raises(ConfigError, match="cannot read the store credentials file"):
+        load(tmp_path, f"credentials_file = {tmp_path / 'nope'}\n")
