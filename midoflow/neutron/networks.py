@@ -172,6 +172,12 @@ class Networks(Collection):
         if not owns(op.ctx, obj):
             raise a.policy("delete", self.resource)
         nid = obj["id"]
+        if op.txn.get(model.BRIDGES, nid) is not None:
+            # the bridge's version first, then the native ports, then the Neutron ports:
+            # a port created after any of these reads bumps the bridge, so this commit
+            # fails and the request is retried (then NetworkInUse), never a native 409
+            op.txn.touch(model.BRIDGES, nid)
+            op.txn.scan(model.PORTS)
         ports = [p for p in op.scan("ports") if p.get("network_id") == nid]
         if any(p.get("device_owner") != "network:dhcp" for p in ports):
             raise ne.NetworkInUse(f"Unable to complete operation on network {nid}. There are "

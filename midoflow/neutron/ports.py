@@ -48,6 +48,10 @@ def used_addresses(op: Op, subnet_id: str) -> set[str]:
     sub = op.get("subnets", subnet_id)
     if sub is None:
         return set()
+    # the bridge's version is read BEFORE the ports and floating IPs: read after,
+    # it could already include an allocation the scans below did not see
+    if op.txn.get(model.BRIDGES, sub["network_id"]) is not None:
+        op.txn.touch(model.BRIDGES, sub["network_id"])
     used = {f["ip_address"] for p in op.scan("ports") for f in p.get("fixed_ips") or ()
             if f.get("subnet_id") == subnet_id}
     for fip in op.scan("floatingips"):
@@ -55,8 +59,6 @@ def used_addresses(op: Op, subnet_id: str) -> set[str]:
         if addr and fip.get("floating_network_id") == sub["network_id"] and \
                 ipam.in_subnet(sub, addr):
             used.add(addr)
-    if op.txn.get(model.BRIDGES, sub["network_id"]) is not None:
-        op.txn.touch(model.BRIDGES, sub["network_id"])
     return used
 
 
@@ -259,6 +261,11 @@ def create_port_in(op: Op, body: dict, *, owner_ok: bool = False) -> dict:
             raise ne.PolicyNotAuthorized(f"Tenant {pid} not allowed to create port on this "
                                          "network")
     op.txn.check(kind_of("networks"), net["id"])  # a concurrent network delete fails
+    if op.txn.get(model.BRIDGES, net["id"]) is not None:
+        # read the bridge's version BEFORE any scan of ports (MACs, addresses): a port
+        # committed on this network after it bumps the bridge, so this commit fails
+        # and is retried instead of reusing an address it did not see
+        op.txn.touch(model.BRIDGES, net["id"])
     owner = a.string(body.get("device_owner", "") or "", "device_owner")
     port: Data = {
         "id": a.new_id(),
@@ -332,6 +339,8 @@ class Ports(Collection):
             if obj.get("binding:host_id"):
                 raise ne.PortInUse(f"Unable to complete operation on port {obj['id']}: its "
                                    "MAC address cannot change while it is bound to a host")
+            if op.txn.get(model.BRIDGES, obj["network_id"]) is not None:
+                op.txn.touch(model.BRIDGES, obj["network_id"])  # read before the MACs are
             new["mac_address"] = _mac(op, obj["network_id"], body["mac_address"], obj["id"])
         if "fixed_ips" in body:
             new["fixed_ips"] = _fixed_ips(op, net, body["fixed_ips"],

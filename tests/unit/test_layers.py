@@ -162,6 +162,7 @@ def _violations(package: str, banned: tuple[str, ...]) -> list[str]:
     ("midoflow.neutron", ("os_ken", "kazoo", "cassandra", "midoflow.apps")),
     ("midoflow.neutron.translate_l2", FORBIDDEN + ("midoflow.store", "midoflow.service")),
     ("midoflow.neutron.translate_l3", FORBIDDEN + ("midoflow.store", "midoflow.service")),
+    ("midoflow.neutron.query", FORBIDDEN + ("midoflow.store", "midoflow.service")),
 ])
 def test_package_does_not_import(package, banned):
     bad = _violations(package, banned)
