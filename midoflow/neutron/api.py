@@ -133,16 +133,13 @@ class NeutronApi:
     # --------------------------------------------------------------- plumbing
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         method = str(environ.get("REQUEST_METHOD", "GET"))[:16]
-        headers: dict = {}
         try:
             check_encoding(environ)
             resp = self.dispatch(webob.Request(environ))
         except ne.NeutronError as e:
             if e.status >= 500 and not isinstance(e, ne.ServiceUnavailable):
                 LOG.error("%s on %s %s: %s", e.type, method, _safe(environ), e.message)
-            if isinstance(e, ne.NotAuthorized) and environ.get("midoflow.www_authenticate"):
-                headers["WWW-Authenticate"] = environ["midoflow.www_authenticate"]
-            resp = error_response(e, headers)
+            resp = error_response(e)
         except ClientGone as e:
             LOG.warning("client gone mid-body on %s %s: %s", method, _safe(environ), e)
             resp = error_response(MalformedRequestBody(f"Malformed request body: "

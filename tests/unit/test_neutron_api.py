@@ -149,12 +149,9 @@ def test_noauth_is_admin_unless_headers_say_a_project(app):
 def test_keystone_mode_401_and_confirmed_identity(store):
     app = make_neutron_app(store)
     assert call(app, "GET", "/").status_int == 200  # the version document is public
-    www = 'Keystone uri="http://127.0.0.1:5000/v3"'
-    r = call(app, "GET", "/v2.0/networks", environ={"midoflow.www_authenticate": www,
-                                                    "HTTP_X_IDENTITY_STATUS": "Invalid"})
+    # (keystonemiddleware's auth_token adds WWW-Authenticate to every 401 it passes)
+    r = call(app, "GET", "/v2.0/networks", environ={"HTTP_X_IDENTITY_STATUS": "Invalid"})
     err(r, 401, "NotAuthorized")
-    assert r.headers["WWW-Authenticate"] == www
-    assert "WWW-Authenticate" not in call(app, "GET", "/v2.0/networks").headers
     ok = {"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_PROJECT_ID": "p1",
           "HTTP_X_ROLES": "member,reader"}
     assert call(app, "GET", "/v2.0/networks", environ=ok).json == {"networks": []}
