@@ -109,7 +109,7 @@ STORE_ROLE = "midoflow"
 ADMIN_ROLE = "midoflow_admin"
 CREDENTIALS_FILE = "credentials.ini"  # the store role's login ([cassandra])
 ADMIN_CREDENTIALS_FILE = "admin-credentials.ini"
-DATACENTER = "datacenter1"  # SimpleSnitch's
+DATACENTER = "datacenter1"  # in cassandra-rackdc.properties (SimpleSnitch's name too)
 BAD_CREDENTIALS = 0x0100  # the native protocol's error code for a refused login
 # The native protocol's codes of the errors the driver raises as its own classes.
 _REQUEST_ERRORS = ((Unauthorized, 0x2100), (AlreadyExists, 0x2400),
@@ -172,15 +172,84 @@ TEST_JVM_FLAGS = (
     "-Dio.netty.allocator.maxOrder=11",
 )
 
+# Password authentication, and what makes it survive a crashed node.
+#
+# Every request checks the role's permissions, and every login its password,
+# against caches filled from system_auth (replicated to every node by
+# setup_auth). Filling an entry that is missing (a node just restarted, a new
+# table, an expired login) is a read done on the request's own clock. At
+# Cassandra 5.0's default auth_read_consistency_level, LOCAL_QUORUM, that read
+# goes to the node itself and one other replica picked in ring order; when
+# that other one has just crashed and is not yet known to be down (the failure
+# detector takes about 10 s) the read waits for the speculative retry or the
+# read timeout (seconds), and the write behind it then fails at once with
+# WriteTimeout "0 of 2 replicas answered": its 2 s had run out before its
+# mutations were sent (seen here in the 3-node test when the seed was killed
+# right after nodes 2 and 3 restarted with cold caches: the login role's
+# system_auth partition lives on node 3, node 1, node 2 in ring order).
+#
+# What to configure in a production cluster, as done here:
+# * system_auth replicated to every node of each datacenter (setup_auth);
+# * auth_read_consistency_level: LOCAL_ONE, with a snitch that lists the node
+#   itself first among the replicas (GossipingPropertyFileSnitch and the other
+#   topology snitches do; SimpleSnitch keeps ring order and so may still pick
+#   a dead peer): every node then answers logins and permission checks from
+#   its own copy, whatever the other nodes do. This is what Cassandra did
+#   before 4.1 for every role but the default superuser. The price: a change
+#   of password or grant that a node missed while it was down is seen there
+#   only once hints or a repair deliver it; writes stay at EACH_QUORUM (the
+#   default auth_write_consistency_level), so with one node down they succeed;
+# * auth_cache_warming_enabled: a starting node loads every role and
+#   permission before it serves clients, so its first requests do not read;
+# * roles and permissions kept 60 s and refreshed in the background every 2 s:
+#   a refresh that waits on a dead replica serves the old entry meanwhile
+#   (a REVOKE applies within about 2 s of the next use, as with the defaults).
+AUTH_YAML: dict[str, object] = {
+    "authenticator": "PasswordAuthenticator",
+    "authorizer": "CassandraAuthorizer",
+    "role_manager": "CassandraRoleManager",
+    "auth_read_consistency_level": "LOCAL_ONE",
+    "auth_write_consistency_level": "EACH_QUORUM",
+    "auth_cache_warming_enabled": "true",
+    "roles_validity": "60s", "roles_update_interval": "2s",
+    "permissions_validity": "60s", "permissions_update_interval": "2s",
+}
+RACKDC_PROPERTIES = f"dc={DATACENTER}\nrack=rack1\n"
+
+# INFO and up to stdout (cassandra.log); Cassandra's own DEBUG messages (slow
+# queries, speculative retries, timeouts) to debug.log as a stock install does,
+# written asynchronously, at most 50 MB.
 LOGBACK_XML = """\
 <configuration scan="false" debug="false">
   <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter"><level>INFO</level></filter>
     <encoder>
       <pattern>%d{HH:mm:ss.SSS} %-5level [%thread] %logger{0}: %msg%n</pattern>
     </encoder>
   </appender>
+  <appender name="DEBUGLOG" class="ch.qos.logback.core.rolling.RollingFileAppender">
+    <file>${cassandra.logdir}/debug.log</file>
+    <rollingPolicy class="ch.qos.logback.core.rolling.FixedWindowRollingPolicy">
+      <fileNamePattern>${cassandra.logdir}/debug.log.%i</fileNamePattern>
+      <minIndex>1</minIndex><maxIndex>1</maxIndex>
+    </rollingPolicy>
+    <triggeringPolicy class="ch.qos.logback.core.rolling.SizeBasedTriggeringPolicy">
+      <maxFileSize>25MB</maxFileSize>
+    </triggeringPolicy>
+    <encoder>
+      <pattern>%d{HH:mm:ss.SSS} %-5level [%thread] %logger{0}: %msg%n</pattern>
+    </encoder>
+  </appender>
+  <appender name="ASYNCDEBUGLOG" class="ch.qos.logback.classic.AsyncAppender">
+    <queueSize>1024</queueSize>
+    <discardingThreshold>0</discardingThreshold>
+    <includeCallerData>false</includeCallerData>
+    <appender-ref ref="DEBUGLOG"/>
+  </appender>
+  <logger name="org.apache.cassandra" level="DEBUG"/>
   <root level="INFO">
     <appender-ref ref="STDOUT"/>
+    <appender-ref ref="ASYNCDEBUGLOG"/>
   </root>
 </configuration>
 """
@@ -573,7 +642,9 @@ class CassandraNode:
             "initial_token": self.initial_token,
             "allocate_tokens_for_local_replication_factor": None,
             "partitioner": "org.apache.cassandra.dht.Murmur3Partitioner",
-            "endpoint_snitch": "SimpleSnitch",
+            # datacenter1/rack1 as SimpleSnitch said (RACKDC_PROPERTIES), but it sorts
+            # the node itself first among a partition's replicas: see AUTH_YAML.
+            "endpoint_snitch": "GossipingPropertyFileSnitch",
             "listen_address": self.address,
             "rpc_address": self.address,
             "storage_port": self.storage_port,
@@ -597,14 +668,7 @@ class CassandraNode:
             "dynamic_snitch": "true",
         }
         if self.auth:
-            # Roles and permissions cached a minute and refreshed in the background
-            # every 2 s: a request never waits for a system_auth read, which stalls
-            # while a just-crashed replica is not yet known to be down (seen here:
-            # with the 2 s defaults, writes timed out when the seed was killed).
-            conf.update(authenticator="PasswordAuthenticator", authorizer="CassandraAuthorizer",
-                        role_manager="CassandraRoleManager",
-                        roles_validity="60s", roles_update_interval="2s",
-                        permissions_validity="60s", permissions_update_interval="2s")
+            conf.update(AUTH_YAML)
         conf.update(self.extra_yaml)
         lines = [f"{k}: {v}" for k, v in conf.items() if v is not None]
         lines += [
@@ -621,6 +685,8 @@ class CassandraNode:
         for sub in ("data", "commitlog", "hints", "saved_caches", "cdc_raw", "tmp", "triggers"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         (self.base_dir / "logback.xml").write_text(LOGBACK_XML)
+        # read by GossipingPropertyFileSnitch from the classpath (the base dir is on it)
+        (self.base_dir / "cassandra-rackdc.properties").write_text(RACKDC_PROPERTIES)
         cfg = self.base_dir / "cassandra.yaml"
         cfg.write_text(self.config())
         return cfg
