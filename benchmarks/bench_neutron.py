@@ -16,6 +16,10 @@
 
     python -m benchmarks.bench_neutron [--ports N] [--threads T] [--trials K] [--only api|bind]
 
+Defaults: --ports 1000 --threads 4 --list-rounds 20 --trials 3 (what ``make bench``
+runs). The clients resend a create answered 409 after a lost race (the native
+API's "changed meanwhile"); how many they resent is reported beside the rates.
+
 Needs root (the cloud of part b), ZooKeeper and the Keystone venv (``make setup``).
 """
 
@@ -272,8 +276,9 @@ def bench_binding(trials: int, workdir: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_neutron", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ports", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--ports", type=int, default=1000,
+                    help="ports created through each API (default 1000)")
+    ap.add_argument("--threads", type=int, default=4, help="client threads (default 4)")
     ap.add_argument("--list-rounds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--only", choices=("api", "bind"))

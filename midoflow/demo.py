@@ -13,7 +13,6 @@ walk-through with the unmodified ``openstack`` CLI, printed as typed.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -388,11 +387,6 @@ def openstack_checks(mc, report: Report) -> None:
     from topologies.cloud import ping, whoami, whoami_server
     from topologies.openstack import OpenStackLab, SeedWalkthrough
 
-    # auth_token's start-up warnings (options it does not know, its in-process
-    # token cache) say nothing here; each logger by name (Mininet's logger class
-    # gives every new logger a level of its own)
-    for name in ("keystonemiddleware._common.config", "keystonemiddleware.auth_token"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.monotonic()
     progress("from OpenStack: starting Keystone (SQLite), registering midoflow as the "
              "network service, projects p1 and p2")

@@ -274,7 +274,9 @@ class SeedWalkthrough:
 
     def router(self) -> None:
         lab, u = self.lab, self.user
-        self.out["demo-router"] = lab.os(u, "router", "create", "--distributed", "demo-router")
+        # `--distributed` is admin-only (Neutron's policy): admin makes the project's router
+        self.out["demo-router"] = lab.os("admin", "router", "create", "--distributed",
+                                         "--project", lab.users[u][0], "demo-router")
         lab.os(u, "router", "set", "--external-gateway", "ext-net", "demo-router")
         for _, sub, _, _ in self.NETS:
             lab.os(u, "router", "add", "subnet", "demo-router", sub)

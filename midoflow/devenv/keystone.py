@@ -12,8 +12,10 @@ From a shell::
     python -m midoflow.devenv.keystone start [--dir D] [--port P] [--background]
     python -m midoflow.devenv.keystone stop --dir D
 
-The server is uwsgi (``--http11-socket``: keep-alive that keystoneauth's
-connection reuse survives) in a process group of its own; it is stopped at
+The server is uwsgi (``--http11-socket``, every response with ``Connection:
+close``: a client never re-sends on a connection the server is closing, which
+under load failed the ``openstack`` CLI's login now and then with
+RemoteDisconnected) in a process group of its own; it is stopped at
 interpreter exit and, unless started with ``die_with_parent=False``, dies with
 the process that started it. Projects, users, roles and the catalog are set
 through Keystone's v3 API with a keystoneauth1 session: no ``openstack``
@@ -404,7 +406,8 @@ class KeystoneServer(Keystone):
                 [str(venv / "bin" / "uwsgi"), "--http11-socket", f"127.0.0.1:{self.port}",
                  "--module", "keystone.wsgi.api:application", "--processes", "1",
                  "--threads", str(self.threads), "--master", "--die-on-term",
-                 "--need-app", "--pidfile", str(self.pid_path)],
+                 "--need-app", "--add-header", "Connection: close",
+                 "--pidfile", str(self.pid_path)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.workdir, env=env, preexec_fn=_child_setup(self.die_with_parent))
         finally:

@@ -33,8 +33,8 @@ from midoflow.neutron import extensions as ext
 from midoflow.neutron import quotas as quotas_mod
 from midoflow.neutron.context import Context
 from midoflow.neutron.service import COLLECTIONS, NeutronService, kind_of
-from midoflow.rest.app import ClientGone, check_encoding, read_body
 from midoflow.store.base import Store
+from midoflow.wsgibody import ClientGone, check_encoding, read_body
 
 LOG = logging.getLogger("midoflow.neutron.api")
 

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from midoflow.neutron import errors as ne
 from midoflow.neutron.context import Context
 from midoflow.service.txn import Txn
-from midoflow.store.base import Data
+from midoflow.store.base import Data, Store
 
-if TYPE_CHECKING:
-    from midoflow.neutron.service import NeutronService
+
+class Service(Protocol):
+    """What a handler uses of :class:`midoflow.neutron.service.NeutronService`."""
+
+    store: Store
+    tunnel_type: str
+    underlay_mtu: int
+
+    def handler(self, collection: str) -> Collection: ...
+
+    def find(self, op: Op, collection: str, oid: str) -> Data: ...
 
 
 def kind_of(collection: str) -> str:
@@ -30,7 +39,7 @@ class Op:
 
     ctx: Context
     txn: Txn
-    service: NeutronService
+    service: Service
     # run after a successful commit (never on failure or retry)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 

@@ -5,7 +5,7 @@ gateway port's proxy ARP: every change regenerates the routers concerned
 (:func:`midoflow.neutron.routers.sync_router`).
 
 No ``network:floatingip`` port is created: the address is reserved by the
-floating IP itself (``ports.used_addresses`` counts floating IPs).
+floating IP itself, in the network's allocation index (:mod:`.allocations`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import netaddr
 
+from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import ipam
@@ -42,8 +43,10 @@ def bad(msg: str) -> BadFloatingIPRequest:
     return BadFloatingIPRequest(f"Bad floatingip request: {msg}.")
 
 
-def _allocate(op: Op, net_id: str, subnet_id: str | None, address: str | None) -> str:
-    """An address of the external network (of ``subnet_id`` / ``address`` if given)."""
+def _allocate(op: Op, fip_id: str, net_id: str, subnet_id: str | None,
+              address: str | None) -> str:
+    """An address of the external network (of ``subnet_id`` / ``address`` if given),
+    claimed for ``fip_id`` in the network's allocation index."""
     subnets = sorted((s for s in op.scan("subnets") if s.get("network_id") == net_id
                       and s.get("ip_version", 4) == 4), key=lambda s: s["id"])
     if subnet_id is not None:
@@ -60,10 +63,13 @@ def _allocate(op: Op, net_id: str, subnet_id: str | None, address: str | None) -
         raise bad(f"Network {net_id} does not contain any IPv4 subnet")
     last: ne.NeutronError | None = None
     for s in subnets:
-        try:  # used_addresses serialises allocations on the network (one retries)
-            return ipam.allocate(s, nports.used_addresses(op, s["id"]), address)
+        try:  # the index serialises allocations on the network (one retries)
+            addr = ipam.allocate(s, nports.used_addresses(op, s["id"]), address)
         except ne.IpAddressGenerationFailure as e:
             last = e
+            continue
+        alloc.claim_ip(op, net_id, s["id"], addr, fip_id)
+        return addr
     raise last or ne.IpAddressGenerationFailure(f"No more IP addresses available on network "
                                                 f"{net_id}.")
 
@@ -169,10 +175,11 @@ class FloatingIPs(Collection):
             if body.get("subnet_id") is not None else None
         address = a.ip(body["floating_ip_address"], "floating_ip_address") \
             if body.get("floating_ip_address") is not None else None
+        fip_id = a.new_id()
         fip = a.stamp_new({
-            "id": a.new_id(),
+            "id": fip_id,
             "floating_network_id": net_id,
-            "floating_ip_address": _allocate(op, net_id, subnet_id, address),
+            "floating_ip_address": _allocate(op, fip_id, net_id, subnet_id, address),
             "router_id": None, "port_id": None, "fixed_ip_address": None, "status": "DOWN",
             "description": a.string(body.get("description", ""), "description",
                                     a.DESCRIPTION_MAX),
@@ -214,6 +221,8 @@ class FloatingIPs(Collection):
 
     def delete(self, op: Op, obj: Data) -> None:
         op.txn.delete(self.kind, obj["id"])
+        alloc.release_ip(op, obj["floating_network_id"], obj["floating_ip_address"],
+                         obj["id"])
         if obj.get("router_id"):
             sync_router(op, obj["router_id"])
 

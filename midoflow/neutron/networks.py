@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from midoflow import model
+from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import translate_l2 as tr
@@ -123,6 +124,7 @@ class Networks(Collection):
         a.stamp_new(net, pid)
         op.txn.create(self.kind, net)
         op.txn.create(model.BRIDGES, tr.network_to_bridge(net))
+        alloc.create(op, net["id"])
         return net
 
     def update(self, op: Op, obj: Data, body: Any) -> Data:
@@ -178,6 +180,9 @@ class Networks(Collection):
             # fails and the request is retried (then NetworkInUse), never a native 409
             op.txn.touch(model.BRIDGES, nid)
             op.txn.scan(model.PORTS)
+        # the allocation index too (read before the Neutron ports): a port or floating
+        # IP allocated on the network after it makes this commit fail and re-run
+        alloc.load(op, nid)
         ports = [p for p in op.scan("ports") if p.get("network_id") == nid]
         if any(p.get("device_owner") != "network:dhcp" for p in ports):
             raise ne.NetworkInUse(f"Unable to complete operation on network {nid}. There are "
@@ -188,6 +193,7 @@ class Networks(Collection):
             if s.get("network_id") == nid:
                 op.txn.delete(kind_of("subnets"), s["id"])
         op.txn.delete(self.kind, nid)
+        alloc.drop(op, nid)
         if op.txn.get(model.BRIDGES, nid) is not None:
             refs.delete(op.txn, model.BRIDGES, nid)
 

@@ -4,6 +4,10 @@ translated into one native bridge port with the same id (and its chains).
 For the router and floating-IP code: :func:`create_port_in`,
 :func:`delete_port_in` and :func:`used_addresses` stage into the request's
 transaction like the API's own handlers do.
+
+The MACs and addresses taken on a network are read from, and written to, its
+allocation index (:mod:`.allocations`) in the request's commit: a create reads
+a constant number of objects, however many ports the cloud has.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import random
 from typing import Any
 
 from midoflow import model
+from midoflow.neutron import allocations as alloc
+from midoflow.neutron import arp, ipam
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
-from midoflow.neutron import ipam
 from midoflow.neutron import translate_l2 as tr
-from midoflow.neutron.base import Collection, Op, kind_of, register
+from midoflow.neutron.base import Collection, Op, kind_of, on_port_deleted, register
 from midoflow.neutron.context import Context
 from midoflow.neutron.networks import find_network, owns
 from midoflow.neutron.port_removal import delete_port_in
@@ -42,30 +47,21 @@ MAC_PREFIX = "fa:16:3e"
 # ------------------------------------------------------------------ addresses
 def used_addresses(op: Op, subnet_id: str) -> set[str]:
     """Every address taken on a subnet: the fixed IPs of Neutron ports on it and
-    the floating IP addresses inside it. Touches the network's bridge, so two
-    requests allocating from one network cannot both commit (the loser is
-    retried, and sees the winner's address)."""
+    the floating IP addresses inside it, from the network's allocation index.
+    The subnet is checked at commit (a concurrent change of its gateway or
+    pools, or its deletion, makes this request re-run)."""
     sub = op.get("subnets", subnet_id)
     if sub is None:
         return set()
-    # the bridge's version is read BEFORE the ports and floating IPs: read after,
-    # it could already include an allocation the scans below did not see
-    if op.txn.get(model.BRIDGES, sub["network_id"]) is not None:
-        op.txn.touch(model.BRIDGES, sub["network_id"])
-    used = {f["ip_address"] for p in op.scan("ports") for f in p.get("fixed_ips") or ()
-            if f.get("subnet_id") == subnet_id}
-    for fip in op.scan("floatingips"):
-        addr = fip.get("floating_ip_address")
-        if addr and fip.get("floating_network_id") == sub["network_id"] and \
-                ipam.in_subnet(sub, addr):
-            used.add(addr)
-    return used
+    op.txn.check(kind_of("subnets"), subnet_id)
+    return alloc.used(op, sub["network_id"], subnet_id)
 
 
 def network_subnets(op: Op, net_id: str) -> list[Data]:
     """The network's subnets, oldest first."""
-    return sorted((s for s in op.scan("subnets") if s.get("network_id") == net_id),
-                  key=lambda s: (s.get("created_at") or "", s["id"]))
+    subs = [s for s in (op.get("subnets", sid) for sid in alloc.subnet_ids(op, net_id))
+            if s is not None]
+    return sorted(subs, key=lambda s: (s.get("created_at") or "", s["id"]))
 
 
 def _fixed_ips(op: Op, net: Data, requested: Any, router: bool,
@@ -114,13 +110,8 @@ def _fixed_ips(op: Op, net: Data, requested: Any, router: bool,
 
 
 # ------------------------------------------------------------------ other attrs
-def _macs_on(op: Op, net_id: str, but: str | None = None) -> set[str]:
-    return {p["mac_address"] for p in op.scan("ports")
-            if p.get("network_id") == net_id and p["id"] != but and p.get("mac_address")}
-
-
 def _mac(op: Op, net_id: str, value: Any, port_id: str) -> str:
-    taken = _macs_on(op, net_id, port_id)
+    taken = {m for m, owner in alloc.macs(op, net_id).items() if owner != port_id}
     if value is not None:
         mac = a.mac(value, "mac_address")
         if mac in taken:
@@ -261,11 +252,6 @@ def create_port_in(op: Op, body: dict, *, owner_ok: bool = False) -> dict:
             raise ne.PolicyNotAuthorized(f"Tenant {pid} not allowed to create port on this "
                                          "network")
     op.txn.check(kind_of("networks"), net["id"])  # a concurrent network delete fails
-    if op.txn.get(model.BRIDGES, net["id"]) is not None:
-        # read the bridge's version BEFORE any scan of ports (MACs, addresses): a port
-        # committed on this network after it bumps the bridge, so this commit fails
-        # and is retried instead of reusing an address it did not see
-        op.txn.touch(model.BRIDGES, net["id"])
     owner = a.string(body.get("device_owner", "") or "", "device_owner")
     port: Data = {
         "id": a.new_id(),
@@ -299,8 +285,30 @@ def create_port_in(op: Op, body: dict, *, owner_ok: bool = False) -> dict:
     _check_security(port, create=True)
     _binding(op, body, port)
     op.txn.create(KIND, port)
+    # the index serialises allocations on the network: a port committed on it
+    # since this request read the index makes this commit fail and re-run
+    alloc.port_changed(op, None, port)
     _stage_native(op, port, None)
     return port
+
+
+@on_port_deleted
+def _release(op: Op, port: Data) -> None:
+    """A port being deleted gives back its MAC and addresses."""
+    alloc.port_changed(op, port, None)
+
+
+def _active(op: Op, port_id: str) -> bool:
+    """Whether an agent reports the port up: one read for the first port an Op
+    views (a create, a show), every active port's name at once for a list."""
+    cache = op.__dict__
+    if "_active_ports" in cache:
+        return port_id in cache["_active_ports"]
+    if not cache.get("_viewed_one"):
+        cache["_viewed_one"] = True
+        return op.service.store.get_state(paths.port_active(port_id)) is not None
+    cache["_active_ports"] = set(op.service.store.list_state(paths.PORTS_ACTIVE))
+    return port_id in cache["_active_ports"]
 
 
 class Ports(Collection):
@@ -339,8 +347,6 @@ class Ports(Collection):
             if obj.get("binding:host_id"):
                 raise ne.PortInUse(f"Unable to complete operation on port {obj['id']}: its "
                                    "MAC address cannot change while it is bound to a host")
-            if op.txn.get(model.BRIDGES, obj["network_id"]) is not None:
-                op.txn.touch(model.BRIDGES, obj["network_id"])  # read before the MACs are
             new["mac_address"] = _mac(op, obj["network_id"], body["mac_address"], obj["id"])
         if "fixed_ips" in body:
             new["fixed_ips"] = _fixed_ips(op, net, body["fixed_ips"],
@@ -359,10 +365,10 @@ class Ports(Collection):
             return obj
         a.stamp_update(new)
         op.txn.put(self.kind, new)
-        if new["mac_address"] != obj["mac_address"] and \
-                op.txn.get(model.BRIDGES, obj["network_id"]) is not None:
-            op.txn.touch(model.BRIDGES, obj["network_id"])  # serialises MAC uniqueness
+        if new["mac_address"] != obj["mac_address"] or new["fixed_ips"] != obj["fixed_ips"]:
+            alloc.port_changed(op, obj, new)  # serialises MAC and address uniqueness
         _stage_native(op, new, op.txn.get(model.PORTS, obj["id"]))
+        arp.port_changed(op, obj, new)  # routers forget addresses it gave up
         return new
 
     def delete(self, op: Op, obj: Data) -> None:
@@ -383,13 +389,10 @@ class Ports(Collection):
         out["binding:vif_type"] = "ovs" if bound else "unbound"
         out["binding:vif_details"] = dict(VIF_DETAILS) if bound else {}
         out["status"] = "DOWN"
-        if op_or_none is not None and tr.has_native(obj):
-            active = op_or_none.__dict__.get("_active_ports")
-            if active is None:
-                active = set(op_or_none.service.store.list_state(paths.PORTS_ACTIVE))
-                op_or_none.__dict__["_active_ports"] = active
-            if obj["id"] in active:
-                out["status"] = "ACTIVE"
+        if op_or_none is not None and tr.has_native(obj) and _active(op_or_none, obj["id"]):
+            out["status"] = "ACTIVE"
+        if (obj.get("device_owner") or "").startswith("network:router_"):  # as for DVR
+            out["status"] = "ACTIVE" if obj.get("admin_state_up", True) else "DOWN"
         return out
 
 

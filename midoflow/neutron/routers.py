@@ -186,6 +186,19 @@ def _gateway_info(op: Op, value: Any, current: Data | None) -> Data | None:
     return {"network_id": net_id, "enable_snat": snat, "external_fixed_ips": fixed}
 
 
+def _distributed(op: Op, body: Data, action: str) -> None:
+    """``distributed`` is admin-only (Neutron's default policy, create and update);
+    true is accepted (every midoflow router is distributed), false is refused as
+    Neutron refuses to centralize a distributed router."""
+    if "distributed" not in body:
+        return
+    if not op.ctx.is_admin:
+        raise a.policy(action, RESOURCE, "distributed")
+    if not a.boolean(body["distributed"], "distributed"):
+        raise bad("Migration from distributed router to centralized is not supported: "
+                  "midoflow's routers are always distributed")
+
+
 def _same_fixed(want: list[Data], have: list[Data] | None) -> bool:
     have = have or []
     return all(any(all(h.get(k) == v for k, v in w.items()) for h in have) for w in want)
@@ -291,8 +304,7 @@ class Routers(Collection):
             "availability_zones": ["nova"],
             "flavor_id": None,
         }, pid)
-        if "distributed" in body:
-            a.boolean(body["distributed"], "distributed")  # accepted: always true in effect
+        _distributed(op, body, "create")
         info = _gateway_info(op, body.get("external_gateway_info"), None)
         op.txn.create(self.kind, router)
         if info is not None:
@@ -311,8 +323,7 @@ class Routers(Collection):
                         ("admin_state_up", lambda v: a.boolean(v, "admin_state_up"))):
             if f in body:
                 router[f] = conv(body[f])
-        if "distributed" in body and not a.boolean(body["distributed"], "distributed"):
-            raise bad("midoflow's routers are always distributed")
+        _distributed(op, body, "update")
         if "external_gateway_info" in body:
             info = _gateway_info(op, body["external_gateway_info"],
                                  obj.get("external_gateway_info"))

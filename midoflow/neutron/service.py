@@ -13,6 +13,8 @@ deadlock. A failure of any kind therefore writes nothing.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,12 @@ __all__ = ["COLLECTIONS", "Collection", "NeutronService", "Op", "kind_of", "regi
 
 LOG = logging.getLogger("midoflow.neutron")
 
-RETRIES = 8
+# A request that lost a race waits BACKOFF_FIRST seconds, doubling up to
+# BACKOFF_MAX, each wait drawn uniformly from [d/2, d] (jitter: the losers of one
+# race do not all come back together), and gives up after RETRY_SECONDS.
+BACKOFF_FIRST = 0.005
+BACKOFF_MAX = 0.2
+RETRY_SECONDS = 10.0
 
 
 class NeutronService:
@@ -50,9 +57,14 @@ class NeutronService:
 
     def run(self, ctx: Context, fn: Callable[[Op], Any]) -> Any:
         """``fn(op)`` staged in a fresh Txn, then one commit; the whole request is
-        retried when a concurrent request won the race. Store errors become
+        retried when a concurrent request won the race, after a jittered
+        exponential backoff, for up to RETRY_SECONDS. Store errors become
         Neutron's."""
-        for _attempt in range(RETRIES):
+        deadline = time.monotonic() + RETRY_SECONDS
+        delay = BACKOFF_FIRST
+        attempts = 0
+        while True:
+            attempts += 1
             op = Op(ctx=ctx, txn=Txn(self.store), service=self)
             try:
                 result = fn(op)
@@ -62,7 +74,12 @@ class NeutronService:
                 op.txn.commit()
             except (mf.Conflict, mf.NotFound) as e:
                 # the store moved since this attempt read it: read again and redo
+                wait = random.uniform(delay / 2, delay)
+                if time.monotonic() + wait > deadline:
+                    break
                 LOG.debug("neutron request lost a race (%s); retrying", e.message)
+                time.sleep(wait)
+                delay = min(delay * 2, BACKOFF_MAX)
                 continue
             except mf.MidoflowError as e:
                 raise _neutron_error(e) from None
@@ -70,7 +87,8 @@ class NeutronService:
                 cb()
             return result
         raise ne.Conflict("the request kept losing races with concurrent requests "
-                          f"({RETRIES} attempts); try again")
+                          f"({attempts} attempts in {RETRY_SECONDS:.0f} s): the objects it "
+                          "changes are being changed by others; try again")
 
     def read(self, ctx: Context, fn: Callable[[Op], Any]) -> Any:
         """``fn(op)`` over a fresh read, no commit."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import netaddr
 
-from midoflow import model
+from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import ipam
@@ -132,6 +132,7 @@ class Subnets(Collection):
         # serialises subnet creation per network (the overlap check)
         op.txn.touch("neutron.networks", net["id"])
         op.txn.create(self.kind, sub)
+        alloc.subnet_added(op, net["id"], sub["id"])
         return sub
 
     def update(self, op: Op, obj: Data, body: Any) -> Data:
@@ -182,8 +183,9 @@ class Subnets(Collection):
             raise ne.SubnetInUse(f"Unable to complete operation on subnet {sid}: One or more "
                                  "ports have an IP allocation from this subnet.")
         op.txn.delete(self.kind, sid)
-        if op.txn.get(model.BRIDGES, obj["network_id"]) is not None:
-            op.txn.touch(model.BRIDGES, obj["network_id"])
+        # the index (read by used_addresses above) loses the subnet: an allocation
+        # from it committed meanwhile makes this commit fail and re-run
+        alloc.subnet_removed(op, obj["network_id"], sid)
 
 
 register(Subnets())

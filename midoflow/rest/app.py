@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -29,15 +28,23 @@ from typing import Any
 import routes
 import webob
 
-from midoflow.errors import Invalid, MidoflowError, TooLarge
+from midoflow.errors import Invalid, MidoflowError
 from midoflow.kinds import KINDS
 from midoflow.service.topology import TopologyService
 from midoflow.store.base import Store
+from midoflow.wsgibody import (  # noqa: F401 (MAX_BODY: the API's limit, read by tests)
+    MAX_BODY,
+    ClientGone,
+    check_encoding,
+    content_length,
+    header,
+    read_body,
+    too_large,
+)
 
 LOG = logging.getLogger("midoflow.rest")
 
 PREFIX = "/v1"
-MAX_BODY = 1 << 20  # 1 MiB
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 
 
@@ -82,79 +89,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-class ClientGone(Exception):
-    """The client closed the connection before sending its whole body."""
-
-
-def _too_large() -> TooLarge:
-    return TooLarge(f"the request body is larger than {MAX_BODY:,} bytes (1 MiB): send less "
-                    "in one request")
-
-
-def _header(environ: dict, key: str, name: str) -> str | None:
-    """A request header the API reads: ASCII only (400 otherwise)."""
-    value = environ.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.isascii():
-        raise Invalid(f"the {name} header is not ASCII", name)
-    return value.strip()
-
-
-def content_length(environ: dict) -> int | None:
-    raw = _header(environ, "CONTENT_LENGTH", "Content-Length")
-    if not raw:
-        return None
-    if not raw.isdigit():
-        raise Invalid(f"the Content-Length header is not a number: {raw[:40]!r}",
-                      "Content-Length")
-    return int(raw)
-
-
-def is_chunked(environ: dict) -> bool:
-    te = _header(environ, "HTTP_TRANSFER_ENCODING", "Transfer-Encoding") or ""
-    return "chunked" in te.lower()
-
-
-def read_body(environ: dict) -> bytes:
-    """The raw body, at most MAX_BODY bytes (TooLarge beyond), whether sent
-    with a Content-Length or chunked (the server de-chunks ``wsgi.input``)."""
-    clen = content_length(environ)
-    chunked = is_chunked(environ)
-    if clen is not None and clen > MAX_BODY:
-        raise _too_large()
-    if clen is None and not chunked:
-        return b""
-    stream = environ.get("wsgi.input")
-    if stream is None:
-        return b""
-    want = clen if clen is not None and not chunked else MAX_BODY + 1
-    parts, got = [], 0
-    try:
-        while got < want:
-            chunk = stream.read(min(65536, want - got))
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-    except OSError as e:  # the client went away (eventlet, webob, wsgiref)
-        raise ClientGone(str(e) or type(e).__name__) from None
-    except ValueError as e:  # a malformed chunk
-        raise Invalid(f"the chunked request body is malformed: {str(e)[:120]}") from None
-    raw = b"".join(parts)
-    if got > MAX_BODY:
-        raise _too_large()
-    if clen is not None and not chunked and got < clen:
-        raise ClientGone(f"{clen - got} of {clen} body bytes never came")
-    return raw
-
-
 def read_json(req: webob.Request) -> Any:
     """The request's JSON body; HttpError (415), TooLarge (413) or Invalid (400)."""
     clen = content_length(req.environ)
     if clen is not None and clen > MAX_BODY:
-        raise _too_large()
-    ctype = _header(req.environ, "CONTENT_TYPE", "Content-Type") or ""
+        raise too_large()
+    ctype = header(req.environ, "CONTENT_TYPE", "Content-Type") or ""
     media, _, params = ctype.partition(";")
     charset = params.strip().lower().replace(" ", "")
     if media.strip().lower() != "application/json" or charset not in (
@@ -172,32 +112,6 @@ def read_json(req: webob.Request) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise Invalid(f"the request body is not valid JSON: {str(e)[:120]}") from None
-
-
-def check_encoding(environ: dict) -> None:
-    """Invalid (400) unless the path and the query string are valid UTF-8
-    (percent-decoded) and the query is well formed."""
-    try:
-        raw_path = environ.get("PATH_INFO", "").encode("latin-1")
-    except UnicodeEncodeError:
-        raw_path = None
-    try:
-        if raw_path is None:
-            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not bytes")
-        raw_path.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Invalid("the request path is not valid UTF-8 (after percent-decoding)",
-                      "path") from None
-    qs = environ.get("QUERY_STRING", "")
-    if not qs:
-        return
-    try:
-        qs.encode("ascii")
-        urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=False,
-                               encoding="utf-8", errors="strict")
-    except (UnicodeError, ValueError):
-        raise Invalid("the query string is not valid UTF-8 (after percent-decoding)",
-                      "query") from None
 
 
 def _safe_path(environ: dict) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ NATIVE_PREFIX = "/v1"
 AUTHTOKEN_SECTION = "keystone_authtoken"  # as in neutron.conf
 ADMIN_ROLE = "admin"
 LOOPBACK_NAMES = ("localhost",)
+# auth_token's start-up warnings that tell an operator nothing (options of other
+# services it does not know, its in-process token cache): quiet unless debugging
+QUIET_LOGGERS = ("keystonemiddleware._common.config", "keystonemiddleware.auth_token")
 
 NEEDS_TOKEN = ("the midoflow API needs a Keystone token with the admin role in X-Auth-Token "
                "(the midoflow CLI: set OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME)")
@@ -222,4 +226,16 @@ def make_root_app(store: Store, *, auth: AuthConfig) -> Callable:
         return root
     from keystonemiddleware import auth_token
 
+    quiet_authtoken_logs()
     return auth_token.AuthProtocol(root, dict(auth.options))
+
+
+def quiet_authtoken_logs() -> None:
+    """auth_token's loggers (:data:`QUIET_LOGGERS`) at ERROR, unless the operator
+    asked for debug logging (the root or ``midoflow`` logger at DEBUG). Each is
+    set by name: Mininet's logger class gives every new logger a level of its
+    own, so the parent's level would not reach them."""
+    if any(logging.getLogger(n).isEnabledFor(logging.DEBUG) for n in ("", "midoflow")):
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

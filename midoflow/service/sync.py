@@ -73,10 +73,12 @@ def _reconcile_chain(txn: Txn, cid: str, desired: tuple[Data, list[Data]] | None
     txn.sync(model.CHAINS, desired[0])
 
 
-def sync_sg(txn: Txn, sg_id: str, touch: bool = False) -> None:
+def sync_sg(txn: Txn, sg_id: str, touch: bool = False, joined: Data | None = None) -> None:
     """Write the address group and chains of a security group as the staged state
     says (or delete them with the group). ``touch``: re-write the address group
-    even if unchanged (a port joined: a concurrent delete of the group must fail)."""
+    even if unchanged (a port joined: a concurrent delete of the group must fail).
+    ``joined``: a new port that is the only change of membership: its addresses
+    are added to the stored group's instead of scanning every port."""
     sg = txn.get(model.SECURITY_GROUPS, sg_id)
     ipag_id = sec.sg_ipag_id(sg_id)
     if sg is None:
@@ -85,8 +87,12 @@ def sync_sg(txn: Txn, sg_id: str, touch: bool = False) -> None:
         if txn.get(model.IP_ADDR_GROUPS, ipag_id) is not None:
             txn.delete(model.IP_ADDR_GROUPS, ipag_id)
         return
-    members = [p for p in txn.list(model.PORTS)
-               if sg_id in (p.get("security_group_ids") or ())]
+    cur = txn.get(model.IP_ADDR_GROUPS, ipag_id) if joined is not None else None
+    if cur is not None:
+        members = [{"fixed_ips": cur.get("addresses") or []}, joined]
+    else:
+        members = [p for p in txn.list(model.PORTS)
+                   if sg_id in (p.get("security_group_ids") or ())]
     ipag, chains = sec.sg_objects(sg, members)
     txn.sync(model.IP_ADDR_GROUPS, ipag)
     if touch:
@@ -130,7 +136,7 @@ def sync_port_security(txn: Txn, old: Data | None, new: Data | None) -> None:
     if old is None or new is None or old_sgs != new_sgs or \
             (old.get("fixed_ips") or []) != (new.get("fixed_ips") or []):
         for sid in dict.fromkeys(old_sgs + new_sgs):
-            sync_sg(txn, sid, touch=sid not in old_sgs)
+            sync_sg(txn, sid, touch=sid not in old_sgs, joined=new if old is None else None)
     if (old is not None and sec.port_managed(old)) or \
             (new is not None and sec.port_managed(new)):
         sync_port(txn, pid)

@@ -83,10 +83,10 @@ def test_router_with_gateway_and_interfaces(seed, lab):
     seed.router()
     r = seed.out["demo-router"]
     assert r["name"] == "demo-router" and r["status"] == "ACTIVE", r
-    # the seed's `router-create --distributed`, as the project's user: midoflow
-    # accepts it (its routers are always distributed; Neutron's policy would
-    # make setting it admin-only)
+    # the seed's `router-create --distributed`, by admin for the project (the
+    # attribute is admin-only, as in Neutron's policy): the project owns it
     assert r["distributed"] is True, r
+    assert r["project_id"] == seed.out["demo-net"]["project_id"], r
     gw = r["external_gateway_info"]
     assert gw["network_id"] == seed.out["ext-net"]["id"] and gw["enable_snat"] is True, gw
     (ext_ip,) = gw["external_fixed_ips"]

@@ -3,7 +3,8 @@ between: an external network and a project network joined by a distributed
 router with a gateway, three VMs on three hosts (bound by their Neutron port
 ids), an "internet" namespace on the external network and a floating IP.
 East-west and to the router, SNAT to the gateway address, the floating IP
-both ways (the gateway port answers ARP for it), and its disassociation."""
+both ways (the gateway port answers ARP for it), and its disassociation; an
+address given to a new port (new MAC) reached through the router at once."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def world(cloud_factory):
     gw_ip = svc.get(P1, "routers", router["id"])["external_gateway_info"][
         "external_fixed_ips"][0]["ip_address"]
     return {"svc": svc, "vms": vms, "ports": ports, "inet": inet, "fip": fip,
-            "gw_ip": gw_ip}
+            "gw_ip": gw_ip, "mc": mc, "hid": hid, "net_id": net["id"],
+            "router_id": router["id"]}
 
 
 def _ip(port) -> str:
@@ -111,3 +113,41 @@ def test_floating_ip_inbound_then_disassociated(world):
     wait_until(lambda: ping(inet, addr, count=1, timeout=0.5)[1] == 0, 5,
                "the floating IP to stop answering once disassociated")
     assert ping(inet, addr, count=3)[1] == 0
+
+
+def test_an_address_reused_by_a_new_port_is_reached_at_once(world):
+    """Nova's everyday case: a VM's port is deleted and the next port created
+    on the network gets the same address (Neutron hands out the lowest free
+    one) with a new MAC. The router must not keep sending to the old MAC:
+    pinged from another subnet through the router, the new VM answers within
+    2 s (the ARP entry the router had learned is gone)."""
+    svc, mc = world["svc"], world["mc"]
+    net_id, router_id = world["net_id"], world["router_id"]
+    net2 = svc.create(P1, "networks", {"name": "private2"})
+    sub2 = svc.create(P1, "subnets", {"network_id": net2["id"], "ip_version": 4,
+                                      "cidr": "10.0.1.0/24"})
+    svc.action(P1, "routers", router_id, "add_router_interface", {"subnet_id": sub2["id"]})
+    h0, h2 = mc.hosts[0], mc.hosts[2]
+    src_port = svc.create(P1, "ports", {"network_id": net2["id"], "name": "vm4",
+                                        "binding:host_id": world["hid"][0]})
+    src = mc.cloud.add_vm(h0, "vm4", f"{_ip(src_port)}/24", src_port["mac_address"],
+                          iface_id=src_port["id"])
+    src.cmd("ip route add default via 10.0.1.1")
+    mc.wait_port(src_port["id"], h0)
+    old_vm, old = world["vms"][2], world["ports"][2]
+    addr = _ip(old)
+    # the router learns the address's MAC from the traffic
+    wait_until(lambda: ping(src, addr, count=1, timeout=0.5)[1] == 1, 10,
+               f"vm4 to reach vm3 ({addr}) through the router")
+    mc.cloud.remove_vm(old_vm)
+    svc.delete(P1, "ports", old["id"])
+    new = svc.create(P1, "ports", {"network_id": net_id, "name": "vm3b",
+                                   "fixed_ips": [{"ip_address": addr}],
+                                   "binding:host_id": world["hid"][2]})
+    assert _ip(new) == addr and new["mac_address"] != old["mac_address"]
+    vm = mc.cloud.add_vm(h2, "vm3b", f"{addr}/24", new["mac_address"], iface_id=new["id"])
+    vm.cmd("ip route add default via 10.0.0.1")
+    world["vms"][2], world["ports"][2] = vm, new
+    mc.wait_port(new["id"], h2)
+    wait_until(lambda: ping(src, addr, count=1, timeout=0.5)[1] == 1, 2,
+               f"vm4 to reach the new port's VM at the reused address {addr}")

@@ -151,3 +151,28 @@ def test_network_delete_racing_a_port_create(zk_store_factory):
     # nothing of any round is left behind, generated chains included
     assert svc.store.list(model.PORTS) == [] and svc.store.list(model.BRIDGES) == []
     assert svc.store.list("neutron.ports") == []
+
+
+def test_eight_concurrent_port_creates_on_one_network_all_succeed(zk_store_factory):
+    """Eight sessions create a port each on one network at once (their first
+    commits held until all have read): the losers back off and re-run, every
+    create succeeds, no address or MAC is given twice, and the allocation index
+    names exactly the ports."""
+    svc = NeutronService(zk_store_factory())
+    net = svc.create(P1, "networks", {"name": "n"})
+    sub = svc.create(P1, "subnets", {"network_id": net["id"], "cidr": "10.0.0.0/24"})
+    svc.list(P1, "security-groups")  # the default group exists before the race
+    res = race(zk_store_factory,
+               *[lambda s: s.create(P1, "ports", {"network_id": net["id"]})] * 8)
+    assert all(isinstance(r, dict) for r in res), res
+    ips = [r["fixed_ips"][0]["ip_address"] for r in res]
+    macs = [r["mac_address"] for r in res]
+    assert len(set(ips)) == len(set(macs)) == 8, (ips, macs)
+    stored = [p for p, _ in svc.store.list("neutron.ports")]
+    assert sorted(p["id"] for p in stored) == sorted(r["id"] for r in res)
+    idx = svc.store.get("neutron.allocations", net["id"])[0]
+    assert idx["ips"] == {sub["id"]: {ip: r["id"] for ip, r in zip(ips, res, strict=True)}}
+    assert idx["macs"] == {m: r["id"] for m, r in zip(macs, res, strict=True)}
+    natives = {p["id"] for p, _ in svc.store.list(model.PORTS)}
+    assert natives == {r["id"] for r in res}
+    assert set(svc.store.get(model.BRIDGES, net["id"])[0]["port_ids"]) == natives

@@ -145,6 +145,40 @@ def test_router_without_gateway_is_one_native_router(w):
     assert n["name"] == "r2" and n["admin_state_up"] is False
 
 
+def test_distributed_is_admin_only_and_always_true(w):
+    """Neutron's policy: create_router:distributed and update_router:distributed
+    are admin-only; midoflow's routers are all distributed, so false is refused
+    as Neutron refuses to centralize a distributed router."""
+    before = w.snapshot()
+    for value in (True, False):
+        with pytest.raises(ne.PolicyNotAuthorized, match="create_router:distributed"):
+            w.router(gateway=False, distributed=value)
+    assert w.snapshot() == before
+    r = w.router(gateway=False)
+    for value in (True, False):
+        with pytest.raises(ne.PolicyNotAuthorized, match="update_router:distributed"):
+            w.svc.update(P1, "routers", r["id"], {"distributed": value})
+    with pytest.raises(ne.BadRequest, match="always distributed"):
+        w.router(ctx=ADMIN, gateway=False, distributed=False)
+    with pytest.raises(ne.BadRequest, match="always distributed"):
+        w.svc.update(ADMIN, "routers", r["id"], {"distributed": False})
+    mine = w.router(ctx=ADMIN, gateway=False, distributed=True, project_id="p1")
+    assert mine["distributed"] is True and mine["project_id"] == "p1"
+    assert w.svc.get(P1, "routers", mine["id"])["distributed"] is True
+    assert w.svc.update(ADMIN, "routers", r["id"], {"distributed": True})["distributed"]
+
+
+def test_router_ports_are_active_while_up(w):
+    """As Neutron shows DVR interface ports: ACTIVE (no host binds them), DOWN
+    when the port is administratively down."""
+    r = w.router()
+    port_id = w.add(r, subnet_id=w.sub["id"])["port_id"]
+    assert w.svc.get(P1, "ports", port_id)["status"] == "ACTIVE"
+    assert gw_port(w, r)["status"] == "ACTIVE"
+    assert w.svc.get(P1, "ports", w.vm["id"])["status"] == "DOWN"  # a VM's: not bound
+    assert w.svc.update(P1, "ports", port_id, {"admin_state_up": False})["status"] == "DOWN"
+
+
 def test_router_is_invisible_to_another_project(w):
     r = w.router(gateway=False)
     with pytest.raises(ne.RouterNotFound):

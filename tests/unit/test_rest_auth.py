@@ -217,3 +217,25 @@ def test_thread_server_closes_each_connection_cleanly(store):
         conn.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_auth_token_start_up_warnings_are_quiet_unless_debugging(store, debug):
+    """Each of auth_token's loggers by name at ERROR (a Mininet process gives
+    every logger a level of its own), left alone when the operator debugs."""
+    import logging
+
+    from midoflow.rest.auth import QUIET_LOGGERS
+
+    loggers = [logging.getLogger(n) for n in (*QUIET_LOGGERS, "midoflow")]
+    saved = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET)
+        logging.getLogger("midoflow").setLevel(logging.DEBUG if debug else logging.INFO)
+        make_root_app(store, auth=AuthConfig.keystone(OPTIONS))
+        assert [lg.level for lg in loggers[:-1]] == \
+            [logging.NOTSET if debug else logging.ERROR] * len(QUIET_LOGGERS)
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
