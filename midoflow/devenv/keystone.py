@@ -301,11 +301,17 @@ def _stop_all() -> None:
 
 class KeystoneServer(Keystone):
     """One Keystone under uwsgi on ``127.0.0.1:port`` (a free one for 0), its
-    SQLite database, fernet and credential keys and logs in ``workdir``."""
+    SQLite database, fernet and credential keys and logs in ``workdir``.
+
+    One worker thread by default: every password login writes the user's
+    ``last_active_at``, and two SQLite write transactions at once fail one of
+    them at once with "database is locked" (Keystone answers 500 with no
+    headers and uwsgi drops the connection: the ``openstack`` CLI then says
+    RemoteDisconnected). A production Keystone runs on MySQL/PostgreSQL."""
 
     def __init__(self, workdir: str | os.PathLike | None = None, port: int = 0, *,
                  admin_password: str = DEFAULT_ADMIN_PASSWORD,
-                 venv: str | os.PathLike | None = None, threads: int = 4,
+                 venv: str | os.PathLike | None = None, threads: int = 1,
                  die_with_parent: bool = True, quiet: bool = True) -> None:
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}/v3", admin_password)
