@@ -209,7 +209,9 @@ def bench_binding(trials: int, workdir: str) -> None:
         def port_body(net: str, ip: str, host: str) -> dict:
             return {"port": {"network_id": nets[net][0], "port_security_enabled": False,
                              "fixed_ips": [{"ip_address": ip}], "binding:host_id": host}}
-        pinger = api.call("POST", "/v2.0/ports", port_body("a", "10.0.0.5", h1), 201)["port"]
+        # binding:host_id is admin's (or Nova's) in Neutron's policy: admin makes the
+        # ports on the project's networks, as Nova does for a server
+        pinger = admin.call("POST", "/v2.0/ports", port_body("a", "10.0.0.5", h1), 201)["port"]
         npinger = lab.plug(1, "npinger", pinger, "10.0.0.0/24", "10.0.0.1")
         first_reply(npinger, "10.0.0.1")
         # native: the same shape through /v1
@@ -238,10 +240,10 @@ def bench_binding(trials: int, workdir: str) -> None:
                     first_reply(vpinger, ip)
                 else:
                     if path == "api":
-                        port = api.call("POST", "/v2.0/ports", port_body("b", ip, h2),
-                                        201)["port"]
+                        port = admin.call("POST", "/v2.0/ports", port_body("b", ip, h2),
+                                          201)["port"]
                     else:
-                        port = lab.os("p1user", "port", "create", "--network", "bench-b",
+                        port = lab.os("admin", "port", "create", "--network", "bench-b",
                                       "--fixed-ip", f"ip-address={ip}", "--disable-port-security",
                                       "--no-security-group", "--host", h2, name)
                     assert fixed_ip(port) == ip

@@ -407,7 +407,7 @@ def openstack_checks(mc, report: Report) -> None:
         fip = seed.out["fip"]["floating_ip_address"]
         sent, got = ping(vm1, "10.0.0.12", count=3)
         report.check(got == sent, "OpenStack: vm1 (h1) → vm2 (h2) on demo-net, ports made by "
-                     "`openstack port create --host`", f"{got}/{sent} replies")
+                     "p1user, bound by `openstack port set --host`", f"{got}/{sent} replies")
         ping(vm1, "10.0.1.13", count=1)  # the router resolves vm3 on the way
         out = vm1.cmd("ping -c 3 -i 0.2 -W 1 10.0.1.13")
         report.check(" 3 received" in out and "ttl=63" in out, "OpenStack: vm1 → vm3 "

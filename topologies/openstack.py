@@ -292,22 +292,21 @@ class SeedWalkthrough:
         self.out["rule-ssh"], self.out["rule-icmp"] = ssh, icmp
 
     def ports(self) -> None:
-        """vm1-port and vm2-port created by the project's user with ``--host``;
-        vm3-port created unbound and then bound by admin (as Nova binds a port
-        a user made)."""
+        """The ports created by the project's user, then bound to their hosts by
+        admin (``--host`` is binding:host_id: admin's or Nova's in Neutron's
+        policy, as Nova binds the port of a server a user boots)."""
         lab, u = self.lab, self.user
         calls = []
-        for name, net, ip, host in self.PORTS:
-            args = ["port", "create", "--network", self.NETS[net][0], "--fixed-ip",
-                    f"subnet={self.NETS[net][1]},ip-address={ip}", "--security-group",
-                    "demo-sg"]
-            if host != 3:
-                args += ["--host", self.hostname(host)]
-            calls.append((u, (*args, name)))
-        for (name, _, _, _), out in zip(self.PORTS, lab.parallel(calls), strict=True):
+        for name, net, ip, _host in self.PORTS:
+            calls.append((u, ("port", "create", "--network", self.NETS[net][0], "--fixed-ip",
+                              f"subnet={self.NETS[net][1]},ip-address={ip}",
+                              "--security-group", "demo-sg", name)))
+        lab.parallel(calls)
+        lab.parallel([("admin", ("port", "set", "--host", self.hostname(host), name))
+                      for name, _, _, host in self.PORTS])
+        shown = lab.parallel([("admin", ("port", "show", name)) for name, *_ in self.PORTS])
+        for (name, _, _, _), out in zip(self.PORTS, shown, strict=True):
             self.out[name] = out
-        lab.os("admin", "port", "set", "--host", self.hostname(3), "vm3-port")
-        self.out["vm3-port"] = lab.os("admin", "port", "show", "vm3-port")
 
     def floating_ip(self) -> None:
         lab, u = self.lab, self.user

@@ -21,6 +21,12 @@ class Context:
     def is_admin(self) -> bool:
         return "admin" in self.roles
 
+    @property
+    def binds_ports(self) -> bool:
+        """May set and see port bindings: admin, or the ``service`` role Nova's
+        service user has (Neutron's ``rule:admin_only or rule:service_api``)."""
+        return self.is_admin or "service" in self.roles
+
     @classmethod
     def admin(cls, project_id: str = "admin") -> Context:
         """The no-auth development mode's caller, and tests'."""

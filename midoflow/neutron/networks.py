@@ -17,6 +17,7 @@ from midoflow.store.base import Data
 
 # Tunnel overhead over an IPv4 underlay (outer IP + UDP/GRE + inner Ethernet).
 OVERHEAD = {model.TUNNEL_VXLAN: 50, model.TUNNEL_GRE: 42}
+PROVIDER = ("provider:network_type", "provider:physical_network", "provider:segmentation_id")
 ADMIN_ONLY = ("router:external", "shared", "provider:network_type",
               "provider:physical_network", "provider:segmentation_id", "is_default")
 CREATE = ("name", "admin_state_up", "shared", "router:external", "port_security_enabled",
@@ -206,6 +207,9 @@ class Networks(Collection):
         else:
             out.setdefault("subnets", [])
         out["availability_zones"] = ["nova"]
+        if op_or_none is not None and not op_or_none.ctx.is_admin:
+            for attr in PROVIDER:  # Neutron's policy shows them to admin only
+                out.pop(attr, None)
         return out
 
 

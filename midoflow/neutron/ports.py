@@ -40,6 +40,9 @@ UPDATE = ("name", "description", "admin_state_up", "mac_address", "fixed_ips", "
           "device_owner", "security_groups", "port_security_enabled", "allowed_address_pairs",
           "binding:host_id", "binding:vnic_type", "binding:profile", "extra_dhcp_opts")
 READONLY = a.STANDARD + ("status", "binding:vif_type", "binding:vif_details")
+# shown only to callers who may bind ports (binding:vnic_type stays visible)
+HIDDEN_BINDING = ("binding:host_id", "binding:vif_type", "binding:vif_details",
+                  "binding:profile")
 VIF_DETAILS = {"port_filter": True, "ovs_hybrid_plug": False}
 MAC_PREFIX = "fa:16:3e"
 
@@ -162,10 +165,11 @@ def find_host(op: Op, host: str) -> str | None:
     return None
 
 
-def _binding(op: Op, body: Data, port: Data) -> None:
+def _binding(op: Op, body: Data, port: Data, action: str) -> None:
+    for attr in ("binding:host_id", "binding:profile"):
+        if attr in body and not op.ctx.binds_ports:  # Nova's (service or admin) to set
+            raise a.policy(action, "port", attr)
     if "binding:host_id" in body:
-        if not (op.ctx.is_admin or op.ctx.project_id == port["project_id"]):
-            raise a.policy("update", "port", "binding:host_id")
         port["binding:host_id"] = a.string(body["binding:host_id"] or "", "binding:host_id")
     if "binding:vnic_type" in body:
         if body["binding:vnic_type"] != "normal":
@@ -283,7 +287,7 @@ def create_port_in(op: Op, body: dict, *, owner_ok: bool = False) -> dict:
     else:
         port["security_groups"] = []
     _check_security(port, create=True)
-    _binding(op, body, port)
+    _binding(op, body, port, "create")
     op.txn.create(KIND, port)
     # the index serialises allocations on the network: a port committed on it
     # since this request read the index makes this commit fail and re-run
@@ -317,8 +321,9 @@ class Ports(Collection):
     not_found = ne.PortNotFound
 
     def visible(self, ctx: Context, obj: Data, op: Op) -> bool:
-        """Admin, the port's project, or the owner of its network."""
-        if ctx.is_admin or obj.get("project_id") == ctx.project_id:
+        """Admin, Nova (the service role: it binds every project's ports), the
+        port's project, or the owner of its network."""
+        if ctx.binds_ports or obj.get("project_id") == ctx.project_id:
             return True
         net = op.get("networks", obj.get("network_id", ""))
         return net is not None and net.get("project_id") == ctx.project_id
@@ -331,7 +336,7 @@ class Ports(Collection):
         a.check_known(body, UPDATE, READONLY + ("network_id", "project_id", "tenant_id"),
                       post=False)
         net = op.get("networks", obj["network_id"]) or {}
-        if not (owns(op.ctx, obj) or owns(op.ctx, net)):
+        if not (op.ctx.binds_ports or owns(op.ctx, obj) or owns(op.ctx, net)):
             raise a.policy("update", self.resource)
         new = dict(obj)
         for f, size in (("name", a.NAME_MAX), ("description", a.DESCRIPTION_MAX),
@@ -360,7 +365,7 @@ class Ports(Collection):
         _check_security(new)
         if "extra_dhcp_opts" in body:
             new["extra_dhcp_opts"] = _extra_dhcp_opts(body["extra_dhcp_opts"] or [])
-        _binding(op, body, new)
+        _binding(op, body, new, "update")
         if new == obj:
             return obj
         a.stamp_update(new)
@@ -393,6 +398,9 @@ class Ports(Collection):
             out["status"] = "ACTIVE"
         if (obj.get("device_owner") or "").startswith("network:router_"):  # as for DVR
             out["status"] = "ACTIVE" if obj.get("admin_state_up", True) else "DOWN"
+        if op_or_none is not None and not op_or_none.ctx.binds_ports:
+            for attr in HIDDEN_BINDING:  # Neutron's policy shows them to admin and service
+                out.pop(attr, None)
         return out
 
 

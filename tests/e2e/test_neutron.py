@@ -113,8 +113,14 @@ def test_security_group_and_rules(seed):
         ("ingress", "icmp", "IPv4"), icmp
 
 
-def test_ports_bound_to_three_hosts(seed):
+def test_ports_bound_to_three_hosts(seed, lab):
     seed.ports()
+    # binding is admin's (or Nova's): the project's user neither sets nor sees it
+    own = lab.os("p1user", "port", "show", "vm1-port")
+    assert own["id"] == seed.out["vm1-port"]["id"] and not own.get("binding_host_id"), own
+    (refused,) = lab.refusals([("p1user", ("port", "set", "--host", seed.hostname(2),
+                                            "vm1-port"))])
+    assert "disallowed by policy" in refused.stderr, refused.stderr
     sg = seed.out["demo-sg"]["id"]
     macs = set()
     for name, net, ip, host in seed.PORTS:
@@ -225,10 +231,11 @@ def test_second_project_is_isolated(seed, lab, p2):
     p2["subnet"] = sub
     lab.os("p2user", "router", "add", "subnet", "p2-router", "p2-subnet")
     p2["interface"] = True
+    made = (("p2vm1-port", "10.0.0.11", 3), ("p2vm2-port", "10.0.0.12", 1))
     ports = lab.parallel([("p2user", ("port", "create", "--network", "p2-net", "--fixed-ip",
-                                      f"ip-address={ip}", "--host", seed.hostname(h), name))
-                          for name, ip, h in (("p2vm1-port", "10.0.0.11", 3),
-                                              ("p2vm2-port", "10.0.0.12", 1))])
+                                      f"ip-address={ip}", name)) for name, ip, _ in made])
+    lab.parallel([("admin", ("port", "set", "--host", seed.hostname(h), name))
+                  for name, _, h in made])
     p2["ports"] = ports
     nets, routers, plist = lab.parallel([("p2user", ("network", "list")),
                                          ("p2user", ("router", "list")),

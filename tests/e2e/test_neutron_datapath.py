@@ -21,6 +21,16 @@ pytestmark = pytest.mark.e2e_neutron
 
 ADMIN = Context.admin()
 P1 = Context(project_id="p1", user_id="u1", roles=("member",))
+
+NOVA = Context(project_id="service", user_id="nova", roles=("service",))
+
+
+def bound_port(svc, body: dict, host_id: str) -> dict:
+    """A port the project creates, bound to a host by Nova (binding:host_id is
+    admin's or the service role's in Neutron's policy)."""
+    port = svc.create(P1, "ports", body)
+    return svc.update(NOVA, "ports", port["id"], {"binding:host_id": host_id})
+
 INTERNET = "172.24.4.1"  # the external subnet's gateway: the router's next hop
 
 
@@ -51,8 +61,7 @@ def world(cloud_factory):
             "protocol": proto, "remote_ip_prefix": "0.0.0.0/0"})
     ports, vms = [], []
     for i, h in enumerate(mc.hosts):
-        p = svc.create(P1, "ports", {"network_id": net["id"], "name": f"vm{i + 1}",
-                                     "binding:host_id": hid[i]})
+        p = bound_port(svc, {"network_id": net["id"], "name": f"vm{i + 1}"}, hid[i])
         vm = mc.cloud.add_vm(h, f"vm{i + 1}", f"{p['fixed_ips'][0]['ip_address']}/24",
                              p["mac_address"], iface_id=p["id"])
         vm.cmd("ip route add default via 10.0.0.1")
@@ -128,8 +137,7 @@ def test_an_address_reused_by_a_new_port_is_reached_at_once(world):
                                       "cidr": "10.0.1.0/24"})
     svc.action(P1, "routers", router_id, "add_router_interface", {"subnet_id": sub2["id"]})
     h0, h2 = mc.hosts[0], mc.hosts[2]
-    src_port = svc.create(P1, "ports", {"network_id": net2["id"], "name": "vm4",
-                                        "binding:host_id": world["hid"][0]})
+    src_port = bound_port(svc, {"network_id": net2["id"], "name": "vm4"}, world["hid"][0])
     src = mc.cloud.add_vm(h0, "vm4", f"{_ip(src_port)}/24", src_port["mac_address"],
                           iface_id=src_port["id"])
     src.cmd("ip route add default via 10.0.1.1")
@@ -141,9 +149,8 @@ def test_an_address_reused_by_a_new_port_is_reached_at_once(world):
                f"vm4 to reach vm3 ({addr}) through the router")
     mc.cloud.remove_vm(old_vm)
     svc.delete(P1, "ports", old["id"])
-    new = svc.create(P1, "ports", {"network_id": net_id, "name": "vm3b",
-                                   "fixed_ips": [{"ip_address": addr}],
-                                   "binding:host_id": world["hid"][2]})
+    new = bound_port(svc, {"network_id": net_id, "name": "vm3b",
+                                   "fixed_ips": [{"ip_address": addr}]}, world["hid"][2])
     assert _ip(new) == addr and new["mac_address"] != old["mac_address"]
     vm = mc.cloud.add_vm(h2, "vm3b", f"{addr}/24", new["mac_address"], iface_id=new["id"])
     vm.cmd("ip route add default via 10.0.0.1")

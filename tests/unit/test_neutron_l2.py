@@ -63,14 +63,16 @@ def net_sub(svc, ctx=P1, cidr="10.0.0.0/24", **kw):
 # ------------------------------------------------------------------- networks
 def test_network_defaults_and_its_bridge(svc):
     n = svc.create(P1, "networks", {"network": {"name": "net1"}})
-    assert n["mtu"] == 1450 and n["provider:network_type"] == "vxlan"
+    assert n["mtu"] == 1450 and "provider:network_type" not in n  # admin's to see
+    assert svc.get(ADMIN, "networks", n["id"])["provider:network_type"] == "vxlan"
     assert n["status"] == "ACTIVE" and n["port_security_enabled"] is True
     assert n["shared"] is False and n["router:external"] is False
     assert n["subnets"] == [] and n["availability_zones"] == ["nova"]
     assert n["project_id"] == n["tenant_id"] == "p1" and n["tags"] == []
     assert n["created_at"].endswith("Z") and n["revision_number"] == 0
     n2 = svc.create(P1, "networks", {})
-    assert n2["provider:segmentation_id"] > n["provider:segmentation_id"]
+    seg = [svc.get(ADMIN, "networks", x["id"])["provider:segmentation_id"] for x in (n, n2)]
+    assert seg[1] > seg[0]
     b = native(svc, model.BRIDGES, n["id"])
     assert (b["name"], b["tenant_id"], b["admin_state_up"]) == ("net1", "p1", True)
     u = svc.update(P1, "networks", n["id"], {"name": "x", "admin_state_up": False})
@@ -237,7 +239,8 @@ def test_port_defaults_and_its_native_port(svc):
     p = svc.create(P1, "ports", {"network_id": n["id"], "name": "vm1"})
     assert p["fixed_ips"] == [{"subnet_id": s["id"], "ip_address": "10.0.0.2"}]
     assert p["mac_address"].startswith("fa:16:3e:")
-    assert p["status"] == "DOWN" and p["binding:vif_type"] == "unbound"
+    assert p["status"] == "DOWN" and "binding:vif_type" not in p  # admin's and Nova's
+    assert svc.get(ADMIN, "ports", p["id"])["binding:vif_type"] == "unbound"
     assert p["binding:vnic_type"] == "normal" and p["port_security_enabled"] is True
     sgs = svc.list(P1, "security-groups")
     assert [g["name"] for g in sgs] == ["default"] and p["security_groups"] == [sgs[0]["id"]]
@@ -346,15 +349,25 @@ def test_port_binding(svc):
     n, s = net_sub(svc)
     host = {"id": str(uuid.uuid4()), "name": "compute-1"}
     svc.store.commit([Create(model.HOSTS, host)])
-    p = svc.create(P1, "ports", {"network_id": n["id"], "binding:host_id": "compute-1"})
+    # Neutron's policy: binding a port is admin's or Nova's (the service role)
+    with pytest.raises(ne.PolicyNotAuthorized, match="binding:host_id"):
+        svc.create(P1, "ports", {"network_id": n["id"], "binding:host_id": "compute-1"})
+    nova = Context(project_id="service", user_id="nova", roles=("service",))
+    p = svc.create(P1, "ports", {"network_id": n["id"]})
+    p = svc.update(nova, "ports", p["id"], {"binding:host_id": "compute-1"})
     assert p["binding:host_id"] == "compute-1" and p["binding:vif_type"] == "ovs"
     assert p["binding:vif_details"] == {"port_filter": True, "ovs_hybrid_plug": False}
     assert native(svc, model.PORTS, p["id"])["host_id"] == host["id"]
-    q = svc.create(P1, "ports", {"network_id": n["id"], "binding:host_id": "not-yet"})
+    own = svc.get(P1, "ports", p["id"])  # the owner sees no binding details
+    assert "binding:host_id" not in own and own["binding:vnic_type"] == "normal"
+    with pytest.raises(ne.PolicyNotAuthorized):
+        svc.update(P1, "ports", p["id"], {"binding:host_id": ""})
+    q = svc.create(ADMIN, "ports", {"network_id": n["id"], "binding:host_id": "not-yet",
+                                    "project_id": "p1"})
     assert q["binding:vif_type"] == "ovs" and native(svc, model.PORTS, q["id"])["host_id"] is None
-    u = svc.update(P1, "ports", q["id"], {"binding:host_id": host["id"]})
+    u = svc.update(ADMIN, "ports", q["id"], {"binding:host_id": host["id"]})
     assert native(svc, model.PORTS, u["id"])["host_id"] == host["id"]
-    u = svc.update(P1, "ports", q["id"], {"binding:host_id": ""})
+    u = svc.update(ADMIN, "ports", q["id"], {"binding:host_id": ""})
     assert u["binding:vif_type"] == "unbound" and native(svc, model.PORTS, q["id"])["host_id"] \
         is None
     with pytest.raises(ne.BadRequest, match="binding:vnic_type"):
