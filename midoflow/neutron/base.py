@@ -66,7 +66,7 @@ class Collection:
 
     def visible(self, ctx: Context, obj: Data, op: Op) -> bool:
         """May ``ctx`` see ``obj``? Default: admin, or the object's project."""
-        return ctx.is_admin or obj.get("project_id") == ctx.project_id
+        return owns(ctx, obj)
 
     def create(self, op: Op, body: Data) -> Data:
         raise ne.BadRequest(f"{self.name} cannot be created")
@@ -84,6 +84,11 @@ class Collection:
     def prepare_list(self, op: Op) -> None:
         """Staged (and committed) before a list: e.g. the project's default
         security group, created on its first list. Default: nothing."""
+
+
+def owns(ctx: Context, obj: Data) -> bool:
+    """Admin, or the object's own project (Neutron's ``rule:admin_or_owner``)."""
+    return ctx.is_admin or obj.get("project_id") == ctx.project_id
 
 
 COLLECTIONS: dict[str, Collection] = {}

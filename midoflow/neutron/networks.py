@@ -9,7 +9,7 @@ from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import translate_l2 as tr
-from midoflow.neutron.base import Collection, Op, kind_of, register
+from midoflow.neutron.base import Collection, Op, kind_of, owns, register
 from midoflow.neutron.context import Context
 from midoflow.neutron.port_removal import delete_port_in
 from midoflow.service import refs
@@ -42,10 +42,6 @@ def visible(ctx: Context, net: Data) -> bool:
     """Admin, the owner, or anyone for a shared or external network."""
     return (ctx.is_admin or net.get("project_id") == ctx.project_id
             or bool(net.get("shared")) or bool(net.get("router:external")))
-
-
-def owns(ctx: Context, obj: Data) -> bool:
-    return ctx.is_admin or obj.get("project_id") == ctx.project_id
 
 
 def find_network(op: Op, net_id: Any, attr: str = "network_id") -> Data:

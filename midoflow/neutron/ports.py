@@ -21,9 +21,9 @@ from midoflow.neutron import arp, ipam
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import translate_l2 as tr
-from midoflow.neutron.base import Collection, Op, kind_of, on_port_deleted, register
+from midoflow.neutron.base import Collection, Op, kind_of, on_port_deleted, owns, register
 from midoflow.neutron.context import Context
-from midoflow.neutron.networks import find_network, owns
+from midoflow.neutron.networks import find_network
 from midoflow.neutron.port_removal import delete_port_in
 from midoflow.neutron.security_groups import ensure_default
 from midoflow.service.ports import tunnel_key

@@ -11,7 +11,7 @@ from midoflow import model
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import translate_l2 as tr
-from midoflow.neutron.base import Collection, Op, kind_of, register
+from midoflow.neutron.base import Collection, Op, kind_of, owns, register
 from midoflow.neutron.context import Context
 from midoflow.service import refs
 from midoflow.service.sync import sync_sg
@@ -89,14 +89,10 @@ def ensure_default(op: Op, project_id: str) -> str:
     return sid
 
 
-def _visible_sg(ctx: Context, sg: Data) -> bool:
-    return ctx.is_admin or sg.get("project_id") == ctx.project_id
-
-
 def find_group(op: Op, sg_id: Any, attr: str = "security_group_id") -> Data:
     sid = a.uuid_str(sg_id, attr)
     sg = op.get("security-groups", sid)
-    if sg is None or not _visible_sg(op.ctx, sg):
+    if sg is None or not owns(op.ctx, sg):
         raise ne.SecurityGroupNotFound(f"Security group {sid} does not exist")
     return sg
 
@@ -105,9 +101,6 @@ class SecurityGroups(Collection):
     name = "security-groups"
     resource = "security_group"
     not_found = ne.SecurityGroupNotFound
-
-    def visible(self, ctx: Context, obj: Data, op: Op) -> bool:
-        return _visible_sg(ctx, obj)
 
     def prepare_list(self, op: Op) -> None:
         """A project's first list creates its default group, as Neutron does."""

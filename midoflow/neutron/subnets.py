@@ -11,9 +11,9 @@ from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import ipam
-from midoflow.neutron.base import Collection, Op, register
+from midoflow.neutron.base import Collection, Op, owns, register
 from midoflow.neutron.context import Context
-from midoflow.neutron.networks import find_network, owns
+from midoflow.neutron.networks import find_network
 from midoflow.neutron.networks import visible as net_visible
 from midoflow.neutron.ports import used_addresses
 from midoflow.store.base import Data
