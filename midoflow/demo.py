@@ -13,11 +13,13 @@ walk-through with the unmodified ``openstack`` CLI, printed as typed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import tempfile
 import time
+import uuid
 
 from midoflow.cli.main import main as cli_main
 
@@ -66,23 +68,36 @@ def run(args) -> int:
     lab = None
     try:
         mc.start()
-        progress("two tenants, one bridge each spanning every host, same IPs in both")
+        progress("two tenants, one bridge each spanning every host, same IPs in both; "
+                 "DHCP served by each VM's own host (tenant A's gateway 10.0.0.254, "
+                 "tenant B without a router)")
         vms: dict[str, list] = {}
+        leases: list[float] = []
         for t, tenant in enumerate(("tenant-a", "tenant-b")):
             br = mc.bridge(f"{tenant}-net", tenant)
+            mc.dhcp_subnet(br, "10.0.0.0/24", gateway="10.0.0.254" if t == 0 else None,
+                           dns=("198.51.100.53",), domain_name=f"{tenant}.example")
             vms[tenant] = []
             for i, h in enumerate(mc.hosts, start=1):
                 name = f"{tenant[-1]}{i}"
-                vm = mc.vm(h, br, name, f"10.0.0.{i}/24", f"02:00:00:0{t}:00:{i:02x}")
+                client = "dhclient" if i == 2 else "udhcpc"
+                iid = str(uuid.uuid4())
+                vm = mc.vm(h, br, name, f"10.0.0.{i}/24", f"02:00:00:0{t}:00:{i:02x}",
+                           dhcp=client, instance_id=iid, tenant_id=tenant, hostname=name)
+                vm.instance_id = iid
                 vm.host_name = f"h{i}"
                 vms[tenant].append(vm)
-                progress(f"  VM {name} ({tenant}, 10.0.0.{i}) on host h{i}, port {vm.port_id}")
+                leases.append(vm.lease["seconds"])
+                progress(f"  VM {name} ({tenant}) on host h{i} booted by {client}: "
+                         f"{vm.lease['ip']}/{vm.lease['prefix']}, MTU {vm.lease['mtu']}, "
+                         f"in {vm.lease['seconds'] * 1000:.0f} ms; port {vm.port_id}")
         if len(vms["tenant-b"]) >= 1:
             extra = mc.vm(mc.hosts[0], mc.api.request("GET", "/bridges", query={
                 "tenant_id": "tenant-b"})[0]["id"], "b9", "10.0.0.9/24", "02:00:00:01:00:09")
             progress("  VM b9 (tenant-b only, 10.0.0.9) on host h1")
         print(f"\n{BOLD if sys.stdout.isatty() else ''}What this cloud proves"
               f"{RESET if sys.stdout.isatty() else ''} ({args.tunnel} overlay)")
+        dhcp_check(report, vms, leases)
         for tenant, group in vms.items():
             first = group[0]
             for other in group[1:]:
@@ -110,6 +125,7 @@ def run(args) -> int:
                      "in tenant B", f"{got}/{sent} replies")
         del extra
         router = route_checks(mc, report, vms)
+        metadata_checks(report, vms)
         nat_checks(mc, report, vms, router)
         hostile_checks(mc, report, vms)
         if args.hosts >= 3 and not args.no_openstack:
@@ -137,6 +153,52 @@ def run(args) -> int:
         mc.stop()
 
 
+def dhcp_check(report: Report, vms: dict[str, list], leases: list[float]) -> None:
+    """Every VM booted by DHCP from the agent of its own host: its address,
+    the network's MTU (underlay 1500 less VXLAN's 50), tenant A's default
+    route; no DHCP server anywhere else."""
+    wrong = []
+    for tenant, group in vms.items():
+        for vm in group:
+            addr = vm.cmd("ip -4 -o addr show dev eth0").split()
+            mtu = vm.cmd("cat /sys/class/net/eth0/mtu").strip()
+            route = vm.cmd("ip route show default").strip()
+            want_route = "via 10.0.0.254" if tenant == "tenant-a" else ""
+            if vm.vm_ip not in addr or mtu != "1450" or (want_route not in route) or (
+                    not want_route and route):
+                wrong.append(f"{vm.vm_name}: {' '.join(addr[3:4])} mtu {mtu} {route!r}")
+    n = sum(len(g) for g in vms.values())
+    leases = sorted(leases)
+    report.check(not wrong, f"DHCP: all {n} VMs booted by DHCP (udhcpc and dhclient) from "
+                 "their own host's agent: address, MTU 1450, tenant A's default route",
+                 "; ".join(wrong) or f"lease in {leases[len(leases) // 2] * 1000:.0f} ms "
+                                     f"median, {leases[-1] * 1000:.0f} ms max")
+
+
+def metadata_checks(report: Report, vms: dict[str, list]) -> None:
+    """http://169.254.169.254/ from VMs with the same address in two tenants:
+    each gets its own instance's data from the agent of its host (the
+    built-in tree: no Nova in the demo). Tenant B has no router: its VMs
+    reach the address through the on-link route DHCP gave them."""
+    url = "http://169.254.169.254/openstack/latest/meta_data.json"
+    seen = []
+    ok = True
+    for vm in (vms["tenant-a"][0], vms["tenant-b"][0], vms["tenant-a"][-1]):
+        out = vm.cmd(f"curl -s -m 5 {url}")
+        try:
+            data = json.loads(out)
+        except ValueError:
+            data = {}
+        good = data.get("uuid") == vm.instance_id and data.get("hostname", "").startswith(
+            vm.vm_name)
+        ok = ok and good
+        seen.append(f"{vm.vm_name}: {data.get('uuid', out.strip()[:60] or 'no answer')[:8]}"
+                    f"{'' if good else ' (wrong)'}")
+    report.check(ok, "metadata: a1 and b1 (both 10.0.0.1, tenants A and B) and "
+                 f"{vms['tenant-a'][-1].vm_name} each fetch their own instance's "
+                 "meta_data.json from 169.254.169.254", ", ".join(seen))
+
+
 def route_checks(mc, report: Report, vms: dict[str, list]) -> None:
     """Tenant A gets a router and a second network: east-west routing computed
     at the ingress host, one tunnel hop, no network node."""
@@ -151,11 +213,13 @@ def route_checks(mc, report: Report, vms: dict[str, list]) -> None:
     mc.attach(r, a_net, "10.0.0.254/24", "02:aa:00:00:00:01")
     mc.attach(r, net2, "10.1.0.254/24", "02:aa:00:00:00:02")
     last = mc.hosts[-1]
-    far = mc.vm(last, net2, "a9", "10.1.0.9/24", "02:00:00:00:01:09")
-    far.cmd("ip route add default via 10.1.0.254")
-    for vm in vms["tenant-a"]:
-        vm.cmd("ip route add default via 10.0.0.254")
-    progress(f"  VM a9 (tenant-a, 10.1.0.9) on host h{len(mc.hosts)}, behind the router")
+    mc.dhcp_subnet(net2, "10.1.0.0/24", gateway="10.1.0.254")
+    iid = str(uuid.uuid4())
+    far = mc.vm(last, net2, "a9", "10.1.0.9/24", "02:00:00:00:01:09",
+                instance_id=iid, tenant_id="tenant-a", hostname="a9")
+    far.instance_id = iid
+    progress(f"  VM a9 (tenant-a, 10.1.0.9) on host h{len(mc.hosts)}, behind the router, "
+             "booted by DHCP (default route 10.1.0.254)")
     a1 = vms["tenant-a"][0]
     ping(a1, "10.1.0.9", count=1)  # the router resolves a9's MAC (ARP) on the way
     out = a1.cmd("ping -c 3 -i 0.2 -W 1 10.1.0.9")

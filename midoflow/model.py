@@ -23,8 +23,9 @@ IP_ADDR_GROUPS = "ip_addr_groups"
 SECURITY_GROUPS = "security_groups"
 BGP_PEERS = "bgp_peers"
 BGP_NETWORKS = "bgp_networks"
+DHCP_SUBNETS = "dhcp_subnets"
 KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
-         IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS)
+         IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS)
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -143,7 +144,15 @@ class Bridge(_Model):
     port_ids: tuple[str, ...] = ()
     inbound_filter_id: str | None = None
     outbound_filter_id: str | None = None
+    # The network's MTU (what DHCP tells its VMs; the router's egress MTU
+    # towards it). None: the agent's default_mtu (underlay less tunnel overhead).
+    mtu: int | None = None
 
+
+def _pairs(items: Any, a: str, b: str) -> tuple[tuple[str, str], ...]:
+    """Stored lists of {a: .., b: ..} objects (or pairs) as a tuple of pairs."""
+    return tuple((i[a], i.get(b) or "") if isinstance(i, dict) else (i[0], i[1])
+                 for i in items or ())
 
 
 @dataclass(frozen=True)
@@ -178,15 +187,23 @@ class Port(_Model):
     security_group_ids: tuple[str, ...] = ()
     port_security_enabled: bool = False
     allowed_address_pairs: tuple[tuple[str, str], ...] = ()
+    # Exterior router ports (uplinks): the link's MTU. None: the agent's underlay_mtu.
+    mtu: int | None = None
+    # Bridge ports: DHCP options for this VM only, (option name or number, value)
+    # (Neutron's extra_dhcp_opt names), and what the metadata service tells it.
+    extra_dhcp_opts: tuple[tuple[str, str], ...] = ()
+    instance_id: str | None = None
+    tenant_id: str = ""
+    hostname: str = ""
 
     _TUPLES = ("fixed_ips", "security_group_ids", "proxy_arp")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Port:
         d = dict(d)
-        d["allowed_address_pairs"] = tuple(
-            (p["ip_address"], p.get("mac_address") or "") if isinstance(p, dict) else tuple(p)
-            for p in d.get("allowed_address_pairs") or ())
+        d["allowed_address_pairs"] = _pairs(d.get("allowed_address_pairs"), "ip_address",
+                                            "mac_address")
+        d["extra_dhcp_opts"] = _pairs(d.get("extra_dhcp_opts"), "opt_name", "opt_value")
         return super().from_dict(d)
 
 
@@ -375,6 +392,62 @@ class BgpNetwork(_Model):
     prefix: str
 
 
+# Per-port DHCP options by name (Neutron's extra_dhcp_opt names are dnsmasq's;
+# a number 1..254 names any other option). "server-ip-address" is not an
+# option: it sets the reply header's siaddr (the next server, for PXE).
+DHCP_OPTION_CODES: dict[str, int] = {
+    "netmask": 1, "time-offset": 2, "router": 3, "time-server": 4, "dns-server": 6, "log-server": 7,
+    "lpr-server": 9, "hostname": 12, "boot-file-size": 13, "domain-name": 15,
+    "swap-server": 16, "root-path": 17, "extension-path": 18, "ip-forward-enable": 19,
+    "non-local-source-routing": 20, "policy-filter": 21, "max-datagram-reassembly": 22,
+    "default-ttl": 23, "mtu": 26, "all-subnets-local": 27, "broadcast": 28, "router-discovery": 31,
+    "router-solicitation": 32, "static-route": 33, "trailer-encapsulation": 34,
+    "arp-timeout": 35, "ethernet-encap": 36, "tcp-ttl": 37, "tcp-keepalive": 38,
+    "nis-domain": 40, "nis-server": 41, "ntp-server": 42, "netbios-ns": 44, "netbios-dd": 45,
+    "netbios-nodetype": 46, "netbios-scope": 47, "x-windows-fs": 48, "x-windows-dm": 49,
+    "lease-time": 51, "T1": 58, "T2": 59, "vendor-class": 60, "nis+-domain": 64,
+    "nis+-server": 65, "tftp-server": 66, "bootfile-name": 67, "mobile-ip-home": 68,
+    "smtp-server": 69, "pop3-server": 70, "nntp-server": 71, "irc-server": 74,
+    "user-class": 77, "client-arch": 93, "client-interface-id": 94, "client-machine-id": 97,
+    "domain-search": 119, "sip-server": 120, "classless-static-route": 121,
+    "vendor-id-encap": 125, "tftp-server-address": 150, "wpad": 252,
+}
+DHCP_SIADDR_OPTION = "server-ip-address"
+# Options a port may not override: the DHCP protocol's own.
+DHCP_RESERVED_CODES = frozenset((0, 50, 52, 53, 54, 55, 57, 61, 255))
+
+DHCP_LEASE_INFINITE = -1
+DHCP_LEASE_MIN = 60
+DHCP_LEASE_MAX = 31_536_000  # a year
+
+
+@dataclass(frozen=True)
+class DhcpSubnet(_Model):
+    """DHCP served by the agents for the VM ports of ``bridge_id`` whose
+    fixed address lies in ``cidr``. ``server_ip`` (option 54, the replies'
+    source) defaults to ``gateway_ip``, else the subnet's first host address.
+    ``lease_time`` in seconds; -1 is an infinite lease."""
+
+    _TUPLES = ("dns_servers",)
+
+    id: str
+    bridge_id: str
+    cidr: str
+    gateway_ip: str | None = None
+    server_ip: str | None = None
+    dns_servers: tuple[str, ...] = ()
+    domain_name: str = ""
+    lease_time: int = 86400
+    host_routes: tuple[tuple[str, str], ...] = ()
+    enabled: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DhcpSubnet:
+        d = dict(d)
+        d["host_routes"] = _pairs(d.get("host_routes"), "destination", "nexthop")
+        return super().from_dict(d)
+
+
 @dataclass(frozen=True)
 class HostState:
     """What a live agent publishes about its host (ephemeral in the store)."""
@@ -391,4 +464,4 @@ def from_dict(kind: str, d: dict[str, Any]):
             ROUTERS: Router, ROUTES: Route, CHAINS: Chain, RULES: Rule,
             PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup,
             SECURITY_GROUPS: SecurityGroup, BGP_PEERS: BgpPeer,
-            BGP_NETWORKS: BgpNetwork}[kind].from_dict(d)
+            BGP_NETWORKS: BgpNetwork, DHCP_SUBNETS: DhcpSubnet}[kind].from_dict(d)

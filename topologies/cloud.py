@@ -50,6 +50,11 @@ PROJECT_PREFIX = "mfl"  # every name this module creates starts with it
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 VXLAN_OFPORT = 1
 GRE_OFPORT = 2
+# The MTU the harness gives a statically configured VM (``add_vm`` with an
+# address): the underlay's 1500 less VXLAN's 50, what DHCP tells a VM booted
+# by DHCP (option 26). A VM made with ``ip=None`` keeps the kernel's default
+# and takes its MTU from DHCP like a real instance (issue 12), so a DHCP
+# server that forgets option 26 is seen, not papered over.
 VM_MTU = 1450
 
 
@@ -501,8 +506,12 @@ class Cloud:
         tap = f"tap{self._tap_seq}"
         tap_mac = "0e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
         link = Link(vm, host, intfName1="eth0", intfName2=tap, addr1=mac, addr2=tap_mac)
-        vm.setIP(ip, intf="eth0")
-        vm.cmd(f"ip link set eth0 mtu {VM_MTU}; ethtool -K eth0 tx off >/dev/null 2>&1")
+        if not getattr(vm, "vm_dhcp", False):
+            vm.setIP(ip, intf="eth0")
+            vm.cmd(f"ip link set eth0 mtu {VM_MTU}")
+        else:  # booted by DHCP: no address, the kernel's MTU, the link up
+            vm.cmd("ip addr flush dev eth0; ip link set eth0 up")
+        vm.cmd("ethtool -K eth0 tx off >/dev/null 2>&1")
         host.ns_run("ethtool", "-K", tap, "tx", "off", check=False)
         deafen_tap(host, tap)
         host.ns_run("ip", "link", "set", tap, "up")
@@ -513,16 +522,22 @@ class Cloud:
         vm.cloud_host, vm.tap, vm.link, vm.iface_id = host, tap, link, iface_id
         vm.ofport = host.ofport(tap)
 
-    def add_vm(self, host, name: str, ip: str, mac: str, iface_id: str | None = None) -> Host:
-        """A VM (Mininet Host, own netns, eth0 with ``ip`` "A.B.C.D/len" and ``mac``)
-        plugged into ``host``'s br-int. Returns it; ``vm.ofport`` is its port there."""
+    def add_vm(self, host, name: str, ip: str | None, mac: str,
+               iface_id: str | None = None) -> Host:
+        """A VM (Mininet Host, own netns, eth0 with ``ip`` "A.B.C.D/len", MTU
+        ``VM_MTU`` and ``mac``) plugged into ``host``'s br-int. ``ip=None``: eth0
+        is up with no address and the kernel's MTU, for a DHCP client to
+        configure (``topologies.dhcp_clients``; ``vm.vm_ip`` may be set from
+        what it got: the VM stays ``vm.vm_dhcp``, and ``move_vm`` keeps its
+        lease's address and MTU). Returns it; ``vm.ofport`` is its port there."""
         host = self.host(host)
         if name in self.vms:
             raise CloudError(f"VM {name} exists")
-        if "/" not in ip:
+        if ip is not None and "/" not in ip:
             ip += "/24"
         vm = Host(f"{self.prefix}{name}"[:30], inNamespace=True)
         vm.vm_name, vm.vm_ip, vm.vm_mac = name, ip, mac
+        vm.vm_dhcp = ip is None  # configured by a DHCP client, not by the harness
         self.vms[name] = vm
         self._attach(vm, host, iface_id)
         return vm
@@ -548,6 +563,8 @@ class Cloud:
             vm.stop()
         if inode:
             _kill_netns_processes({inode})
+        if getattr(vm, "dhcp_dir", None):
+            shutil.rmtree(vm.dhcp_dir, ignore_errors=True)
 
     def move_vm(self, vm, new_host, iface_id: str | None = None) -> Host:
         """Migrate: unplug from the old host's OVS, plug into ``new_host``'s, keeping
@@ -558,8 +575,17 @@ class Cloud:
         # old veth come back on the new one (a default gateway, say).
         routes = [r for r in vm.cmd("ip -4 route show").splitlines()
                   if r.strip() and " via " in r]
+        # A VM booted by DHCP keeps its lease's address and MTU too.
+        dynamic = [] if not vm.vm_dhcp else \
+            re.findall(r"inet (\S+)", vm.cmd("ip -4 -o addr show dev eth0"))
+        mtu = re.search(r"\bmtu (\d+)", vm.cmd("ip -o link show dev eth0"))
         self._detach(vm)
         self._attach(vm, self.host(new_host), iface_id)
+        if vm.vm_dhcp:
+            for cidr in dynamic:
+                vm.cmd(f"ip addr add {cidr} dev eth0")
+            if mtu:
+                vm.cmd(f"ip link set eth0 mtu {mtu.group(1)}")
         for r in routes:
             vm.cmd(f"ip route replace {r.strip()}")
         return vm
@@ -593,6 +619,9 @@ class Cloud:
             with contextlib.suppress(Exception):
                 Node.terminate(n)
         _kill_netns_processes(inodes)
+        for vm in self.vms.values():  # DHCP clients' lease/script dirs (dhcp_clients)
+            if getattr(vm, "dhcp_dir", None):
+                shutil.rmtree(vm.dhcp_dir, ignore_errors=True)
         for p in self._procs:
             with contextlib.suppress(Exception):
                 p.wait(timeout=2)

@@ -25,10 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 
+import netaddr
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
-from midoflow.cli.client import Client
+from midoflow.cli.client import ApiError, Client
 from midoflow.store import paths
 from midoflow.store.credentials import Login, StoreCredentials, generate_password, write_credentials
 from midoflow.store.zookeeper import ZkStore
@@ -221,15 +222,101 @@ class MidoCloud:
         s = self.store.get_state(paths.port_active(port_id))
         return s.get("host_id") if s else None
 
-    def vm(self, host, bridge_id: str, name: str, ip: str, mac: str, wait: bool = True):
-        """A VM on ``host``: a new port on the bridge, bound by OVSDB iface-id."""
+    def vm(self, host, bridge_id: str, name: str, ip: str, mac: str, wait: bool = True,
+           dhcp: str | bool | None = None, boot: bool = True, **port):
+        """A VM on ``host``: a new port on the bridge, bound by OVSDB iface-id.
+
+        ``dhcp``: None boots the VM by DHCP with udhcpc when the bridge has an
+        enabled DHCP subnet containing ``ip`` (else the harness configures it
+        statically, as before issue 12); "udhcpc" or "dhclient" boots it with
+        that client; False configures it statically. A VM booted by DHCP has
+        a port with ``fixed_ips=[ip]`` and ``mac``, no static address, route
+        or MTU, and ``vm.lease`` (what the client configured, see
+        ``topologies.dhcp_clients``); its port is waited for whatever
+        ``wait`` says (the agent answers DHCP only for a port bound to it).
+        ``boot=False``: such a VM is left unconfigured, for the caller's own
+        client. ``port``: more fields of the port (instance_id, tenant_id,
+        hostname, extra_dhcp_opts)."""
         h = self.cloud.host(host)
-        pid = self.port(bridge_id, name)
-        vm = self.cloud.add_vm(h, name, ip, mac, iface_id=pid)
+        client = self._dhcp_client(bridge_id, ip, dhcp)
+        if not client:
+            pid = self.api.request("POST", f"/bridges/{bridge_id}/ports",
+                                   {"name": name, **port})["id"] if port \
+                else self.port(bridge_id, name)
+            vm = self.cloud.add_vm(h, name, ip, mac, iface_id=pid)
+            vm.port_id = pid
+            if wait:
+                self.wait_port(pid, h)
+            return vm
+        addr = ip.split("/")[0]
+        pid = self.api.request("POST", f"/bridges/{bridge_id}/ports", {
+            "name": name, "mac": mac, "fixed_ips": [addr], **port})["id"]
+        vm = self.cloud.add_vm(h, name, None, mac, iface_id=pid)
         vm.port_id = pid
-        if wait:
-            self.wait_port(pid, h)
+        self.wait_port(pid, h)
+        if boot:
+            self.boot(vm, client, expect=addr)
         return vm
+
+    def boot(self, vm, client: str = "udhcpc", expect: str | None = None,
+             timeout: float = 10) -> dict:
+        """Run the DHCP ``client`` ("udhcpc" or "dhclient") in ``vm``: what it
+        configured (``vm.lease``; ``vm.vm_ip`` becomes "address/prefix").
+        Raises TimeoutError, naming the agent's log, when no lease came, and
+        RuntimeError when the lease is not ``expect``."""
+        from topologies import dhcp_clients
+
+        run = {"udhcpc": dhcp_clients.udhcpc, "dhclient": dhcp_clients.dhclient}[client]
+        try:
+            lease = run(vm, timeout=int(timeout))
+        except dhcp_clients.DhcpClientError as e:
+            log = os.path.join(vm.cloud_host.rundir, "agent.log")
+            raise TimeoutError(f"{client} in {vm.vm_name} got no lease in {timeout:g} s "
+                               f"(the agent's log: {log}): {e}") from e
+        if expect and lease["ip"] != expect:
+            raise RuntimeError(f"{client} in {vm.vm_name} leased {lease['ip']}, not its "
+                               f"port's fixed address {expect}")
+        vm.lease = lease
+        vm.vm_ip = f"{lease['ip']}/{lease['prefix']}"
+        return lease
+
+    def _dhcp_client(self, bridge_id: str, ip: str, dhcp: str | bool | None) -> str | None:
+        if dhcp is False:
+            return None
+        if dhcp not in (None, True, "udhcpc", "dhclient"):
+            raise ValueError(f"dhcp={dhcp!r}: use None, False, 'udhcpc' or 'dhclient'")
+        if dhcp is None:
+            addr = netaddr.IPAddress(ip.split("/")[0])
+            if not any(s.get("enabled", True) and addr in netaddr.IPNetwork(s["cidr"])
+                       for s in self.dhcp_subnets(bridge_id)):
+                return None
+        return "udhcpc" if dhcp in (None, True) else dhcp
+
+    # ---- DHCP -------------------------------------------------------------------
+    def dhcp_subnet(self, bridge_id: str, cidr: str, gateway: str | None = None,
+                    dns: tuple[str, ...] = (), routes: tuple[tuple[str, str], ...] = (),
+                    mtu: int | None = None, **kw) -> str:
+        """DHCP served by the agents on the bridge for ``cidr``: router
+        ``gateway``, DNS servers ``dns``, host routes ``routes`` ((destination,
+        nexthop) pairs); ``mtu`` sets the bridge's (the network's) MTU, which
+        DHCP announces. ``kw``: more fields (domain_name, lease_time,
+        server_ip, enabled). Returns the subnet's id."""
+        if mtu is not None:
+            self.api.request("PUT", f"/bridges/{bridge_id}", {"mtu": mtu})
+        body = {"cidr": cidr, "dns_servers": list(dns),
+                "host_routes": [{"destination": d, "nexthop": n} for d, n in routes], **kw}
+        if gateway:
+            body["gateway_ip"] = gateway
+        return self.api.request("POST", f"/bridges/{bridge_id}/dhcp_subnets", body)["id"]
+
+    def dhcp_subnets(self, bridge_id: str) -> list[dict]:
+        """The bridge's DHCP subnets ([] from an API without them)."""
+        try:
+            return self.api.request("GET", f"/bridges/{bridge_id}/dhcp_subnets") or []
+        except ApiError as e:
+            if e.status == 404:  # no such collection (or bridge: the port POST says)
+                return []
+            raise
 
     def wait_port(self, port_id: str, h: CloudHost, timeout: float = 20) -> None:
         hid = self.host_ids[h.name]

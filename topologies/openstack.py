@@ -190,18 +190,37 @@ class OpenStackLab:
 
     # ---- VMs ------------------------------------------------------------------------
     def plug(self, host, name: str, port: dict, cidr: str, gateway: str | None = None,
-             mtu: int | None = None, wait: bool = True):
+             mtu: int | None = None, wait: bool = True, dhcp: str | None = "udhcpc"):
         """A VM for the Neutron ``port`` (as the CLI showed it) on ``host``: a
-        namespace whose interface has the port's MAC, address and
-        ``iface-id=<port id>`` (what Nova's OVS plugging does), its MTU from the
-        network, a default route via ``gateway``. Waits until the port is active."""
+        namespace whose interface has the port's MAC and ``iface-id=<port id>``
+        (what Nova's OVS plugging does), up with no address, that boots by
+        DHCP (``dhcp``: "udhcpc" or "dhclient") from the port's subnet as an
+        instance does: it must lease the port's fixed address in ``cidr``,
+        with ``gateway`` (and ``mtu``, when given) from DHCP; ``vm.lease`` is
+        what the client configured. ``dhcp=None`` (a port on a subnet without
+        DHCP, like the outside world's): the harness sets the address, the
+        MTU ``mtu`` and a default route via ``gateway`` itself, and waits for
+        the port only when ``wait``."""
         h = self.mc.cloud.host(host)
         ip = fixed_ip(port)
         plen = cidr.split("/")[1]
-        vm = self.mc.cloud.add_vm(h, name, f"{ip}/{plen}", port["mac_address"],
-                                  iface_id=port["id"])
+        vm = self.mc.cloud.add_vm(h, name, None if dhcp else f"{ip}/{plen}",
+                                  port["mac_address"], iface_id=port["id"])
         vm.port_id = port["id"]
         vm.ip = ip
+        if dhcp:
+            self.mc.wait_port(port["id"], h)  # the agent answers DHCP for known ports
+            lease = self.mc.boot(vm, dhcp, expect=ip)
+            expected = (("prefix", str(lease.get("prefix")), plen),
+                        ("routers", (lease.get("routers") or [None])[0], gateway),
+                        ("mtu", str(lease.get("mtu")), str(mtu) if mtu else None))
+            wrong = {k: (got, want) for k, got, want in expected
+                     if want is not None and got != want}
+            if wrong:
+                raise OpenStackError(f"{dhcp} in {name}", 1, "",
+                                     f"DHCP configured {wrong} (got, wanted) for port "
+                                     f"{port['id']}")
+            return vm
         if mtu:
             vm.cmd(f"ip link set eth0 mtu {mtu}")
         if gateway:
@@ -324,7 +343,9 @@ class SeedWalkthrough:
             "--disable-port-security", "--host", self.hostname(1), "internet-port")
 
     def plug_vms(self) -> None:
-        """Plug vm1..vm3 and the internet namespace into their hosts."""
+        """Plug vm1..vm3, booted by DHCP from their subnets (address, gateway
+        and the network's MTU), and the internet namespace (configured by
+        hand: ext-subnet has no DHCP) into their hosts."""
         mtu = self.out["demo-net"].get("mtu")
         for name, net, _ip, host in self.PORTS:
             _, _, cidr, gw = self.NETS[net]
@@ -332,7 +353,7 @@ class SeedWalkthrough:
             self.vms[vm] = self.lab.plug(host, self.vm_prefix + vm, self.out[name], cidr, gw,
                                          mtu)
         inet = self.lab.plug(1, self.vm_prefix + "internet", self.out["internet-port"],
-                             self.EXT_CIDR)
+                             self.EXT_CIDR, dhcp=None)
         inet.cmd(f"ip addr add {self.EXT_GW}/24 dev eth0; "
                  f"ip addr add {self.SERVER_IP}/32 dev lo")
         self.vms["internet"] = inet

@@ -19,6 +19,7 @@ from midoflow.model import (
     BRIDGES,
     CHAINS,
     DEVICE_ROUTER,
+    DHCP_SUBNETS,
     HOSTS,
     IP_ADDR_GROUPS,
     PORT_GROUPS,
@@ -32,6 +33,7 @@ from midoflow.model import (
     BgpPeer,
     Bridge,
     Chain,
+    DhcpSubnet,
     IpAddrGroup,
     Port,
     PortGroup,
@@ -119,6 +121,14 @@ class TopologyCache:
         # (bridge, router port MAC) -> the bridge's interior port linked to it
         self.router_macs: dict[tuple[str, str], str] = {}
         self._watched: set[tuple[str, str]] = set()
+        # DHCP subnets (issue 12), by id and by bridge. They change no flow:
+        # the agent answers DHCP itself, never through an installed flow.
+        self.dhcp_subnet_objs: dict[str, DhcpSubnet] = {}
+        self._dhcp_by_bridge: dict[str, dict[str, DhcpSubnet]] = {}
+        # The MTUs a network or an uplink without its own takes (AgentCore
+        # sets them from its config: default_mtu, underlay_mtu).
+        self.default_mtu = 1450
+        self.underlay_mtu = 1500
 
     # ---- TopologyView -----------------------------------------------------
     def port(self, port_id: str) -> Port | None:
@@ -165,6 +175,11 @@ class TopologyCache:
             self._route_tuples[router_id] = t
         return t
 
+    def dhcp_subnets(self, bridge_id: str) -> tuple[DhcpSubnet, ...]:
+        """The bridge's DHCP subnets, enabled or not (the caller checks), by id."""
+        subs = self._dhcp_by_bridge.get(bridge_id)
+        return tuple(subs[k] for k in sorted(subs)) if subs else ()
+
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         e = self.arps.get((router_id, ip))
         return (e[0], e[1]) if e else None
@@ -181,7 +196,7 @@ class TopologyCache:
     # ---- watches ----------------------------------------------------------
     def start(self) -> None:
         for kind in (TUNNEL_ZONES, HOSTS, CHAINS, RULES, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
-                     ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS):
+                     ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS):
             self.store.watch_kind(kind, self._kind_cb(kind))
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
@@ -245,7 +260,8 @@ class TopologyCache:
             elif old_b != new_b:
                 if old_b.port_ids != new_b.port_ids:
                     tags.add(flood_tag(oid))
-                if _device_state(old_b) != _device_state(new_b):
+                if (_device_state(old_b) != _device_state(new_b)
+                        or old_b.mtu != new_b.mtu):
                     tags.add(bridge_tag(oid))
         elif kind == ROUTERS:
             old_r = self.routers.get(oid)
@@ -302,6 +318,17 @@ class TopologyCache:
             if old_z and new_z and old_z.type != new_z.type:
                 before = after | before
             tags |= {host_tag(h) for h, _ in before ^ after}
+        elif kind == DHCP_SUBNETS:
+            old_d = self.dhcp_subnet_objs.pop(oid, None)
+            new_d = DhcpSubnet.from_dict(data) if data else None
+            if old_d is not None:
+                by = self._dhcp_by_bridge.get(old_d.bridge_id, {})
+                by.pop(oid, None)
+                if not by:
+                    self._dhcp_by_bridge.pop(old_d.bridge_id, None)
+            if new_d is not None:
+                self.dhcp_subnet_objs[oid] = new_d
+                self._dhcp_by_bridge.setdefault(new_d.bridge_id, {})[oid] = new_d
         elif kind == HOSTS:
             if data:
                 self.hosts[oid] = data

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from netaddr import AddrFormatError, IPAddress
 
@@ -23,6 +24,11 @@ from midoflow.store.endpoints import parse_cassandra
 
 class ConfigError(ValueError):
     pass
+
+
+# The smallest network MTU the agent's defaults may leave (every IPv4 host
+# must accept 576-byte datagrams).
+MIN_NETWORK_MTU = 576
 
 
 # (path, option name, raw text) -> value; raises ConfigError saying what to write.
@@ -107,6 +113,23 @@ def _credentials_file(path: str, name: str, raw: str) -> str:
     return cred
 
 
+def _upstream_url(path: str, name: str, raw: str) -> str:
+    """Empty, or an http(s) URL with a host (the Nova metadata API)."""
+    url = raw.strip()
+    if not url:
+        return url
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
+            or parts.query or parts.fragment:
+        raise ConfigError(f"{path}: {name} {url!r}: give the metadata service's URL, e.g. "
+                          f"http://nova-api:8775 (or leave it empty for the built-in answers)")
+    return url.rstrip("/")
+
+
 def _opt(default: Any = dataclasses.MISSING, parse: Parser = _text,
          missing: Callable[[], Any] | None = None) -> Any:
     """A config option: its default (none: required), how the file's text
@@ -161,6 +184,24 @@ class AgentConfig:
     # each against the topology and removes only the stale ones. false: wipe
     # every flow and meter and simulate everything again (the old behaviour).
     fast_restart: bool = _opt(True, _boolean)
+    # MTU (issue 12): the underlay's link MTU (an uplink's, unless the port
+    # sets its own) and what the tunnel encapsulation costs (50: VXLAN over
+    # IPv4). A network's MTU defaults to the difference (default_mtu), which
+    # DHCP tells the VMs and the routers fragment to.
+    underlay_mtu: int = _opt(1500, _count(576, 9000))
+    tunnel_overhead: int = _opt(50, _count(0, 200))
+
+    # Metadata (issue 12): VMs reach http://169.254.169.254/ through this
+    # agent (midoflow/metadata/). metadata_upstream: the Nova metadata API
+    # ("http://HOST:8775"), answered from a built-in tree when empty;
+    # metadata_secret: Nova's metadata_proxy_shared_secret (signs X-Instance-ID).
+    metadata_enabled: bool = _opt(True, _boolean)
+    metadata_upstream: str = _opt("", _upstream_url)
+    metadata_secret: str = _opt("", _text)
+
+    @property
+    def default_mtu(self) -> int:
+        return self.underlay_mtu - self.tunnel_overhead
 
     @classmethod
     def load(cls, path: str) -> AgentConfig:
@@ -184,7 +225,13 @@ class AgentConfig:
                 values[f.name] = f.metadata["parse"](path, f.name, raw)
             elif f.metadata["missing"] is not None:
                 values[f.name] = f.metadata["missing"]()
-        return cls(**values)
+        cfg = cls(**values)
+        if cfg.default_mtu < MIN_NETWORK_MTU:
+            raise ConfigError(f"{path}: underlay_mtu {cfg.underlay_mtu} less tunnel_overhead "
+                              f"{cfg.tunnel_overhead} leaves {cfg.default_mtu} for the VMs: "
+                              f"raise underlay_mtu or lower tunnel_overhead so at least "
+                              f"{MIN_NETWORK_MTU} remain")
+        return cfg
 
     def write(self, path: str) -> None:
         cp = configparser.ConfigParser()

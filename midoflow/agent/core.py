@@ -37,9 +37,16 @@ from midoflow.agent.decision import (
     Tunnel,
     dropped,
 )
+from midoflow.agent.dhcp import DhcpResponder
 from midoflow.agent.egress import Egress
 from midoflow.agent.flowstate import STATE_FLUSH_SECONDS, FlowState
-from midoflow.agent.fragments import FragmentTable
+from midoflow.agent.fragments import (
+    FragmentTable,
+    SplitError,
+    later_rewrites,
+    set_addresses,
+    split_frame,
+)
 from midoflow.agent.installed import InstalledFlows
 from midoflow.agent.learning import Learning
 from midoflow.agent.natlease import StoreLeaser
@@ -50,7 +57,7 @@ from midoflow.nat.allocator import NatAllocator
 from midoflow.nat.conntrack import TCP_FIN, TCP_RST
 from midoflow.nat.flowstate import FlowStateStore, LocalFlowState
 from midoflow.sim.packet import ETH_ARP, ETH_IP, Packet
-from midoflow.sim.result import Action, Generated, Result, port_tag
+from midoflow.sim.result import Action, Generated, Result, Rewrite, port_tag
 from midoflow.sim.simulator import simulate
 from midoflow.store import paths
 from midoflow.store.base import Create, Store
@@ -63,8 +70,6 @@ LOG = logging.getLogger(__name__)
 # ICMP errors a router generates, per router: a token bucket.
 ICMP_RATE = 100.0
 ICMP_BURST = 50.0
-# Rewrites a later IP fragment can take (it has no L4 header).
-_FRAGMENT_REWRITES = frozenset({"eth_src", "eth_dst", "ttl", "ip_src", "ip_dst"})
 # Simulations of one packet at most (a block leased, a port taken meanwhile).
 _MAX_WALKS = 3
 
@@ -97,6 +102,7 @@ class AgentCore:
                       "invalidated": 0, "learned": 0, "generated": 0, "arp_held": 0,
                       "arp_expired": 0, "icmp_limited": 0}
         self.cache = TopologyCache(store, self._invalidate_tags, self._port_changed)
+        self.cache.default_mtu, self.cache.underlay_mtu = cfg.default_mtu, cfg.underlay_mtu
         self.installed = InstalledFlows(self._flows_gone, self.stats)
         self.ports = Bindings(cfg, store, self.cache)
         self.egress = Egress(cfg.host_id, self.cache, self.ports)
@@ -110,6 +116,12 @@ class AgentCore:
         self.frags = FragmentTable(clock=self.clock)
         self.icmp_bucket = TokenBucket(ICMP_RATE, ICMP_BURST, self.clock)
         self.cache.on_arp = lambda router_id, ip: self.arp.release((router_id, ip))
+        # DHCP answered here, before simulation (issue 12; never a flow).
+        self.dhcp = DhcpResponder(self.cache, self.stats, self.note_malformed,
+                                  metadata_route=cfg.metadata_enabled)
+        # The metadata service's part (midoflow.agent.metadata.MetadataPorts,
+        # set by the agent app): answers a VM's ARP for 169.254.169.254.
+        self.metadata = None
 
     # The parts call back through these: ``spawn``, ``replay`` and
     # ``on_invalidate`` may be replaced after construction (tests do).
@@ -329,12 +341,19 @@ class AgentCore:
         in_port = self.port_of(ofport)
         if in_port is None:
             return None
+        if (fields.get("ip_proto") == 17 and fields.get("tp_dst") == 67 and frame is not None
+                and not fields.get("ip_frag") and self.dhcp.subnet_for(in_port) is not None):
+            return self._dhcp(ofport, in_port, fields, frame)
+        if self.metadata is not None and fields.get("arp_tpa"):
+            answer = self.metadata.answer_arp(in_port, ofport, fields)
+            if answer is not None:
+                return answer
         if in_port in self.recovering and frame is not None and self.replay is not None:
             self.arp.hold(("recovering", in_port), ofport, frame)  # see _activate
             return None
         pkt = Packet(in_port=in_port, **fields)
         if pkt.ip_frag == 2:
-            return self._later_fragment(in_port, pkt)
+            return self._later_fragment(in_port, pkt, ofport, frame)
         for _ in range(_MAX_WALKS):
             result = self._walk(pkt)
             if result.learned and self.learning.mac_limit_hit(result.learned, in_port):
@@ -348,11 +367,16 @@ class AgentCore:
             self.stats["dropped"] += 1
             return dropped(pkt, "SNAT ports taken while simulating")
         decision = self._decide(result, pkt, frame, in_port)
+        if result.ct_hits and decision.actions:  # replies: their connections are answered
+            self.state.replies(result)
         if pkt.ip_frag and decision.actions:  # its later fragments follow
-            self.frags.remember(in_port, (pkt.ip_src, pkt.ip_dst, pkt.ip_proto, pkt.ip_id),
-                                (tuple(decision.actions), tuple(
-                                    r for r in decision.rewrites
-                                    if r.field in _FRAGMENT_REWRITES)))
+            held = self.frags.remember(
+                in_port, (pkt.ip_src, pkt.ip_dst, pkt.ip_proto, pkt.ip_id),
+                (tuple(decision.actions), later_rewrites(decision.rewrites), result.mtu))
+            for held_ofport, held_frame in held:  # came before it: simulated again
+                self.spawn(self._replay, held_ofport, held_frame)
+        if result.mtu is not None and pkt.ip_len > result.mtu and decision.actions:
+            decision = self._split(decision, frame, result.mtu)
         if pkt.tcp_flags is not None and pkt.tcp_flags & (TCP_FIN | TCP_RST):
             # a FIN or RST of a connection whose flow is installed already
             decision.install = False
@@ -376,6 +400,16 @@ class AgentCore:
             self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(decision.pushes)
         if not decision.actions:
             self.stats["dropped"] += 1
+        return decision
+
+    def _dhcp(self, ofport: int, in_port: str, fields: dict, frame: bytes) -> Decision:
+        """A DHCP request from a VM port whose bridge serves DHCP: answered by
+        this agent out of the same port, no flow (``midoflow.agent.dhcp``)."""
+        reply = self.dhcp.reply(in_port, frame)
+        pkt = Packet(in_port=in_port, **fields)
+        decision = dropped(pkt, "DHCP answered by the agent")
+        if reply is not None:
+            decision.emits.append(Emit(reply, [Output(ofport)]))
         return decision
 
     def dry_decision(self, ofport: int, fields: dict) -> Decision | None:
@@ -402,20 +436,57 @@ class AgentCore:
             decision.install = False
         return decision
 
-    def _later_fragment(self, in_port: str, pkt: Packet) -> Decision:
+    def _later_fragment(self, in_port: str, pkt: Packet, ofport: int | None = None,
+                        frame: bytes | None = None) -> Decision:
         """A later IP fragment (no L4 header) follows its first fragment's
-        decision, made at this port shortly before, or is dropped: it is never
-        simulated on its own, so it can neither open a port nor create state."""
+        decision, made at this port shortly before: it is never simulated on
+        its own, so it can neither open a port nor create state. One that
+        comes before its first is held a moment (``midoflow.agent.fragments``)
+        and handled again when the first has been decided, else dropped."""
         key = (pkt.ip_src, pkt.ip_dst, pkt.ip_proto, pkt.ip_id)
         known = self.frags.lookup(in_port, key)
         if known is None:
+            if frame is not None and ofport is not None:
+                self.frags.hold(in_port, key, (ofport, frame))
+                self.stats["fragments_held"] = self.stats.get("fragments_held", 0) + 1
+                return dropped(pkt, "later fragment before its first: held")
             self.stats["fragments_dropped"] = self.stats.get("fragments_dropped", 0) + 1
             self.stats["dropped"] += 1
             return dropped(pkt, "later fragment without its first")
-        actions, rewrites = known
-        return Decision(list(actions), frozenset(), frozenset(),
-                        Result(action=Action.FORWARD, reason="later fragment"),
-                        packet=pkt, rewrites=rewrites, install=False)
+        actions, rewrites, mtu = known
+        decision = Decision(list(actions), frozenset(), frozenset(),
+                            Result(action=Action.FORWARD, reason="later fragment"),
+                            packet=pkt, rewrites=rewrites, install=False)
+        if mtu is not None and pkt.ip_len > mtu:
+            decision = self._split(decision, frame, mtu)
+            if not decision.actions:
+                self.stats["dropped"] += 1
+        return decision
+
+    def _split(self, decision: Decision, frame: bytes | None, mtu: int) -> Decision:
+        """A packet bigger than its egress link (no DF: the router let it on)
+        leaves in pieces of at most ``mtu``: the packet itself becomes the
+        first (the frame rewrite ``ip_fragment``, made as it is sent), the
+        others follow with the rewrites a later fragment takes."""
+        try:
+            pieces = split_frame(frame, mtu) if frame is not None else []
+        except SplitError as e:
+            LOG.debug("cannot fragment for MTU %s: %s", mtu, e)
+            pieces = []
+        if not pieces:
+            return dropped(decision.packet, f"bigger than the MTU {mtu} and not splittable")
+        later = later_rewrites(decision.rewrites) if decision.packet is None or \
+            decision.packet.ip_frag != 2 else decision.rewrites  # already a later one's
+        try:
+            rest = [Emit(set_addresses(p, later), list(decision.actions), later)
+                    for p in pieces[1:]]
+        except SplitError as e:
+            LOG.debug("cannot rewrite a fragment: %s", e)
+            return dropped(decision.packet, "a fragment that cannot be rewritten")
+        decision.rewrites = (*decision.rewrites, Rewrite("ip_fragment", mtu))
+        decision.emits = rest + decision.emits
+        self.stats["fragmented"] = self.stats.get("fragmented", 0) + 1
+        return decision
 
     def _decide(self, result: Result, pkt: Packet, frame: bytes | None,
                 in_port: str | None = None, depth: int = 0, dry: bool = False) -> Decision:

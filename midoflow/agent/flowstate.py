@@ -69,7 +69,20 @@ class FlowState:
         entries = [Entry(CONNTRACK, k.encode()) for k in rets]
         entries += [Entry(NAT, b.encode()) for b in result.nat]
         self.buffer(ports, entries)
-        return statewire.encode(rets, int(self.tables.ct.idle), list(result.nat))
+        # the peers keep the keys as long as a new connection of theirs lives
+        # here (the bindings at least MidoNet's idle time)
+        ttl = max((self.tables.ct.timeout(k) for k in rets), default=IDLE_SECONDS)
+        if result.nat:
+            ttl = max(ttl, IDLE_SECONDS)
+        return statewire.encode(rets, int(ttl), list(result.nat))
+
+    def replies(self, result: Result) -> None:
+        """The connections this packet is a reply of were answered: each gets
+        its protocol's longer timeout here (UDP "assured", TCP established)."""
+        now = self.clock.wall()
+        for k in result.ct_hits:
+            if isinstance(k, ConnKey):
+                self.tables.ct.replied(k, now)
 
     def closing(self, result: Result, flags: int) -> bytes | None:
         """A FIN or RST: close the connection here; the message that tells
@@ -80,7 +93,7 @@ class FlowState:
             self.tables.ct.tcp_flags(k, flags, now)
         if not seen:
             return None
-        return statewire.encode([], int(self.tables.ct.idle),
+        return statewire.encode([], int(IDLE_SECONDS),
                                 closing=[(k, flags) for k in seen])
 
     # ---- from other hosts, from the store ---------------------------------------

@@ -28,9 +28,12 @@ from midoflow.agent import restart
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
 from midoflow.agent.flows import FlowIndex
+from midoflow.agent.metadata import METADATA_MAC, METADATA_PORT, MetadataPorts, Steering
 from midoflow.agent.storm import StormControl
 from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
 from midoflow.bgp.speaker import BgpManager
+from midoflow.metadata import service as metadata_service
+from midoflow.metadata.proxy import MetadataProxy
 from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
 from midoflow.store.factory import load_credentials, make_store
 from midoflow.store.flowstate_factory import make_flow_state
@@ -80,6 +83,9 @@ class MidoflowAgent(app_manager.OSKenApp):
     _kept_meters: set[int] | None = None
     _gone_meters: set[int] = set()  # noqa: RUF012 - each connection gets a set of its own
     _meters_wait = False
+    # metadata (see __init__; None: metadata_enabled is false)
+    metadata: MetadataPorts | None = None
+    meta_ofport: int | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,6 +120,18 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
         self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds,
                                   clock=self.core.clock)
+        # Metadata (midoflow.metadata): the port holding 169.254.169.254, the
+        # proxy serving it, and the served ports' flows as sent to OVS.
+        self.metadata = None
+        self.meta_ofport = None
+        self.meta_sent: dict[str, Steering] = {}
+        self._meta_port_sent: tuple | None = None  # (datapath, ofport) of its table-0 flow
+        self._meta_wake = hub.Event()
+        if self.cfg.metadata_enabled:
+            self.metadata = MetadataPorts(self.core.cache, _OsKenFrames())
+            self.core.metadata = self.metadata
+            self.meta_proxy = MetadataProxy(self.metadata.instance, self.cfg.metadata_upstream,
+                                            self.cfg.metadata_secret)
 
     def start(self):
         # osken-manager only handles SIGINT: on SIGTERM (systemd, kill) close
@@ -127,6 +145,8 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._state_loop))
         self.threads.append(hub.spawn(self._bgp_loop))
         self.threads.append(hub.spawn(self._meter_loop))
+        if self.metadata is not None:
+            self.threads.append(hub.spawn(self._metadata_loop))
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
         return thread
 
@@ -252,6 +272,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         # fixed flows: an add replaces the flow of the same match and priority
         pipeline.send(dp, pipeline.base_flows(dp, wipe=not fast))
         self.classified.clear()
+        self.meta_sent, self._meta_port_sent = {}, None  # sent again below / by the loop
         self.core.stats["metered_drops"] = {}
         # Re-install the classify flows of every current binding.
         self.core.bindings = {}
@@ -553,6 +574,12 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.classified[pid] = (ofport, keys[pid])
             if not wait:
                 self._classify(dp, pid, ofport, keys[pid], tunnels)
+        if self.metadata is not None:
+            for pid in (*change.removed, *change.added):
+                old_meta = self.meta_sent.pop(pid, None)
+                if old_meta is not None:
+                    pipeline.send(dp, pipeline.delete_metadata_flows(dp, old_meta.ofport))
+            self._metadata_sync()
         LOG.info("bindings: +%s -%s", sorted(change.added), sorted(change.removed))
 
     # ---- per-port packet-in meters ------------------------------------------
@@ -607,3 +634,54 @@ class MidoflowAgent(app_manager.OSKenApp):
                 LOG.warning("port %s floods past %d packet-ins/s: everything from it is "
                             "dropped for %d s (storm control)", pid, rate, self.storm.seconds)
         self.core.stats["storm_blocked"] = dict(self.storm.blocked)
+
+    # ---- metadata (midoflow.metadata) ------------------------------------------
+    def _metadata_loop(self):
+        """Plug the metadata port and serve the proxy; then keep the served
+        ports' flows in line with the topology (at once after a binding
+        change, else every second), plugging the port again if OVS lost it."""
+        server = None
+        while self.is_active:
+            try:
+                ofport = self.ovs.ofport(metadata_service.PORT_NAME)
+                if ofport <= 0 or ofport != self.meta_ofport:
+                    self.meta_ofport = metadata_service.plug(self.ovs, self.cfg.ovs_netns,
+                                                             METADATA_MAC)
+                    LOG.info("metadata port %s at ofport %d (169.254.169.254, upstream %s)",
+                             metadata_service.PORT_NAME, self.meta_ofport,
+                             self.cfg.metadata_upstream or "none: built-in answers")
+                if server is None:
+                    sock = metadata_service.listen(self.cfg.ovs_netns, METADATA_PORT)
+                    server = hub.spawn(metadata_service.serve, sock, self.meta_proxy)
+                    self.threads.append(server)
+                self._metadata_sync()
+            except Exception as e:
+                LOG.error("metadata service not ready (retrying in %.0f s): %s",
+                          POLL_INTERVAL * 5, e)
+                hub.sleep(POLL_INTERVAL * 5)
+                continue
+            self._meta_wake.wait(timeout=POLL_INTERVAL)
+            self._meta_wake.clear()
+
+    def _metadata_sync(self) -> None:
+        """Send OVS the flows of the ports to serve now, delete the others'."""
+        dp, meta = self.dp, self.meta_ofport
+        if dp is None or meta is None or self.metadata is None:
+            return
+        if self._meta_port_sent != (dp, meta):
+            if self._meta_port_sent is not None:  # the port moved: everything again
+                pipeline.send(dp, pipeline.delete_metadata_flows(dp))
+                self.meta_sent = {}
+            pipeline.send(dp, pipeline.metadata_port_flows(dp, meta))
+            self._meta_port_sent = (dp, meta)
+        wanted = self.metadata.wanted(dict(self.core.bindings))
+        for pid, st in list(self.meta_sent.items()):
+            if wanted.get(pid) != st:
+                pipeline.send(dp, pipeline.delete_metadata_flows(dp, st.ofport))
+                del self.meta_sent[pid]
+        for pid, st in wanted.items():
+            if self.meta_sent.get(pid) != st:
+                pipeline.send(dp, pipeline.metadata_steering_flows(
+                    dp, meta, METADATA_MAC, st.ofport, st.address, st.vm_ip, st.vm_mac,
+                    METADATA_PORT))
+                self.meta_sent[pid] = st

@@ -31,6 +31,7 @@ from typing import Any
 from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet
 from os_ken.lib.packet.packet_utils import checksum as _ip_checksum
 
+from midoflow.agent.fragments import SplitError, set_addresses, split_frame
 from midoflow.sim.packet import BROADCAST, ETH_ARP, ETH_IP, ICMP_ECHO_REPLY
 from midoflow.sim.result import Generated, Rewrite
 
@@ -104,6 +105,8 @@ def _ipv4(frame: bytes, n: int, f: dict[str, Any]) -> None:
     f["ip_proto"] = proto
     f["ip_ttl"] = ttl
     f["ip_tos"] = tos
+    f["ip_len"] = total
+    f["ip_df"] = bool(frag & 0x4000)
     offset = frag & 0x1FFF
     if offset:  # a later fragment: no L4 header; it follows its first fragment
         if proto == PROTO_TCP and offset == 1:
@@ -261,37 +264,59 @@ def _set_icmp_inner(frame: bytes, which: str, addr: str) -> bytes:
 
 
 def set_icmp_id(frame: bytes, ident: int | str) -> bytes:
-    """The frame with its ICMP echo identifier replaced (checksum updated)."""
+    """The frame with its ICMP echo identifier replaced, the checksum updated
+    incrementally (RFC 1624): right for the first fragment of a big echo too,
+    whose checksum covers data this frame does not hold."""
     if "icmp_id" not in parse(frame):
         raise FrameError("build", "not an ICMP echo")
     try:
-        ident = int(ident)
-        if not 0 <= ident <= 0xFFFF:
+        new = int(ident)
+        if not 0 <= new <= 0xFFFF:
             raise ValueError("not a 16-bit identifier")
-        pkt = packet.Packet(frame)
-        ic = pkt.get_protocol(icmp.icmp)
-        return _replace_icmp(pkt, icmp.icmp(type_=ic.type, code=ic.code, data=icmp.echo(
-            id_=ident, seq=ic.data.seq, data=ic.data.data)))
-    except Exception as e:  # a bad identifier from the caller
+    except ValueError as e:  # a bad identifier from the caller
         raise FrameError("build", f"cannot set the ICMP identifier to {ident!r}: {e}") from None
+    at = ETH_LEN + (frame[ETH_LEN] & 0x0F) * 4
+    old, csum = _U16.unpack_from(frame, at + 4)[0], _U16.unpack_from(frame, at + 2)[0]
+    # HC' = ~(~HC + ~m + m')
+    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    out = bytearray(frame)
+    out[at + 2:at + 4] = _U16.pack(~total & 0xFFFF)
+    out[at + 4:at + 6] = _U16.pack(new)
+    return bytes(out)
 
 
-FRAME_REWRITES = frozenset({"icmp_id", "icmp_inner_src", "icmp_inner_dst"})
+FRAME_REWRITES = frozenset({"icmp_id", "icmp_inner_src", "icmp_inner_dst", "ip_fragment",
+                            "frag_ip_src", "frag_ip_dst"})
 """Rewrites OpenFlow cannot make, so they are made in the frame itself."""
 
 
 def apply_rewrites(frame: bytes, rewrites: Iterable[Rewrite]) -> bytes:
     """``frame`` with the rewrites of ``FRAME_REWRITES`` made, in order: the
-    ICMP echo identifier (icmp_id, a number) and the address and port of the
-    packet an ICMP error quotes (icmp_inner_src / icmp_inner_dst, "ip:port").
-    Other rewrites are the flow's set-field actions: they are left alone, and
-    a frame with none of these comes back as it is (the same object).
-    Raises only FrameError."""
+    ICMP echo identifier (icmp_id, a number), the address and port of the
+    packet an ICMP error quotes (icmp_inner_src / icmp_inner_dst, "ip:port"),
+    a later fragment's addresses (frag_ip_src / frag_ip_dst: see
+    ``midoflow.agent.fragments.later_rewrites``); then ip_fragment (an MTU):
+    the frame becomes the first of the pieces
+    ``midoflow.agent.fragments.split_frame`` cuts it into (the agent sends
+    the others after it). Other rewrites are the flow's set-field actions:
+    they are left alone, and a frame with none of these comes back as it is
+    (the same object). Raises only FrameError."""
+    mtu = None
     for r in rewrites:
         if r.field == "icmp_id":
             frame = set_icmp_id(frame, r.value)
         elif r.field in ("icmp_inner_src", "icmp_inner_dst"):
             frame = set_icmp_inner(frame, r.field[-3:], str(r.value))
+        elif r.field == "ip_fragment":
+            mtu = int(r.value)
+    try:
+        frame = set_addresses(frame, rewrites)
+        if mtu is not None:
+            frame = split_frame(frame, mtu)[0]
+    except SplitError as e:
+        raise FrameError("build", f"cannot rewrite or fragment the frame: {e}") from None
     return frame
 
 
@@ -381,8 +406,9 @@ def _icmp_error(gen: Generated, original: bytes | None) -> bytes:
     _f, ihl, raw = _original_ip(original)
     quote = raw[: ihl + 8]  # RFC 792: the header and 64 bits of data
     t, code = gen.get("icmp_type"), gen.get("icmp_code")
+    # fragmentation needed (code 4) carries the next-hop MTU (RFC 1191)
     body = icmp.TimeExceeded(data=quote) if t == icmp.ICMP_TIME_EXCEEDED \
-        else icmp.dest_unreach(data=quote)
+        else icmp.dest_unreach(mtu=gen.get("mtu") or 0, data=quote)
     return _icmp_frame(gen, icmp.icmp(type_=t, code=code, data=body))
 
 

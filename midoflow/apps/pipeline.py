@@ -16,20 +16,24 @@ from types import SimpleNamespace
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from midoflow.agent.core import Decision, Output, Tunnel
-from midoflow.apps import flowcheck, frames
+from midoflow.apps import flowcheck, frames, mtu
 from midoflow.apps.tables import (
     BGP_COOKIE,
     LOW_TTL,
+    METADATA_COOKIE,
     PRIO_BGP,
     PRIO_CLASSIFY,
+    PRIO_DHCP,
     PRIO_FRAGMENT,
     PRIO_LOW_TTL,
+    PRIO_METADATA,
     PRIO_MISS,
     PRIO_SIMULATED,
     PRIO_STATE,
     PRIO_STORM,
     PRIO_TAGGED,
     PRIO_TCP_CLOSE,
+    PRIO_TOO_BIG,
     STORM_COOKIE,
     TABLE_CLASSIFY,
     TABLE_SIMULATED,
@@ -42,7 +46,7 @@ from midoflow.sim.result import Rewrite
 
 __all__ = [
     "BGP_COOKIE", "BGP_PORT", "LOW_TTL", "OFFLINE", "OFPVID_PRESENT", "PACKET_IN_BURST",
-    "PACKET_IN_RATE", "PRIO_BGP", "PRIO_CLASSIFY", "PRIO_FRAGMENT", "PRIO_LOW_TTL",
+    "PACKET_IN_RATE", "PRIO_BGP", "PRIO_CLASSIFY", "PRIO_DHCP", "PRIO_FRAGMENT", "PRIO_LOW_TTL",
     "PRIO_MISS", "PRIO_SIMULATED", "PRIO_STATE", "PRIO_STORM", "PRIO_TAGGED",
     "PRIO_TCP_CLOSE", "STORM_COOKIE", "TABLE_CLASSIFY", "TABLE_SIMULATED",
     "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
@@ -69,6 +73,7 @@ OFPVID_PRESENT = 0x1000
 PACKET_IN_RATE = 1000
 PACKET_IN_BURST = 200
 BGP_PORT = 179
+DHCP_SERVER_PORT = 67
 
 _TP_FIELDS = {PROTO_TCP: ("tcp_src", "tcp_dst"), PROTO_UDP: ("udp_src", "udp_dst"),
               PROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
@@ -170,7 +175,11 @@ def base_flows(dp, wipe: bool = True) -> list:
     # ip_frag (NXM nw_frag) bit 0: any fragment, first or later.
     frags = _flow(dp, TABLE_SIMULATED, PRIO_FRAGMENT, p.OFPMatch(_ordered_fields=[
         ("eth_type", ETH_IP), ("ip_frag", (1, 1))]), metered)
-    return [*wipes, drop, miss, drop_ctl, *low_ttl, state, *close, frags]
+    # DHCP from a VM always reaches the agent, which answers it itself.
+    dhcp = _flow(dp, TABLE_SIMULATED, PRIO_DHCP, p.OFPMatch(
+        eth_type=ETH_IP, ip_proto=PROTO_UDP, udp_dst=DHCP_SERVER_PORT), metered)
+    return [*wipes, drop, miss, drop_ctl, *low_ttl, state, *close, frags, dhcp,
+            *mtu.too_big_flows(dp, TABLE_TO_CONTROLLER, PRIO_TOO_BIG, PRIO_MISS)]
 
 
 def meter_id(ofport: int) -> int:
@@ -352,9 +361,14 @@ def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = (),
 
 
 def decision_flow(dp, decision: Decision, ofport: int, idle_timeout: int, actions: list):
-    """The flow for one simulated decision; matches only what it depended on."""
+    """The flow for one simulated decision; matches only what it depended on.
+    A path onto a smaller link sends bigger packets to the agent first
+    (``midoflow.apps.mtu``)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
     match = p.OFPMatch(**match_kwargs(decision.match_fields, decision.packet, ofport))
+    path_mtu = getattr(decision.result, "mtu", None)
+    if actions and path_mtu is not None:
+        actions = [*mtu.check_actions(path_mtu), *actions]
     inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
     return _flow(dp, TABLE_SIMULATED, PRIO_SIMULATED, match, inst, cookie=decision.cookie,
                  idle_timeout=idle_timeout, flags=ofp.OFPFF_SEND_FLOW_REM)
@@ -403,3 +417,57 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
         if acts:
             msgs.append(packet_out(dp, acts, em.frame))
     return msgs
+
+
+# ---- metadata (midoflow.agent.metadata) -------------------------------------
+METADATA_IP = "169.254.169.254"
+
+
+def metadata_port_flows(dp, meta_ofport: int) -> list:
+    """Table 0: IPv4 from the agent's metadata port goes on to table 1
+    (where only the served ports' answer flows take it; the rest is dropped)."""
+    p = dp.ofproto_parser
+    return [_flow(dp, TABLE_CLASSIFY, PRIO_METADATA,
+                  p.OFPMatch(in_port=meta_ofport, eth_type=ETH_IP),
+                  _goto(dp, TABLE_SIMULATED), cookie=METADATA_COOKIE | meta_ofport)]
+
+
+def metadata_steering_flows(dp, meta_ofport: int, meta_mac: str, vm_ofport: int,
+                            address: str, vm_ip: str, vm_mac: str, port: int = 80) -> list:
+    """Table 1, for one served VM port: its TCP to 169.254.169.254:``port``
+    into the metadata port from ``address``; answers to ``address`` back to
+    the VM, to its own address and MAC; its ARP for 169.254.169.254 to the
+    agent (through the port's meter), which answers it."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    cookie = METADATA_COOKIE | vm_ofport
+
+    def apply(*actions):
+        return [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, list(actions))]
+
+    out = _flow(dp, TABLE_SIMULATED, PRIO_METADATA, p.OFPMatch(
+        in_port=vm_ofport, eth_type=ETH_IP, ip_proto=PROTO_TCP, ipv4_dst=METADATA_IP,
+        tcp_dst=port), apply(p.OFPActionSetField(ipv4_src=address),
+                             p.OFPActionSetField(eth_dst=meta_mac),
+                             p.OFPActionOutput(meta_ofport)), cookie=cookie)
+    back = _flow(dp, TABLE_SIMULATED, PRIO_METADATA, p.OFPMatch(
+        in_port=meta_ofport, eth_type=ETH_IP, ipv4_dst=address),
+        apply(p.OFPActionSetField(ipv4_dst=vm_ip), p.OFPActionSetField(eth_dst=vm_mac),
+              p.OFPActionOutput(vm_ofport)), cookie=cookie)
+    arp = _flow(dp, TABLE_SIMULATED, PRIO_METADATA, p.OFPMatch(
+        in_port=vm_ofport, eth_type=ETH_ARP, arp_tpa=METADATA_IP),
+        _goto(dp, TABLE_TO_CONTROLLER), cookie=cookie)
+    return [out, back, arp]
+
+
+def delete_metadata_flows(dp, ofport: int | None = None) -> list:
+    """Delete the metadata flows of one served VM port (by its ofport), or
+    (None) every metadata flow in tables 0 and 1."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    if ofport is None:
+        return [p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=t,
+                             cookie=METADATA_COOKIE, cookie_mask=0xFFFF << 48,
+                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
+                for t in (TABLE_CLASSIFY, TABLE_SIMULATED)]
+    return [p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=TABLE_SIMULATED,
+                         cookie=METADATA_COOKIE | ofport, cookie_mask=(1 << 64) - 1,
+                         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())]

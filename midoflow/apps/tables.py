@@ -19,17 +19,34 @@ Table 0 (classify)
     * from a tunnel port with the tunnel key of a local port → that port
       (egress delivery by key alone: the ingress host already simulated it);
     * a gateway's BGP link and its uplink: BGP and ARP passed between them;
+    * from the agent's metadata port (169.254.169.254): IPv4 → table 1;
     * anything else is dropped.
 Table 1 (simulated)
+    * metadata (``midoflow.agent.metadata``), per served VM port, above all
+      else: its TCP to 169.254.169.254:80 → the metadata port, the source
+      rewritten to the port's link-local address; answers from the metadata
+      port to that address → the VM (its address and MAC restored); its ARP
+      for 169.254.169.254 → table 2 (the agent answers);
+    * DHCP from VMs (UDP to port 67) always → table 2: the agent answers it
+      itself (``midoflow.agent.dhcp``), never through a flow;
     * TCP FIN and RST segments → table 2 (they close connections);
     * IPv4 fragments (first and later) always → table 2: a first fragment is
       simulated and its decision remembered (``midoflow.agent.fragments``);
-      later fragments, which carry no ports, follow it or are dropped;
+      later fragments, which carry no ports, follow it (one that comes
+      before it waits a moment) or are dropped; the agent splits what is too
+      big for a router's egress link;
     * IPv4 packets with a TTL below ``LOW_TTL`` always → table 2 (OpenFlow
       cannot match "TTL > n", and a router on the path may have to answer with
       ICMP time exceeded);
     * flows computed by the simulation, each with its own cookie and an idle
       timeout, matching only the fields the decision read; a miss → table 2.
+    * a flow whose path crosses a router onto a smaller link (``Result.mtu``)
+      starts with ``check_pkt_larger`` into ``MTU_REG`` and a resubmit to
+      table 3 (``midoflow.apps.mtu``);
+Table 3 (too big, resubmitted to from table 1)
+    * marked bigger than its path's MTU → resubmitted to table 2 (the agent,
+      through the port's meter), and the flow's actions end there (exit);
+    * anything else: nothing (the flow's actions go on).
 Table 2 (to controller)
     * one flow per bound port (its ``in_port``): that port's meter (meter id =
       the ofport), then the controller;
@@ -45,6 +62,10 @@ from midoflow.agent.flows import FlowIndex
 TABLE_CLASSIFY = 0
 TABLE_SIMULATED = 1
 TABLE_TO_CONTROLLER = 2
+TABLE_MTU = 3  # only resubmitted to (midoflow.apps.mtu)
+# The bit check_pkt_larger sets for a packet bigger than its path's MTU.
+MTU_REG, MTU_REG_INDEX = "reg6", 6
+PRIO_TOO_BIG = 100
 
 PRIO_MISS = 0
 PRIO_CLASSIFY = 100
@@ -56,12 +77,17 @@ PRIO_BGP = 250
 PRIO_TAGGED = 280  # above the goto and the BGP link's flows of the same port
 PRIO_STORM = 290
 PRIO_STATE = 300
+PRIO_DHCP = 210  # table 1: above simulated flows (DHCP is never one)
+PRIO_METADATA = 230  # table 0: the metadata port; table 1: above every other flow
 
 ALL_BITS = (1 << 64) - 1
 # Storm-control flows carry this cookie (| the ofport).
 STORM_COOKIE = 0x5702 << 48
 # Flows of a BGP link carry this cookie (| the link's ofport).
 BGP_COOKIE = 0xB6B0 << 48
+# Metadata flows carry this cookie (| the served VM's ofport, or the
+# metadata port's in table 0).
+METADATA_COOKIE = 0x6D64 << 48
 # Simulated flows: the flow index's cookies (top byte 0x4D).
 DECISION_COOKIE = FlowIndex.COOKIE_BASE
 # More routers than this in one simulated flow is impossible (MAX_DEVICES).
@@ -69,6 +95,7 @@ LOW_TTL = 8
 
 # The agent's parts that write flows.
 BASE, CLASSIFY, DECISION, BGP_LINK, STORM = "base", "classify", "decision", "bgp_link", "storm"
+METADATA = "metadata"
 
 
 @dataclass(frozen=True)
@@ -122,18 +149,25 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
           writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_STATE)),
                    Writer(CLASSIFY, _fs(PRIO_CLASSIFY, PRIO_TAGGED)),
                    Writer(BGP_LINK, _fs(PRIO_BGP), BGP_COOKIE, 0xFFFF << 48),
-                   Writer(STORM, _fs(PRIO_STORM), STORM_COOKIE, 0xFFFF << 48, "hard"))),
+                   Writer(STORM, _fs(PRIO_STORM), STORM_COOKIE, 0xFFFF << 48, "hard"),
+                   Writer(METADATA, _fs(PRIO_METADATA), METADATA_COOKIE, 0xFFFF << 48))),
     Table(TABLE_SIMULATED, "simulated",
           match=_fs("in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "ipv4_dst",
                     "ip_dscp", "ip_ecn", *_L4, "arp_op", "arp_spa", "arp_tpa", "arp_sha",
                     "nw_ttl", "tcp_flags", "ip_frag"),
-          actions=_fs("output", "set_field", "dec_nw_ttl"),
+          actions=_fs("output", "set_field", "dec_nw_ttl", "NXActionCheckPktLarger",
+                      "NXActionResubmitTable"),
           set_fields=_fs("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
                          "udp_src", "udp_dst", "tunnel_id", "tun_ipv4_dst"),
           goto=_fs(TABLE_TO_CONTROLLER),
-          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TCP_CLOSE, PRIO_FRAGMENT, PRIO_LOW_TTL)),
+          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TCP_CLOSE, PRIO_FRAGMENT, PRIO_LOW_TTL,
+                                    PRIO_DHCP)),
                    Writer(DECISION, _fs(PRIO_SIMULATED), DECISION_COOKIE, FlowIndex.COOKIE_MASK,
-                          "idle"))),
+                          "idle"),
+                   Writer(METADATA, _fs(PRIO_METADATA), METADATA_COOKIE, 0xFFFF << 48))),
+    Table(TABLE_MTU, "too_big", match=_fs(MTU_REG),
+          actions=_fs("NXActionResubmitTable", "NXActionExit"), set_fields=frozenset(),
+          goto=frozenset(), writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TOO_BIG)),)),
     Table(TABLE_TO_CONTROLLER, "to_controller",
           match=_fs("in_port"), actions=_fs("output"), set_fields=frozenset(),
           goto=frozenset(), controller=True, meter=True,

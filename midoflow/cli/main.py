@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 # Importing a command module registers its commands (see midoflow.cli.base).
-from midoflow.cli import bgp, kinds, resources, routers, security, status, trace  # noqa: F401
+from midoflow.cli import (  # noqa: F401
+    bgp,
+    dhcp,
+    kinds,
+    resources,
+    routers,
+    security,
+    status,
+    trace,
+)
 from midoflow.cli.base import COMMANDS, GROUPS, Context, UsageError, add_args
 from midoflow.cli.client import (
     DEFAULT_API,

@@ -191,11 +191,15 @@ def bridge_show(ctx: Context, a: argparse.Namespace) -> None:
     arg("--name", required=True),
     arg("--tenant", help="owning tenant id"),
     arg("--down", action="store_true", help="create it administratively down"),
+    arg("--mtu", type=int, help="the network's MTU, 68 to 9000 (default: the agents' "
+        "default_mtu, 1450 for VXLAN over 1500)"),
 ])
 def bridge_create(ctx: Context, a: argparse.Namespace) -> None:
     body = {"name": a.name, "admin_state_up": not a.down}
     if a.tenant is not None:
         body["tenant_id"] = a.tenant
+    if a.mtu is not None:
+        body["mtu"] = a.mtu
     ctx.emit(ctx.client.post("/bridges", body), lambda o: render.details(o, BRIDGE_ORDER))
 
 
@@ -216,10 +220,21 @@ def device_changes(ctx: Context, a: argparse.Namespace) -> dict:
     arg("--name"),
     UP_DOWN,
     *FILTER_ARGS,
+    exclusive(
+        arg("--mtu", type=int, help="the network's MTU, 68 to 9000"),
+        arg("--default-mtu", action="store_true", help="back to the agents' default_mtu"),
+    ),
     IF_VERSION,
 ])
 def bridge_update(ctx: Context, a: argparse.Namespace) -> None:
-    body = device_changes(ctx, a)
+    if a.mtu is not None or a.default_mtu:
+        body = device_changes(ctx, a) if _given(a, "name", "admin_state_up",
+                                                *FILTER_FLAGS) else {}
+        body["mtu"] = a.mtu
+        if a.version is not None:
+            body["version"] = a.version
+    else:
+        body = device_changes(ctx, a)
     obj = ctx.client.put(f"/bridges/{_bridge_id(ctx, a.bridge)}", body)
     ctx.emit(obj, lambda o: render.details(o, BRIDGE_ORDER))
 
@@ -293,6 +308,39 @@ def security_changes(ctx: Context, a: argparse.Namespace) -> dict:
     return body
 
 
+INSTANCE_ARGS = (
+    exclusive(
+        arg("--extra-dhcp-opt", action="append", metavar="NAME=VALUE",
+            help="a DHCP option for this VM only: a name (router, dns-server, mtu, "
+                 "domain-search, ...) or a number 1 to 254 (repeatable; replaces the list)"),
+        arg("--no-extra-dhcp-opts", action="store_true", help="clear the extra DHCP options"),
+    ),
+    arg("--instance-id", metavar="ID", help="the VM's instance (what metadata answers for)"),
+    arg("--instance-tenant", dest="tenant_id", metavar="ID", help="the VM's project"),
+    arg("--hostname", metavar="LABEL", help="the VM's host name (a DNS label)"),
+)
+INSTANCE_FLAGS = ("extra_dhcp_opt", "no_extra_dhcp_opts", "instance_id", "tenant_id",
+                  "hostname")
+
+
+def instance_changes(a: argparse.Namespace) -> dict:
+    """The DHCP and instance fields of a bridge port given on the command line."""
+    body: dict = {}
+    if a.extra_dhcp_opt or a.no_extra_dhcp_opts:
+        opts = []
+        for o in a.extra_dhcp_opt or []:
+            name, sep, value = o.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--extra-dhcp-opt {o!r}: give NAME=VALUE, e.g. "
+                                 "domain-search=example.org")
+            opts.append({"opt_name": name, "opt_value": value})
+        body["extra_dhcp_opts"] = opts
+    for f in ("instance_id", "tenant_id", "hostname"):
+        if getattr(a, f) is not None:
+            body[f] = getattr(a, f)
+    return body
+
+
 def _port_id(ctx: Context, ref: str) -> str:
     return ctx.client.resolve("ports", ref, "port")
 
@@ -329,12 +377,14 @@ def port_show(ctx: Context, a: argparse.Namespace) -> None:
     arg("--name"),
     arg("--down", action="store_true", help="create it administratively down"),
     *SECURITY_ARGS,
+    *INSTANCE_ARGS,
 ])
 def port_create(ctx: Context, a: argparse.Namespace) -> None:
     body = {"type": a.type, "admin_state_up": not a.down}
     if a.name is not None:
         body["name"] = a.name
     body.update(security_changes(ctx, a))
+    body.update(instance_changes(a))
     obj = ctx.client.post(f"/bridges/{_bridge_id(ctx, a.bridge)}/ports", body)
     ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
 
@@ -345,16 +395,28 @@ def port_create(ctx: Context, a: argparse.Namespace) -> None:
     arg("--name"),
     UP_DOWN,
     *SECURITY_ARGS,
+    *INSTANCE_ARGS,
+    exclusive(
+        arg("--mtu", type=int, help="router ports: the link's MTU, 68 to 9000"),
+        arg("--default-mtu", action="store_true",
+            help="router ports: back to the agents' underlay_mtu (or the bridge's)"),
+    ),
     *FILTER_ARGS,
     IF_VERSION,
 ])
 def port_update(ctx: Context, a: argparse.Namespace) -> None:
-    if not _given(a, "name", "admin_state_up", *SECURITY_FLAGS, *FILTER_FLAGS):
+    if not _given(a, "name", "admin_state_up", *SECURITY_FLAGS, *INSTANCE_FLAGS,
+                  *FILTER_FLAGS, "mtu", "default_mtu"):
         raise UsageError("nothing to update: give at least one of --name, --up, --down, "
                          "--mac, --fixed-ip, --security-group, --port-security, "
-                         f"--allowed-address-pair (or their --no-* forms), {FILTER_OPTS}")
+                         "--allowed-address-pair, --extra-dhcp-opt (or their --no-* forms), "
+                         f"--instance-id, --instance-tenant, --hostname, --mtu, --default-mtu, "
+                         f"{FILTER_OPTS}")
     body = {n: getattr(a, n) for n in ("name", "admin_state_up") if getattr(a, n) is not None}
     body.update(security_changes(ctx, a))
+    body.update(instance_changes(a))
+    if a.mtu is not None or a.default_mtu:
+        body["mtu"] = a.mtu
     body.update(filter_changes(ctx, a))
     if a.version is not None:
         body["version"] = a.version

@@ -122,6 +122,8 @@ def router_ports(ctx: Context, a: argparse.Namespace) -> None:
              "a bridge or router port); default exterior"),
     arg("--name"),
     arg("--down", action="store_true", help="create it administratively down"),
+    arg("--mtu", type=int, help="the link's MTU, 68 to 9000 (an uplink's; default: the "
+        "agents' underlay_mtu)"),
 ])
 def router_add_port(ctx: Context, a: argparse.Namespace) -> None:
     ip, plen = parse_address(a.address)
@@ -131,6 +133,8 @@ def router_add_port(ctx: Context, a: argparse.Namespace) -> None:
         body["mac"] = a.mac
     if a.name is not None:
         body["name"] = a.name
+    if a.mtu is not None:
+        body["mtu"] = a.mtu
     obj = ctx.client.post(f"/routers/{router_id(ctx, a.router)}/ports", body)
     ctx.emit(obj, lambda o: render.details(o, PORT_ORDER))
 

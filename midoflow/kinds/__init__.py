@@ -10,6 +10,7 @@ from midoflow.kinds import (
     bgp_peers,
     bridges,
     chains,
+    dhcp_subnets,
     hosts,
     ip_addr_groups,
     port_groups,
@@ -25,7 +26,7 @@ from midoflow.kinds.base import Column, Field, Kind
 KINDS: dict[str, Kind] = {k.name: k for k in (
     hosts.KIND, tunnel_zones.KIND, bridges.KIND, ports.KIND, routers.KIND, routes.KIND,
     chains.KIND, rules.KIND, port_groups.KIND, ip_addr_groups.KIND, security_groups.KIND,
-    bgp_peers.KIND, bgp_networks.KIND,
+    bgp_peers.KIND, bgp_networks.KIND, dhcp_subnets.KIND,
 )}
 
 

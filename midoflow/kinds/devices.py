@@ -16,7 +16,9 @@ from midoflow.kinds.base import (
 from midoflow.kinds.filters import FILTER_FIELDS
 
 
-def device_kind(name: str, label: str, schema: str, delete_note: str) -> Kind:
+def device_kind(name: str, label: str, schema: str, delete_note: str,
+                extra: tuple[Field, ...] = ()) -> Kind:
+    """``extra``: the fields only this kind of device has (after the filters)."""
     return Kind(
         name=name, label=label, schema=schema,
         fields=(
@@ -29,13 +31,14 @@ def device_kind(name: str, label: str, schema: str, delete_note: str) -> Kind:
                   description=f"The {label}'s ports (read-only; ports are created under the "
                               f"{label})"),
             *FILTER_FIELDS,
+            *extra,
         ),
         tenant="tenant_id",
         columns=(Column("ID", "id"), Column("NAME", "name"), Column("TENANT", "tenant_id"),
                  Column("STATE", "admin_state_up", "updown"),
                  Column("PORTS", "port_ids", "count")),
         show=("id", "name", "tenant_id", "admin_state_up", "port_ids", "inbound_filter_id",
-              "outbound_filter_id", "version"),
+              "outbound_filter_id", *(f.name for f in extra), "version"),
         update_note="Partial update; id and port_ids may be echoed unchanged.",
         delete_note=delete_note,
     )

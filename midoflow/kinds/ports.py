@@ -19,6 +19,7 @@ from midoflow.kinds.base import (
     MAC,
     OBJECT,
     REFUSE,
+    STRING,
     UUID,
     UUID_LIST,
     Column,
@@ -27,6 +28,7 @@ from midoflow.kinds.base import (
     common_id,
     name_field,
 )
+from midoflow.kinds.bridges import MTU_MAX, MTU_MIN
 from midoflow.kinds.filters import FILTER_FIELDS
 
 PORT_TYPES = (model.PORT_EXTERIOR, model.PORT_INTERIOR)
@@ -81,6 +83,23 @@ KIND = Kind(
               schema={"type": "array", "items": {"$ref": "#/components/schemas/AddressPair"}},
               input_schema={"type": "array",
                             "items": {"$ref": "#/components/schemas/AddressPairIn"}}),
+        Field("mtu", INTEGER, nullable=True, default=None, special=True, lo=MTU_MIN,
+              hi=MTU_MAX,
+              description=f"Router ports: the link's MTU, {MTU_MIN} to {MTU_MAX} (an uplink's "
+                          "to the border; null: the agents' underlay_mtu, or for an interior "
+                          "port its bridge's mtu). Bridge ports take their bridge's"),
+        Field("extra_dhcp_opts", OBJECT, default=[], special=True,
+              schema={"type": "array", "items": {"$ref": "#/components/schemas/ExtraDhcpOpt"}},
+              description="Bridge ports: DHCP options for this VM only, added to or "
+                          "replacing its subnet's (Neutron's extra_dhcp_opt)"),
+        Field("instance_id", STRING, nullable=True, default=None, special=True,
+              description="Bridge ports: the VM's instance (Neutron's device_id), what the "
+                          "metadata service answers for; null: none"),
+        Field("tenant_id", STRING, default="", special=True,
+              description="Bridge ports: the VM's project (metadata's X-Tenant-ID)"),
+        Field("hostname", STRING, default="", special=True, max_len=63,
+              description="Bridge ports: the VM's host name (DHCP option 12, metadata), a "
+                          "DNS label; empty: host-a-b-c-d from its first fixed IP"),
     ),
     parents=((model.BRIDGES, "device_id"), (model.ROUTERS, "device_id")),
     parent_create=((model.ROUTERS, "RouterPortCreate"),),  # with the port's address
@@ -92,14 +111,16 @@ KIND = Kind(
     show=("id", "name", "type", "device_type", "device_id", "admin_state_up", "tunnel_key",
           "mac", "ip_address", "prefix_len", "proxy_arp", "host_id", "interface_name", "peer_id",
           "fixed_ips", "security_group_ids", "port_security_enabled",
-          "allowed_address_pairs", "inbound_filter_id", "outbound_filter_id", "version"),
+          "allowed_address_pairs", "mtu", "extra_dhcp_opts", "instance_id", "tenant_id",
+          "hostname", "inbound_filter_id", "outbound_filter_id", "version"),
     create_note="A bridge port. mac and fixed_ips are unique on the bridge (409); security "
                 "groups must exist (400); port security needs mac and allowed address pairs "
                 "need port security (400); filters cannot be user chains when the port has "
                 "security groups or port security (409).",
     update_note="Partial update of name, admin_state_up and the filters, and for bridge ports "
-                "mac, fixed_ips, security_group_ids, port_security_enabled and "
-                "allowed_address_pairs (validated as on creation; the port's generated chains "
+                "mac, fixed_ips, security_group_ids, port_security_enabled, "
+                "allowed_address_pairs, extra_dhcp_opts, instance_id, tenant_id and hostname, "
+                "for router ports mtu (validated as on creation; the port's generated chains "
                 "follow in the same commit). The other fields may be echoed unchanged "
                 "(bindings and links change through /binding and /link; a router port's mac, "
                 "ip_address and prefix_len are fixed at creation). To protect a port that "

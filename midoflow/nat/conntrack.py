@@ -1,5 +1,6 @@
-"""Connection tracking, pure: keys both ways, a table with idle expiry and
-TCP close handling.
+"""Connection tracking, pure: keys both ways, a table with idle expiry by
+protocol (UDP's and ICMP's short, TCP's long, as Linux) and TCP close
+handling.
 
 A connection is tracked by the device (port, bridge or router) whose rules
 asked for it. When its first packet (the forward flow) passes, the *return*
@@ -19,8 +20,22 @@ PROTO_ICMP = 1
 PROTO_TCP = 6
 PROTO_UDP = 17
 
-# MidoNet's idle timeout for flow state; refreshed by traffic.
+# MidoNet's idle timeout for flow state; refreshed by traffic. Still the TTL
+# of NAT bindings and of the store's copy, and of connections of protocols
+# without a timeout of their own (below).
 IDLE_SECONDS = 60.0
+# Per-protocol idle timeouts of a connection, as Linux conntrack's defaults
+# (nf_conntrack_*_timeout*): a connection nobody answered goes soon, one
+# that was answered ("assured") lives longer. The clock starts when no
+# installed flow uses the connection any more (the flow's own idle timeout
+# comes first), and every packet simulated for it restarts it.
+UDP_UNREPLIED_SECONDS = 30.0   # Linux udp_timeout
+UDP_ASSURED_SECONDS = 180.0    # Linux udp_timeout_stream (since 5.x)
+ICMP_SECONDS = 30.0            # Linux icmp_timeout (an echo and its replies)
+TCP_UNREPLIED_SECONDS = 120.0  # Linux tcp_timeout_syn_sent
+# An answered TCP connection (Linux: 5 days established). Bounded by the
+# largest TTL a flow-state message carries between hosts (statewire: 3600 s).
+TCP_ESTABLISHED_SECONDS = 3600.0
 # A TCP connection seen closing (FIN both ways, or RST) lingers this long.
 CLOSING_SECONDS = 10.0
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
@@ -80,22 +95,43 @@ class ConnKey:
         return cls(dev, int(proto), src, int(sport), dst, int(dport))
 
 
+def timeout(proto: int, replied: bool) -> float:
+    """A connection's idle timeout by protocol and whether a reply was seen."""
+    if proto == PROTO_UDP:
+        return UDP_ASSURED_SECONDS if replied else UDP_UNREPLIED_SECONDS
+    if proto == PROTO_TCP:
+        return TCP_ESTABLISHED_SECONDS if replied else TCP_UNREPLIED_SECONDS
+    if proto == PROTO_ICMP:
+        return ICMP_SECONDS
+    return IDLE_SECONDS
+
+
 @dataclass
 class Conn:
     expires: float
     closing: bool = False
     fin_fwd: bool = False
     fin_ret: bool = False
+    replied: bool = False  # a reply was seen here (UDP/TCP: the longer timeout)
 
 
 class ConnTrackTable:
     """Return keys of live connections, with idle expiry. The clock is the
-    caller's (``now`` arguments): no I/O, no threads."""
+    caller's (``now`` arguments): no I/O, no threads. ``idle``: one timeout
+    for every connection; None (the default): :func:`timeout`'s, by
+    protocol and by whether the connection was answered."""
 
-    def __init__(self, idle: float = IDLE_SECONDS, closing: float = CLOSING_SECONDS) -> None:
+    def __init__(self, idle: float | None = None, closing: float = CLOSING_SECONDS) -> None:
         self.idle = idle
         self.closing = closing
         self._conns: dict[ConnKey, Conn] = {}
+
+    def timeout(self, key: ConnKey, replied: bool = False) -> float:
+        """The idle timeout of the connection whose return key is ``key``."""
+        return self.idle if self.idle is not None else timeout(key.proto, replied)
+
+    def _idle(self, key: ConnKey, c: Conn) -> float:
+        return self.timeout(key, c.replied)
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -111,14 +147,22 @@ class ConnTrackTable:
         ret = forward.reverse()
         c = self._conns.get(ret)
         if c is None or c.closing:
-            self._conns[ret] = Conn(now + self.idle)
+            self._conns[ret] = Conn(now + self.timeout(ret))
         else:
-            c.expires = max(c.expires, now + self.idle)
+            c.expires = max(c.expires, now + self._idle(ret, c))
         return ret
+
+    def replied(self, ret: ConnKey, now: float) -> None:
+        """A reply of the connection was seen (``ret``, its return key):
+        from now on it has its protocol's longer timeout (Linux: assured)."""
+        c = self._conns.get(ret)
+        if c is not None and not c.closing:
+            c.replied = True
+            c.expires = max(c.expires, now + self._idle(ret, c))
 
     def install(self, ret: ConnKey, now: float, ttl: float | None = None) -> None:
         """Accept a return key pushed by another host or recovered from the store."""
-        until = now + (self.idle if ttl is None else ttl)
+        until = now + (self.timeout(ret) if ttl is None else ttl)
         c = self._conns.get(ret)
         if c is None:
             self._conns[ret] = Conn(until)
@@ -144,7 +188,7 @@ class ConnTrackTable:
     def refresh(self, ret: ConnKey, now: float) -> None:
         c = self._conns.get(ret)
         if c is not None and not c.closing:
-            c.expires = max(c.expires, now + self.idle)
+            c.expires = max(c.expires, now + self._idle(ret, c))
 
     def tcp_flags(self, key: ConnKey, flags: int, now: float) -> None:
         """A TCP segment of a tracked connection (``key`` as seen: a forward
@@ -176,7 +220,7 @@ class ConnTrackTable:
         for k in keep:
             c = self._conns.get(k)
             if c is not None and not c.closing:
-                c.expires = max(c.expires, now + self.idle)
+                c.expires = max(c.expires, now + self._idle(k, c))
         gone = [k for k, c in self._conns.items() if c.expires <= now]
         for k in gone:
             del self._conns[k]

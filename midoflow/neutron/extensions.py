@@ -48,6 +48,10 @@ ALL: list[tuple[str, str, str, str | None]] = [
      "application", "ports"),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs",
      "ports"),
+    ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for "
+     "DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, "
+     "server-ip-address, bootfile-name); served by the agent of the port's host (IPv4).",
+     "ports"),
     ("security-group", "security-group", "The security groups extension.",
      "security-groups"),
     ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between "

@@ -16,6 +16,7 @@ import random
 from typing import Any
 
 from midoflow import model
+from midoflow.errors import Invalid
 from midoflow.neutron import allocations as alloc
 from midoflow.neutron import arp, ipam
 from midoflow.neutron import attrs as a
@@ -26,6 +27,7 @@ from midoflow.neutron.context import Context
 from midoflow.neutron.networks import find_network
 from midoflow.neutron.port_removal import delete_port_in
 from midoflow.neutron.security_groups import ensure_default
+from midoflow.service import dhcp
 from midoflow.service.ports import tunnel_key
 from midoflow.service.sync import sync_port_security
 from midoflow.store import paths
@@ -181,15 +183,29 @@ def _binding(op: Op, body: Data, port: Data, action: str) -> None:
                                            body["binding:profile"] or {})
 
 
-def _extra_dhcp_opts(value: Any) -> list[Data]:
-    out = []
+def _extra_dhcp_opts(value: Any, current: list[Data] | None = None) -> list[Data]:
+    """Neutron's extra_dhcp_opt: a create's list, or an update merged into
+    ``current`` as Neutron does (an option of the same name and IP version is
+    replaced; a null opt_value removes it). IPv4 names are checked against what
+    the agents' DHCP server knows (dnsmasq's names, or a number)."""
+    out = [dict(o) for o in current or ()]
     for o in a.a_list(value, "extra_dhcp_opts", unique=False):
         o = a.a_dict(o, "extra_dhcp_opts", ("opt_name", "opt_value", "ip_version"),
                      ("opt_name", "opt_value"))
-        out.append({"opt_name": a.string(o["opt_name"], "extra_dhcp_opts"),
-                    "opt_value": None if o["opt_value"] is None
-                    else a.string(o["opt_value"], "extra_dhcp_opts"),
-                    "ip_version": a.integer(o.get("ip_version", 4), "extra_dhcp_opts", 4, 6)})
+        version = a.integer(o.get("ip_version", 4), "extra_dhcp_opts", 4, 6)
+        if version not in (4, 6):
+            raise a.invalid("extra_dhcp_opts", f"ip_version {version} is not 4 or 6")
+        name = a.string(o["opt_name"], "extra_dhcp_opts")
+        val = None if o["opt_value"] is None else a.string(o["opt_value"], "extra_dhcp_opts",
+                                                           dhcp.OPT_VALUE_MAX)
+        if version == 4:
+            try:
+                name = dhcp.option_name(name, "opt_name")
+            except Invalid as e:
+                raise a.invalid("extra_dhcp_opts", e.message) from None
+        out = [x for x in out if (x["opt_name"], x["ip_version"]) != (name, version)]
+        if val is not None:
+            out.append({"opt_name": name, "opt_value": val, "ip_version": version})
     return out
 
 
@@ -364,7 +380,8 @@ class Ports(Collection):
                                                       obj["project_id"])
         _check_security(new)
         if "extra_dhcp_opts" in body:
-            new["extra_dhcp_opts"] = _extra_dhcp_opts(body["extra_dhcp_opts"] or [])
+            new["extra_dhcp_opts"] = _extra_dhcp_opts(body["extra_dhcp_opts"] or [],
+                                                      obj.get("extra_dhcp_opts") or [])
         _binding(op, body, new, "update")
         if new == obj:
             return obj

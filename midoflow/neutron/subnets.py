@@ -1,5 +1,8 @@
-"""Neutron IPv4 subnets: the address plan of a network (no native object; their
-addresses reach the native ports through the ports' fixed IPs)."""
+"""Neutron IPv4 subnets: the address plan of a network (their addresses reach the
+native ports through the ports' fixed IPs) and its DHCP service: each subnet has
+a native DHCP subnet on the network's bridge, written in the same commit
+(:func:`~midoflow.neutron.translate_l2.subnet_to_dhcp`; ``enable_dhcp`` false
+keeps it, disabled), deleted with it."""
 
 from __future__ import annotations
 
@@ -7,10 +10,12 @@ from typing import Any
 
 import netaddr
 
+from midoflow import model
 from midoflow.neutron import allocations as alloc
 from midoflow.neutron import attrs as a
 from midoflow.neutron import errors as ne
 from midoflow.neutron import ipam
+from midoflow.neutron import translate_l2 as tr
 from midoflow.neutron.base import Collection, Op, owns, register
 from midoflow.neutron.context import Context
 from midoflow.neutron.networks import find_network
@@ -57,6 +62,13 @@ def _must_be_null(body: Data, attrs: tuple[str, ...], why: str) -> None:
     for f in attrs:
         if body.get(f) not in (None, False, []):
             raise a.invalid(f, why)
+
+
+def _stage_dhcp(op: Op, sub: Data) -> None:
+    """The subnet's native DHCP subnet, as the subnet now says."""
+    dhcp = tr.subnet_to_dhcp(sub)
+    if dhcp is not None and op.txn.get(model.BRIDGES, sub["network_id"]) is not None:
+        op.txn.sync(model.DHCP_SUBNETS, dhcp)
 
 
 class Subnets(Collection):
@@ -133,6 +145,7 @@ class Subnets(Collection):
         op.txn.touch("neutron.networks", net["id"])
         op.txn.create(self.kind, sub)
         alloc.subnet_added(op, net["id"], sub["id"])
+        _stage_dhcp(op, sub)
         return sub
 
     def update(self, op: Op, obj: Data, body: Any) -> Data:
@@ -173,6 +186,7 @@ class Subnets(Collection):
             return obj
         a.stamp_update(new)
         op.txn.put(self.kind, new)
+        _stage_dhcp(op, new)
         return new
 
     def delete(self, op: Op, obj: Data) -> None:
@@ -183,6 +197,8 @@ class Subnets(Collection):
             raise ne.SubnetInUse(f"Unable to complete operation on subnet {sid}: One or more "
                                  "ports have an IP allocation from this subnet.")
         op.txn.delete(self.kind, sid)
+        if op.txn.get(model.DHCP_SUBNETS, tr.dhcp_subnet_id(sid)) is not None:
+            op.txn.delete(model.DHCP_SUBNETS, tr.dhcp_subnet_id(sid))
         # the index (read by used_addresses above) loses the subnet: an allocation
         # from it committed meanwhile makes this commit fail and re-run
         alloc.subnet_removed(op, obj["network_id"], sid)

@@ -9,7 +9,10 @@ request's transaction; the native staging helpers then derive the chains.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import netaddr
 
 from midoflow import model
 
@@ -51,7 +54,52 @@ def network_to_bridge(net: Data, port_ids: list[str] | tuple[str, ...] = (),
         "port_ids": list(cur.get("port_ids", port_ids)),
         "inbound_filter_id": cur.get("inbound_filter_id"),
         "outbound_filter_id": cur.get("outbound_filter_id"),
+        "mtu": cur.get("mtu"),  # set through /v1 only (Neutron's stays computed)
     }
+
+
+def dhcp_subnet_id(subnet_id: str) -> str:
+    """The id of a Neutron subnet's native DHCP subnet."""
+    return str(uuid.uuid5(uuid.UUID(subnet_id), "dhcp"))
+
+
+def subnet_to_dhcp(sub: Data) -> Data | None:
+    """The native DHCP subnet of a Neutron IPv4 subnet (None for another version).
+
+    Every IPv4 subnet has one; ``enabled`` follows ``enable_dhcp``, so turning
+    DHCP off and on keeps its id. At most 5 DNS servers (Neutron's default
+    max_dns_nameservers); host routes whose nexthop is off the subnet are left
+    out (a client could not reach that next hop; Linux refuses such a route)."""
+    if sub.get("ip_version", 4) != 4:
+        return None
+    net = netaddr.IPNetwork(sub["cidr"])
+    routes = [{"destination": str(netaddr.IPNetwork(r["destination"]).cidr),
+               "nexthop": r["nexthop"]}
+              for r in sub.get("host_routes") or ()
+              if r["nexthop"] == "0.0.0.0" or netaddr.IPAddress(r["nexthop"]) in net]
+    return {
+        "id": dhcp_subnet_id(sub["id"]),
+        "bridge_id": sub["network_id"],
+        "cidr": str(net.cidr),
+        "gateway_ip": sub.get("gateway_ip"),
+        "server_ip": None,
+        "dns_servers": list(dict.fromkeys(sub.get("dns_nameservers") or ()))[:5],
+        "domain_name": "",
+        "lease_time": 86400,
+        "host_routes": routes,
+        "enabled": bool(sub.get("enable_dhcp", True)),
+    }
+
+
+def default_hostname(ip: str | None) -> str:
+    """Neutron's host name for a port without dns_name: host-10-0-0-5."""
+    return f"host-{ip.replace('.', '-')}" if ip else ""
+
+
+def extra_dhcp_opts_to_native(opts: Any) -> list[Data]:
+    """The port's IPv4 extra DHCP options (a null value sets nothing)."""
+    return [{"opt_name": o["opt_name"], "opt_value": o["opt_value"]}
+            for o in opts or () if o.get("ip_version", 4) == 4 and o.get("opt_value") is not None]
 
 
 def port_to_native(port: Data, tunnel_key: int, host_id: str | None = None,
@@ -87,6 +135,14 @@ def port_to_native(port: Data, tunnel_key: int, host_id: str | None = None,
         "allowed_address_pairs": [
             {"ip_address": p["ip_address"], "mac_address": p.get("mac_address")}
             for p in (port.get("allowed_address_pairs") or ())] if secure else [],
+        "mtu": None,
+        "extra_dhcp_opts": [] if router else extra_dhcp_opts_to_native(
+            port.get("extra_dhcp_opts")),
+        "instance_id": None if router else (port.get("device_id") or None),
+        "tenant_id": "" if router else (port.get("project_id") or ""),
+        "hostname": "" if router else (
+            port.get("dns_name") or default_hostname(
+                next((f["ip_address"] for f in port.get("fixed_ips") or ()), None))),
     }
 
 

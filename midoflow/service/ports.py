@@ -14,7 +14,7 @@ from midoflow import model
 from midoflow.errors import Conflict, Invalid, NotFound
 from midoflow.kinds.filters import FILTERS
 from midoflow.service import body as gen
-from midoflow.service import refs
+from midoflow.service import dhcp, refs
 from midoflow.service import security as sec
 from midoflow.service import validate as v
 from midoflow.service.context import Ctx, label, ref, sort_key
@@ -142,6 +142,7 @@ class Ports:
         txn = Txn(self.store)
         txn.seen(model.BRIDGES, bridge, bver)
         self._security_fields(txn, body, data, None)
+        dhcp.check_port_fields(body, data)
         data["id"] = self.ctx.new_id(model.PORTS, body)
         new_bridge = dict(bridge)
         new_bridge["port_ids"] = list(bridge.get("port_ids", ())) + [data["id"]]
@@ -164,6 +165,7 @@ class Ports:
         txn = Txn(self.store)
         txn.seen(model.PORTS, data, ver)
         self._security_fields(txn, body, new, data)
+        dhcp.check_port_fields(body, new)
         self.ctx.check_version(body, ver, f"port {data['id']}")
         self._check_conflicts(txn, body, new, data)
         txn.put(model.PORTS, new)

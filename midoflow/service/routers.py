@@ -14,7 +14,7 @@ from typing import Any
 from midoflow import model
 from midoflow.errors import Conflict, Invalid
 from midoflow.service import body as gen
-from midoflow.service import refs
+from midoflow.service import dhcp, refs
 from midoflow.service import validate as v
 from midoflow.service.context import Ctx, sort_key
 from midoflow.service.ports import create_device, port_out, tunnel_key, update_device
@@ -25,7 +25,7 @@ from midoflow.store.base import Create, Data, Update
 # What makes two routes of a router the same route (weight is not part of it).
 ROUTE_IDENTITY = ("dst_cidr", "src_cidr", "next_hop_port", "next_hop_gateway", "type")
 ROUTER_PORT_CREATE = ("id", "type", "admin_state_up", "name", "ip_address", "prefix_len",
-                      "mac", "inbound_filter_id", "outbound_filter_id")
+                      "mac", "inbound_filter_id", "outbound_filter_id", "mtu")
 
 
 @refs.special(model.ROUTERS)
@@ -91,11 +91,12 @@ class Routers:
                      if k not in ("ip_address", "prefix_len", "mac")}
         _, data = gen.create(model.PORTS, body_rest)
         for f in ("fixed_ips", "security_group_ids", "port_security_enabled",
-                  "allowed_address_pairs"):
+                  "allowed_address_pairs", *dhcp.INSTANCE_FIELDS):
             data.pop(f, None)  # bridge ports only (absent from a router port's record)
         data.update(device_id=router["id"], device_type=model.DEVICE_ROUTER,
                     mac=v.mac(body["mac"], "mac") if "mac" in body else None,
                     ip_address=ip, prefix_len=plen)
+        dhcp.check_port_fields(body, data)
         txn = Txn(self.store)
         txn.seen(model.ROUTERS, router, rver)
         apply_filters(txn, body, data, None)

@@ -22,6 +22,7 @@ from midoflow.service.bgp import Bgp
 from midoflow.service.chains import Chains
 from midoflow.service.context import Ctx
 from midoflow.service.crud import KindCrud
+from midoflow.service.dhcp import Dhcp
 from midoflow.service.groups import Groups
 from midoflow.service.hosts import Hosts
 from midoflow.service.ports import Ports
@@ -44,6 +45,7 @@ class TopologyService:
         self.groups = Groups(ctx)
         self.security_groups = SecurityGroups(ctx)
         self.bgp = Bgp(ctx)
+        self.dhcp = Dhcp(ctx)
         self.status_ = Status(ctx, self.hosts)
         self._ctx = ctx
 
@@ -334,6 +336,25 @@ class TopologyService:
 
     def list_learned_routes(self, router_id: str) -> list[Data]:
         return self.bgp.list_learned_routes(router_id)
+
+    # ------------------------------------------------- DHCP subnets
+    def list_dhcp_subnets(self) -> list[Data]:
+        return self.dhcp.list_dhcp_subnets()
+
+    def list_bridge_dhcp_subnets(self, bridge_id: str) -> list[Data]:
+        return self.dhcp.list_bridge_dhcp_subnets(bridge_id)
+
+    def get_dhcp_subnet(self, id: str) -> Data:
+        return self.dhcp.get_dhcp_subnet(id)
+
+    def create_dhcp_subnet(self, bridge_id: str, body: Any) -> Data:
+        return self.dhcp.create_dhcp_subnet(bridge_id, body)
+
+    def update_dhcp_subnet(self, id: str, body: Any) -> Data:
+        return self.dhcp.update_dhcp_subnet(id, body)
+
+    def delete_dhcp_subnet(self, id: str) -> None:
+        return self.dhcp.delete_dhcp_subnet(id)
 
     # -------------------------------------------- status and trace
     def trace(self, body: Any) -> Data:

@@ -38,7 +38,7 @@ from midoflow.model import (
     Rule,
 )
 from midoflow.nat.bindings import DNAT, SNAT, NatBinding
-from midoflow.nat.conntrack import ConnKey
+from midoflow.nat.conntrack import ConnKey, icmp_is_error
 from midoflow.sim.packet import ETH_ARP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import (
     Rewrite,
@@ -110,11 +110,40 @@ def _frag_ok(policy: str, frag: int) -> bool:
     return False
 
 
+def _related(pkt: Packet, ctx: Context, b: _Builder) -> bool:
+    """An ICMP error (destination unreachable, time exceeded) about a tracked
+    connection, as iptables' RELATED: its quoted packet is one of the
+    connection's, sent either way (a forward packet: its reverse is the
+    return key; a reply: it is the return key itself). Such an error counts
+    as a return flow; an error about no tracked connection is neither a
+    return flow nor tracked (conntrack calls it INVALID).
+
+    The decision read the quoted packet, which no OpenFlow match can see, so
+    it never becomes a flow: one admitting "ICMP unreachable from X to Y"
+    would admit errors about any other connection (or none) too; and a drop
+    flow would drop the next, related one. Errors are rare; each is simulated."""
+    b.cacheable = False
+    proto, isrc, isport, idst, idport = pkt.icmp_inner  # type: ignore[misc]
+    quoted = ConnKey(ctx.ct_device, proto, isrc, isport, idst, idport)
+    for key in (quoted.reverse(), quoted):
+        if ctx.state.is_return_flow(key):
+            b.step("conntrack", ctx.ct_device,
+                   f"ICMP error type {pkt.tp_src} code {pkt.tp_dst} about {key.dst}:{key.dport}"
+                   f" <-> {key.src}:{key.sport}, a tracked connection: related")
+            return True
+    b.step("conntrack", ctx.ct_device, f"ICMP error type {pkt.tp_src} about {isrc}:{isport} -> "
+                                       f"{idst}:{idport}, no tracked connection: not related")
+    return False
+
+
 def is_return_flow(view: TopologyView, pkt: Packet, ctx: Context, b: _Builder) -> bool:
-    """Conntrack at ``ctx.ct_device``: a reply of a tracked connection, or a
-    forward packet (then its connection is to be tracked). The flow then
-    matches the whole 5-tuple."""
+    """Conntrack at ``ctx.ct_device``: a reply of a tracked connection (or an
+    ICMP error about one: :func:`_related`), or a forward packet (then its
+    connection is to be tracked). The flow then matches the whole 5-tuple."""
     b.fields.update(CT_FIELDS)
+    if pkt.icmp_inner is not None and icmp_is_error(pkt):
+        # not a connection of its own either way (Linux: RELATED or INVALID)
+        return _related(pkt, ctx, b)
     key = ConnKey.of(ctx.ct_device, pkt)
     if key is None:
         return False

@@ -19,6 +19,7 @@ UNREACH_NET = 0
 UNREACH_HOST = 1
 UNREACH_PROTO = 2
 UNREACH_PORT = 3
+UNREACH_NEEDFRAG = 4  # fragmentation needed and DF set (RFC 1191: with the next-hop MTU)
 UNREACH_FILTER = 13
 
 
@@ -56,6 +57,10 @@ class Packet:
     # An ICMP error's quoted packet: (proto, src, sport, dst, dport).
     icmp_inner: tuple[int, str, int, str, int] | None = None
     ip_id: int | None = None  # IPv4 identification; set for fragments (ip_frag 1, 2) only
+    # IPv4 total length (0: unknown, e.g. a trace or a kept flow: never too
+    # big for a link) and the Don't Fragment flag: the routers' MTU check.
+    ip_len: int = 0
+    ip_df: bool = False
 
     def with_port(self, in_port: str) -> Packet:
         return replace(self, in_port=in_port)

@@ -152,6 +152,11 @@ class Result:
     # ((targets, proto), ...): no free SNAT port in this host's blocks; the
     # agent leases a block and simulates again (the packet was dropped).
     nat_wants: tuple = ()
+    # The smallest MTU of a router's egress link on the path, when smaller
+    # than the link the packet came in by or than the packet (None: no such
+    # link): the flow sends bigger packets to the agent, which splits them or
+    # answers ICMP fragmentation needed (midoflow.sim.router.egress_mtu).
+    mtu: int | None = None
 
     @property
     def dropped(self) -> bool:
@@ -178,6 +183,7 @@ class _Builder:
     nat: list = field(default_factory=list)
     nat_allocs: list[tuple[str, int, int]] = field(default_factory=list)
     nat_wants: list = field(default_factory=list)
+    mtu: int | None = None
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -203,4 +209,5 @@ class _Builder:
             nat=tuple(dict.fromkeys(self.nat)),
             nat_allocs=tuple(self.nat_allocs),
             nat_wants=tuple(dict.fromkeys(self.nat_wants)),
+            mtu=self.mtu,
         )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import netaddr
 
 from midoflow.model import (
+    DEVICE_BRIDGE,
+    PORT_INTERIOR,
     ROUTE_BLACKHOLE,
     ROUTE_DEFAULT_WEIGHT,
     ROUTE_NORMAL,
@@ -31,6 +33,7 @@ from midoflow.sim.packet import (
     ICMP_UNREACH,
     PROTO_ICMP,
     UNREACH_FILTER,
+    UNREACH_NEEDFRAG,
     UNREACH_NET,
     Packet,
     is_multicast,
@@ -52,6 +55,10 @@ ARP_STALE = 1800.0
 ARP_EXPIRE = 3600.0
 ANY = netaddr.IPNetwork("0.0.0.0/0")
 ICMP_ERRORS = (ICMP_UNREACH, ICMP_TIME_EXCEEDED, 4, 5, 12)  # never answered with an error
+# MTUs when the view does not say (the agent's cache sets its own from its
+# config): VXLAN over a 1500-byte underlay.
+DEFAULT_MTU = 1450
+UNDERLAY_MTU = 1500
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,66 @@ def reject(b: _Builder, inport: Port, pkt: Packet) -> None:
                             eth_dst=pkt.eth_src, ip_src=pkt.ip_dst, ip_dst=pkt.ip_src))
 
 
+def egress_mtu(view: TopologyView, port: Port) -> int | None:
+    """The MTU of the link behind a router port: its own ``mtu`` if set; an
+    interior port linked to a bridge: that bridge's ``mtu``, else the view's
+    ``default_mtu`` (the underlay less the tunnel overhead); an exterior port
+    (an uplink): the view's ``underlay_mtu``. None: no limit of its own (an
+    interior port linked to another router: a virtual wire, the next router
+    checks its own egress)."""
+    if port.mtu:
+        return port.mtu
+    if port.type == PORT_INTERIOR:
+        peer = view.port(port.peer_id) if port.peer_id else None
+        if peer is None or peer.device_type != DEVICE_BRIDGE:
+            return None
+        bridge = view.bridge(peer.device_id)
+        if bridge is not None and bridge.mtu:
+            return bridge.mtu
+        return getattr(view, "default_mtu", DEFAULT_MTU)
+    return getattr(view, "underlay_mtu", UNDERLAY_MTU)
+
+
+def frag_needed(b: _Builder, inport: Port, pkt: Packet, mtu: int) -> None:
+    """ICMP fragmentation needed and DF set (type 3 code 4) with the next-hop
+    MTU (RFC 1191), from ``inport`` to the sender; never about an ICMP error,
+    a broadcast or a packet without a source."""
+    b.cacheable = False
+    why = f"{pkt.ip_len} bytes with DF set, next-hop MTU {mtu}"
+    if (pkt.ip_proto == PROTO_ICMP and pkt.tp_src in ICMP_ERRORS) or not pkt.ip_src \
+            or pkt.eth_dst == BROADCAST or inport.ip_address is None:
+        b.step("router", inport.device_id, f"{why}: drop (no ICMP error for this packet)")
+        return
+    b.generated.append(_gen("icmp_error", inport.id, icmp_type=ICMP_UNREACH,
+                            icmp_code=UNREACH_NEEDFRAG, mtu=mtu, eth_src=inport.mac,
+                            eth_dst=pkt.eth_src, ip_src=inport.ip_address, ip_dst=pkt.ip_src))
+    b.step("router", inport.device_id, f"{why}: ICMP fragmentation needed to {pkt.ip_src}")
+
+
+def _check_mtu(view: TopologyView, inport: Port, out: Port, pkt: Packet,
+               b: _Builder) -> bool:
+    """The MTU of the egress link: False (dropped, answered with ICMP
+    fragmentation needed) when the packet is bigger and has DF set. A
+    bigger packet without DF goes on, to be split by the agent; a path
+    onto a smaller link than the one the packet came in by records the
+    MTU (``b.mtu``) so its flow sends bigger packets to the agent."""
+    mtu = egress_mtu(view, out)
+    if mtu is None:
+        return True
+    if pkt.ip_len > mtu:
+        if pkt.ip_df:
+            frag_needed(b, inport, pkt, mtu)
+            return False
+        b.step("router", inport.device_id,
+               f"{pkt.ip_len} bytes, next-hop MTU {mtu}: fragmented by the agent")
+    else:
+        came = egress_mtu(view, inport)  # None: from another router, size unknown
+        if came is not None and mtu >= came:
+            return True  # the link is not smaller than the one the packet came in by
+    b.mtu = mtu if b.mtu is None else min(b.mtu, mtu)
+    return True
+
+
 def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
           now: float) -> tuple[Port, Packet] | None:
     """One router: the port the packet leaves through and the packet as it
@@ -262,6 +329,8 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
         icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_NET,
                    f"route {chosen.id} leads to a missing or down port")
         return None
+    if not _check_mtu(view, inport, out, pkt, b):
+        return None
     hop = chosen.gateway or pkt.ip_dst
     via = f"via {chosen.gateway}" if chosen.gateway else "directly connected"
     b.step("router", rid, f"{pkt.ip_dst} matches {chosen.dst} ({chosen.id}): out port "
@@ -308,16 +377,40 @@ def learnable(inport: Port, own: set[str], spa: str | None, sha: str | None) -> 
     return net.prefixlen >= 31 or ip not in (net.network, net.broadcast)
 
 
+def is_gratuitous(pkt: Packet) -> bool:
+    """A gratuitous ARP (RFC 5227 announcement, RFC 5944 4.6): a request or a
+    reply whose sender and target addresses are both the address announced
+    (a VRRP backup taking over a virtual IP sends these), to any destination
+    MAC. An ARP probe (sender 0.0.0.0) is not one."""
+    return (pkt.arp_op in (ARP_REQUEST, ARP_REPLY) and bool(pkt.arp_spa)
+            and pkt.arp_spa != "0.0.0.0" and pkt.arp_spa == pkt.arp_tpa)
+
+
 def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
     """ARP at a router port: answer requests for its address and its
     ``proxy_arp`` addresses (floating IPs) with its MAC; learn senders on its
     network (requests and replies addressed to it), never one of the router's
-    own addresses or an address outside the port's subnet."""
+    own addresses or an address outside the port's subnet.
+
+    A gratuitous ARP (:func:`is_gratuitous`) seen on the port, flooded by its
+    bridge, creates or replaces the router's entry for the announced address
+    when that is a host of the port's subnet (MidoNet's choice; Linux with
+    ``arp_accept=0`` only updates an entry it has). Creating one is harmless:
+    the sender could answer the router's request for it just as well, and a
+    protected port's anti-spoof chain has dropped any ARP whose sender
+    address the port may not use before it reaches a router. Any other ARP
+    not addressed to the router changes nothing (no cache poisoning from
+    broadcasts meant for others)."""
     rid = inport.device_id
     b.cacheable = False  # the router's answer depends on the whole ARP payload
     b.fields.update(("arp_op", "arp_tpa"))
     if inport.ip_address is None or (pkt.arp_tpa != inport.ip_address
                                      and pkt.arp_tpa not in inport.proxy_arp):
+        if inport.ip_address is not None and is_gratuitous(pkt) \
+                and learnable(inport, own, pkt.arp_spa, pkt.arp_sha):
+            b.arp_learned.append((rid, pkt.arp_spa, pkt.arp_sha))
+            b.step("router", rid, f"gratuitous ARP: learn {pkt.arp_spa} is at {pkt.arp_sha}")
+            return
         b.step("router", rid, f"ARP for {pkt.arp_tpa}, not port {inport.id}'s address: drop")
         return
     if learnable(inport, own, pkt.arp_spa, pkt.arp_sha):

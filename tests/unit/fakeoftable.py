@@ -26,7 +26,8 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from midoflow.apps import flowcheck
 
 CONTROLLER = "controller"
-_DEFAULTS = {"vlan_vid": 0, "tunnel_id": 0, "ip_frag": 0, "tcp_flags": 0}
+_DEFAULTS = {"vlan_vid": 0, "tunnel_id": 0, "ip_frag": 0, "tcp_flags": 0,
+             **{f"reg{i}": 0 for i in range(8)}}  # registers start at 0
 _ALL = (1 << 128) - 1
 
 
@@ -253,10 +254,39 @@ class FakeOFTable:
                                  f"the choice undefined)")
         return best[0]
 
-    @staticmethod
-    def _run(actions, pkt: dict[str, Any], trace: Trace) -> bool:
-        """Apply ``actions`` in order; False if an invalid TTL dropped the packet."""
+    def _resubmit(self, table: int, pkt: dict[str, Any], trace: Trace) -> bool:
+        """OVS's resubmit(,table): that table's best flow's meter and actions,
+        then back (no match: nothing). False when they ended everything."""
+        entry = self._best(table, pkt)
+        if entry is None:
+            return True
+        trace.hits.append((entry.table, entry.priority, entry.cookie))
+        for i in sorted(entry.instructions, key=_order):
+            if isinstance(i, parser.OFPInstructionMeter):
+                trace.meters.append(i.meter_id)
+                self.meter_packets[i.meter_id] += 1
+            elif isinstance(i, parser.OFPInstructionActions) and \
+                    i.type == ofp.OFPIT_APPLY_ACTIONS and not self._run(i.actions, pkt, trace):
+                return False
+        return True
+
+    def _run(self, actions, pkt: dict[str, Any], trace: Trace) -> bool:
+        """Apply ``actions`` in order; False if an invalid TTL dropped the
+        packet or an ``exit`` ended the actions. ``pkt_len`` (the frame's
+        length, 0 when absent) is what check_pkt_larger compares."""
         for a in actions:
+            if type(a).__name__ == "NXActionCheckPktLarger":
+                reg, bit = f"reg{(a.dst >> 9) & 0x7F}", 1 << a.offset
+                big = bit if pkt.get("pkt_len", 0) > a.pkt_len else 0
+                if big or reg in pkt:  # absent: 0 (keeps outputs comparable)
+                    pkt[reg] = (pkt.get(reg, 0) & ~bit) | big
+                continue
+            if isinstance(a, parser.NXActionResubmitTable):
+                if not self._resubmit(a.table_id, pkt, trace):
+                    return False
+                continue
+            if isinstance(a, parser.NXActionExit):
+                return False
             if isinstance(a, parser.OFPActionOutput):
                 port = CONTROLLER if a.port == ofp.OFPP_CONTROLLER else a.port
                 trace.outputs.append(Out(port, dict(pkt)))

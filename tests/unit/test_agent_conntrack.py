@@ -8,6 +8,7 @@ from __future__ import annotations
 from midoflow.agent.core import AgentCore, Tunnel
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.nat import statewire
+from midoflow.nat.conntrack import TCP_ESTABLISHED_SECONDS, TCP_UNREPLIED_SECONDS
 from tests.unit.worlds import M1, M2, cfg, tcp
 
 OUT = tcp("10.1.0.2", "10.1.0.1", 40000, 443, M2, M1)  # p2's VM opens
@@ -27,7 +28,8 @@ def test_return_key_is_pushed_first_and_admits_the_reply(ct_world):
     (push,) = d.pushes
     assert push.actions == [Tunnel(STATE_TUNNEL_KEY, "10.0.0.1", 1)]
     keys, ttl = statewire.decode(push.frame)
-    assert [k.encode() for k in keys] == ["p2|6|10.1.0.1|443|10.1.0.2|40000"] and ttl == 60
+    assert [k.encode() for k in keys] == ["p2|6|10.1.0.1|443|10.1.0.2|40000"] \
+        and ttl == TCP_UNREPLIED_SECONDS
     # the flow of the forward packet matches the whole 5-tuple
     assert {"ip_src", "ip_dst", "ip_proto", "tp_src", "tp_dst"} <= d.match_fields
     assert h1.receive_state(push.frame) == 1
@@ -68,7 +70,7 @@ def test_state_lives_while_a_flow_uses_it(ct_world):
     assert h1.expire_state() == 0  # the reply's flow still uses the key
     h1.flow_removed(r.cookie)
     assert h1.expire_state() == 0  # idle from now on...
-    h1.clock.advance(61)
+    h1.clock.advance(TCP_ESTABLISHED_SECONDS + 1)  # (answered: TCP's long timeout)
     assert h1.expire_state() == 1  # ...and gone an idle timeout later
 
 

@@ -20,7 +20,7 @@ from midoflow.model import NatTarget
 from midoflow.nat import statewire
 from midoflow.nat.allocator import MemoryLeaser, NatAllocator
 from midoflow.nat.bindings import SNAT, NatBinding
-from midoflow.nat.conntrack import IDLE_SECONDS, TCP_RST, ConnKey
+from midoflow.nat.conntrack import IDLE_SECONDS, TCP_RST, TCP_UNREPLIED_SECONDS, ConnKey
 from midoflow.nat.flowstate import LocalFlowState
 from midoflow.sim.result import Action, Result, ct_miss_tag
 from midoflow.store import paths
@@ -93,7 +93,7 @@ def test_flow_state_expires_idle_state_unless_a_flow_uses_it():
     fs.tables.add_binding(b, clock.wall() + IDLE_SECONDS)
     clock.advance(IDLE_SECONDS + 1)
     assert fs.expire({K.reverse(), ("nat", b)}) == (set(), 0)  # kept by a flow
-    clock.advance(IDLE_SECONDS + 1)
+    clock.advance(TCP_UNREPLIED_SECONDS + 1)
     assert fs.expire(set()) == ({K.reverse()}, 1)
     assert len(fs.tables.nat) == 0
 
@@ -165,7 +165,7 @@ def test_a_wall_clock_step_moves_flow_state_expiry_but_no_local_deadline():
     assert hold.release(("r", "10.0.0.9")) == 0 and st["arp_expired"] == 1
     clock.advance(5 - ARP_HOLD_SECONDS)  # past the fragment entry's ttl
     assert frags.lookup("p", ("a", "b", 17, 1)) is None
-    clock.advance(IDLE_SECONDS + 1)  # idle that long in monotonic time ...
+    clock.advance(TCP_UNREPLIED_SECONDS + 1)  # idle that long in monotonic time ...
     assert fs.expire(set()) == (set(), 0)  # ... but not in wall time: kept
     assert fs.view().is_return_flow(K.reverse())
     clock.step_wall(3600)

@@ -25,7 +25,8 @@ def test_later_fragments_find_their_first_fragments_decision(clock):
     assert t.lookup("p1", key(8)) is None  # another datagram
     assert t.lookup("p1", ("10.0.0.1", "10.0.0.2", 6, 7)) is None  # another protocol
     assert t.counters == {"remembered": 1, "hits": 2, "misses": 2, "evicted": 0,
-                          "expired": 0, "entries": 1}
+                          "expired": 0, "held": 0, "released": 0, "hold_dropped": 0,
+                          "entries": 1}
 
 
 def test_a_port_never_follows_another_ports_decision(clock):

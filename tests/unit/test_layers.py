@@ -156,6 +156,7 @@ def _violations(package: str, banned: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(("package", "banned"), [
     ("midoflow.sim", FORBIDDEN),
     ("midoflow.nat", FORBIDDEN),
+    ("midoflow.dhcp", FORBIDDEN + ("midoflow.store", "midoflow.apps")),
     ("midoflow.agent", ("os_ken", "kazoo", "cassandra", "midoflow.apps")),
     ("midoflow.bgp", ("midoflow.apps",)),
     ("midoflow.service", ("os_ken",)),
@@ -273,7 +274,7 @@ def test_the_checker_sees_what_it_must():
     assert any(_in(d, "os_ken") for d in _reached("midoflow.apps"))
 
 
-@pytest.mark.parametrize("package", ["sim", "nat"])
+@pytest.mark.parametrize("package", ["sim", "nat", "dhcp"])
 def test_importing_the_core_loads_none_of_them(package):
     code = (f"import sys, pkgutil, importlib, midoflow.{package} as p\n"
             "for m in pkgutil.iter_modules(p.__path__):\n"

@@ -26,12 +26,14 @@ def port(**kw) -> dict:
 def test_network_is_a_bridge_with_the_same_id():
     b = tr.network_to_bridge(NET)
     assert b == {"id": NET["id"], "name": "n1", "tenant_id": "p1", "admin_state_up": False,
-                 "port_ids": [], "inbound_filter_id": None, "outbound_filter_id": None}
+                 "port_ids": [], "inbound_filter_id": None, "outbound_filter_id": None,
+                 "mtu": None}
     model.Bridge.from_dict(b)
-    # what the bridge itself holds is kept
-    cur = dict(b, port_ids=["x"], inbound_filter_id="c")
+    # what the bridge itself holds is kept (an MTU an admin set through /v1 too)
+    cur = dict(b, port_ids=["x"], inbound_filter_id="c", mtu=1400)
     b2 = tr.network_to_bridge(dict(NET, name="renamed"), current=cur)
-    assert (b2["name"], b2["port_ids"], b2["inbound_filter_id"]) == ("renamed", ["x"], "c")
+    assert (b2["name"], b2["port_ids"], b2["inbound_filter_id"], b2["mtu"]) == \
+        ("renamed", ["x"], "c", 1400)
 
 
 def test_vm_port_is_an_exterior_protected_bridge_port():

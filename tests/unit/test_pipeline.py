@@ -98,7 +98,8 @@ def test_base_flows_wipe_flows_and_meters():
 
 def test_everything_a_vm_sends_to_the_agent_goes_through_table_2():
     table1 = flows(pl.base_flows(DP), pl.TABLE_SIMULATED)
-    assert len(table1) == 1 + pl.LOW_TTL + 2 + 1  # miss, low TTLs, FIN and RST, fragments
+    # miss, low TTLs, FIN and RST, fragments, DHCP
+    assert len(table1) == 1 + pl.LOW_TTL + 2 + 1 + 1
     for f in table1:
         assert goes_to(f, pl.TABLE_TO_CONTROLLER) and not sends_to_controller(f), f
     miss = [f for f in table1 if f.priority == pl.PRIO_MISS]

@@ -30,6 +30,7 @@ BODIES: dict[str, dict[str, Any]] = {
     model.RULES: {"action": "accept"},
     model.BGP_PEERS: {"local_as": 64512, "peer_address": "203.0.113.1", "peer_as": 65000},
     model.BGP_NETWORKS: {"prefix": "198.51.100.0/24"},
+    model.DHCP_SUBNETS: {"cidr": "10.0.0.0/24"},
 }
 UNDER = {model.BGP_PEERS: "uplink", model.BGP_NETWORKS: "uplink"}
 
