@@ -39,6 +39,7 @@ ETH_LEN = 14
 VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))  # 802.1Q, 802.1ad, old QinQ
 PROTO_ICMP, PROTO_TCP, PROTO_UDP = 1, 6, 17
 ICMP_WITH_WORD = frozenset((0, 3, 8, 11))  # types whose second word the parser reads
+_ECHO_TYPES = (0, 8)  # echo reply, echo request
 
 REASONS = ("runt", "vlan", "ip_header", "ip_length", "fragment", "tiny_fragment",
            "tcp_header", "tcp_options", "udp_length", "icmp_length", "arp", "build")
@@ -214,7 +215,20 @@ def _quoted(data: bytes) -> tuple[int, str, int, str, int] | None:
         if len(data) < ihl + 4:
             return None
         sport, dport = struct.unpack("!HH", data[ihl:ihl + 4])
+    elif proto == PROTO_ICMP and len(data) >= ihl + 8 and data[ihl] in _ECHO_TYPES:
+        # an error about a ping: its identifier stands in both port slots,
+        # as in the echo's own connection key (midoflow.nat.conntrack.ConnKey)
+        sport = dport = _U16.unpack_from(data, ihl + 4)[0]
     return proto, src, sport, dst, dport
+
+
+def _csum_replace(csum: int, old: int, new: int) -> int:
+    """A 16-bit Internet checksum after one 16-bit word changed (RFC 1624:
+    HC' = ~(~HC + ~m + m'))."""
+    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def _ip_part(frame: bytes) -> tuple[dict[str, Any], int, int]:
@@ -256,6 +270,12 @@ def _set_icmp_inner(frame: bytes, which: str, addr: str) -> bytes:
         q[poff:poff + 2] = struct.pack("!H", int(port))
         if q[9] == PROTO_UDP and len(q) >= ihl + 8:
             q[ihl + 6:ihl + 8] = b"\0\0"  # a UDP checksum of 0 means "none"
+    elif q[9] == PROTO_ICMP and len(q) >= ihl + 8 and q[ihl] in _ECHO_TYPES:
+        # a quoted ping: its identifier (the "port" of its connection)
+        old, new = _U16.unpack_from(q, ihl + 4)[0], int(port)
+        csum = _U16.unpack_from(q, ihl + 2)[0]
+        q[ihl + 2:ihl + 4] = _U16.pack(_csum_replace(csum, old, new))
+        q[ihl + 4:ihl + 6] = _U16.pack(new)
     q[10:12] = b"\0\0"
     q[10:12] = struct.pack("!H", _ip_checksum(bytes(q[:ihl])))
     body = icmp.TimeExceeded(data=bytes(q)) if ic.type == icmp.ICMP_TIME_EXCEEDED \
@@ -277,12 +297,8 @@ def set_icmp_id(frame: bytes, ident: int | str) -> bytes:
         raise FrameError("build", f"cannot set the ICMP identifier to {ident!r}: {e}") from None
     at = ETH_LEN + (frame[ETH_LEN] & 0x0F) * 4
     old, csum = _U16.unpack_from(frame, at + 4)[0], _U16.unpack_from(frame, at + 2)[0]
-    # HC' = ~(~HC + ~m + m')
-    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
     out = bytearray(frame)
-    out[at + 2:at + 4] = _U16.pack(~total & 0xFFFF)
+    out[at + 2:at + 4] = _U16.pack(_csum_replace(csum, old, new))
     out[at + 4:at + 6] = _U16.pack(new)
     return bytes(out)
 

@@ -39,7 +39,7 @@ from midoflow.model import (
 )
 from midoflow.nat.bindings import DNAT, SNAT, NatBinding
 from midoflow.nat.conntrack import ConnKey, icmp_is_error
-from midoflow.sim.packet import ETH_ARP, PROTO_TCP, PROTO_UDP, Packet
+from midoflow.sim.packet import ETH_ARP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from midoflow.sim.result import (
     Rewrite,
     _Builder,
@@ -368,6 +368,8 @@ def _rev_nat_icmp_error(view: TopologyView, kind: str, pkt: Packet, ctx: Context
     b.rewrites.append(Rewrite(inner, f"{binding.orig[0]}:{binding.orig[1]}"))
     b.step("chain", ctx.ct_device, f"{label}: ICMP error about a translated connection: back "
                                    f"to {binding.orig[0]}:{binding.orig[1]}")
+    if proto == PROTO_ICMP:  # a quoted ping: its identifier is both "ports"
+        isport = idport = binding.orig[1]
     out = pkt.evolve(icmp_inner=(proto, *binding.orig, idst, idport) if kind == SNAT
                      else (proto, isrc, isport, *binding.orig))
     if getattr(out, f"ip_{which}") != binding.orig[0]:

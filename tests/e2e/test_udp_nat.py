@@ -186,3 +186,18 @@ def test_port_unreachable_through_the_floating_ip_reaches_the_sender_translated(
     assert got == "refused", seen
     assert f"{FIP} > {EXT}: ICMP {FIP} udp port {CLOSED} unreachable" in seen, seen
     assert re.search(rf"{re.escape(EXT)}\.\d+ > {re.escape(FIP)}\.{CLOSED}: UDP", seen), seen
+
+
+def test_time_exceeded_about_a_ping_through_snat_reaches_the_sender_as_related(udp_nat):
+    """u1 (its group admits nothing in) pings past the internet host with TTL
+    2: the router forwards it (SNAT'd, TTL 1), the internet host, routing,
+    answers time exceeded quoting PUBLIC's echo; the router gives it back to
+    u1 with u1's address and echo identifier in the quote, and u1's group
+    admits it as related to the ping (the error is keyed by the echo id)."""
+    _, (u1, _), ext = udp_nat
+    ext.cmd("sysctl -qw net.ipv4.ip_forward=1; ip route replace 192.0.2.0/24 dev eth0")
+    try:
+        out = u1.cmd("ping -n -c 1 -t 2 -W 2 192.0.2.99")
+    finally:
+        ext.cmd("ip route del 192.0.2.0/24 dev eth0; sysctl -qw net.ipv4.ip_forward=0")
+    assert f"From {EXT} icmp_seq=1 Time to live exceeded" in out, out

@@ -110,3 +110,23 @@ def test_the_error_the_vm_sends_about_an_admitted_packet_leaves(t):
                       VM3)
     r = simulate(t.v, err, NOW, t.state.view(NOW))
     assert r.out_ports == ("p3",) and not r.conntrack
+
+
+def test_time_exceeded_about_a_ping_through_snat_reaches_the_vm_as_related(t):
+    """A ping's connection is keyed by its echo identifier; the quoted echo's
+    identifier (read by the parser into both port slots) finds it, and NAT
+    puts the VM's own identifier back into the quoted echo."""
+    ping = Packet(in_port="p1", eth_src=VM1, eth_dst=R1A, ip_src=VM_IP, ip_dst="8.8.8.8",
+                  ip_proto=PROTO_ICMP, tp_src=8, tp_dst=0, icmp_id=4242)
+    out = run(t, ping)
+    track(t, out)
+    (b,) = out.nat
+    xid = b.xlated[1]
+    err = Packet(in_port="up", eth_src=EXT_GW, eth_dst=UPLINK_MAC, ip_src="198.51.100.7",
+                 ip_dst=PUBLIC, ip_proto=PROTO_ICMP, tp_src=11, tp_dst=0,
+                 icmp_inner=(PROTO_ICMP, PUBLIC, xid, "8.8.8.8", xid))
+    r = simulate(t.v, err, NOW, t.state.view(NOW))
+    assert r.out_ports == ("p1",), [str(s) for s in r.trace]
+    assert any("related" in s.decision for s in r.trace)
+    rw = {w.field: w.value for w in r.rewrites}
+    assert rw["ip_dst"] == VM_IP and rw["icmp_inner_src"] == f"{VM_IP}:4242"
