@@ -5,11 +5,12 @@ which signs it and forwards it to Nova), against the same VM calling the
 upstream directly, same run.
 
 One cloud host; the VM boots by DHCP (its gateway is a virtual router). The
-upstream is the metadata engineer's Nova stand-in
-(``python -m topologies.metadata``) run twice as the same command: on
-127.0.0.1 in the root namespace for the agent (``metadata_upstream``; it
-checks the signature, as Nova does), and on 127.0.0.1 inside the VM's
-namespace for the direct calls (no signature to check: the VM has none).
+upstream is the Nova stand-in (``python -m topologies.metadata``) run twice
+as the same command: on 127.0.0.1 in the root namespace for the agent
+(``metadata_upstream``; it checks the signature, as Nova does), and in a
+second VM on the same network and host for the direct calls (no signature
+to check: the VM has none), so the baseline crosses the same OVS as the
+agent's path does, as a VM reaching a Nova metadata API on its network would.
 The client (``topologies.metadata.measure_requests``) makes every request on
 a NEW connection, as cloud-init and curl do, one after another; rounds
 alternate the two paths, and every answer must be a 200.
@@ -37,16 +38,17 @@ ROUNDS = int(os.environ.get("METADATA_BENCH_ROUNDS", "3"))
 SECRET = "bench-secret"
 INSTANCE, TENANT = "bench-instance", "bench-tenant"
 VM_IP, VM_MAC = "10.0.0.5", "02:00:00:0e:0d:05"
-VM_PORT = 8775  # in the VM's own namespace
+VM_PORT = 8775  # the direct stand-in's, in the "nova" VM
+NOVA_IP, NOVA_MAC = "10.0.0.9", "02:00:00:0e:0d:09"
 PATH = "/openstack/latest/meta_data.json"
 
 log = logger("bench_metadata")
 
 
-def upstream(cmd_in, port: int, what: str, secret: str | None):
-    """The stand-in on 127.0.0.1:``port`` (0: any free port) started by
+def upstream(cmd_in, port: int, what: str, secret: str | None, host: str = "127.0.0.1"):
+    """The stand-in on ``host``:``port`` (0: any free port) started by
     ``cmd_in(argv)``; the process, with its URL as ``proc.url``."""
-    argv = [sys.executable, "-u", "-m", "topologies.metadata", "--host", "127.0.0.1",
+    argv = [sys.executable, "-u", "-m", "topologies.metadata", "--host", host,
             "--port", str(port)]
     proc = cmd_in(argv + (["--secret", secret] if secret else []))
     line = proc.stdout.readline()
@@ -86,12 +88,12 @@ def run() -> None:
         mc.attach(mc.router("meta-bench-r"), br, "10.0.0.1/24")  # the VM's default gateway
         mc.dhcp_subnet(br, "10.0.0.0/24", gateway="10.0.0.1")
         vm = mc.vm(1, br, "mv", VM_IP, VM_MAC, instance_id=INSTANCE, tenant_id=TENANT)
-        vm.cmd("ip link set lo up")  # for the direct upstream on its 127.0.0.1
+        direct = mc.vm(1, br, "nova", NOVA_IP, NOVA_MAC)
         procs.append(upstream(lambda argv: mc.cloud.popen(
-            vm, argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-            VM_PORT, f"in {vm.vm_name}", None))
+            direct, argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+            VM_PORT, f"in {direct.vm_name}", None, host=NOVA_IP))
         urls = {"agent": f"http://169.254.169.254{PATH}",
-                "direct": f"http://127.0.0.1:{VM_PORT}{PATH}"}
+                "direct": f"http://{NOVA_IP}:{VM_PORT}{PATH}"}
         for url in urls.values():  # warm-up: flows, ARP
             measure(vm, url, 5)
         log(f"{vm.vm_name} ({VM_IP}); {ROUNDS} round(s) of {REQUESTS} requests per path")
@@ -111,9 +113,9 @@ def run() -> None:
     common = {"method": "sequential GETs of meta_data.json, each on a new TCP connection, from "
                         "one VM: to 169.254.169.254 through the agent of its host (OVS "
                         "steering, the agent's proxy, signed, forwarded to a Nova stand-in on "
-                        "127.0.0.1 in the root namespace) vs to the same stand-in run inside "
-                        "the VM's namespace; rounds alternate; latency: the median of the "
-                        "rounds' medians",
+                        "127.0.0.1 in the root namespace) vs to the same stand-in run in a "
+                        "second VM on the same network and host; rounds alternate; latency: "
+                        "the median of the rounds' medians",
               "requests_per_path": REQUESTS * ROUNDS, "rounds": ROUNDS,
               "agent_rate_per_s": round(rate["agent"], 1),
               "direct_rate_per_s": round(rate["direct"], 1),
