@@ -94,15 +94,7 @@ def host_routes(value: Any, field: str = "host_routes") -> list[Data]:
     out: list[Data] = []
     for i, r in enumerate(routes):
         where = f"{field}[{i}]."
-        if not isinstance(r, dict):
-            raise Invalid(f"{field} items must be objects {{\"destination\": cidr, "
-                          "\"nexthop\": ip}", field)
-        for k in r:
-            if k not in ("destination", "nexthop"):
-                raise Invalid(f"unknown field {k!r}", where + k)
-        for k in ("destination", "nexthop"):
-            if k not in r:
-                raise Invalid(f"{where}{k} is required", where + k)
+        v.item(r, field, where, ("destination", "nexthop"), ("destination", "nexthop"))
         dest = v.cidr(r["destination"], where + "destination")
         hop = v.ipv4(r["nexthop"], where + "nexthop")
         if hop != "0.0.0.0":
@@ -124,12 +116,7 @@ def extra_dhcp_opts(value: Any, field: str = "extra_dhcp_opts") -> list[Data]:
     out: list[Data] = []
     for i, o in enumerate(opts):
         where = f"{field}[{i}]."
-        if not isinstance(o, dict):
-            raise Invalid(f"{field} items must be objects {{\"opt_name\": ..., "
-                          "\"opt_value\": ...}", field)
-        for k in o:
-            if k not in ("opt_name", "opt_value"):
-                raise Invalid(f"unknown field {k!r}", where + k)
+        v.item(o, field, where, ("opt_name", "opt_value"))
         name = option_name(o.get("opt_name"), where + "opt_name")
         if "opt_value" not in o:
             raise Invalid(f"{where}opt_value is required", where + "opt_value")

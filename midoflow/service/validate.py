@@ -43,6 +43,22 @@ def check_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
             raise Invalid(f"unknown field {k!r}", k)
 
 
+def item(value: Any, field: str, where: str, keys: tuple[str, ...],
+         required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One object of a list field (``where``: its path, "field[2]."): only
+    ``keys``, with ``required`` present; each error names the key."""
+    if not isinstance(value, dict):
+        shape = ", ".join(f'"{k}": ...' for k in keys)
+        raise Invalid(f"{field} items must be objects {{{shape}}}", field)
+    for k in value:
+        if k not in keys:
+            raise Invalid(f"unknown field {k!r}", where + k)
+    for k in required:
+        if k not in value:
+            raise Invalid(f"{where}{k} is required", where + k)
+    return value
+
+
 def require(body: dict[str, Any], field: str) -> Any:
     if field not in body:
         raise Invalid(f"{field} is required", field)
