@@ -226,10 +226,13 @@ class MidoCloud:
            dhcp: str | bool | None = None, boot: bool = True, **port):
         """A VM on ``host``: a new port on the bridge, bound by OVSDB iface-id.
 
-        ``dhcp``: None boots the VM by DHCP with udhcpc when the bridge has an
-        enabled DHCP subnet containing ``ip`` (else the harness configures it
-        statically, as before issue 12); "udhcpc" or "dhclient" boots it with
-        that client; False configures it statically. A VM booted by DHCP has
+        ``dhcp``: None boots the VM by DHCP with udhcpc, as a cloud's
+        instance boots: when the bridge has no DHCP subnet containing ``ip``
+        one is made first (``ip``'s network, no gateway: the test adds the
+        routes it wants); a disabled subnet, or ``wait=False`` (the port may
+        not be bound yet), configures it statically. "udhcpc" or "dhclient"
+        boots it with that client; False configures it statically (address
+        and the network's MTU set by the harness). A VM booted by DHCP has
         a port with ``fixed_ips=[ip]`` and ``mac``, no static address, route
         or MTU, and ``vm.lease`` (what the client configured, see
         ``topologies.dhcp_clients``); its port is waited for whatever
@@ -238,7 +241,7 @@ class MidoCloud:
         client. ``port``: more fields of the port (instance_id, tenant_id,
         hostname, extra_dhcp_opts)."""
         h = self.cloud.host(host)
-        client = self._dhcp_client(bridge_id, ip, dhcp)
+        client = self._dhcp_client(bridge_id, ip, dhcp if wait or dhcp is not None else False)
         if not client:
             pid = self.api.request("POST", f"/bridges/{bridge_id}/ports",
                                    {"name": name, **port})["id"] if port \
@@ -287,8 +290,18 @@ class MidoCloud:
             raise ValueError(f"dhcp={dhcp!r}: use None, False, 'udhcpc' or 'dhclient'")
         if dhcp is None:
             addr = netaddr.IPAddress(ip.split("/")[0])
-            if not any(s.get("enabled", True) and addr in netaddr.IPNetwork(s["cidr"])
-                       for s in self.dhcp_subnets(bridge_id)):
+            covering = [s for s in self.dhcp_subnets(bridge_id)
+                        if addr in netaddr.IPNetwork(s["cidr"])]
+            if not covering:
+                net = netaddr.IPNetwork(ip if "/" in ip else f"{ip}/24")
+                if net.prefixlen > 30:  # no room for a DHCP subnet: static
+                    return None
+                try:
+                    self.dhcp_subnet(bridge_id, str(net.cidr))
+                except ApiError as e:  # made meanwhile by another VM's creation
+                    if e.status != 409:
+                        raise
+            elif not any(s.get("enabled", True) for s in covering):
                 return None
         return "udhcpc" if dhcp in (None, True) else dhcp
 

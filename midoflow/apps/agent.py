@@ -669,9 +669,12 @@ class MidoflowAgent(app_manager.OSKenApp):
         if dp is None or meta is None or self.metadata is None:
             return
         if self._meta_port_sent != (dp, meta):
-            if self._meta_port_sent is not None:  # the port moved: everything again
-                pipeline.send(dp, pipeline.delete_metadata_flows(dp))
-                self.meta_sent = {}
+            # A new connection (after a fast restart OVS still holds the last
+            # run's metadata flows, some of ports unbound meanwhile) or the
+            # port moved: all of them again. The adds follow the delete on the
+            # same connection at once, so a request is steered all along.
+            pipeline.send(dp, pipeline.delete_metadata_flows(dp))
+            self.meta_sent = {}
             pipeline.send(dp, pipeline.metadata_port_flows(dp, meta))
             self._meta_port_sent = (dp, meta)
         wanted = self.metadata.wanted(dict(self.core.bindings))
