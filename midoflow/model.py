@@ -425,7 +425,7 @@ DHCP_LEASE_MAX = 31_536_000  # a year
 class DhcpSubnet(_Model):
     """DHCP served by the agents for the VM ports of ``bridge_id`` whose
     fixed address lies in ``cidr``. ``server_ip`` (option 54, the replies'
-    source) defaults to ``gateway_ip``, else the subnet's first host address.
+    source) defaults to ``gateway_ip``, else the subnet's last host address.
     ``lease_time`` in seconds; -1 is an infinite lease."""
 
     _TUPLES = ("dns_servers",)

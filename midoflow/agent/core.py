@@ -348,6 +348,10 @@ class AgentCore:
             answer = self.metadata.answer_arp(in_port, ofport, fields)
             if answer is not None:
                 return answer
+        if fields.get("arp_op") == 1 and fields.get("arp_tpa"):
+            server = self.dhcp.server_arp(in_port, fields)
+            if server is not None:
+                return self._answer_arp(ofport, in_port, fields, *server)
         if in_port in self.recovering and frame is not None and self.replay is not None:
             self.arp.hold(("recovering", in_port), ofport, frame)  # see _activate
             return None
@@ -410,6 +414,21 @@ class AgentCore:
         decision = dropped(pkt, "DHCP answered by the agent")
         if reply is not None:
             decision.emits.append(Emit(reply, [Output(ofport)]))
+        return decision
+
+    def _answer_arp(self, ofport: int, in_port: str, fields: dict, mac: str,
+                    ip: str) -> Decision:
+        """An ARP request answered by this agent out of the same port, no flow."""
+        decision = dropped(Packet(in_port=in_port, **fields), f"ARP for {ip} answered")
+        sha, spa = fields.get("arp_sha"), fields.get("arp_spa")
+        if not sha or not spa:
+            return decision
+        gen = Generated("arp_reply", in_port, (("eth_dst", sha), ("eth_src", mac),
+                                               ("ip_dst", spa), ("ip_src", ip)))
+        try:
+            decision.emits.append(Emit(self.frames.build(gen, None), [Output(ofport)]))
+        except (ValueError, NotImplementedError) as e:
+            LOG.warning("cannot answer ARP for %s on port %s: %s", ip, in_port, e)
         return decision
 
     def dry_decision(self, ofport: int, fields: dict) -> Decision | None:

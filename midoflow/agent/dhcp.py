@@ -9,7 +9,7 @@ servers, domain, lease time, the network's MTU (the bridge's ``mtu``, else
 the agent's ``default_mtu``: underlay less tunnel overhead), the subnet's
 host routes, the port's hostname (else ``host-10-0-0-5``) and extra options.
 The replies come from the subnet's server address (``server_ip``, else the
-gateway, else the subnet's first host) with the MAC of the router port that
+gateway, else the subnet's last host) with the MAC of the router port that
 holds that address on the bridge, else a fixed MAC derived from the subnet.
 """
 
@@ -33,7 +33,8 @@ def server_ip(subnet: DhcpSubnet) -> str:
         return subnet.server_ip
     if subnet.gateway_ip:
         return subnet.gateway_ip
-    return str(IPAddress(IPNetwork(subnet.cidr).first + 1))
+    # the last host address: the first is most often a VM's or the router's
+    return str(IPAddress(IPNetwork(subnet.cidr).last - 1))
 
 
 class DhcpResponder:
@@ -103,6 +104,13 @@ class DhcpResponder:
     def server_mac(self, subnet: DhcpSubnet, sip: str) -> str:
         """The MAC of the router port holding ``sip`` on the subnet's bridge,
         else one derived from the subnet (locally administered, unicast)."""
+        mac = self._router_mac(subnet, sip)
+        if mac is not None:
+            return mac
+        digest = hashlib.sha256(subnet.id.encode()).digest()
+        return "fa:16:3e:" + digest[:3].hex(":")
+
+    def _router_mac(self, subnet: DhcpSubnet, sip: str) -> str | None:
         bridge = self.cache.bridges.get(subnet.bridge_id)
         for pid in bridge.port_ids if bridge is not None else ():
             p = self.cache.ports.get(pid)
@@ -111,8 +119,24 @@ class DhcpResponder:
             peer = self.cache.ports.get(p.peer_id)
             if peer is not None and peer.ip_address == sip and peer.mac:
                 return peer.mac
-        digest = hashlib.sha256(subnet.id.encode()).digest()
-        return "fa:16:3e:" + digest[:3].hex(":")
+        return None
+
+    def server_arp(self, port_id: str, fields: dict) -> tuple[str, str] | None:
+        """A served VM's ARP request for its DHCP server's address, which no
+        router port holds (a lease is renewed by unicast to the server): the
+        (MAC, address) to answer with; None for anything else (a router port
+        holding the address answers by simulation)."""
+        if fields.get("arp_op") != 1:
+            return None
+        found = self.subnet_for(port_id)
+        if found is None:
+            return None
+        subnet = found[1]
+        sip = server_ip(subnet)
+        if fields.get("arp_tpa") != sip or self._router_mac(subnet, sip) is not None:
+            return None
+        self._count("server_arp")
+        return self.server_mac(subnet, sip), sip
 
     def reply(self, port_id: str, frame: bytes) -> bytes | None:
         """The frame answering a client's request from ``port_id``, or None

@@ -36,7 +36,7 @@ KIND = Kind(
                           "cidr; null: none"),
         Field("server_ip", IPV4, nullable=True, default=None, special=True,
               description="The DHCP server identifier (option 54) and the replies' source; "
-                          "a host address of cidr; null: gateway_ip, else cidr's first host "
+                          "a host address of cidr; null: gateway_ip, else cidr's last host "
                           "address"),
         Field("dns_servers", IPV4_LIST, default=[], special=True,
               description=f"Up to {DNS_SERVERS_MAX} unicast IPv4 addresses (option 6)"),

@@ -171,3 +171,38 @@ def test_a_subnet_without_gateway_gets_an_on_link_route_to_the_metadata_address(
     a.dhcp.metadata_route = False  # metadata_enabled = false: no such route
     _, r = reply_of(miss(a, client_frame(codec.DISCOVER)))
     assert r.option(121) is None
+
+
+def arp_request(tpa: str, spa: str = "10.0.0.5", mac: str = M1) -> bytes:
+    from midoflow.sim.result import Generated
+    return wire.build(Generated("arp_request", "p1", (("eth_src", mac), ("ip_src", spa),
+                                                      ("ip_dst", tpa))))
+
+
+def test_the_server_address_no_router_holds_is_answered_so_renewals_reach_it():
+    """Without a gateway the server is the subnet's last host address, which
+    no router port holds: the agent answers its ARP (a renewal is unicast to
+    the server) with the server's MAC, and the unicast renewal is ACKed."""
+    _, a = world(gateway_ip=None, host_routes=[])
+    a.frames = worlds.OsKenFrames()
+    d = miss(a, arp_request("10.0.0.254"))
+    assert d.install is False and d.actions == [] and len(d.emits) == 1
+    reply = wire.parse(d.emits[0].frame)
+    assert reply["arp_op"] == 2 and reply["arp_spa"] == "10.0.0.254"
+    assert reply["arp_tpa"] == "10.0.0.5" and reply["eth_dst"] == M1
+    server_mac = reply["arp_sha"]
+    assert server_mac.startswith("fa:16:3e:") and d.emits[0].actions == [Output(5)]
+    renew = client_frame(codec.REQUEST, ciaddr="10.0.0.5", dst_ip="10.0.0.254")
+    renew = bytes.fromhex(server_mac.replace(":", "")) + renew[6:]
+    frame, r = reply_of(miss(a, renew))
+    assert r.message_type == codec.ACK and r.ip_option(54) == "10.0.0.254"
+    assert frame[6:12] == bytes.fromhex(server_mac.replace(":", ""))
+    assert a.stats["dhcp_server_arp"] == 1
+
+
+def test_arp_for_a_router_held_server_address_is_left_to_the_router():
+    _, a = world()  # the server is the gateway 10.0.0.1, a router port
+    a.frames = worlds.OsKenFrames()
+    d = miss(a, arp_request("10.0.0.1"))
+    assert "dhcp_server_arp" not in a.stats
+    assert [wire.parse(e.frame)["arp_sha"] for e in d.emits] == [RMAC]  # the router answers
