@@ -67,8 +67,8 @@ class Protection:
 
     def report(self) -> dict:
         """For the host state (``midoflow status``): the worst ports of each
-        limit, the malformed frames by reason, fragments dropped and
-        packet-ins the meters dropped."""
+        limit, the malformed frames by reason, fragments dropped,
+        packet-ins the meters dropped, and the DHCP server's counters."""
         metered = self.stats.get("metered_drops")
         storms = self.stats.get("storm_blocked")
         c = self.cfg
@@ -86,6 +86,10 @@ class Protection:
             "fragments_dropped": self.stats.get("fragments_dropped", 0),
             "metered_drops": _worst(metered) if isinstance(metered, dict) else {},
             "storm_blocked": _worst(storms) if isinstance(storms, dict) else {},
+            # the agent's DHCP server (midoflow.agent.dhcp): answers and
+            # refusals by kind (offer, ack, nak, decline, malformed...)
+            "dhcp": {k[5:]: n for k, n in sorted(self.stats.items())
+                     if k.startswith("dhcp_") and isinstance(n, int)},
         }
 
     def changed(self) -> bool:

@@ -47,6 +47,7 @@ def format_status(st: dict) -> str:
     if hosts:
         lines += ["", render.table(hosts, HOST_COLS)]
     lines += _protection(hosts)
+    lines += _dhcp(hosts)
     peers = st.get("bgp_peers")
     if peers:
         up = [p for p in peers if (p.get("status") or {}).get("state") == "established"]
@@ -93,6 +94,19 @@ def _protection(hosts: list[dict]) -> list[str]:
     if out:
         out = ["", "limits: what the agents' per-port bounds refused", *out]
     return out
+
+
+def _dhcp(hosts: list[dict]) -> list[str]:
+    """A line per host whose agent answered DHCP: its counters by kind (a NAK
+    is a client asking for another port's address; a decline, an address
+    already in use on the network)."""
+    out = []
+    for h in hosts:
+        counts = (h.get("protection") or {}).get("dhcp") or {}
+        if isinstance(counts, dict) and counts:
+            out.append(f"        {h.get('name') or h.get('id')}: "
+                       + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    return ["", "dhcp:   what each host's agent answered", *out] if out else []
 
 
 @command(None, "status", "store health and the state of every host")

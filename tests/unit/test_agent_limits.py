@@ -182,3 +182,20 @@ def test_mac_limit_counts_entries_written_but_not_yet_seen_through_the_watch(lim
     # an unbound port starts again from nothing
     a.set_interfaces({"vxlan0": (1, None), "vm3": (6, "p3")})
     assert "p1" not in a.port_macs
+
+
+def test_status_shows_each_agents_dhcp_answers():
+    state = {"protection": {"dhcp": {"ack": 3, "nak": 1, "offer": 3}}}
+    text = format_status({"store": {"connected": True},
+                          "hosts": [_status_host("h1", "h1", state),
+                                    _status_host("h2", "h2", {"protection": {}})]})
+    assert "dhcp:   what each host's agent answered" in text
+    assert "        h1: ack 3, nak 1, offer 3" in text and "h2: " not in text
+
+
+def test_the_dhcp_counters_reach_the_published_report(limits_world):
+    _, make = limits_world
+    a = make("h1")
+    a.stats["dhcp_offer"] = 2
+    a.stats["dhcp_nak"] = 1
+    assert a.protection_report()["dhcp"] == {"nak": 1, "offer": 2}
