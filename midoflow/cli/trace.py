@@ -43,13 +43,17 @@ def build_body(ctx: Context, a: argparse.Namespace) -> dict[str, Any]:
     if a.arp is not None:
         if a.ip_src is None or a.ip_dst is None:
             raise UsageError("--arp needs --ip-src (sender) and --ip-dst (target)")
-        for opt in ("proto", "sport", "dport", "ttl"):
+        for opt in ("proto", "sport", "dport", "ttl", "size"):
             if getattr(a, opt) is not None:
                 raise UsageError(f"--{opt} does not go with --arp")
+        if a.df:
+            raise UsageError("--df does not go with --arp")
         body.update(arp_op=ARP_OPS[a.arp], arp_spa=a.ip_src, arp_tpa=a.ip_dst)
         return body
+    if a.df and a.size is None:
+        raise UsageError("--df needs --size (the packet's IP length)")
     ip = {"ip_src": a.ip_src, "ip_dst": a.ip_dst, "ip_ttl": a.ttl, "tp_src": a.sport,
-          "tp_dst": a.dport}
+          "tp_dst": a.dport, "ip_len": a.size, "ip_df": True if a.df else None}
     if a.proto is not None:
         ip["ip_proto"] = parse_proto(a.proto)
     ip = {k: val for k, val in ip.items() if val is not None}
@@ -95,6 +99,8 @@ def _packet_line(body: dict[str, Any], names: dict[str, str]) -> str:
             else:
                 line += f" {body.get('tp_src', '*')} > {body.get('tp_dst', '*')}"
         line += f" ttl {body.get('ip_ttl', 64)}"
+        if "ip_len" in body:
+            line += f", {body['ip_len']} bytes" + (" DF" if body.get("ip_df") else "")
     return f"packet: {line}, into port {_label(body['in_port'], names)}"
 
 
@@ -159,6 +165,9 @@ def format_trace(res: dict[str, Any], body: dict[str, Any], names: dict[str, str
     arg("--sport", type=int, metavar="N", help="source port (ICMP: type)"),
     arg("--dport", type=int, metavar="N", help="destination port (ICMP: code)"),
     arg("--ttl", type=int, metavar="N", help="IP TTL (default 64)"),
+    arg("--size", type=int, metavar="BYTES",
+        help="IP total length: routers check it against the egress MTU"),
+    arg("--df", action="store_true", help="don't fragment (with --size)"),
     arg("--arp", choices=tuple(ARP_OPS), help="an ARP request or reply instead of IPv4"),
 ])
 def trace(ctx: Context, a: argparse.Namespace) -> None:

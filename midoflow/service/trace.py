@@ -22,7 +22,7 @@ from midoflow.sim.result import Result
 from midoflow.sim.simulator import simulate
 from midoflow.store.base import Data, Store
 
-IP_FIELDS = ("ip_src", "ip_dst", "ip_proto", "ip_ttl", "tp_src", "tp_dst")
+IP_FIELDS = ("ip_src", "ip_dst", "ip_proto", "ip_ttl", "tp_src", "tp_dst", "ip_len", "ip_df")
 ARP_FIELDS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
 FIELDS = ("in_port", "eth_src", "eth_dst", "eth_type") + IP_FIELDS + ARP_FIELDS
 ZERO_MAC = "00:00:00:00:00:00"
@@ -70,6 +70,10 @@ def _ip_fields(body: dict[str, Any]) -> dict[str, Any]:
     }
     if "ip_ttl" in body:
         out["ip_ttl"] = v.integer(body["ip_ttl"], "ip_ttl", 1, 255)
+    if "ip_len" in body:  # the routers check it against their egress MTU
+        out["ip_len"] = v.integer(body["ip_len"], "ip_len", 20, 65535)
+    if "ip_df" in body:
+        out["ip_df"] = v.boolean(body["ip_df"], "ip_df")
     proto = None
     if "ip_proto" in body:
         proto = out["ip_proto"] = v.integer(body["ip_proto"], "ip_proto", 0, 255)

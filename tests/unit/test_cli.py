@@ -527,6 +527,19 @@ def test_trace_errors(cli, l2_net):
                        "--eth-dst", "02:00:00:00:00:02"), 1, "400", "(field: eth_src)")
     one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--ttl", "0"), 1,
                    "(field: ip_ttl)")
+    one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--df"), 2,
+                   "--df needs --size")
+    one_error_line(cli(*base, "--arp", "request", "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2",
+                       "--size", "100"), 2, "--size")
+    one_error_line(cli(*base, "--ip-src", "1.1.1.1", "--ip-dst", "1.1.1.2", "--size", "10"), 1,
+                   "(field: ip_len)")
+
+
+def test_trace_with_a_size(cli, l2_net):
+    r = ok(cli("trace", "--in-port", "vm1", "--eth-src", "02:00:00:00:00:01",
+               "--eth-dst", "02:00:00:00:00:02", "--ip-src", "10.0.0.1", "--ip-dst", "10.0.0.2",
+               "--proto", "udp", "--sport", "1", "--dport", "2", "--size", "1500", "--df"))
+    assert "udp 1 > 2 ttl 64, 1500 bytes DF, into port" in r.out.splitlines()[0]
 
 
 # ------------------------------------------------------ pure helpers (no API)

@@ -234,6 +234,11 @@ def test_packet_defaults(service, mem_store, l2):
      "arp_sha"),
     ({"arp_op": 1, "arp_spa": "10.0.0.1", "arp_tpa": "10.0.0.2", "arp_tha": "00-00"},
      "arp_tha"),
+    ({"ip_src": "10.0.0.1", "ip_dst": "10.0.0.2", "ip_len": 19}, "ip_len"),
+    ({"ip_src": "10.0.0.1", "ip_dst": "10.0.0.2", "ip_len": 65536}, "ip_len"),
+    ({"ip_src": "10.0.0.1", "ip_dst": "10.0.0.2", "ip_len": "big"}, "ip_len"),
+    ({"ip_src": "10.0.0.1", "ip_dst": "10.0.0.2", "ip_df": "yes"}, "ip_df"),
+    ({"arp_op": 1, "arp_spa": "10.0.0.1", "arp_tpa": "10.0.0.2", "ip_len": 100}, "arp_op"),
     ({"vlan": 5}, "vlan"),
 ])
 def test_trace_invalid(service, mem_store, l2, change, field):
@@ -287,3 +292,37 @@ def test_result_to_dict_is_generic():
         "wait_arp": ["r", "10.0.0.9"],
     }
     assert result_to_dict(Result(action=Action.FORWARD, out_ports=("p",)))["wait_arp"] is None
+
+
+def test_trace_shows_the_routers_mtu_check(service, mem_store):
+    """A packet bigger than the egress network's MTU (net2: 1400): with DF the
+    router answers fragmentation needed with the next-hop MTU; without, it
+    forwards it, to be fragmented by the agent."""
+    n1, n2 = service.create_bridge({"name": "n1"}), service.create_bridge({"name": "n2"})
+    service.update_bridge(n2["id"], {"mtu": 1400})
+    vm1 = service.create_port(n1["id"], {})
+    vm2 = service.create_port(n2["id"], {})
+    l1 = service.create_port(n1["id"], {"type": "interior"})
+    l2 = service.create_port(n2["id"], {"type": "interior"})
+    r = service.create_router({"name": "r1"})
+    ra = service.create_router_port(r["id"], {"ip_address": "10.0.1.1", "prefix_len": 24,
+                                              "type": "interior"})
+    rb = service.create_router_port(r["id"], {"ip_address": "10.0.2.1", "prefix_len": 24,
+                                              "type": "interior"})
+    service.link_port(ra["id"], l1["id"])
+    service.link_port(rb["id"], l2["id"])
+    mem_store.put_state(paths.mac_entry(n2["id"], VM2, vm2["id"]), {})
+    mem_store.put_state(paths.arp_entry(r["id"], "10.0.2.20", VM2, time.time()), {})
+    body = {"in_port": vm1["id"], "eth_src": VM1, "eth_dst": ra["mac"], "ip_src": "10.0.1.10",
+            "ip_dst": "10.0.2.20", "ip_proto": 17, "tp_src": 5000, "tp_dst": 53}
+    big_df = service.trace({**body, "ip_len": 1450, "ip_df": True})
+    assert big_df["action"] == "drop", big_df
+    (gen,) = big_df["generated"]
+    assert gen["kind"] == "icmp_error"
+    assert (gen["fields"]["icmp_type"], gen["fields"]["icmp_code"]) == (3, 4)
+    assert any("MTU 1400" in s["decision"] for s in big_df["steps"]), big_df["steps"]
+    big = service.trace({**body, "ip_len": 1450})
+    assert big["action"] == "forward" and big["out_ports"] == [vm2["id"]]
+    assert any("fragmented" in s["decision"] for s in big["steps"]), big["steps"]
+    small = service.trace({**body, "ip_len": 1400, "ip_df": True})
+    assert small["action"] == "forward" and not small["generated"]
