@@ -143,10 +143,12 @@ def test_trace_over_rest(api, mem_store, l2):
 
 
 # -------------------------------------------------------- a routed trace
-def test_trace_through_a_router(service, mem_store):
-    """vm1 (10.0.1.10, net1) -> r1 -> vm2 (10.0.2.20, net2), entries in the
-    replicated MAC and ARP tables: the router rewrites the MACs and the TTL."""
+def _routed(service, mem_store, n2_mtu: int | None = None):
+    """vm1 (net1) -> r1 -> vm2 (10.0.2.20, net2), vm2 in the replicated MAC
+    and ARP tables: (vm1, vm2, ra, rb, r)."""
     n1, n2 = service.create_bridge({"name": "n1"}), service.create_bridge({"name": "n2"})
+    if n2_mtu is not None:
+        service.update_bridge(n2["id"], {"mtu": n2_mtu})
     vm1 = service.create_port(n1["id"], {})
     vm2 = service.create_port(n2["id"], {})
     l1 = service.create_port(n1["id"], {"type": "interior"})
@@ -160,6 +162,13 @@ def test_trace_through_a_router(service, mem_store):
     service.link_port(rb["id"], l2["id"])
     mem_store.put_state(paths.mac_entry(n2["id"], VM2, vm2["id"]), {})
     mem_store.put_state(paths.arp_entry(r["id"], "10.0.2.20", VM2, time.time()), {})
+    return vm1, vm2, ra, rb, r
+
+
+def test_trace_through_a_router(service, mem_store):
+    """vm1 (10.0.1.10, net1) -> r1 -> vm2 (10.0.2.20, net2), entries in the
+    replicated MAC and ARP tables: the router rewrites the MACs and the TTL."""
+    vm1, vm2, ra, rb, _ = _routed(service, mem_store)
     before = store_snapshot(mem_store)
     res = service.trace({"in_port": vm1["id"], "eth_src": VM1, "eth_dst": ra["mac"],
                          "ip_src": "10.0.1.10", "ip_dst": "10.0.2.20", "ip_proto": 17,
@@ -298,21 +307,7 @@ def test_trace_shows_the_routers_mtu_check(service, mem_store):
     """A packet bigger than the egress network's MTU (net2: 1400): with DF the
     router answers fragmentation needed with the next-hop MTU; without, it
     forwards it, to be fragmented by the agent."""
-    n1, n2 = service.create_bridge({"name": "n1"}), service.create_bridge({"name": "n2"})
-    service.update_bridge(n2["id"], {"mtu": 1400})
-    vm1 = service.create_port(n1["id"], {})
-    vm2 = service.create_port(n2["id"], {})
-    l1 = service.create_port(n1["id"], {"type": "interior"})
-    l2 = service.create_port(n2["id"], {"type": "interior"})
-    r = service.create_router({"name": "r1"})
-    ra = service.create_router_port(r["id"], {"ip_address": "10.0.1.1", "prefix_len": 24,
-                                              "type": "interior"})
-    rb = service.create_router_port(r["id"], {"ip_address": "10.0.2.1", "prefix_len": 24,
-                                              "type": "interior"})
-    service.link_port(ra["id"], l1["id"])
-    service.link_port(rb["id"], l2["id"])
-    mem_store.put_state(paths.mac_entry(n2["id"], VM2, vm2["id"]), {})
-    mem_store.put_state(paths.arp_entry(r["id"], "10.0.2.20", VM2, time.time()), {})
+    vm1, vm2, ra, _, _ = _routed(service, mem_store, n2_mtu=1400)
     body = {"in_port": vm1["id"], "eth_src": VM1, "eth_dst": ra["mac"], "ip_src": "10.0.1.10",
             "ip_dst": "10.0.2.20", "ip_proto": 17, "tp_src": 5000, "tp_dst": 53}
     big_df = service.trace({**body, "ip_len": 1450, "ip_df": True})
