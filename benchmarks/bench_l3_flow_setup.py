@@ -29,7 +29,7 @@ flows installed / seconds until the count stopped growing (as
 bench_flow_setup). Rounds alternate midoflow / baseline; each side reports
 its best round (other work on this 2-core machine only ever slows a round
 down). Run: ``.venv/bin/python -m benchmarks.bench_l3_flow_setup`` (root).
-Knobs (env): L3_FLOW_ROUNDS, L3_FLOW_SECONDS, L3_FLOW_BLAST_RATE,
+Knobs (env): BENCH_QUICK=1, L3_FLOW_ROUNDS, L3_FLOW_SECONDS, L3_FLOW_BLAST_RATE,
 L3_FLOW_DESTINATIONS.
 """
 
@@ -63,8 +63,10 @@ UNBOUNDED = {"packet_in_rate": 10_000_000, "packet_in_burst": 1_000_000,
              "fast_restart": False}
 
 NAME = "l3_flow_setup_rate"
-ROUNDS = int(os.environ.get("L3_FLOW_ROUNDS", "3"))
-BLAST_SECONDS = float(os.environ.get("L3_FLOW_SECONDS", "4"))
+# BENCH_QUICK=1: two rounds of 3 s per controller (well under 2 minutes in all).
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+ROUNDS = int(os.environ.get("L3_FLOW_ROUNDS", "2" if QUICK else "3"))
+BLAST_SECONDS = float(os.environ.get("L3_FLOW_SECONDS", "3" if QUICK else "4"))
 BLAST_RATE = float(os.environ.get("L3_FLOW_BLAST_RATE", "8000"))
 # Distinct destination IPs, cycled (at most 65536: 10.200.0.0/16).
 DESTINATIONS = min(int(os.environ.get("L3_FLOW_DESTINATIONS", "40000")), 65536)

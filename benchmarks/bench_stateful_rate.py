@@ -22,9 +22,14 @@ one NAT binding, one flow-state push over the tunnel to host 1 (sent before
 the packet), one exact 5-tuple flow on host 2, and two rows (conntrack, NAT)
 in each of two Cassandra partitions (the VM's port, the uplink), filed behind
 the packet: the agent buffers flow state per port and writes it (QUORUM)
-every 50 ms or 256 entries. Stateless mode: both filters set
-to null (``PUT /routers/{id}``): plain routing, one flow per destination IP
-(routed flows match in_port, MACs and the destination IP).
+every 0.5 s or 2048 entries. Security-group mode (issue 13: a VM port
+behind a security group): the router's filters null, the VM's port in a
+security group (port security on; egress allowed, so each new connection
+the VM opens is tracked: one conntrack entry, pushed to host 1 where its
+reply would be simulated, filed in Cassandra, an exact flow). Stateless
+mode: both filters null and no security group (``PUT /routers/{id}``,
+``PUT /ports/{id}``): plain routing, one flow per destination IP (routed
+flows match in_port, MACs and the destination IP).
 
 Load (same in both modes): the VM sends paced IPv4/UDP frames (raw socket) to
 the router's MAC, each with its own source port AND its own destination IP
@@ -33,8 +38,10 @@ new routed flow; routed flows ignore the source port, so source ports alone
 would make one routed flow). Rounds use disjoint source-port ranges, so no
 round meets the conntrack or NAT state of an earlier one. We poll host 2's
 OVS for table-1 flows to 10.200.0.0/16: rate = flows / seconds until the
-count stopped growing (as bench_l3_flow_setup). Rounds alternate stateful /
-stateless, each side reports its best round.
+count stopped growing (as bench_l3_flow_setup). Rounds cycle SNAT /
+security group / stateless, each mode reports its best round; two results:
+``stateful_connection_rate`` (SNAT) and ``stateful_sg_connection_rate``,
+each against the stateless rate of the same run.
 
 Per round we also count, without touching the agent: state pushes (packets
 of host 1's table-0 flow for the reserved state tunnel key), connections
@@ -74,6 +81,7 @@ from benchmarks.cloudbench import (
     wait_ping,
 )
 from benchmarks.common import report
+from midoflow.agent.flowstate import STATE_FLUSH_SECONDS
 
 # This measures the agent's own ceiling: the per-port bounds against hostile
 # VMs (packet-in meter, flow and MAC limits; benchmarks/bench_hostile.py) are lifted.
@@ -81,6 +89,9 @@ UNBOUNDED = {"packet_in_rate": 10_000_000, "packet_in_burst": 1_000_000,
              "max_flows_per_port": 10_000_000, "max_macs_per_port": 1_000_000}
 
 NAME = "stateful_connection_rate"
+SG_NAME = "stateful_sg_connection_rate"
+SNAT, SG, STATELESS = "snat", "sg", "stateless"
+MODES = (SNAT, SG, STATELESS)
 BASELINE = "stateless_routed_rate"
 ROUNDS = int(os.environ.get("STATEFUL_RATE_ROUNDS", "2"))
 BLAST_SECONDS = float(os.environ.get("STATEFUL_RATE_SECONDS", "4"))
@@ -132,13 +143,35 @@ class NatTopo:
              "nat_targets": [{"addr_from": PUBLIC, "addr_to": PUBLIC, "port_from": 1024,
                               "port_to": 65535}]},
         ])
-        self.stateful = False
+        self.mode = STATELESS
+        self.group = mc.api.request("POST", "/security_groups",
+                                    {"name": "sf-web", "tenant_id": "t"})["id"]
+        # Egress is allowed (and tracked); this ingress rule stands for a web server's.
+        mc.api.request("POST", f"/security_groups/{self.group}/rules", {
+            "direction": "ingress", "protocol": "tcp", "port_range_min": 80,
+            "port_range_max": 80})
+
+    @property
+    def stateful(self) -> bool:
+        return self.mode == SNAT
 
     def set_stateful(self, on: bool) -> None:
+        self.set_mode(SNAT if on else STATELESS)
+
+    def set_mode(self, mode: str, vm=None) -> None:
+        """SNAT: the router's NAT chains; SG: the VM's port in the security
+        group (``vm``: the VM); STATELESS: neither."""
+        on = mode == SNAT
         self.mc.api.request("PUT", f"/routers/{self.router}", {
             "inbound_filter_id": self.inbound if on else None,
             "outbound_filter_id": self.outbound if on else None})
-        self.stateful = on
+        if vm is not None:
+            grouped = mode == SG
+            self.mc.api.request("PUT", f"/ports/{vm.port_id}", {
+                "mac": VM_MAC, "fixed_ips": [VM_IP],
+                "security_group_ids": [self.group] if grouped else [],
+                "port_security_enabled": grouped})
+        self.mode = mode
 
     def external(self, host):
         """The external host on ``host``, bound to the uplink; it owns EXT_LOCAL."""
@@ -186,14 +219,16 @@ def flow_state_spec(node) -> str:
     return f"cassandra:{node.address}:{node.native_port}/{KEYSPACE}"
 
 
-def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
+def cassandra_rows(node, port_id: str, since: float = 0.0, sports=None) -> dict:
     """Rows of the port's flow-state partition written (agent's timestamp) at or
-    after ``since`` (time.time()): count per kind, first and last write time."""
+    after ``since`` (time.time()): count per kind, first and last write time.
+    ``sports``: only the connections of the VM from these source ports (the
+    agents file live state again every 30 s: rows of earlier rounds)."""
     from midoflow.devenv.cassandra import CqlError, cql_query
 
     try:
         rows = cql_query(node.address, node.native_port,
-                         f"SELECT kind, WRITETIME(value) FROM {KEYSPACE}.flow_state "
+                         f"SELECT kind, key, WRITETIME(value) FROM {KEYSPACE}.flow_state "
                          f"WHERE port_id = '{port_id}'", timeout=15,
                          auth=node.admin_credentials)
     except CqlError as e:
@@ -206,10 +241,15 @@ def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
     kinds: dict[str, int] = {}
     times = []
     since_us = int(since * 1e6)
-    for kind, wt in rows:
+    for kind, key, wt in rows:
         t = wt or 0  # WRITETIME: microseconds (cql_query decodes cells)
         if t < since_us:
             continue
+        if sports is not None:
+            m = re.search(rf"{re.escape(VM_IP)}\|(\d+)", key or "")
+            # the load's (to 10.200.0.0/16), not the probes' (10.201.0.0/16)
+            if m is None or int(m.group(1)) not in sports or "|10.200." not in key:
+                continue
         k = kind or "?"
         kinds[k] = kinds.get(k, 0) + 1
         times.append(t / 1e6)
@@ -218,15 +258,15 @@ def cassandra_rows(node, port_id: str, since: float = 0.0) -> dict:
 
 
 def wait_rows_settled(node, port_id: str, since: float, quiet_s: float = 1.5,
-                      timeout: float = 20.0) -> tuple[dict, float]:
+                      timeout: float = 20.0, sports=None) -> tuple[dict, float]:
     """Poll the partition until its count (since ``since``) stops changing for
     ``quiet_s``; (the rows, seconds waited)."""
     t0 = time.monotonic()
-    last = cassandra_rows(node, port_id, since)
+    last = cassandra_rows(node, port_id, since, sports)
     changed = time.monotonic()
     while time.monotonic() - changed < quiet_s and time.monotonic() - t0 < timeout:
         time.sleep(0.3)
-        cur = cassandra_rows(node, port_id, since)
+        cur = cassandra_rows(node, port_id, since, sports)
         if cur["rows"] != last["rows"]:
             last, changed = cur, time.monotonic()
     return last, changed - t0
@@ -289,11 +329,19 @@ def send_probe(vm, seq: list[int]) -> str:
     return dst
 
 
-def probe_mode(h2, vm, stateful: bool, seq: list[int], timeout: float = 15) -> None:
+def _shape(flow: str) -> str:
+    """The mode a routed flow was simulated in: SNAT (rewrites the source to
+    PUBLIC), SG (exact 5-tuple, no NAT) or STATELESS (by destination)."""
+    if f"set_field:{PUBLIC}->ip_src" in flow:
+        return SNAT
+    return SG if ("tp_src=" in flow or "udp_src" in flow) else STATELESS
+
+
+def probe_mode(h2, vm, stateful: bool | str, seq: list[int], timeout: float = 15) -> None:
     """Until a fresh UDP probe from the VM (to 10.201.0.x) is simulated the way
-    the mode wants: SNAT to PUBLIC (stateful) or plain routing (stateless)."""
+    the mode wants (True: SNAT, False: stateless, or a mode's name)."""
+    mode = stateful if isinstance(stateful, str) else (SNAT if stateful else STATELESS)
     deadline = time.monotonic() + timeout
-    want = f"set_field:{PUBLIC}->ip_src"
     while True:
         dst = send_probe(vm, seq)
         flows: list[str] = []
@@ -302,33 +350,33 @@ def probe_mode(h2, vm, stateful: bool, seq: list[int], timeout: float = 15) -> N
             time.sleep(0.05)
             flows = [f for f in h2.ovs_ofctl("dump-flows", f"table=1,ip,nw_dst={dst}")
                      .splitlines() if "actions=" in f]
-        if flows and (want in flows[0]) == stateful and "dec_ttl" in flows[0]:
+        if flows and _shape(flows[0]) == mode and "dec_ttl" in flows[0]:
             return
         if time.monotonic() > deadline:
-            raise BenchError(f"the {'stateful' if stateful else 'stateless'} mode did not "
+            raise BenchError(f"the {mode} mode did not "
                              f"take effect on {h2.name}: probe flow "
                              f"{flows[0].strip()[:300] if flows else 'missing'}")
         time.sleep(0.3)
 
 
-def check_flow_shape(h2, stateful: bool) -> None:
+def check_flow_shape(h2, mode: str) -> None:
     out = h2.ovs_ofctl("dump-flows", BLAST_MATCH)
     f = next((ln for ln in out.splitlines() if "actions=" in ln), None)
     if f is None:
         raise BenchError("no flow for 10.200.0.0/16 in table 1")
-    natted = f"set_field:{PUBLIC}->ip_src" in f
-    exact = "tp_src=" in f or "udp_src" in f
-    if natted != stateful or exact != stateful or "dec_ttl" not in f:
-        raise BenchError(f"unexpected {'stateful' if stateful else 'routed'} flow: "
-                         f"{f.strip()[:300]}")
+    if _shape(f) != mode or "dec_ttl" not in f:
+        raise BenchError(f"unexpected flow in the {mode} mode: {f.strip()[:300]}")
 
 
-def measure(mc, topo, vm, sink, cass, rnd: int, stateful: bool) -> dict:
+def measure(mc, topo, vm, sink, cass, rnd: int, mode: str) -> dict:
     h1, h2 = mc.hosts
-    label = "stateful" if stateful else "stateless"
+    label = mode
+    stateful = mode != STATELESS  # state pushed and filed (SNAT, SG)
     del_sim_flows(h2, "ip,nw_dst=10.200.0.0/16")
     if flow_count(h2, BLAST_MATCH):
         raise BenchError(f"{label}: table 1 still holds flows for 10.200.0.0/16")
+    # what the probes of the mode switch made reaches the store before the round
+    time.sleep(2 * STATE_FLUSH_SECONDS)
     sink.take()
     pushes0 = state_pushes_received(h1)
     failed0 = log_count(h2, SAVE_FAILED)
@@ -367,15 +415,18 @@ def measure(mc, topo, vm, sink, cass, rnd: int, stateful: bool) -> dict:
                          f"{h2.rundir}/agent.log")
     elapsed = next(t for t, n in samples if n >= final)
     rate = final / elapsed
-    check_flow_shape(h2, stateful)
+    check_flow_shape(h2, mode)
     res = {"mode": label, "flows": final, "seconds": round(elapsed, 3), "frames_sent": sent,
            "flows_per_s": round(rate, 1),
            "flows_installed_after_blast_end_s": round(max(0.0, elapsed - BLAST_SECONDS), 2)}
-    rows, waited = wait_rows_settled(cass, vm.port_id, t_wall)
+    sports = {1024 + (first + i) % 64000 for i in range(PER_ROUND)}
+    rows, waited = wait_rows_settled(cass, vm.port_id, t_wall, sports=sports)
     if not stateful and rows["rows"]:
         raise BenchError(f"{label}: {rows['rows']} flow-state rows filed in the stateless mode")
     if stateful:
-        saves = rows["kinds"].get("nat", 0)
+        # SNAT: one row a connection, its binding's (it says the connection
+        # is tracked too: midoflow.agent.flowstate.NAT_TRACKED)
+        saves = rows["kinds"].get("nat" if mode == SNAT else "ct", 0)
         span = (rows["last"] - rows["first"]) if saves > 1 else 0.0
         res.update({
             "cassandra_connections_filed": saves,
@@ -398,7 +449,7 @@ def measure(mc, topo, vm, sink, cass, rnd: int, stateful: bool) -> dict:
                  f"({res['saves_failed_logged']} writes failed)")
     log(f"  {label}: {final} flows in {elapsed:.2f} s = {rate:.0f} connections/s "
         f"({sent} frames sent, {got['datagrams']} delivered{extra})")
-    if stateful and res["delivered_from_public_ip"] < min(final, got["datagrams"]) * 0.9:
+    if mode == SNAT and res["delivered_from_public_ip"] < min(final, got["datagrams"]) * 0.9:
         raise BenchError(f"{label}: only {res['delivered_from_public_ip']} of "
                          f"{got['datagrams']} datagrams reached the external host from "
                          f"{PUBLIC}: SNAT did not apply")
@@ -452,15 +503,16 @@ def run() -> None:
             f"{ROUNDS} round(s) per mode, {BLAST_SECONDS:.0f} s each, {BLAST_RATE:.0f} "
             f"frames/s, {PER_ROUND} distinct 5-tuples per round")
         rnd = 0
+        whats = {SNAT: "stateful (conntrack + SNAT + push + Cassandra)",
+                 SG: "security group (conntrack + push + Cassandra)",
+                 STATELESS: "stateless (routed, chains detached)"}
         for i in range(1, ROUNDS + 1):
-            for stateful in (True, False):
-                if topo.stateful != stateful:
-                    topo.set_stateful(stateful)
-                probe_mode(h2, vm, stateful, seq)
-                what = ("stateful (conntrack + SNAT + push + Cassandra)" if stateful
-                        else "stateless (routed, chains detached)")
-                log(f"round {i}/{ROUNDS}: {what}")
-                rounds.append(measure(mc, topo, vm, sink, cass, rnd, stateful))
+            for mode in MODES:
+                if topo.mode != mode:
+                    topo.set_mode(mode, vm)
+                probe_mode(h2, vm, mode, seq)
+                log(f"round {i}/{ROUNDS}: {whats[mode]}")
+                rounds.append(measure(mc, topo, vm, sink, cass, rnd, mode))
                 rnd += 1
         log(f"measured in {time.monotonic() - t_start:.0f} s; tearing down")
     finally:
@@ -470,8 +522,9 @@ def run() -> None:
         finally:
             if cass is not None:
                 cass.cleanup()
-    sf = max((r for r in rounds if r["mode"] == "stateful"), key=lambda r: r["flows_per_s"])
-    sl = max((r for r in rounds if r["mode"] == "stateless"), key=lambda r: r["flows_per_s"])
+    sf = max((r for r in rounds if r["mode"] == SNAT), key=lambda r: r["flows_per_s"])
+    sg = max((r for r in rounds if r["mode"] == SG), key=lambda r: r["flows_per_s"])
+    sl = max((r for r in rounds if r["mode"] == STATELESS), key=lambda r: r["flows_per_s"])
     report(NAME, sf["flows_per_s"], "connections/s", BASELINE, sl["flows_per_s"], extra={
         "method": "two hosts, userspace OVS, VXLAN; a VM on host 2 sends paced IPv4/UDP "
                   "frames, each a new 5-tuple (own source port, own destination in "
@@ -480,7 +533,7 @@ def run() -> None:
                   "connection (conntrack) and SNAT it (port from a ZooKeeper-leased block), "
                   "the agent pushes the state to host 1 before the packet and files it "
                   "in one Cassandra 5.0 node behind it (buffered per port, written every "
-                  "50 ms or 256 entries); stateless: the same frames "
+                  "0.5 s or 2048 entries); stateless: the same frames "
                   "with the chains detached (one routed flow per destination). Exact "
                   "flows counted in host 2's table 1; rate = flows / seconds until the "
                   "count stopped growing; best of alternating rounds per mode",
@@ -495,14 +548,32 @@ def run() -> None:
         "seconds": {"stateful": sf["seconds"], "stateless": sl["seconds"]},
         "rounds": rounds,
     })
+    report(SG_NAME, sg["flows_per_s"], "connections/s", BASELINE, sl["flows_per_s"], extra={
+        "method": "as stateful_connection_rate, but the router's chains detached and the "
+                  "VM's port in a security group (port security on, egress allowed and "
+                  "tracked): each new connection is one conntrack entry pushed to host 1 "
+                  "(where its reply is simulated) and filed in Cassandra; best round",
+        "state_pushes_received": sg["state_pushes_received"],
+        "cassandra_connections_filed": sg.get("cassandra_connections_filed"),
+        "cassandra_writes_failed_logged": sg["saves_failed_logged"],
+        "rounds": [r for r in rounds if r["mode"] in (SG, STATELESS)],
+    })
 
 
 # ---- VM and external-host side (stdlib only) -------------------------------------
 
+def _checksum(data: bytes) -> int:
+    """The IPv4 header checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\x00"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
 def _udp_frame(dst_mac: bytes, src_mac: bytes, src_ip: bytes, dst_ip: bytes,
                sport: int) -> bytes:
-    from benchmarks.blaster import _checksum
-
     udp = struct.pack("!HHHH", sport, SINK_PORT, 8 + 18, 0) + bytes(18)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
                       src_ip, dst_ip)

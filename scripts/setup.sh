@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(openvswitch-switch mininet zookeeper frr gobgpd iperf3 ethtool iproute2
       bridge-utils tcpdump iputils-ping netcat-openbsd procps psmisc python3-venv
-      isc-dhcp-client udhcpc keepalived dnsmasq-base curl)
+      isc-dhcp-client udhcpc keepalived dnsmasq-base curl ovn-central ovn-host)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

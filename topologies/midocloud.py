@@ -48,6 +48,15 @@ def _agent_bin() -> str:
     return exe if os.path.exists(exe) else shutil.which("midoflow-agent") or exe
 
 
+def _free_port() -> int:
+    """A loopback TCP port free now (for an agent's metrics)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -95,6 +104,7 @@ class MidoCloud:
         self.api: Client | None = None
         self.hosts: list[CloudHost] = []
         self.host_ids: dict[str, str] = {}
+        self.metrics_ports: dict[str, int] = {}  # host name -> its agent's metrics port
         self.zone_id: str | None = None
         self.workdir = tempfile.mkdtemp(prefix="midocloud-")
         self.credentials: StoreCredentials | None = None
@@ -165,10 +175,16 @@ class MidoCloud:
         opts.update(per_host.get(h.name) or per_host.get(f"h{h.index}") or {})
         if self.credentials is not None:
             opts.setdefault("credentials_file", self.credentials.path)
+        # Prometheus metrics (midoflow.apps.metrics): self.metrics_url(h)
+        opts.setdefault("metrics_port", self.metrics_ports.setdefault(h.name, _free_port()))
         cfg = self.cloud.write_agent_config(h, zookeeper=self.zk_spec, host_id=hid,
                                             flow_state=self.flow_state, **opts)
         cmd = [_agent_bin(), "--config", cfg, *self.agent_args]
         self.cloud.start_agent(h, cmd)
+
+    def metrics_url(self, h: CloudHost) -> str:
+        """Where the host's agent serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self.metrics_ports[self.cloud.host(h).name]}/metrics"
 
     def kill_agent(self, h: CloudHost, sig: int = 9) -> None:
         self.cloud.kill_agent(h, sig=sig)

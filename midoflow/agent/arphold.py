@@ -1,6 +1,13 @@
 """Packets waiting for something before they are simulated again: a next
 hop's ARP answer (key (router, ip)), or a port's flow state being recovered
-(key ("recovering", port))."""
+(key ("recovering", port)).
+
+A next hop is asked at most once per ``ARP_RETRY_SECONDS`` while nothing
+changes; when a port's location changes (a VM bound somewhere: the port the
+ARP request must reach may just have become reachable) :meth:`retry` asks
+again at once, by simulating the held packets again (issue 13: a new VM was
+reached only after the 1 s retry, because the router had asked before the
+binding reached this host)."""
 
 from __future__ import annotations
 
@@ -42,6 +49,25 @@ class ArpHold:
             return False
         self.asked[key] = now
         return True
+
+    def retry(self) -> int:
+        """A port moved or appeared: every next hop still unanswered may be
+        asked again now. Its held packets are simulated again (the first asks,
+        the others are held anew); a key with none is only forgotten, so its
+        next packet asks. Returns how many packets were replayed."""
+        now = self.clock.mono()
+        n = 0
+        for key in [k for k in self.asked if k[0] != "recovering"]:
+            self.asked.pop(key, None)
+            waiting = self.held.pop(key, [])
+            for deadline, ofport, frame in waiting:
+                if deadline > now:
+                    self.spawn(self.replay, ofport, frame)
+                    n += 1
+                else:
+                    self.stats["arp_expired"] += 1
+        self.stats["arp_retried"] = self.stats.get("arp_retried", 0) + n
+        return n
 
     def release(self, key: tuple[str, str]) -> int:
         """What waited for ``key`` is simulated again (replayed); how many."""

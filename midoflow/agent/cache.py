@@ -5,12 +5,25 @@ separately, read only: midoflow.nat.tables.StateView), answers where a port
 lives and how to reach that host, and turns each change into the set of
 flow tags it invalidates (see :mod:`midoflow.sim.result`). Uses the Store
 interface only.
+
+Loading (issue 13: 10,000 ports, 1,000 routers, 2,000 security groups):
+every kind but chains and rules is loaded at start, each kind's objects read
+in one pipelined batch (:meth:`Store.watch_objects`), and so are the MAC, ARP
+and learned-route tables of the devices and the ports' activations; work that
+scans every port (router MAC index, the bindings' recomputation) runs once per
+batch, not once per object. Chains and rules (about 18 per protected port:
+most of the topology's objects, and none of them needed until a packet
+crosses their port) are loaded lazily, as MidoNet's agent loads devices: the
+first :meth:`chain` of an id reads it and its rules (one round trip) and
+watches them from then on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from midoflow import model
 from midoflow.model import (
@@ -51,6 +64,7 @@ from midoflow.sim.result import (
     mac_tag,
     port_group_tag,
     port_tag,
+    route_prefix_tag,
     router_tag,
     routes_tag,
 )
@@ -77,6 +91,17 @@ _SIMPLE = {
 }
 
 
+def _router_port_prefixes(p: Port | None) -> set[str]:
+    """What of the router's route lookups a router port decides: its network
+    (a connected route) and its own address (packets to it stop there)."""
+    if p is None or p.device_type != DEVICE_ROUTER or p.ip_address is None:
+        return set()
+    out = {f"{p.ip_address}/32"}
+    if p.prefix_len is not None:
+        out.add(f"{p.ip_address}/{p.prefix_len}")
+    return out
+
+
 def host_tag(host_id: str) -> str:
     """Flows that tunnel to a host depend on its tunnel address."""
     return f"host:{host_id}"
@@ -98,6 +123,8 @@ class TopologyCache:
         self.zones: dict[str, TunnelZone] = {}
         self.port_hosts: dict[str, str] = {}  # active port -> host id
         self._active_watched: set[str] = set()  # ports whose activation is followed
+        # Called with a port id when its host changes (bound, moved, unbound).
+        self.on_port_location: Callable[[str], None] = lambda _pid: None
         self.host_state: dict[str, Data] = {}
         self.macs: dict[tuple[str, str], str] = {}  # (bridge, mac) -> port
         self.routers: dict[str, Router] = {}
@@ -129,6 +156,24 @@ class TopologyCache:
         # sets them from its config: default_mtu, underlay_mtu).
         self.default_mtu = 1450
         self.underlay_mtu = 1500
+        # While a batch loads: the tables to follow and whether a port
+        # changed, done once when the batch is in (see _batch).
+        self._batching = False
+        self._pending_tables: list[tuple[str, Callable]] = []
+        self._pending_chains: list[str] = []
+        self._batch_port: str | None = None
+        self._batch_interior = False
+        # bridge interior port -> its key in router_macs
+        self._router_mac_key: dict[str, tuple[str, str]] = {}
+        self.load_seconds: float | None = None  # start() to every kind loaded
+        # The MAC and ARP tables by device, as last delivered (macs and arps
+        # are their union, by (device, key)).
+        self._macs_of: dict[str, dict[str, str]] = {}
+        self._arps_of: dict[str, dict[str, tuple[str, float, str]]] = {}
+        # True: a route change invalidates every flow routed by its router
+        # (the behaviour before issue 13), kept for the benchmark's baseline
+        # (benchmarks/bench_route_invalidation.py) only.
+        self.router_wide_route_invalidation = False
 
     # ---- TopologyView -----------------------------------------------------
     def port(self, port_id: str) -> Port | None:
@@ -144,10 +189,33 @@ class TopologyCache:
         return self.routers.get(router_id)
 
     def chain(self, chain_id: str) -> Chain | None:
-        return self.chains.get(chain_id)
+        """The chain, read (with its rules) at its first use; raises the
+        store's Unavailable when it cannot be read (the packet is dropped)."""
+        c = self.chains.get(chain_id)
+        if c is None and chain_id and (CHAINS, chain_id) not in self._watched:
+            self._load_lazily(CHAINS, [chain_id])
+            c = self.chains.get(chain_id)
+            if c is not None:
+                self._load_lazily(RULES, c.rule_ids)
+        return c
 
     def rule(self, rule_id: str) -> Rule | None:
-        return self.rules.get(rule_id)
+        r = self.rules.get(rule_id)
+        if r is None and rule_id and (RULES, rule_id) not in self._watched:
+            self._load_lazily(RULES, [rule_id])
+            r = self.rules.get(rule_id)
+        return r
+
+    def _load_lazily(self, kind: str, ids: Sequence[str]) -> None:
+        new = [i for i in dict.fromkeys(ids) if (kind, i) not in self._watched]
+        if not new:
+            return
+        self._watched.update((kind, i) for i in new)
+        try:
+            self.store.watch_objects(kind, new, lambda oid: self._object_cb(kind, oid, True))
+        except Exception:
+            self._watched.difference_update((kind, i) for i in new)
+            raise
 
     def port_group(self, group_id: str) -> PortGroup | None:
         return self.port_groups.get(group_id)
@@ -158,14 +226,33 @@ class TopologyCache:
     def router_mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.router_macs.get((bridge_id, mac))
 
+    def _router_mac_entry(self, p: Port | None) -> tuple[str, str] | None:
+        if p and p.type == PORT_INTERIOR and p.peer_id and p.device_type != DEVICE_ROUTER:
+            peer = self.ports.get(p.peer_id)
+            if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac:
+                return (p.device_id, peer.mac)
+        return None
+
     def _index_router_macs(self) -> None:
-        idx = {}
+        idx, keys = {}, {}
         for p in self.ports.values():
-            if p.type == PORT_INTERIOR and p.peer_id and p.device_type != DEVICE_ROUTER:
-                peer = self.ports.get(p.peer_id)
-                if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac:
-                    idx[(p.device_id, peer.mac)] = p.id
-        self.router_macs = idx
+            key = self._router_mac_entry(p)
+            if key is not None:
+                idx[key] = p.id
+                keys[p.id] = key
+        self.router_macs, self._router_mac_key = idx, keys
+
+    def _reindex_router_macs(self, pids: set[str]) -> None:
+        """The router MAC index for the bridge ports among ``pids`` (a port
+        that changed and its old and new peers): O(1), not a scan."""
+        for pid in pids:
+            old = self._router_mac_key.pop(pid, None)
+            if old is not None and self.router_macs.get(old) == pid:
+                del self.router_macs[old]
+            key = self._router_mac_entry(self.ports.get(pid))
+            if key is not None:
+                self.router_macs[key] = pid
+                self._router_mac_key[pid] = key
 
     def routes(self, router_id: str) -> tuple[Route, ...]:
         t = self._route_tuples.get(router_id)
@@ -195,27 +282,88 @@ class TopologyCache:
 
     # ---- watches ----------------------------------------------------------
     def start(self) -> None:
-        for kind in (TUNNEL_ZONES, HOSTS, CHAINS, RULES, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
+        t0 = time.monotonic()
+        # Chains and rules are read lazily (module doc).
+        for kind in (TUNNEL_ZONES, HOSTS, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
                      ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS):
             self.store.watch_kind(kind, self._kind_cb(kind))
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
+        self.load_seconds = time.monotonic() - t0
+        LOG.info("topology loaded in %.2f s: %d ports, %d bridges, %d routers, %d routes, "
+                 "%d hosts, %d active ports", self.load_seconds, len(self.ports),
+                 len(self.bridges), len(self.routers), len(self.route_objs),
+                 len(self.host_state), len(self.port_hosts))
+
+    def _batch(self, load: Callable[[], None]) -> None:
+        """Run ``load`` (a batch of first reads), then once what its objects
+        asked for: the tables to follow, the router MAC index, the port change."""
+        if self._batching:
+            load()
+            return
+        self._batching = True
+        try:
+            load()
+        finally:
+            self._batching = False
+            tables, self._pending_tables = self._pending_tables, []
+            port, self._batch_port = self._batch_port, None
+            interior, self._batch_interior = self._batch_interior, False
+            chains, self._pending_chains = self._pending_chains, []
+        if interior:
+            self._index_router_macs()
+        if tables:
+            fns = dict(tables)
+            self.store.watch_states_children(list(fns), lambda path: fns[path])
+        if chains:
+            self._load_chains(chains)
+        if port is not None:
+            self.on_port_change(port)
+
+    def _want_chains(self, device: Bridge | Router) -> None:
+        """A device's filters are read with it (few, and the metadata service
+        reads the routers' DNAT rules without a packet); ports' lazily."""
+        ids = [c for c in (device.inbound_filter_id, device.outbound_filter_id)
+               if c and (CHAINS, c) not in self._watched]
+        if self._batching:
+            self._pending_chains.extend(ids)
+        elif ids:
+            self._load_chains(ids)
+
+    def _load_chains(self, ids: Sequence[str]) -> None:
+        try:
+            self._load_lazily(CHAINS, ids)
+            self._load_lazily(RULES, [r for c in ids if c in self.chains
+                                      for r in self.chains[c].rule_ids])
+        except Exception as e:  # read at the first packet instead
+            LOG.warning("cannot read chains %s now (%s): read at their first use", ids, e)
+
+    def _follow_table(self, path: str, cb: Callable[[list[str]], object]) -> None:
+        if self._batching:
+            self._pending_tables.append((path, cb))
+        else:
+            self.store.watch_state_children(path, cb)
 
     def _kind_cb(self, kind: str):
         def cb(ids: list[str]) -> None:
-            for oid in ids:
-                if (kind, oid) not in self._watched:
-                    self._watched.add((kind, oid))
-                    self.store.watch_object(kind, oid, self._object_cb(kind, oid))
+            new = [oid for oid in ids if (kind, oid) not in self._watched]
+            if not new:
+                return
+            self._watched.update((kind, oid) for oid in new)
+            self._batch(lambda: self.store.watch_objects(
+                kind, new, lambda oid: self._object_cb(kind, oid)))
 
         return cb
 
-    def _object_cb(self, kind: str, oid: str):
+    def _object_cb(self, kind: str, oid: str, lazy: bool = False):
+        first = [lazy]  # a lazily read object's first value invalidates nothing
+
         def cb(data: Data | None, _version: int):
             try:
-                self._apply(kind, oid, data)
+                self._apply(kind, oid, data, quiet=first[0])
             except Exception:  # a bad object must not kill the watch thread
                 LOG.exception("cannot apply %s %s", kind, oid)
+            first[0] = False
             if data is None:
                 self._watched.discard((kind, oid))
                 return False
@@ -223,7 +371,7 @@ class TopologyCache:
 
         return cb
 
-    def _apply(self, kind: str, oid: str, data: Data | None) -> None:
+    def _apply(self, kind: str, oid: str, data: Data | None, quiet: bool = False) -> None:
         tags: set[str] = set()
         if kind == PORTS:
             old = self.ports.get(oid)
@@ -233,7 +381,11 @@ class TopologyCache:
             else:
                 self.ports.pop(oid, None)
             if any(p is not None and p.type == PORT_INTERIOR for p in (old, new)):
-                self._index_router_macs()
+                if self._batching:
+                    self._batch_interior = True
+                else:
+                    self._reindex_router_macs(
+                        {oid} | {p.peer_id for p in (old, new) if p and p.peer_id})
             if old != new:
                 tags.add(port_tag(oid))
                 for p in (old, new):
@@ -241,10 +393,19 @@ class TopologyCache:
                         tags.add(flood_tag(p.device_id))
                         if p.peer_id:
                             tags.add(port_tag(p.peer_id))
-                        if p.device_type == DEVICE_ROUTER:  # its network is a route
-                            tags.add(routes_tag(p.device_id))
+                # A router port's network is a route and its address the
+                # router's: the lookups of those addresses change with them
+                # (flows in or out through the port carry its port tag).
+                if (old is None or new is None or old.device_id != new.device_id
+                        or _router_port_prefixes(old) != _router_port_prefixes(new)):
+                    for p in (old, new):
+                        if p is not None and p.device_type == DEVICE_ROUTER:
+                            tags |= self._route_tags(p.device_id, _router_port_prefixes(p))
             self.on_invalidate(tags)
-            self.on_port_change(oid)
+            if self._batching:  # once for the batch: it scans every port
+                self._batch_port = oid
+            else:
+                self.on_port_change(oid)
             return
         if kind == BRIDGES:
             old_b = self.bridges.get(oid)
@@ -252,7 +413,8 @@ class TopologyCache:
             if new_b:
                 self.bridges[oid] = new_b
                 if old_b is None:
-                    self.store.watch_state_children(paths.mac_table(oid), self._mac_cb(oid))
+                    self._follow_table(paths.mac_table(oid), self._mac_cb(oid))
+                self._want_chains(new_b)
             else:
                 self.bridges.pop(oid, None)
             if old_b is None or new_b is None:
@@ -269,15 +431,15 @@ class TopologyCache:
             if new_r:
                 self.routers[oid] = new_r
                 if old_r is None:
-                    self.store.watch_state_children(paths.arp_table(oid), self._arp_cb(oid))
-                    self.store.watch_state_children(paths.learned_routes(oid),
-                                                    self._learned_cb(oid))
+                    self._follow_table(paths.arp_table(oid), self._arp_cb(oid))
+                    self._follow_table(paths.learned_routes(oid), self._learned_cb(oid))
+                self._want_chains(new_r)
             else:
                 self.routers.pop(oid, None)
                 if self.learned.pop(oid, None):
                     self._route_tuples.pop(oid, None)
             if old_r != new_r:
-                tags |= {router_tag(oid), routes_tag(oid)}
+                tags |= self._router_tags(oid, old_r, new_r)
         elif kind in _SIMPLE:
             store, cls, tag_of = _SIMPLE[kind]
             table = getattr(self, store)
@@ -287,7 +449,7 @@ class TopologyCache:
                 table[oid] = new_o
             else:
                 table.pop(oid, None)
-            if old_o != new_o:
+            if old_o != new_o and not quiet:
                 tags |= {tag_of(o) for o in (old_o, new_o) if o is not None}
                 if kind in (BGP_PEERS, BGP_NETWORKS):
                     self.on_bgp()
@@ -299,11 +461,11 @@ class TopologyCache:
                     self._route_tuples.pop(r.router_id, None)
             if old_rt is not None:
                 self.routes_by_router.get(old_rt.router_id, {}).pop(oid, None)
-                tags.add(routes_tag(old_rt.router_id))
+                tags |= self._route_tags(old_rt.router_id, {old_rt.dst_cidr})
             if new_rt is not None:
                 self.route_objs[oid] = new_rt
                 self.routes_by_router.setdefault(new_rt.router_id, {})[oid] = new_rt
-                tags.add(routes_tag(new_rt.router_id))
+                tags |= self._route_tags(new_rt.router_id, {new_rt.dst_cidr})
             if old_rt == new_rt:
                 tags.clear()
         elif kind == TUNNEL_ZONES:
@@ -337,6 +499,31 @@ class TopologyCache:
         if tags:
             self.on_invalidate(tags)
 
+    def _router_tags(self, oid: str, old: Router | None, new: Router | None) -> set[str]:
+        """A router changed. Only its set of ports (an interface added or
+        removed; its name): the lookups of those ports' networks and
+        addresses, and the flows through them. Anything else (created,
+        deleted, admin state, chains): every flow through the router."""
+        if (old is not None and new is not None and not self.router_wide_route_invalidation
+                and replace(old, port_ids=new.port_ids, name=new.name,
+                            tenant_id=new.tenant_id) == new):
+            moved = set(old.port_ids) ^ set(new.port_ids)
+            tags = {port_tag(p) for p in moved}
+            for pid in moved:
+                tags |= self._route_tags(oid, _router_port_prefixes(self.ports.get(pid)))
+            return tags
+        return {router_tag(oid), routes_tag(oid)}
+
+    def _route_tags(self, router_id: str, cidrs: set[str]) -> set[str]:
+        """The tags a change of the router's routes for these destination
+        prefixes invalidates: the flows routed to an address in one of them
+        (a new more-specific route, a removed one, a changed next hop...)."""
+        if not cidrs:
+            return set()
+        if self.router_wide_route_invalidation:
+            return {routes_tag(router_id)}
+        return {route_prefix_tag(router_id, c) for c in cidrs}
+
     def _mac_cb(self, bridge_id: str):
         def cb(children: list[str]):
             if bridge_id not in self.bridges:
@@ -349,7 +536,8 @@ class TopologyCache:
                     # Two entries for one MAC (a VM moving): prefer an active port.
                     if mac not in new or pid in self.port_hosts:
                         new[mac] = pid
-            old = {m: p for (b, m), p in self.macs.items() if b == bridge_id}
+            old = self._macs_of.get(bridge_id, {})  # not a scan of every bridge's
+            self._macs_of[bridge_id] = new
             changed = {m for m in old.keys() | new.keys() if old.get(m) != new.get(m)}
             for m in changed:
                 if m in new:
@@ -373,7 +561,8 @@ class TopologyCache:
                     ip, mac, at = entry
                     if ip not in new or at > new[ip][1]:  # the freshest entry wins
                         new[ip] = (mac, at, name)
-            old = {ip: e for (r, ip), e in self.arps.items() if r == router_id}
+            old = self._arps_of.get(router_id, {})  # not a scan of every router's
+            self._arps_of[router_id] = new
             changed = {ip for ip in old.keys() | new.keys()
                        if (old.get(ip) or ("",))[0] != (new.get(ip) or ("",))[0]}
             for ip in old.keys() - new.keys():
@@ -398,19 +587,22 @@ class TopologyCache:
                 e = paths.parse_learned_route(name)
                 if e:
                     new[name] = Route(id=f"learned:{name}", router_id=router_id, **e)
-            if new.keys() != self.learned.get(router_id, {}).keys():
+            old = self.learned.get(router_id, {})
+            if new.keys() != old.keys():
                 self.learned[router_id] = new
                 self._route_tuples.pop(router_id, None)
-                self.on_invalidate({routes_tag(router_id)})
+                changed = {r.dst_cidr for k, r in (*old.items(), *new.items())
+                           if k not in old or k not in new}
+                self.on_invalidate(self._route_tags(router_id, changed))
             return None
 
         return cb
 
     def _active_ports(self, children: list[str]) -> None:
-        for pid in children:
-            if pid not in self._active_watched:
-                self._active_watched.add(pid)
-                self.store.watch_state(paths.port_active(pid), self._active_cb(pid))
+        new = [pid for pid in children if pid not in self._active_watched]
+        self._active_watched.update(new)
+        by_path = {paths.port_active(pid): pid for pid in new}
+        self.store.watch_states(list(by_path), lambda path: self._active_cb(by_path[path]))
 
     def _active_cb(self, pid: str):
         """Follows one port's activation. The watch outlives a deletion while
@@ -430,6 +622,7 @@ class TopologyCache:
                 if p:
                     tags.add(flood_tag(p.device_id))
                 self.on_invalidate(tags)
+                self.on_port_location(pid)
             if new or pid in self.ports:
                 return None
             self._active_watched.discard(pid)
@@ -438,10 +631,11 @@ class TopologyCache:
         return cb
 
     def _alive_hosts(self, children: list[str]) -> None:
-        for hid in children:
-            if hid not in self.host_state:
-                self.host_state[hid] = {}
-                self.store.watch_state(paths.host_alive(hid), self._alive_cb(hid))
+        new = [hid for hid in children if hid not in self.host_state]
+        for hid in new:
+            self.host_state[hid] = {}
+        by_path = {paths.host_alive(hid): hid for hid in new}
+        self.store.watch_states(list(by_path), lambda path: self._alive_cb(by_path[path]))
 
     def _alive_cb(self, hid: str):
         def cb(data: Data | None):

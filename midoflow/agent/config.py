@@ -164,6 +164,12 @@ class AgentConfig:
     # ZooKeeper session timeout (s): how long this host's ephemeral state
     # (ports, learned routes) outlives a dead agent. Gateways want it short.
     zk_session_timeout: float = _opt(10.0, _seconds(2.0, 600.0))
+    # BGP (gateway hosts): prefixes learned per peer (more are refused, kept,
+    # and learned when the peer's withdrawals make room), and how long a
+    # dropped session's routes are kept as stale so a short reset rewrites
+    # nothing (0: they go at once, as before).
+    bgp_max_prefixes: int = _opt(1000, _count(1, 1_000_000))
+    bgp_stale_time: float = _opt(10.0, _seconds(0.0, 3600.0))
     # Per-port bounds against a hostile or broken VM (issue 9): MACs learned
     # from one port (frames from further new source MACs are dropped), flows
     # installed for traffic entering by one port (beyond it, packets are
@@ -180,6 +186,20 @@ class AgentConfig:
     # its packet-in rate per second is cut off for storm_seconds (agent/storm.py).
     storm_factor: int = _opt(5, _count(1, 1_000_000))
     storm_seconds: int = _opt(2, _count(1, 3600))
+    # The agent's packet-in queue (agent/fairqueue.py, issue 13): packet-ins
+    # waiting per port before the oldest is dropped; served round robin by
+    # port, flow state and ARP replies first. packet_in_fair false: simulate
+    # each packet-in in os-ken's event handler, in arrival order (the old way).
+    packet_in_queue: int = _opt(256, _count(1, 1_000_000))
+    packet_in_fair: bool = _opt(True, _boolean)
+    # Proactive flows (agent/proactive.py, issue 13): per bound port, at most
+    # this many stateless flows (to MACs learned on its bridge, to addresses
+    # its routers resolved) simulated and installed before their first
+    # packet, so a new connection makes no controller trip. They count toward
+    # max_flows_per_port and take at most half of it (the rest stays for the
+    # port's reactive flows): a host holds at most this many times its bound
+    # ports. 0: off, every flow waits for its first packet (the old way).
+    proactive_flows: int = _opt(64, _count(0, 1_000_000))
     # Fast restart: a (re)connecting agent keeps the flows OVS holds, checks
     # each against the topology and removes only the stale ones. false: wipe
     # every flow and meter and simulate everything again (the old behaviour).
@@ -198,6 +218,10 @@ class AgentConfig:
     metadata_enabled: bool = _opt(True, _boolean)
     metadata_upstream: str = _opt("", _upstream_url)
     metadata_secret: str = _opt("", _text)
+    # Prometheus metrics (issue 13, midoflow/apps/metrics.py): served at
+    # http://metrics_host:metrics_port/metrics; 0 (the default): not served.
+    metrics_port: int = _opt(0, _count(0, 65535))
+    metrics_host: str = _opt("127.0.0.1", _stripped)
 
     @property
     def default_mtu(self) -> int:

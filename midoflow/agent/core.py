@@ -50,7 +50,9 @@ from midoflow.agent.fragments import (
 from midoflow.agent.installed import InstalledFlows
 from midoflow.agent.learning import Learning
 from midoflow.agent.natlease import StoreLeaser
+from midoflow.agent.proactive import Proactive
 from midoflow.agent.protection import Protection, TokenBucket
+from midoflow.agent.unbound import UnboundHold
 from midoflow.errors import MidoflowError
 from midoflow.model import HOSTS, PORT_INTERIOR
 from midoflow.nat.allocator import NatAllocator
@@ -110,18 +112,23 @@ class AgentCore:
                                NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id),
                                self.clock, self._spawn, self.stats)
         self.arp = ArpHold(self.clock, self._spawn, self._replay, self.stats)
+        # packets of ofports not bound yet (a VM's first ARP): see midoflow.agent.unbound
+        self.unbound = UnboundHold(self.clock, self._spawn, self._replay, self.stats)
         self.learning = Learning(store, self.cache, cfg.max_macs_per_port, self.clock,
                                  self.stats)
         self.protection = Protection(cfg, self.stats, self.clock)
         self.frags = FragmentTable(clock=self.clock)
         self.icmp_bucket = TokenBucket(ICMP_RATE, ICMP_BURST, self.clock)
         self.cache.on_arp = lambda router_id, ip: self.arp.release((router_id, ip))
+        self.cache.on_port_location = lambda _pid: self.arp.retry()  # see ArpHold.retry
         # DHCP answered here, before simulation (issue 12; never a flow).
         self.dhcp = DhcpResponder(self.cache, self.stats, self.note_malformed,
                                   metadata_route=cfg.metadata_enabled)
         # The metadata service's part (midoflow.agent.metadata.MetadataPorts,
         # set by the agent app): answers a VM's ARP for 169.254.169.254.
         self.metadata = None
+        # Stateless flows installed before their first packet (the app sends them).
+        self.proactive = Proactive(self, cfg.proactive_flows)
 
     # The parts call back through these: ``spawn``, ``replay`` and
     # ``on_invalidate`` may be replaced after construction (tests do).
@@ -263,6 +270,8 @@ class AgentCore:
             self.spawn(self._activate, pid)
         self._invalidate_tags({port_tag(p) for p in (*change.added, *change.removed)})
         self.on_bindings(change)
+        for ofport in change.added.values():  # classified now: what it sent before, again
+            self.unbound.release(ofport)
         self.spawn(self.publish_state)
         return change
 
@@ -340,6 +349,12 @@ class AgentCore:
         self.stats["packet_in"] += 1
         in_port = self.port_of(ofport)
         if in_port is None:
+            # an ofport not bound (yet): held until it is (its first packets)
+            if ofport in self.tunnel_ofports.values():
+                self.unbound.forget(ofport)
+                self.stats["unbound_dropped"] += 1
+            elif frame is not None and self.replay is not None:
+                self.unbound.hold(ofport, frame)
             return None
         if (fields.get("ip_proto") == 17 and fields.get("tp_dst") == 67 and frame is not None
                 and not fields.get("ip_frag") and self.dhcp.subnet_for(in_port) is not None):
@@ -372,7 +387,7 @@ class AgentCore:
             return dropped(pkt, "SNAT ports taken while simulating")
         decision = self._decide(result, pkt, frame, in_port)
         if result.ct_hits and decision.actions:  # replies: their connections are answered
-            self.state.replies(result)
+            self.state.replies(result, pkt)
         if pkt.ip_frag and decision.actions:  # its later fragments follow
             held = self.frags.remember(
                 in_port, (pkt.ip_src, pkt.ip_dst, pkt.ip_proto, pkt.ip_id),
@@ -384,7 +399,7 @@ class AgentCore:
         if pkt.tcp_flags is not None and pkt.tcp_flags & (TCP_FIN | TCP_RST):
             # a FIN or RST of a connection whose flow is installed already
             decision.install = False
-            msg = self.state.closing(result, pkt.tcp_flags)
+            msg = self.state.closing(result, pkt.tcp_flags, pkt)
             if msg is not None:
                 decision.pushes = self.egress.to_hosts(msg, self.egress.state_ports(result))
             if not decision.actions:

@@ -1,10 +1,54 @@
-"""Installed flows indexed by the tags they depend on, for exact invalidation."""
+"""Installed flows indexed by the tags they depend on, for exact invalidation.
+
+Route lookups are indexed by destination too: a routed flow carries
+``rdst:<router>:<ip>/<len>`` (:func:`midoflow.sim.result.route_dst_tag`: the
+address looked up, the prefix length of the route that answered), and a
+route change names the prefix it touched (``rprefix:<router>:<cidr>``). A
+prefix is a contiguous range of addresses, so the lookups each router has
+flows for are kept sorted (sortedcontainers' SortedDict, (address as an
+integer, len) -> tag): a prefix finds its destinations in O(log n + k),
+however many flows the router carries, and skips those answered by a more
+specific route than itself (a change of a less specific one cannot move them).
+"""
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+
+import netaddr
+from sortedcontainers import SortedDict
+
+from midoflow.sim.result import ROUTE_DST as DST
+from midoflow.sim.result import ROUTE_PREFIX as PREFIX
+
+LOG = logging.getLogger(__name__)
+
+
+def _dst_key(tag: str) -> tuple[str, tuple[int, int]] | None:
+    """(router, (address as an integer, prefix length)) of an ``rdst:`` tag."""
+    router, _, lookup = tag[len(DST):].rpartition(":")
+    ip, _, plen = lookup.partition("/")
+    try:
+        return router, (int.from_bytes(socket.inet_aton(ip), "big"), int(plen or 32))
+    except (OSError, ValueError):
+        return None
+
+
+def _prefix_range(tag: str) -> tuple[str, int, int, int]:
+    """(router, first, last address, prefix length) of an ``rprefix:`` tag;
+    a prefix that does not parse covers every address and every lookup."""
+    router, _, cidr = tag[len(PREFIX):].rpartition(":")
+    try:
+        net = netaddr.IPNetwork(cidr)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        LOG.warning("route prefix %r does not parse: every flow routed by %s goes",
+                    cidr, router)
+        return router, 0, (1 << 128) - 1, 128
+    return router, net.first, net.last, net.prefixlen
 
 
 class FlowIndex:
@@ -31,6 +75,9 @@ class FlowIndex:
         # flows each port has: the per-port flow limit reads it.
         self.owner_of: dict[int, str] = {}
         self.per_owner: dict[str, int] = defaultdict(int)
+        # router -> {(destination address, answer's prefix length): its rdst
+        # tag}, for the lookups some indexed flow made (emptied as they go).
+        self.dsts: dict[str, SortedDict] = {}
 
     def __len__(self) -> int:
         return len(self.tags_of)
@@ -67,8 +114,40 @@ class FlowIndex:
             self.owner_of[cookie] = owner
             self.per_owner[owner] += 1
         for t in tags:
-            self.by_tag[t].add(cookie)
+            s = self.by_tag.get(t)
+            if s is None:
+                s = self.by_tag[t] = set()
+                if t.startswith(DST):
+                    self._dst_seen(t)
+            s.add(cookie)
         return cookie
+
+    def _dst_seen(self, tag: str) -> None:
+        key = _dst_key(tag)
+        if key is not None:
+            d = self.dsts.get(key[0])
+            if d is None:
+                d = self.dsts[key[0]] = SortedDict()
+            d[key[1]] = tag
+
+    def _dst_gone(self, tag: str) -> None:
+        key = _dst_key(tag)
+        d = self.dsts.get(key[0]) if key is not None else None
+        if d is not None:
+            d.pop(key[1], None)
+            if not d:
+                del self.dsts[key[0]]
+
+    def dst_tags(self, prefix_tag: str) -> list[str]:
+        """The ``rdst`` tags of the lookups a change of the routes for the
+        prefix an ``rprefix`` tag names may answer differently: on its
+        router, for an address in the prefix, answered by a route no more
+        specific than the prefix."""
+        router, first, last, plen = _prefix_range(prefix_tag)
+        d = self.dsts.get(router)
+        if not d:
+            return []
+        return [d[k] for k in d.irange((first, -1), (last, 129)) if k[1] <= plen]
 
     def count(self, owner: str) -> int:
         """Flows installed for traffic entering by ``owner``."""
@@ -89,11 +168,18 @@ class FlowIndex:
                 s.discard(cookie)
                 if not s:
                     del self.by_tag[t]
+                    if t.startswith(DST):
+                        self._dst_gone(t)
 
     def invalidate(self, tags: Iterable[str]) -> set[int]:
-        """Forget and return every cookie carrying any of these tags."""
+        """Forget and return every cookie carrying any of these tags (an
+        ``rprefix`` tag: every flow routed to an address of its prefix)."""
         cookies: set[int] = set()
         for t in tags:
+            if t.startswith(PREFIX):
+                for dt in self.dst_tags(t):
+                    cookies |= self.by_tag.get(dt, set())
+                continue
             cookies |= self.by_tag.get(t, set())
         for c in cookies:
             self.remove(c)
@@ -105,3 +191,4 @@ class FlowIndex:
         self.tags_of.clear()
         self.owner_of.clear()
         self.per_owner.clear()
+        self.dsts.clear()

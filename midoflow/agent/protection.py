@@ -79,13 +79,16 @@ class Protection:
                        "packet_in_burst": c.packet_in_burst,
                        "uplink_packet_in_rate": c.uplink_packet_in_rate,
                        "storm_factor": c.storm_factor,
-                       "storm_seconds": c.storm_seconds},
+                       "storm_seconds": c.storm_seconds,
+                       "packet_in_queue": c.packet_in_queue},
             "mac_limit": _worst(self.refused["mac_limit"]),
             "flow_limit": _worst(self.refused["flow_limit"]),
             "malformed": dict(sorted(self.malformed_reasons.items())),
             "fragments_dropped": self.stats.get("fragments_dropped", 0),
             "metered_drops": _worst(metered) if isinstance(metered, dict) else {},
             "storm_blocked": _worst(storms) if isinstance(storms, dict) else {},
+            # packet-ins the agent's fair queue dropped, oldest first (fairqueue.py)
+            "queue_drops": _worst(self.stats.get("queue_drops") or {}),
             # the agent's DHCP server (midoflow.agent.dhcp): answers and
             # refusals by kind (offer, ack, nak, decline, malformed...)
             "dhcp": {k[5:]: n for k, n in sorted(self.stats.items())

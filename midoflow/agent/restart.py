@@ -24,7 +24,8 @@ from typing import Any
 from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP
 
 # A kept TCP flow carries a connection's middle: stand for its packets with a
-# bare ACK (SYN created the flow; FIN and RST always reach the agent).
+# bare ACK (SYN created the flow; a tracked connection's FIN and RST reach
+# the agent by its close flows, which follow the flow's verdict).
 TCP_ACK = 0x10
 ANY_IP = "0.0.0.0"
 ANY_MAC = "00:00:00:00:00:00"

@@ -27,10 +27,11 @@ from os_ken.ofproto import ofproto_v1_3
 from midoflow.agent import restart
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
+from midoflow.agent.fairqueue import ARP, CONTROL, VM, FairQueue
 from midoflow.agent.flows import FlowIndex
 from midoflow.agent.metadata import METADATA_MAC, METADATA_PORT, MetadataPorts, Steering
 from midoflow.agent.storm import StormControl
-from midoflow.apps import frames, ofp_unix, ovsdb, pipeline
+from midoflow.apps import frames, metrics, ofp_unix, ovsdb, oxm, pipeline
 from midoflow.bgp.speaker import BgpManager
 from midoflow.metadata import service as metadata_service
 from midoflow.metadata.proxy import MetadataProxy
@@ -45,6 +46,9 @@ EXPIRY_INTERVAL = 5.0
 # How often the per-port packet-in meters' drops are read (storm control
 # decides on each reading).
 METER_STATS_INTERVAL = 1.0
+# How often the flows to install before their first packet are looked for.
+PROACTIVE_INTERVAL = 0.5
+PROACTIVE_YIELD = 0.02  # between the parts of a plan over its budget
 # How long a fast reconnect waits for OVS to list the meters it kept before
 # classifying the bound ports without that list.
 METERS_WAIT = 5.0
@@ -54,7 +58,13 @@ METERS_WAIT = 5.0
 KEPT_FLOWS_WAIT = 10.0
 KEPT_FLOWS_BATCH = 256  # flows judged between two yields to the other green threads
 hub_time = time.monotonic
+# The packet-in worker (_packet_worker) yields to the other green threads
+# (the switch connection's reader, ZooKeeper, flow-removed events) after this
+# much work, so what arrives meanwhile is filed in the fair queue before the
+# next packet is chosen.
+PACKET_WORK_SLICE = 0.0005
 ofp_unix.apply()  # OVS may reach us on a unix socket (from another netns)
+oxm.apply()  # packet-ins parsed without os-ken's legacy match objects
 
 
 def _no_decision(_ofport, _fields):
@@ -83,6 +93,8 @@ class MidoflowAgent(app_manager.OSKenApp):
     _kept_meters: set[int] | None = None
     _gone_meters: set[int] = set()  # noqa: RUF012 - each connection gets a set of its own
     _meters_wait = False
+    # the ofports whose table-0 fence flows OVS holds, on which connection
+    _fenced: tuple | None = None
     # metadata (see __init__; None: metadata_enabled is false)
     metadata: MetadataPorts | None = None
     meta_ofport: int | None = None
@@ -106,6 +118,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                                                          credentials=creds))
         self._poke = hub.Event()
         self._last_expiry = 0.0
+        self.metrics = metrics.AgentMetrics(self)  # served when metrics_port is set
         # the bridge's interfaces by OVSDB notifications (see _interfaces_changed)
         self.ovs = ovsdb.OvsdbMonitor(self.cfg.ovsdb, self.cfg.bridge,
                                       on_change=self._interfaces_changed)
@@ -113,13 +126,21 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.bgp = BgpManager(self.core.cache, self.store, self.cfg.host_id, self.ovs,
                               self.cfg.ovs_netns,
                               bindings=lambda: dict(self.core.bindings),
-                              on_links=self._bgp_links)
+                              on_links=self._bgp_links,
+                              max_prefixes=self.cfg.bgp_max_prefixes,
+                              stale_time=self.cfg.bgp_stale_time)
         self._bgp_wake = hub.Event()
         self.bgp.kick = self._bgp_wake.set
         self.core.cache.on_bgp = self._bgp_wake.set
         self.bgp_links: dict[str, tuple[int, int, str]] = {}
         self.storm = StormControl(self.cfg.storm_factor, self.cfg.storm_seconds,
                                   clock=self.core.clock)
+        # packet-ins, filed by _packet_in, served by _packet_worker (issue 13)
+        self.packets = FairQueue(self.cfg.packet_in_queue)
+        self._packets_wake = hub.Event()
+        # ofport -> (port id, round-robin weight), from ``classified`` (_port_info)
+        self._ports_seen: dict[int, tuple[str, int]] = {}
+        self._ports_seen_of: int = -1  # len(classified) when it was made
         # Metadata (midoflow.metadata): the port holding 169.254.169.254, the
         # proxy serving it, and the served ports' flows as sent to OVS.
         self.metadata = None
@@ -145,6 +166,11 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._state_loop))
         self.threads.append(hub.spawn(self._bgp_loop))
         self.threads.append(hub.spawn(self._meter_loop))
+        self.threads.append(hub.spawn(self._proactive_loop))
+        if self.cfg.metrics_port:
+            self.threads.append(hub.spawn(metrics.serve, self.metrics, self.cfg.metrics_host,
+                                          self.cfg.metrics_port))
+        self.threads.append(hub.spawn(self._packet_worker))
         if self.metadata is not None:
             self.threads.append(hub.spawn(self._metadata_loop))
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
@@ -221,6 +247,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         green thread): bindings follow at once, and so do the BGP links."""
         if ifaces != self.core.interfaces:
             self.core.set_interfaces(ifaces)
+            self._fence()
         self._bgp_wake.set()
 
     def _ovsdb_loop(self):
@@ -235,6 +262,8 @@ class MidoflowAgent(app_manager.OSKenApp):
                     self._last_expiry = hub_time()
                     self.core.expire_state()
                 self.core.maybe_publish()  # what the per-port bounds refused, for status
+                self.core.unbound.expire()  # unbound ports' packets held too long: dropped
+                self._fence()
             except Exception:
                 LOG.exception("periodic agent job failed")
             self._poke.wait(timeout=POLL_INTERVAL)
@@ -271,6 +300,8 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.threads.append(hub.spawn(self._meters_deadline, dp, meters.xid))
         # fixed flows: an add replaces the flow of the same match and priority
         pipeline.send(dp, pipeline.base_flows(dp, wipe=not fast))
+        self._fenced = None
+        self._fence()
         self.classified.clear()
         self.meta_sent, self._meta_port_sent = {}, None  # sent again below / by the loop
         self.core.stats["metered_drops"] = {}
@@ -386,6 +417,14 @@ class MidoflowAgent(app_manager.OSKenApp):
         if decide is None:
             LOG.error("AgentCore has no dry_decision: every kept flow is deleted")
             decide = _no_decision
+        # A tracked flow's close flows (same cookie) follow its verdict; those
+        # whose flow OVS no longer holds go.
+        closes = {s.cookie for s in stats if s.priority == pipeline.PRIO_TCP_CLOSE}
+        stats = [s for s in stats if s.priority != pipeline.PRIO_TCP_CLOSE]
+        orphans = (closes - {s.cookie for s in stats}) & index.reserved
+        for c in orphans:
+            index.release(c)
+        pipeline.send(dp, [pipeline.delete_cookie(dp, c) for c in orphans])
         kept = [restart.KeptFlow(s.cookie, dict(s.match.items()), s.priority,
                                  self._instructions_key(dp, s.instructions))
                 for s in stats if s.cookie in index.reserved]  # not removed meanwhile
@@ -447,6 +486,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         same match replaces it."""
         self.core.adopt_flow(flow.cookie, decision)
         self.core.flow_replaced(tuple(sorted(flow.match.items())), flow.cookie)
+        self.core.proactive.kept(flow.cookie, decision)
 
     @staticmethod
     def _instructions_key(dp, instructions) -> tuple:
@@ -483,6 +523,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             self._kept, self._kept_xid = [], None
             self._kept_classify, self._classify_xid = [], None
             self._kept_meters, self._meters_xid, self._meters_wait = None, None, False
+            self._fenced = None
             self.core.set_connected(False)
             LOG.warning("lost the OVS connection")
 
@@ -500,22 +541,105 @@ class MidoflowAgent(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev):
-        self.core.flow_removed(ev.msg.cookie)
+        cookie = ev.msg.cookie
+        if cookie in self.core.installed.uses and self.dp is not None:
+            # a tracked flow idled out: its close flows (no timeout) go too
+            pipeline.send(self.dp, [pipeline.delete_cookie(self.dp, cookie)])
+        self.core.flow_removed(cookie)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
+        """File the packet-in in the fair queue (no parsing: os-ken's own
+        event queue, one FIFO for every event, must drain fast);
+        _packet_worker serves it."""
         msg = ev.msg
-        ofp = msg.datapath.ofproto
         data = bytes(msg.data)
-        if msg.match.get("tunnel_id") == STATE_TUNNEL_KEY:
-            self.core.receive_state(data)  # flow state from another host's agent
+        match = msg.match
+        fair = self.cfg.packet_in_fair
+        if match.get("tunnel_id") == STATE_TUNNEL_KEY:  # flow state from another host
+            if fair:
+                self._enqueue(("state", match.get("tun_ipv4_src")), CONTROL,
+                              (msg.datapath, 0, data, None))
+            else:
+                self.core.receive_state(data)
             return
-        buffer_id = msg.buffer_id if msg.buffer_id != ofp.OFP_NO_BUFFER else None
-        self._process(msg.datapath, msg.match["in_port"], data, buffer_id)
+        buffer_id = msg.buffer_id if msg.buffer_id != msg.datapath.ofproto.OFP_NO_BUFFER \
+            else None
+        in_port = match["in_port"]
+        if not fair:
+            self._process(msg.datapath, in_port, data, buffer_id)
+            return
+        # an ARP reply (may release held packets) goes before first packets
+        klass = ARP if data[12:14] == b"\x08\x06" and data[20:22] == b"\x00\x02" else VM
+        self._enqueue(in_port, klass, (msg.datapath, in_port, data, buffer_id))
+
+    def _port_info(self, ofport: int) -> tuple[str, int]:
+        """(port id, weight) of a bound ofport: an uplink, metered at
+        uplink_packet_in_rate for every tenant's north-south flows, gets as
+        many packets per round-robin turn as its meter passes VM ports'."""
+        info = self._ports_seen.get(ofport)
+        if info is None or len(self.classified) != self._ports_seen_of:
+            base = self.cfg.packet_in_rate
+            self._ports_seen = {of: (pid, max(1, self._meter_rate(pid)[0] // base))
+                                for pid, (of, _key) in self.classified.items()}
+            self._ports_seen_of = len(self.classified)
+            info = self._ports_seen.get(ofport, (str(ofport), 1))
+        return info
+
+    def _enqueue(self, key, klass: int, item: tuple) -> None:
+        weight = self._port_info(key)[1] if isinstance(key, int) else 1
+        if self.packets.put(key, item, klass, weight) is not None:
+            self._queue_dropped(key)
+        if not self._packets_wake.is_set():
+            self._packets_wake.set()
+
+    def _queue_dropped(self, key) -> None:
+        """A port's queue was full: its oldest packet-in was dropped."""
+        stats = self.core.stats
+        stats["packet_in_queue_drops"] = stats.get("packet_in_queue_drops", 0) + 1
+        name = self._port_info(key)[0] if isinstance(key, int) else "flow state"
+        per = stats.setdefault("queue_drops", {})
+        per[name] = per.get(name, 0) + 1
+
+    def _packet_worker(self):
+        """The one green thread that simulates packet-ins: serves the fair
+        queue until it is empty, then waits for _enqueue."""
+        while self.is_active:
+            self._serve_packets()
+            self._packets_wake.clear()
+            self._packets_wake.wait(timeout=POLL_INTERVAL)
+
+    def _serve_packets(self) -> int:
+        """Serve the fair queue until it is empty: flow state, then ARP
+        replies and released packets, then the ports' packet-ins round
+        robin; yield to the other green threads after each
+        PACKET_WORK_SLICE of work. Returns how many were served."""
+        q = self.packets
+        n = 0
+        start = hub_time()
+        while (nxt := q.get()) is not None:
+            key, (dp, in_port, data, buffer_id) = nxt
+            n += 1
+            try:
+                if isinstance(key, tuple):
+                    self.core.receive_state(data)
+                elif dp is self.dp:  # not one of a lost connection
+                    self._process(dp, in_port, data, buffer_id)
+            except Exception:  # one bad packet must not stop the worker
+                LOG.exception("a packet-in from %s failed", key)
+            if hub_time() - start >= PACKET_WORK_SLICE:
+                hub.sleep(0)
+                start = hub_time()
+        return n
 
     def _replay(self, ofport: int, frame: bytes) -> None:
-        """A held packet whose next hop is now resolved: simulate it again."""
-        if self.dp is not None:
+        """A held packet whose next hop is now resolved: simulate it again
+        (queued with the ARP replies: before new first packets)."""
+        if self.dp is None:
+            return
+        if self.cfg.packet_in_fair:
+            self._enqueue(ofport, ARP, (self.dp, ofport, frame, None))
+        else:
             self._process(self.dp, ofport, frame, None)
 
     def _process(self, dp, in_port: int, data: bytes, buffer_id: int | None) -> None:
@@ -525,7 +649,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.core.note_malformed(getattr(e, "reason", "unparsable"))
             return
         try:
-            decision = self.core.handle_miss(in_port, fields, data)
+            decision = self.metrics.miss(self.core.handle_miss, in_port, fields, data)
         except Exception:  # one bad packet must not stop the agent either
             LOG.exception("simulation failed for a packet from ofport %s", in_port)
             self.core.stats["malformed"] += 1
@@ -533,17 +657,19 @@ class MidoflowAgent(app_manager.OSKenApp):
         if decision is None:
             return
         flow_mod = dp.ofproto_parser.OFPFlowMod
+        out = []
         for m in pipeline.decision_messages(dp, decision, in_port, data, buffer_id,
                                             self.cfg.idle_timeout):
             ok = pipeline.allowed(m)
-            if isinstance(m, flow_mod):
+            if isinstance(m, flow_mod) and m.priority == pipeline.PRIO_SIMULATED:
                 if ok:  # a burst's queued packets each install the same flow:
                     # OVS keeps the last, the index must too
                     self.core.flow_replaced(tuple(sorted(m.match.items())), decision.cookie)
                 else:
                     self.core.flow_removed(decision.cookie)
             if ok:
-                dp.send_msg(m)
+                out.append(m)
+        pipeline.send_batch(dp, out)  # one write: pushes, flow, packet, answers in order
 
     # ---- decisions of the core --------------------------------------------
     def _delete_cookies(self, cookies: set[int]) -> None:
@@ -582,6 +708,24 @@ class MidoflowAgent(app_manager.OSKenApp):
             self._metadata_sync()
         LOG.info("bindings: +%s -%s", sorted(change.added), sorted(change.removed))
 
+    def _fence(self) -> None:
+        """Table 0: the tunnel ports' and the metadata port's unmatched
+        traffic dropped, not sent to the agent by the miss flow (which
+        brings the packets of ports not classified yet)."""
+        dp = self.dp
+        if dp is None:
+            return
+        want = set(self.core.tunnel_ofports.values())
+        if self.meta_ofport is not None and self.meta_ofport > 0:
+            want.add(self.meta_ofport)
+        old = self._fenced[1] if self._fenced is not None and self._fenced[0] is dp else None
+        if old == want:
+            return
+        msgs = [pipeline.delete_fence_flows(dp)] if old is None else [
+            pipeline.delete_fence_flows(dp, o) for o in old - want]
+        pipeline.send(dp, [*msgs, *pipeline.fence_flows(dp, want - (old or set()))])
+        self._fenced = (dp, frozenset(want))
+
     # ---- per-port packet-in meters ------------------------------------------
     def _meter_rate(self, port_id: str) -> tuple[int, int]:
         """(packets per second, burst) of a bound port's packet-in meter: a VM
@@ -593,6 +737,47 @@ class MidoflowAgent(app_manager.OSKenApp):
             rate = self.cfg.uplink_packet_in_rate
             burst = max(burst, rate // 5)
         return rate, burst
+
+    # ---- proactive flows (midoflow.agent.proactive) ----------------------------
+    def _proactive_loop(self):
+        """Install the stateless flows the bound ports' next connections will
+        take, before their first packet; again when one was invalidated,
+        removed or became foreseeable (every PROACTIVE_INTERVAL)."""
+        pro = self.core.proactive
+        kept_since = None
+        while self.is_active:
+            # a plan that stopped at its budget goes on after a short yield
+            hub.sleep(PROACTIVE_YIELD if pro.more else PROACTIVE_INTERVAL)
+            dp = self.dp
+            if dp is None or self._meters_wait or self.core.recovering:
+                continue
+            # the flows OVS kept are judged first (restart): one made now
+            # would replace a kept one of the same match under a new cookie
+            if self.core.flows.reserved:
+                kept_since = kept_since or hub_time()
+                if hub_time() - kept_since < 2 * KEPT_FLOWS_WAIT:
+                    continue
+            else:
+                kept_since = None
+            try:
+                self._install_proactive(dp, pro.plan())
+            except Exception:
+                pro.more = False
+                LOG.exception("proactive flows failed")
+
+    def _install_proactive(self, dp, planned: list) -> None:
+        msgs = []
+        for ofport, decision in planned:
+            flow = pipeline.decision_flow(dp, decision, ofport, self.cfg.idle_timeout,
+                                          pipeline.actions_for(dp, decision))
+            if pipeline.allowed(flow):
+                self.core.flow_replaced(tuple(sorted(flow.match.items())), decision.cookie)
+                msgs.append(flow)
+            else:
+                self.core.flow_removed(decision.cookie)
+        pipeline.send_batch(dp, msgs)
+        if msgs:
+            self.core.stats["proactive"] = self.core.stats.get("proactive", 0) + len(msgs)
 
     def _meter_loop(self):
         """Ask OVS for the meters' counters now and then (see _meter_stats)."""
@@ -677,6 +862,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             self.meta_sent = {}
             pipeline.send(dp, pipeline.metadata_port_flows(dp, meta))
             self._meta_port_sent = (dp, meta)
+            self._fence()
         wanted = self.metadata.wanted(dict(self.core.bindings))
         for pid, st in list(self.meta_sent.items()):
             if wanted.get(pid) != st:

@@ -16,14 +16,16 @@ from types import SimpleNamespace
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from midoflow.agent.core import Decision, Output, Tunnel
-from midoflow.apps import flowcheck, frames, mtu
+from midoflow.apps import flowcheck, frames, mtu, oxm
 from midoflow.apps.tables import (
     BGP_COOKIE,
+    FENCE_COOKIE,
     LOW_TTL,
     METADATA_COOKIE,
     PRIO_BGP,
     PRIO_CLASSIFY,
     PRIO_DHCP,
+    PRIO_FENCE,
     PRIO_FRAGMENT,
     PRIO_LOW_TTL,
     PRIO_METADATA,
@@ -38,6 +40,9 @@ from midoflow.apps.tables import (
     TABLE_CLASSIFY,
     TABLE_SIMULATED,
     TABLE_TO_CONTROLLER,
+    UNBOUND_BURST,
+    UNBOUND_METER,
+    UNBOUND_RATE,
 )
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.nat.conntrack import TCP_FIN, TCP_RST
@@ -50,11 +55,13 @@ __all__ = [
     "PRIO_MISS", "PRIO_SIMULATED", "PRIO_STATE", "PRIO_STORM", "PRIO_TAGGED",
     "PRIO_TCP_CLOSE", "STORM_COOKIE", "TABLE_CLASSIFY", "TABLE_SIMULATED",
     "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
-    "bgp_link_flows", "classify_flows", "decision_flow", "decision_messages",
-    "delete_bgp_link_flows", "delete_cookie", "delete_meter", "match_kwargs", "meter_id",
+    "bgp_link_flows", "classify_flows", "close_flows", "decision_flow", "decision_messages",
+    "delete_bgp_link_flows", "delete_cookie", "delete_fence_flows", "delete_meter",
+    "fence_flows", "unbound_miss_flows", "match_kwargs", "meter_id",
     "meter_config_request", "meter_stats_request",
     "metered_drops", "output_actions", "packet_out", "port_meter", "rewrite_actions", "send",
-    "storm_block_flow", "tagged_drop_flows", "to_controller_flow", "unclassify_flows",
+    "send_batch", "storm_block_flow", "tagged_drop_flows", "to_controller_flow", "tracked",
+    "unclassify_flows",
 ]
 
 LOG = logging.getLogger("midoflow.agent")
@@ -99,6 +106,27 @@ def send(dp, msgs: Iterable) -> int:
         else:
             refused += 1
     return refused
+
+
+def send_batch(dp, msgs: list) -> None:
+    """Hand ``msgs`` to os-ken in one write: serialized here, joined, and
+    queued once (``Datapath.send_msg`` queues each message, and its sender
+    thread writes each to the socket). A datapath without ``send`` (a test's)
+    gets them one by one."""
+    if not msgs:
+        return
+    send, set_xid = getattr(dp, "send", None), getattr(dp, "set_xid", None)
+    if send is None or set_xid is None:
+        for m in msgs:
+            dp.send_msg(m)
+        return
+    bufs = []
+    for m in msgs:
+        if m.xid is None:
+            set_xid(m)
+        m.serialize()
+        bufs.append(m.buf)
+    send(b"".join(bufs))
 
 
 def match_kwargs(fields: frozenset[str], pkt: Packet, ofport: int) -> dict:
@@ -157,7 +185,6 @@ def base_flows(dp, wipe: bool = True) -> list:
              p.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=ofp.OFPM_ALL)] if wipe else []
     metered = _goto(dp, TABLE_TO_CONTROLLER)
     miss = _flow(dp, TABLE_SIMULATED, PRIO_MISS, p.OFPMatch(), metered)
-    drop = _flow(dp, TABLE_CLASSIFY, PRIO_MISS, p.OFPMatch(), [])
     drop_ctl = _flow(dp, TABLE_TO_CONTROLLER, PRIO_MISS, p.OFPMatch(), [])
     to_ctl = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
         p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
@@ -167,19 +194,56 @@ def base_flows(dp, wipe: bool = True) -> list:
                      p.OFPMatch(_ordered_fields=[("eth_type", ETH_IP), ("nw_ttl", t)]), metered)
                for t in range(LOW_TTL)]
     state = _flow(dp, TABLE_CLASSIFY, PRIO_STATE, p.OFPMatch(tunnel_id=STATE_TUNNEL_KEY), to_ctl)
-    # TCP FIN and RST always reach the agent (forwarded by packet-out): they
-    # close tracked connections, which a flow would never tell it.
-    close = [_flow(dp, TABLE_SIMULATED, PRIO_TCP_CLOSE, p.OFPMatch(_ordered_fields=[
-        ("eth_type", ETH_IP), ("ip_proto", PROTO_TCP), ("tcp_flags", (bit, bit))]), metered)
-        for bit in (TCP_FIN, TCP_RST)]
+    # TCP FIN and RST reach the agent only for tracked connections: each
+    # tracked decision brings its own close flows (``close_flows``).
     # ip_frag (NXM nw_frag) bit 0: any fragment, first or later.
     frags = _flow(dp, TABLE_SIMULATED, PRIO_FRAGMENT, p.OFPMatch(_ordered_fields=[
         ("eth_type", ETH_IP), ("ip_frag", (1, 1))]), metered)
     # DHCP from a VM always reaches the agent, which answers it itself.
     dhcp = _flow(dp, TABLE_SIMULATED, PRIO_DHCP, p.OFPMatch(
         eth_type=ETH_IP, ip_proto=PROTO_UDP, udp_dst=DHCP_SERVER_PORT), metered)
-    return [*wipes, drop, miss, drop_ctl, *low_ttl, state, *close, frags, dhcp,
+    return [*wipes, *unbound_miss_flows(dp), miss, drop_ctl, *low_ttl, state, frags, dhcp,
             *mtu.too_big_flows(dp, TABLE_TO_CONTROLLER, PRIO_TOO_BIG, PRIO_MISS)]
+
+
+def unbound_miss_flows(dp, rate: int = UNBOUND_RATE, burst: int = UNBOUND_BURST) -> list:
+    """Table 0's miss: a packet of a port not classified (yet) goes to the
+    agent through ONE shared meter (``midoflow.agent.unbound`` holds it until
+    the port is bound). The meter is made afresh (deleting it takes the miss
+    flow with it: the flow follows), so a reconnect that keeps the flows
+    (fast restart) sends the same as one that wipes them."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    meter = [p.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=UNBOUND_METER),
+             p.OFPMeterMod(dp, command=ofp.OFPMC_ADD,
+                           flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS,
+                           meter_id=UNBOUND_METER,
+                           bands=[p.OFPMeterBandDrop(rate=rate, burst_size=burst)])]
+    return [*meter, _flow(dp, TABLE_CLASSIFY, PRIO_MISS, p.OFPMatch(), [
+        p.OFPInstructionMeter(UNBOUND_METER, ofp.OFPIT_METER),
+        p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
+            p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])])]
+
+
+ALL_COOKIE_BITS = (1 << 64) - 1
+
+
+def fence_flows(dp, ofports: Iterable[int]) -> list:
+    """Table 0: what a tunnel port (an unknown tunnel key) or the metadata
+    port sends that no flow above takes is dropped, never sent to the agent
+    by the miss flow."""
+    p = dp.ofproto_parser
+    return [_flow(dp, TABLE_CLASSIFY, PRIO_FENCE, p.OFPMatch(in_port=o), [],
+                  cookie=FENCE_COOKIE | o) for o in sorted(set(ofports))]
+
+
+def delete_fence_flows(dp, ofport: int | None = None):
+    """Delete one ofport's fence flow, or (None) every one (see fence_flows)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    cookie, mask = (FENCE_COOKIE, 0xFFFF << 48) if ofport is None \
+        else (FENCE_COOKIE | ofport, ALL_COOKIE_BITS)
+    return p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=TABLE_CLASSIFY,
+                        cookie=cookie, cookie_mask=mask,
+                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
 
 
 def meter_id(ofport: int) -> int:
@@ -330,14 +394,14 @@ def rewrite_actions(dp, rewrites: tuple[Rewrite, ...], proto: int | None = None)
     out = []
     for r in rewrites:
         if r.field in ("eth_src", "eth_dst"):
-            out.append(p.OFPActionSetField(**{r.field: r.value}))
+            out.append(oxm.SetField(**{r.field: r.value}))
         elif r.field == "ttl":
             out += [p.OFPActionDecNwTtl()] * int(r.value)
         elif r.field in ("ip_src", "ip_dst"):
-            out.append(p.OFPActionSetField(**{"ipv4_" + r.field[3:]: r.value}))
+            out.append(oxm.SetField(**{"ipv4_" + r.field[3:]: r.value}))
         elif r.field in ("tp_src", "tp_dst") and proto in (PROTO_TCP, PROTO_UDP):
             name = _TP_FIELDS[proto][0 if r.field == "tp_src" else 1]
-            out.append(p.OFPActionSetField(**{name: int(r.value)}))
+            out.append(oxm.SetField(**{name: int(r.value)}))
     return out
 
 
@@ -354,8 +418,8 @@ def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = (),
         if isinstance(a, Output):
             out.append(p.OFPActionOutput(a.ofport))
         elif isinstance(a, Tunnel):
-            out += [p.OFPActionSetField(tunnel_id=a.key),
-                    p.OFPActionSetField(tun_ipv4_dst=a.remote_ip),
+            out += [oxm.SetField(tunnel_id=a.key),
+                    oxm.SetField(tun_ipv4_dst=a.remote_ip),
                     p.OFPActionOutput(a.ofport)]
     return out
 
@@ -365,13 +429,37 @@ def decision_flow(dp, decision: Decision, ofport: int, idle_timeout: int, action
     A path onto a smaller link sends bigger packets to the agent first
     (``midoflow.apps.mtu``)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    match = p.OFPMatch(**match_kwargs(decision.match_fields, decision.packet, ofport))
+    match = oxm.match(**match_kwargs(decision.match_fields, decision.packet, ofport))
     path_mtu = getattr(decision.result, "mtu", None)
     if actions and path_mtu is not None:
         actions = [*mtu.check_actions(path_mtu), *actions]
     inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
     return _flow(dp, TABLE_SIMULATED, PRIO_SIMULATED, match, inst, cookie=decision.cookie,
                  idle_timeout=idle_timeout, flags=ofp.OFPFF_SEND_FLOW_REM)
+
+
+def tracked(decision: Decision) -> bool:
+    """Whether a decision's flow carries tracked TCP connections (conntrack,
+    NAT, a reply of a tracked connection): their FIN and RST must reach the
+    agent, which closes the connections (``close_flows``)."""
+    pkt = decision.packet
+    return bool(decision.uses) and pkt is not None and pkt.ip_proto == PROTO_TCP \
+        and pkt.eth_type == ETH_IP
+
+
+def close_flows(dp, decision: Decision, ofport: int) -> list:
+    """A tracked decision's FIN and RST → table 2 (the agent, through the
+    port's meter): its own match plus ``tcp_flags``, above the decision's
+    flow, under its cookie (deleted with it). No timeout: they would idle out
+    under a long connection, whose flow lives on; the agent deletes them by
+    cookie when the decision's flow goes (invalidation, or its flow-removed)."""
+    kw = match_kwargs(decision.match_fields, decision.packet, ofport)
+    kw["eth_type"], kw["ip_proto"] = ETH_IP, PROTO_TCP
+    fields = oxm.match(**kw)._fields2  # OXM order; the ONF field tcp_flags last
+    return [_flow(dp, TABLE_SIMULATED, PRIO_TCP_CLOSE,
+                  oxm.Match([*fields, ("tcp_flags", (bit, bit))]),
+                  _goto(dp, TABLE_TO_CONTROLLER), cookie=decision.cookie)
+            for bit in (TCP_FIN, TCP_RST)]
 
 
 def delete_cookie(dp, cookie: int):
@@ -396,9 +484,12 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
                       buffer_id: int | None, idle_timeout: int) -> list:
     """Everything the switch gets for one decision, in the order to send:
     the flow-state pushes (they must reach other hosts before any reply),
-    the decision's flow (when it is installed), the packet itself, then the
-    frames the topology sends in answer. A frame whose rewrites cannot be made
-    (``frames.apply_rewrites``) gets its pushes only."""
+    the packet itself, the decision's flow (when it is installed: after the
+    packet, so OVS forwards it before it spends time adding the flow and
+    revalidating its datapath flows; a packet of the same flow that comes
+    meanwhile is simulated again and installs the same flow), then the
+    frames the topology sends in answer. A frame whose rewrites cannot be
+    made (``frames.apply_rewrites``) gets its pushes only."""
     msgs = [packet_out(dp, output_actions(dp, push.actions), push.frame)
             for push in decision.pushes]
     try:  # what OpenFlow cannot set is rewritten in the packet itself
@@ -408,10 +499,12 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
     if frame is not data:
         buffer_id = None  # the switch's copy is not the packet to send
     actions = actions_for(dp, decision)
-    if decision.install:
-        msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
     if actions:
         msgs.append(packet_out(dp, actions, frame, in_port, buffer_id))
+    if decision.install:
+        if tracked(decision):  # before the flow: no FIN can pass it unseen
+            msgs += close_flows(dp, decision, in_port)
+        msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
     for em in decision.emits:
         acts = output_actions(dp, em.actions, em.rewrites)
         if acts:

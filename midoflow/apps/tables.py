@@ -20,7 +20,13 @@ Table 0 (classify)
       (egress delivery by key alone: the ingress host already simulated it);
     * a gateway's BGP link and its uplink: BGP and ARP passed between them;
     * from the agent's metadata port (169.254.169.254): IPv4 → table 1;
-    * anything else is dropped.
+    * from a tunnel port or the metadata port, anything else (an unknown
+      tunnel key): dropped, by one flow per such ofport (``FENCE_COOKIE``);
+    * anything else (a port not classified yet: a new VM's first ARP) → the
+      controller through ONE shared low-rate meter (``UNBOUND_METER``): the
+      agent holds a few packets per ofport a moment and replays them once the
+      port is bound (``midoflow.agent.unbound``), so no unbound or hostile
+      interface can flood it.
 Table 1 (simulated)
     * metadata (``midoflow.agent.metadata``), per served VM port, above all
       else: its TCP to 169.254.169.254:80 → the metadata port, the source
@@ -29,7 +35,13 @@ Table 1 (simulated)
       for 169.254.169.254 → table 2 (the agent answers);
     * DHCP from VMs (UDP to port 67) always → table 2: the agent answers it
       itself (``midoflow.agent.dhcp``), never through a flow;
-    * TCP FIN and RST segments → table 2 (they close connections);
+    * per tracked TCP decision (conntrack, NAT, a reply of a tracked
+      connection), under its cookie and above its flow: its match plus
+      ``tcp_flags`` FIN, and plus RST → table 2 (the agent closes the
+      connection and forwards the segment by packet-out). No timeout: they
+      go with the decision's flow (deleted by cookie when it is invalidated
+      or idles out). Untracked paths get none: their FIN and RST follow
+      their flow in the datapath, with no controller trip;
     * IPv4 fragments (first and later) always → table 2: a first fragment is
       simulated and its decision remembered (``midoflow.agent.fragments``);
       later fragments, which carry no ports, follow it (one that comes
@@ -68,9 +80,10 @@ MTU_REG, MTU_REG_INDEX = "reg6", 6
 PRIO_TOO_BIG = 100
 
 PRIO_MISS = 0
+PRIO_FENCE = 10  # table 0: a tunnel's or the metadata port's unmatched traffic, dropped
 PRIO_CLASSIFY = 100
 PRIO_SIMULATED = 100
-PRIO_TCP_CLOSE = 150
+PRIO_TCP_CLOSE = 150  # a tracked decision's close flows: above its own flow
 PRIO_FRAGMENT = 190
 PRIO_LOW_TTL = 200
 PRIO_BGP = 250
@@ -88,6 +101,15 @@ BGP_COOKIE = 0xB6B0 << 48
 # Metadata flows carry this cookie (| the served VM's ofport, or the
 # metadata port's in table 0).
 METADATA_COOKIE = 0x6D64 << 48
+# Table 0 drop flows of tunnel ports and the metadata port carry this cookie
+# (| the ofport).
+FENCE_COOKIE = 0xFE0C << 48
+# The shared meter of table 0's miss (packets of ports not classified yet):
+# no ofport reaches it (OVS numbers ports up to 0xfeff), so no port's meter
+# (meter id = ofport) is it.
+UNBOUND_METER = 0xFF00
+UNBOUND_RATE = 100  # packets per second, all unbound ports together
+UNBOUND_BURST = 50
 # Simulated flows: the flow index's cookies (top byte 0x4D).
 DECISION_COOKIE = FlowIndex.COOKIE_BASE
 # More routers than this in one simulated flow is impossible (MAX_DEVICES).
@@ -95,6 +117,8 @@ LOW_TTL = 8
 
 # The agent's parts that write flows.
 BASE, CLASSIFY, DECISION, BGP_LINK, STORM = "base", "classify", "decision", "bgp_link", "storm"
+FENCE = "fence"  # table 0's drops of tunnel ports' and the metadata port's rest
+CLOSE = "close"  # a tracked decision's FIN/RST flows
 METADATA = "metadata"
 
 
@@ -145,9 +169,10 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
           match=_fs("in_port", "tunnel_id", "vlan_vid", "eth_type", "ip_proto", "ipv4_dst",
                     "tcp_src", "tcp_dst", "arp_tpa"),
           actions=_fs("output"), set_fields=frozenset(),
-          goto=_fs(TABLE_SIMULATED), controller=True,
+          goto=_fs(TABLE_SIMULATED), controller=True, meter=True,
           writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_STATE)),
                    Writer(CLASSIFY, _fs(PRIO_CLASSIFY, PRIO_TAGGED)),
+                   Writer(FENCE, _fs(PRIO_FENCE), FENCE_COOKIE, 0xFFFF << 48),
                    Writer(BGP_LINK, _fs(PRIO_BGP), BGP_COOKIE, 0xFFFF << 48),
                    Writer(STORM, _fs(PRIO_STORM), STORM_COOKIE, 0xFFFF << 48, "hard"),
                    Writer(METADATA, _fs(PRIO_METADATA), METADATA_COOKIE, 0xFFFF << 48))),
@@ -160,10 +185,10 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
           set_fields=_fs("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
                          "udp_src", "udp_dst", "tunnel_id", "tun_ipv4_dst"),
           goto=_fs(TABLE_TO_CONTROLLER),
-          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TCP_CLOSE, PRIO_FRAGMENT, PRIO_LOW_TTL,
-                                    PRIO_DHCP)),
+          writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_FRAGMENT, PRIO_LOW_TTL, PRIO_DHCP)),
                    Writer(DECISION, _fs(PRIO_SIMULATED), DECISION_COOKIE, FlowIndex.COOKIE_MASK,
                           "idle"),
+                   Writer(CLOSE, _fs(PRIO_TCP_CLOSE), DECISION_COOKIE, FlowIndex.COOKIE_MASK),
                    Writer(METADATA, _fs(PRIO_METADATA), METADATA_COOKIE, 0xFFFF << 48))),
     Table(TABLE_MTU, "too_big", match=_fs(MTU_REG),
           actions=_fs("NXActionResubmitTable", "NXActionExit"), set_fields=frozenset(),

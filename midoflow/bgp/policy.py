@@ -11,7 +11,8 @@ same choice among the paths every gateway learned.
 
 Inbound filters keep a gateway from installing what it must not: its own
 advertised prefixes (and anything inside them) coming back, the uplink's
-connected network, martians, and more than ``max_prefixes`` per peer.
+connected network, martians, and more than ``max_prefixes`` per peer (those
+are kept and learned when room frees up: :mod:`midoflow.bgp.table`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from netaddr import AddrFormatError, IPNetwork, IPSet
 
+from midoflow.bgp.table import PeerTable
 from midoflow.model import ROUTE_DEFAULT_WEIGHT
 
 # Never installed from BGP: this-network, loopback, link-local, multicast, class E.
@@ -97,82 +99,120 @@ class RouteLearner:
     """Adj-RIB-In of every peer of this agent's speaker, and the routes due.
 
     Feed it peer and path events (from os-ken's handlers, or a test); ask
-    :meth:`routes` for what the provider routers should hold."""
+    :meth:`routes` for what the provider routers should hold. Each peer's
+    announcements are kept in a :class:`~midoflow.bgp.table.PeerTable`
+    (prefix limit, refused prefixes learned when room frees up, stale
+    paths kept ``stale_time`` s after a session drops)."""
 
     peers: dict[str, PeerPolicy] = field(default_factory=dict)
     own: IPSet = field(default_factory=IPSet)  # prefixes this gateway advertises
-    paths: dict[str, dict[str, Path]] = field(default_factory=dict)  # peer -> prefix -> path
-    rejected: dict[str, int] = field(default_factory=dict)  # peer -> paths refused
-    overflowed: set[str] = field(default_factory=set)
+    tables: dict[str, PeerTable] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # peer -> paths refused, ever
+    stale_time: float = 0.0
 
     # ---- configuration ---------------------------------------------------
     def set_peer(self, peer: str, policy: PeerPolicy) -> None:
         self.peers[peer] = policy
-        self.paths.setdefault(peer, {})
+        self._accept_cache.clear()
+        t = self.tables.get(peer)
+        if t is None:
+            self.tables[peer] = PeerTable(peer, policy.max_prefixes,
+                                          lambda prefix, peer=peer: self.acceptable(peer, prefix))
+        else:
+            t.max_prefixes = policy.max_prefixes
+            t.refilter()
 
     def remove_peer(self, peer: str) -> None:
         self.peers.pop(peer, None)
-        self.paths.pop(peer, None)
+        self.tables.pop(peer, None)
         self.rejected.pop(peer, None)
-        self.overflowed.discard(peer)
 
     def set_own(self, prefixes: Iterable[str]) -> None:
         """Our advertised prefixes: never learned back. Paths already held
-        that fall inside them are dropped."""
+        that fall inside them are dropped (and refused ones may take their room)."""
         self.own = IPSet(p for p in (normalise(x) for x in prefixes) if p)
-        for peer, table in self.paths.items():
-            for prefix in [k for k in table if not self.acceptable(peer, k)]:
-                del table[prefix]
+        self._accept_cache.clear()
+        for t in self.tables.values():
+            t.refilter()
 
     # ---- events ------------------------------------------------------------
     def acceptable(self, peer: str, prefix: str) -> bool:
         pol = self.peers.get(peer)
         if pol is None:
             return False
+        key = (peer, prefix)
+        hit = self._accept_cache.get(key)
+        if hit is not None:
+            return hit
         net = IPNetwork(prefix)
-        if IPSet([net]) & MARTIANS and net.prefixlen > 0:
-            return False
-        if IPSet([net]).issubset(self.own) and net.prefixlen > 0:
-            return False
-        return not (pol.connected and net == IPNetwork(pol.connected))
+        ok = not ((net.prefixlen > 0 and (IPSet([net]) & MARTIANS
+                                          or IPSet([net]).issubset(self.own)))
+                  or (pol.connected and net == IPNetwork(pol.connected)))
+        if len(self._accept_cache) > 100_000:
+            self._accept_cache.clear()
+        self._accept_cache[key] = bool(ok)
+        return bool(ok)
+
+    def __post_init__(self) -> None:
+        self._accept_cache: dict[tuple[str, str], bool] = {}
 
     def update(self, peer: str, prefix: str, nexthop: str, as_path_len: int = 0,
                local_pref: int = 100, origin: int = 0, med: int = 0,
                neighbour_as: int = 0) -> bool:
-        """A path announced (or replaced). False if refused by the filters."""
+        """A path announced (or replaced). False if refused (filters or limit:
+        a refused path is kept, and accepted once there is room)."""
         norm = normalise(prefix)
-        table = self.paths.get(peer)
-        if norm is None or table is None or not self.acceptable(peer, norm) or not nexthop:
+        t = self.tables.get(peer)
+        if norm is None or t is None or not nexthop:
             self.rejected[peer] = self.rejected.get(peer, 0) + 1
             return False
-        if norm not in table and len(table) >= self.peers[peer].max_prefixes:
-            self.overflowed.add(peer)
+        ok = t.announce(norm, Path(peer, norm, nexthop, as_path_len, local_pref, origin, med,
+                                   neighbour_as))
+        if not ok:
             self.rejected[peer] = self.rejected.get(peer, 0) + 1
-            return False
-        table[norm] = Path(peer, norm, nexthop, as_path_len, local_pref, origin, med,
-                           neighbour_as)
-        return True
+        return ok
 
     def withdraw(self, peer: str, prefix: str) -> bool:
         norm = normalise(prefix)
-        table = self.paths.get(peer)
-        return bool(table and norm and table.pop(norm, None) is not None)
+        t = self.tables.get(peer)
+        return bool(t and norm and t.withdraw(norm))
 
-    def peer_down(self, peer: str) -> None:
-        """The session closed: everything learned from it goes."""
-        if peer in self.paths:
-            self.paths[peer] = {}
-        self.overflowed.discard(peer)
+    def peer_down(self, peer: str, now: float = 0.0) -> None:
+        """The session closed: what it taught stays ``stale_time`` s as stale
+        (gone at once with 0), and must be announced again."""
+        t = self.tables.get(peer)
+        if t is not None:
+            t.session_down(now, self.stale_time)
+
+    def expire(self, now: float) -> bool:
+        """Stale paths whose time is up go. True if any went."""
+        return any([t.expire(now) for t in self.tables.values()])
 
     # ---- results --------------------------------------------------------------
+    @property
+    def overflowed(self) -> set[str]:
+        """Peers refusing prefixes at their limit now."""
+        return {p for p, t in self.tables.items() if t.refused() > 0}
+
+    @property
+    def paths(self) -> dict[str, dict[str, Path]]:
+        """peer -> prefix -> path: what is installed (accepted and stale)."""
+        return {p: dict(t.paths()) for p, t in self.tables.items()}
+
     def received(self, peer: str) -> int:
-        return len(self.paths.get(peer, {}))
+        """Prefixes the peer announces now (accepted or not)."""
+        t = self.tables.get(peer)
+        return len(t.announced) if t else 0
+
+    def counters(self, peer: str) -> dict[str, int]:
+        t = self.tables.get(peer)
+        return t.counters() if t else {}
 
     def routes(self) -> dict[str, set[LearnedRoute]]:
         """Router port (uplink) id -> the learned routes to hold through it."""
         by_prefix: dict[str, list[Path]] = {}
-        for table in self.paths.values():
-            for prefix, path in table.items():
+        for t in self.tables.values():
+            for prefix, path in t.paths():
                 by_prefix.setdefault(prefix, []).append(path)
         out: dict[str, set[LearnedRoute]] = {}
         for prefix, paths in by_prefix.items():

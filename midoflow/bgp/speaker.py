@@ -15,22 +15,38 @@ polling the neighbours' states instead; our own prefixes are denied inbound
 which os-ken fixes at a third of the hold time, is set on the session once
 it is up; os-ken refuses a connect-retry time under 10 s, so the configured
 one is put in after its validation.
+
+Under a real table (see :mod:`midoflow.bgp.table`): prefixes over a peer's
+limit are kept and learned when room frees up; a session that drops leaves
+its routes stale for ``stale_time`` s, so a short reset rewrites nothing;
+learned routes reach the store in batches (one ZooKeeper multi per few
+hundred: the agents watching them see one change). The status tells the
+session's history: since when in its state, flaps, the last error (a
+notification sent or received, a refused connection...) and the counters
+of the peer's table. The speaker also listens (port 179 in the BGP
+namespace), so a border router that connects first is accepted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from midoflow.bgp import link as bgplink
-from midoflow.bgp.policy import LearnedRoute, PeerPolicy, RouteLearner
+from midoflow.bgp.policy import MAX_PREFIXES_PER_PEER, LearnedRoute, PeerPolicy, RouteLearner
+from midoflow.bgp.table import SessionRecord
 from midoflow.errors import MidoflowError
 from midoflow.model import DEVICE_ROUTER, PORT_EXTERIOR
 from midoflow.store import paths
 
 LOG = logging.getLogger("midoflow.bgp")
+STALE_TIME = 10.0  # s a dropped session's routes are kept (graceful restart's stale timer)
+ERROR_SHADOW = 2.0  # s a connection-lost reason does not replace a more telling error
+SETTLE = 0.05  # s without a new path before the learned routes are written...
+SETTLE_MAX = 0.3  # ...waiting at most this long while a table keeps arriving
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,10 @@ def desired(cache, bound: set[str]) -> tuple[dict[str, PeerConf], dict[str, set[
 class BgpManager:
     def __init__(self, cache, store, host_id: str, switch: bgplink.Switch,
                  ovs_netns: str | None, bindings: Callable[[], dict[str, int]],
-                 on_links: Callable[[dict[str, tuple[int, int, str]]], None]) -> None:
+                 on_links: Callable[[dict[str, tuple[int, int, str]]], None],
+                 max_prefixes: int = MAX_PREFIXES_PER_PEER, stale_time: float = STALE_TIME,
+                 batch: bool = True, listen: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cache = cache
         self.store = store
         self.host_id = host_id
@@ -89,7 +108,15 @@ class BgpManager:
         self.netns = bgplink.namespace_name(host_id)  # where the sessions' sockets live
         self.bindings = bindings
         self.on_links = on_links  # uplink port -> (link ofport, uplink ofport, ip)
-        self.learner = RouteLearner()
+        self.learner = RouteLearner(stale_time=stale_time)
+        self.max_prefixes = max_prefixes
+        self.batch = batch  # False: one store call per route (the old path, for benchmarks)
+        self.listen = listen
+        self.clock = clock
+        self.sessions: dict[str, SessionRecord] = {}  # peer address -> its record
+        self.route_writes = 0  # learned-route nodes created or deleted (benchmarks)
+        self.settle = SETTLE  # 0: write at once (unit tests)
+        self._last_path = 0.0  # time.monotonic() of the last path event
         self.speaker = None
         self.peers: dict[str, PeerConf] = {}  # address -> conf, as given to os-ken
         self.advertised: set[str] = set()
@@ -132,11 +159,29 @@ class BgpManager:
                     neighbour_as=int(first_as))
         except Exception:  # a strange path must not stop the BGP core
             LOG.exception("BGP path from %s not understood", peer_ip)
+        self._last_path = time.monotonic()
         self.kick()
 
     def _on_down(self, peer_ip: str, _remote_as: int) -> None:
-        LOG.info("BGP session to %s down", peer_ip)
-        self.learner.peer_down(peer_ip)
+        stale = self.learner.stale_time
+        LOG.info("BGP session to %s down%s", peer_ip,
+                 f": its routes kept {stale:g} s as stale" if stale else "")
+        self.learner.peer_down(peer_ip, self.clock())
+        self.kick()
+
+    def _on_error(self, peer_ip: str, text: str, weak: bool = False) -> None:
+        """Something went wrong with the session to ``peer_ip`` (os-ken glue).
+        ``weak``: a bare connection-lost reason, which does not replace an
+        error recorded just before (the notification that caused it)."""
+        rec = self.sessions.get(peer_ip)
+        if rec is None:
+            return
+        now = self.clock()
+        if weak and rec.last_error_at is not None and now - rec.last_error_at < ERROR_SHADOW:
+            return
+        if rec.last_error != text:
+            LOG.warning("BGP peer %s: %s", peer_ip, text)
+        rec.error(text, now)
         self.kick()
 
     def _on_up(self, router_id: str, remote_as: int) -> None:
@@ -160,6 +205,8 @@ class BgpManager:
         if own != self._own:  # every second otherwise: only when it changed
             self.learner.set_own(own)
             self._own = own
+        self.learner.expire(self.clock())
+        self._settle()
         self._write_routes()
         self._write_states()
 
@@ -201,13 +248,20 @@ class BgpManager:
                     LOG.warning("BGP neighbour %s: %s", addr, e)
                 del self.peers[addr]
                 self.filters.pop(addr, None)
-                self.learner.remove_peer(addr)
-                self._drop_state(pc.peer_id)
+                if ready.get(addr) is None or ready[addr].peer_id != pc.peer_id:
+                    self.learner.remove_peer(addr)
+                    self.sessions.pop(addr, None)
+                    self._drop_state(pc.peer_id)
+                else:  # the same peer made again (new timers): like a reset
+                    self.learner.peer_down(addr, self.clock())
         added = False
         for addr, pc in ready.items():
             if addr not in self.peers:
                 self.learner.set_peer(addr, PeerPolicy(
-                    pc.port_id, connected=f"{pc.local_ip}/{pc.prefix_len}"))
+                    pc.port_id, connected=f"{pc.local_ip}/{pc.prefix_len}",
+                    max_prefixes=self.max_prefixes))
+                rec = self.sessions.setdefault(addr, SessionRecord(since=self.clock()))
+                rec.rebase()
                 try:
                     self.speaker.add_neighbour(pc)
                     LOG.info("BGP neighbour %s (AS %s) added for uplink %s, hold %s s",
@@ -245,42 +299,84 @@ class BgpManager:
             self.advertised.add(p)
             LOG.info("BGP: advertising %s", p)
 
+    def _settle(self) -> None:
+        """While a table is arriving (a path less than ``settle`` s ago), wait
+        a little, up to SETTLE_MAX: the routes then go to the store in one
+        batch, and the agents see one change instead of one per path. The
+        wait yields (time.sleep is green in the agent: osken-manager patches it)."""
+        if self.settle <= 0:
+            return
+        end = time.monotonic() + SETTLE_MAX
+        while True:
+            now = time.monotonic()
+            quiet = now - self._last_path
+            if quiet >= self.settle or now >= end:
+                return
+            time.sleep(min(self.settle - quiet, end - now))
+
     def _write_routes(self) -> None:
+        """Bring the learned-route nodes in line with the learner: only what
+        changed is written, in batches (one store call for all when ``batch``)."""
         want = set().union(*self.learner.routes().values()) if self.peers else set()
-        for r in sorted(set(self.written) - want, key=str):
-            try:
-                self.store.delete_state(self.written[r])
-                del self.written[r]
-            except MidoflowError as e:
-                LOG.warning("cannot remove learned route %s: %s", r, e)
+        gone = sorted(set(self.written) - want, key=str)
+        new: list[tuple[LearnedRoute, str]] = []
         for r in sorted(want - set(self.written), key=str):
             port = self.cache.ports.get(r.port_id)
-            if port is None:
-                continue
-            path = paths.learned_route_entry(port.device_id, r.dst_cidr, r.gateway, r.port_id,
-                                             r.weight)
-            try:
-                self.store.put_state(path, {"host_id": self.host_id, "at": time.time()},
-                                     ephemeral=True)
-                self.written[r] = path
-            except MidoflowError as e:
-                LOG.warning("cannot record learned route %s: %s", r, e)
+            if port is not None:
+                new.append((r, paths.learned_route_entry(port.device_id, r.dst_cidr, r.gateway,
+                                                         r.port_id, r.weight)))
+        if gone:
+            if self.batch:
+                try:
+                    self.store.delete_states([self.written[r] for r in gone])
+                    for r in gone:
+                        del self.written[r]
+                    self.route_writes += len(gone)
+                except MidoflowError as e:
+                    LOG.warning("cannot remove %d learned routes: %s", len(gone), e)
+            else:
+                for r in gone:
+                    try:
+                        self.store.delete_state(self.written[r])
+                        del self.written[r]
+                        self.route_writes += 1
+                    except MidoflowError as e:
+                        LOG.warning("cannot remove learned route %s: %s", r, e)
+        if new:
+            data = {"host_id": self.host_id, "at": self.clock()}
+            if self.batch:
+                try:
+                    self.store.put_states([(path, data) for _, path in new], ephemeral=True)
+                    self.written.update(new)
+                    self.route_writes += len(new)
+                except MidoflowError as e:
+                    LOG.warning("cannot record %d learned routes: %s", len(new), e)
+            else:
+                for r, path in new:
+                    try:
+                        self.store.put_state(path, data, ephemeral=True)
+                        self.written[r] = path
+                        self.route_writes += 1
+                    except MidoflowError as e:
+                        LOG.warning("cannot record learned route %s: %s", r, e)
 
     def _write_states(self) -> None:
         states = self.speaker.states(list(self.peers)) if self.speaker is not None else {}
+        now = self.clock()
         for addr, pc in self.peers.items():
             st = states.get(addr, "idle")
+            st, transitions = (st, None) if isinstance(st, str) else st
+            rec = self.sessions.setdefault(addr, SessionRecord(since=now))
             prev = self.states.get(pc.peer_id)
-            if prev is not None and prev["state"] == st \
-                    and prev["prefixes_received"] == self.learner.received(addr):
-                continue
-            if st == "established" and (prev is None or prev["state"] != "established"):
+            was_up = prev is not None and prev["state"] == "established"
+            rec.observe(st, now, transitions)
+            if st == "established" and not was_up:
                 self.speaker.set_keepalive(pc.peer_address, pc.keepalive)
-            data = {"host_id": self.host_id, "state": st, "address": addr,
-                    "since": time.time() if prev is None or prev["state"] != st
-                    else prev["since"],
-                    "prefixes_received": self.learner.received(addr),
+            data = {"host_id": self.host_id, "address": addr, **rec.status(),
+                    **self.learner.counters(addr),
                     "prefixes_advertised": len(self.advertised)}
+            if prev == data:
+                continue
             try:
                 self.store.put_state(paths.bgp_peer_state(pc.peer_id), data, ephemeral=True)
                 self.states[pc.peer_id] = data
@@ -311,6 +407,38 @@ class BgpManager:
             bgplink.remove_namespace(self.netns)
 
 
+NOTIFICATION_CODES = {1: "message header error", 2: "OPEN message error",
+                      3: "UPDATE message error", 4: "hold timer expired",
+                      5: "finite state machine error", 6: "cease"}
+
+
+def notification_text(code, subcode, reason) -> str:
+    """A NOTIFICATION as a person reads it: os-ken's reason when it has one
+    ("Open Message Error: bad peer AS"), else the code's name."""
+    if reason:
+        return str(reason)
+    name = NOTIFICATION_CODES.get(code, f"error code {code}")
+    return f"{name} (subcode {subcode})" if subcode else name
+
+
+def _can_listen(netns: str, port: int) -> bool:
+    """Whether a listening socket on ``port`` can be bound in ``netns`` now."""
+    import socket as pysocket
+
+    try:
+        s = bgplink.socket_in(netns)
+    except Exception:
+        return False
+    try:
+        s.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 class _NamespacedSockets:
     """Stands for the ``socket`` module in os-ken's BGP code: the same, except
     that new sockets are made in the BGP namespace."""
@@ -338,10 +466,18 @@ class OsKenSpeaker:
         # the sessions' sockets are made in the BGP namespace (midoflow.bgp.link)
         if not isinstance(bgpbase.socket, _NamespacedSockets):
             bgpbase.socket = _NamespacedSockets(bgpbase.socket, mgr.netns)
-        # No listening socket: sessions are opened actively (retried every
-        # connect_retry s); os-ken's core dies if it cannot bind one.
+        # Sessions are opened actively (retried every connect_retry s) and
+        # accepted on port 179 in the BGP namespace (a border router that
+        # connects first). os-ken's core dies if it cannot bind its listening
+        # socket: a probe first, and no listening at all if it fails.
+        self.mgr = mgr
+        port = 179 if mgr.listen and _can_listen(mgr.netns, 179) else 0
+        if mgr.listen and not port:
+            LOG.warning("BGP: cannot listen on port 179 in %s: only sessions this gateway "
+                        "opens will come up", mgr.netns)
         self.bgp = BGPSpeaker(
-            as_number=local_as, router_id=router_id, bgp_server_port=0,
+            as_number=local_as, router_id=router_id, bgp_server_port=port,
+            bgp_server_hosts=("0.0.0.0",),
             adj_rib_in_change_handler=mgr._on_path,
             peer_down_handler=mgr._on_down, peer_up_handler=mgr._on_up)
 
@@ -374,6 +510,46 @@ class OsKenSpeaker:
 
             conf = CORE_MANAGER.neighbors_conf.get_neighbor_conf(pc.peer_address)
             conf._settings[rtbase.HOLD_TIME] = pc.hold_time
+        self._watch_errors(pc.peer_address)
+
+    def _watch_errors(self, address: str) -> None:
+        """Tell the manager why a session failed: os-ken only logs it. Its
+        signal bus carries notifications sent and received; a refused or
+        timed-out connection and a lost one are seen around the peer's own
+        methods (per instance: nothing of os-ken's classes changes)."""
+        from os_ken.services.protocols.bgp.signals.emit import BgpSignalBus
+
+        peer = self._core().peer_manager.get_by_addr(address)
+        if peer is None:
+            return
+        mgr = self.mgr
+        bus = peer._signal_bus
+        bus.register_listener(("error", "bgp", peer), lambda _i, data: mgr._on_error(
+            address, "notification sent: " + notification_text(
+                data.get("code"), data.get("subcode"), data.get("reason"))))
+        bus.register_listener(BgpSignalBus.BGP_NOTIFICATION_RECEIVED + (peer,),
+                              lambda _i, msg: mgr._on_error(
+                                  address, "notification received: " + notification_text(
+                                      getattr(msg, "error_code", None),
+                                      getattr(msg, "error_subcode", None),
+                                      getattr(msg, "reason", None))))
+        connect, lost = peer._connect_tcp, peer.connection_lost
+
+        def connect_tcp(peer_addr, *args, **kw):
+            try:
+                return connect(peer_addr, *args, **kw)
+            except OSError as e:
+                why = os.strerror(e.errno) if e.errno else (str(e) or "timed out")
+                mgr._on_error(address, f"connection to {peer_addr[0]} port {peer_addr[1]} "
+                              f"failed: {why}")
+                raise
+
+        def connection_lost(reason):
+            mgr._on_error(address, f"connection lost: {reason}", weak=True)
+            return lost(reason)
+
+        peer._connect_tcp = connect_tcp
+        peer.connection_lost = connection_lost
 
     def del_neighbour(self, address: str) -> None:
         self.bgp.neighbor_del(address)
@@ -401,15 +577,17 @@ class OsKenSpeaker:
         conf._settings[common.BGP_CONN_RETRY_TIME] = max(1, seconds)
         conf._settings[common.TCP_CONN_TIMEOUT] = max(2, seconds)
 
-    def states(self, addresses: list[str]) -> dict[str, str]:
-        """Peer address -> its FSM state ("established", "active", "idle", ...)."""
+    def states(self, addresses: list[str]) -> dict[str, tuple[str, int]]:
+        """Peer address -> (its FSM state: "established", "active", "idle"...,
+        how many times it became established)."""
         out = {}
         try:
             pm = self._core().peer_manager
             for addr in addresses:
                 peer = pm.get_by_addr(addr)
                 if peer is not None:
-                    out[addr] = str(peer.state.bgp_state).lower()
+                    out[addr] = (str(peer.state.bgp_state).lower(),
+                                 int(peer.state.get_count("fms_established_transitions")))
         except Exception as e:
             LOG.debug("BGP neighbour states: %s", e)
         return out

@@ -4,6 +4,7 @@ routes a router's BGP speakers learned (``midoflow router learned-routes``)."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from midoflow import model
 from midoflow.cli import render
@@ -72,6 +73,36 @@ def peer_list(ctx: Context, a: argparse.Namespace) -> None:
 def peer_show(ctx: Context, a: argparse.Namespace) -> None:
     obj = ctx.client.get(f"/bgp_peers/{_peer_id(ctx, a.peer)}")
     ctx.emit(obj, lambda o: render.details(o, PEER_ORDER))
+
+
+STATUS_ORDER = ("state", "since", "host_id", "flaps", "last_error", "last_error_at",
+                "prefixes_received", "prefixes_accepted", "prefixes_refused",
+                "prefixes_filtered", "prefixes_stale", "prefix_limit", "prefixes_advertised")
+
+
+def _when(t) -> str | None:
+    """Epoch seconds as local time plus how long ago ("12:00:01 (3 s ago)")."""
+    if not isinstance(t, int | float) or isinstance(t, bool):
+        return None
+    ago = max(0.0, time.time() - t)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} ({ago:.0f} s ago)"
+
+
+def status_text(st: dict) -> str:
+    """A session's status as a person reads it (times as dates and ages)."""
+    shown = dict(st)
+    for f in ("since", "last_error_at"):
+        if f in shown:
+            shown[f] = _when(shown[f])
+    return render.details(shown, STATUS_ORDER)
+
+
+@command("bgp peer", "status", "a BGP session's state and history (since when, flaps, the "
+         "last error) and the peer's prefix counters (received, accepted, refused at the "
+         "limit)", [arg("peer", help="BGP peer id or name")])
+def peer_status(ctx: Context, a: argparse.Namespace) -> None:
+    obj = ctx.client.get(f"/bgp_peers/{_peer_id(ctx, a.peer)}")
+    ctx.emit(obj.get("status") or {"state": "down"}, status_text)
 
 
 @command("bgp peer", "add", "add a BGP session to an uplink port (an exterior router port)", [

@@ -83,6 +83,9 @@ def _protection(hosts: list[dict]) -> list[str]:
             out.append(f"        {name}: port {port}: cut off {n} time(s) for "
                        f"{limits.get('storm_seconds', '?')} s (storm control: its meter "
                        f"dropped over {limits.get('storm_factor', '?')}x its rate)")
+        for port, n in (prot.get("queue_drops") or {}).items():
+            out.append(f"        {name}: port {port}: {n} packet-in(s) dropped by the agent's "
+                       f"queue (limit {limits.get('packet_in_queue', '?')} waiting per port)")
         malformed = prot.get("malformed") or {}
         if malformed:
             why = ", ".join(f"{r} {n}" for r, n in malformed.items())

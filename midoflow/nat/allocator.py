@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Mapping, Sequence, Set
+from functools import lru_cache
 from typing import Protocol
 
 import netaddr
@@ -55,6 +56,13 @@ class _HostLeaser:
             del self.shared.owner[(ip, proto, block)]
 
 
+@lru_cache(maxsize=1024)
+def addresses(addr_from: str, addr_to: str) -> tuple[str, ...]:
+    """The addresses of a NAT target's range, as text (computed once: netaddr
+    costs tens of microseconds per call, once per new connection otherwise)."""
+    return tuple(str(a) for a in netaddr.iter_iprange(addr_from, addr_to))
+
+
 def _blocks(lo: int, hi: int) -> range:
     return range(lo // BLOCK_SIZE, hi // BLOCK_SIZE + 1)
 
@@ -83,7 +91,7 @@ def propose(leased: Mapping[tuple[str, int, int], Set[int]], targets: Sequence[N
     nothing; None when no leased block has a free port (lease another)."""
     for t in targets:
         lo, hi = _span(t)
-        for ip in (str(a) for a in netaddr.iter_iprange(t.addr_from, t.addr_to)):
+        for ip in addresses(t.addr_from, t.addr_to):
             skip = {port for tip, port, tproto in taken if tip == ip and tproto == proto}
             for (lip, lproto, block), used in leased.items():
                 if lip == ip and lproto == proto:
@@ -95,13 +103,20 @@ def propose(leased: Mapping[tuple[str, int, int], Set[int]], targets: Sequence[N
 
 class NatAllocator:
     """One host's SNAT ports. ``allocate`` returns an (ip, port) that no live
-    connection of any host holds for the protocol; ``free`` gives it back."""
+    connection of any host holds for the protocol; ``free`` gives it back.
+
+    The blocks that still have a free port are indexed by (ip, proto), so a
+    proposal looks at those only: scanning every leased block (what
+    :func:`propose` does) made each new connection cost time in proportion to
+    the connections already open (hundreds of full blocks under load)."""
 
     def __init__(self, leaser: Leaser, salt: str = "") -> None:
         self.leaser = leaser
         self.salt = salt  # spreads hosts over different blocks first
         # (ip, proto, block) leased by us -> ports in use in it
         self.leased: dict[tuple[str, int, int], set[int]] = {}
+        # (ip, proto) -> leased blocks with a free port (an ordered set)
+        self._open: dict[tuple[str, int], dict[int, None]] = {}
 
     def allocate(self, targets: Sequence[NatTarget], proto: int) -> tuple[str, int]:
         """Propose, leasing a block when none has a free port, and take."""
@@ -116,15 +131,29 @@ class NatAllocator:
     def propose(self, targets: Sequence[NatTarget], proto: int,
                 taken: Collection[tuple[str, int, int]] = ()) -> tuple[str, int] | None:
         """See :func:`propose` (this host's leased blocks; no effect)."""
-        return propose(self.leased, targets, proto, taken)
+        for t in targets:
+            lo, hi = _span(t)
+            for ip in addresses(t.addr_from, t.addr_to):
+                blocks = self._open.get((ip, proto))
+                if not blocks:
+                    continue
+                skip = {port for tip, port, tproto in taken if tip == ip and tproto == proto}
+                for block in blocks:
+                    port = _free_port(block, self.leased[(ip, proto, block)], lo, hi, skip)
+                    if port is not None:
+                        return ip, port
+        return None
 
     def take(self, ip: str, port: int, proto: int) -> bool:
         """Commit a proposal: False when the port is no longer free (taken
         meanwhile) or its block is not ours."""
-        used = self.leased.get((ip, proto, port // BLOCK_SIZE))
+        block = port // BLOCK_SIZE
+        used = self.leased.get((ip, proto, block))
         if used is None or port in used:
             return False
         used.add(port)
+        if len(used) >= BLOCK_SIZE:
+            self._open.get((ip, proto), {}).pop(block, None)
         return True
 
     def lease(self, targets: Sequence[NatTarget], proto: int) -> bool:
@@ -132,7 +161,7 @@ class NatAllocator:
         False when every block is held (by us or by other hosts)."""
         for t in targets:
             lo, hi = _span(t)
-            for ip in (str(a) for a in netaddr.iter_iprange(t.addr_from, t.addr_to)):
+            for ip in addresses(t.addr_from, t.addr_to):
                 if self._lease(ip, proto, lo, hi):
                     return True
         return False
@@ -148,6 +177,7 @@ class NatAllocator:
                 continue
             if self.leaser.try_lease(ip, proto, block):
                 self.leased[(ip, proto, block)] = set()
+                self._open.setdefault((ip, proto), {})[block] = None
                 return True
         return False
 
@@ -157,9 +187,15 @@ class NatAllocator:
         if used is None:
             return
         used.discard(port)
+        blocks = self._open.setdefault((ip, proto), {})
         if not used:
             del self.leased[key]
+            blocks.pop(key[2], None)
+            if not blocks:
+                del self._open[(ip, proto)]
             self.leaser.release(*key)
+        else:
+            blocks[key[2]] = None
 
     def in_use(self) -> set[tuple[str, int, int]]:
         """(ip, port, proto) of every live binding of this host."""

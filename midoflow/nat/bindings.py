@@ -21,6 +21,17 @@ class NatBinding:
     orig: tuple[str, int]  # the address and port before translation
     xlated: tuple[str, int]  # after
 
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")  # computed once, as ConnKey's
+        if h is None:
+            h = hash((self.kind, self.fwd, self.orig, self.xlated))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        # str hashes differ between processes: never carry a cached one over
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @property
     def rev(self) -> ConnKey:
         f = self.fwd

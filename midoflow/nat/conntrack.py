@@ -78,6 +78,20 @@ class ConnKey:
             return cls(device, pkt.ip_proto, pkt.ip_src, pkt.icmp_id, pkt.ip_dst, pkt.icmp_id)
         return cls(device, pkt.ip_proto, pkt.ip_src, 0, pkt.ip_dst, 0)
 
+    def __hash__(self) -> int:
+        # computed once: keys are looked up in several tables per packet and
+        # per expiry pass (tens of thousands), and the dataclass's own hash
+        # rebuilds its tuple every time
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.device, self.proto, self.src, self.sport, self.dst, self.dport))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        # str hashes differ between processes: never carry a cached one over
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def reverse(self) -> ConnKey:
         """The key of the reply at the same device."""
         return ConnKey(self.device, self.proto, self.dst, self.dport, self.src, self.sport)

@@ -35,29 +35,38 @@ def decode_all(frame: bytes) -> tuple[list[ConnKey], list[NatBinding], int]:
     return keys, nat, ttl
 
 
-def decode_full(frame: bytes):
-    """(return keys, NAT bindings, closing (key, flags) pairs, TTL)."""
-    keys, ttl = decode(frame)
-    try:
-        msg = json.loads(frame[18:].rstrip(b"\x00"))
-        nat = [NatBinding.decode(b) for b in msg.get("nat", [])[:MAX_KEYS]]
-        closing = [(ConnKey.decode(k), int(f)) for k, f in msg.get("close", [])[:MAX_KEYS]]
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"bad flow-state payload: {e}") from None
-    return keys, nat, closing, ttl
-
-
-def decode(frame: bytes) -> tuple[list[ConnKey], int]:
-    """Inverse of :func:`encode` (without NAT); ValueError on anything else."""
+def _message(frame: bytes) -> tuple[dict, int]:
+    """The frame's JSON body, parsed once, and its TTL; ValueError else."""
     if len(frame) < 18 or frame[12:14] != ETHERTYPE.to_bytes(2, "big") \
             or frame[14:18] != MAGIC:
         raise ValueError("not a flow-state frame")
     try:
         msg = json.loads(frame[18:].rstrip(b"\x00"))
         ttl = int(msg["ttl"])
-        keys = [ConnKey.decode(k) for k in msg["ct"][:MAX_KEYS]]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"bad flow-state payload: {e}") from None
     if not 0 < ttl <= 3600:
         raise ValueError(f"bad flow-state ttl {ttl}")
+    return msg, ttl
+
+
+def decode_full(frame: bytes):
+    """(return keys, NAT bindings, closing (key, flags) pairs, TTL)."""
+    msg, ttl = _message(frame)
+    try:
+        keys = [ConnKey.decode(k) for k in msg["ct"][:MAX_KEYS]]
+        nat = [NatBinding.decode(b) for b in msg.get("nat", [])[:MAX_KEYS]]
+        closing = [(ConnKey.decode(k), int(f)) for k, f in msg.get("close", [])[:MAX_KEYS]]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"bad flow-state payload: {e}") from None
+    return keys, nat, closing, ttl
+
+
+def decode(frame: bytes) -> tuple[list[ConnKey], int]:
+    """Inverse of :func:`encode` (without NAT); ValueError on anything else."""
+    msg, ttl = _message(frame)
+    try:
+        keys = [ConnKey.decode(k) for k in msg["ct"][:MAX_KEYS]]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"bad flow-state payload: {e}") from None
     return keys, ttl

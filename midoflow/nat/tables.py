@@ -7,6 +7,13 @@ track, bindings made, SNAT ports proposed, blocks to lease). The agent then
 commits through :meth:`FlowTables.commit_nat` and :meth:`FlowTables.track`,
 and simulates again when a proposal was taken meanwhile or a block was
 leased (MidoNet's simulation works this way).
+
+A NAT binding lives as its connection does (Linux conntrack's timeouts,
+:func:`midoflow.nat.conntrack.timeout`): short until a reply was
+translated back, longer after, :data:`~midoflow.nat.conntrack.CLOSING_SECONDS`
+once a TCP RST or both FINs were seen; an installed flow that uses it keeps
+it alive (its idle clock starts when the flow goes). When it goes, its SNAT
+port goes back to the allocator.
 """
 
 from __future__ import annotations
@@ -16,7 +23,15 @@ from collections.abc import Collection, Iterable, Sequence
 from midoflow.model import NatTarget
 from midoflow.nat.allocator import NatAllocator
 from midoflow.nat.bindings import SNAT, NatBinding, NatTable
-from midoflow.nat.conntrack import IDLE_SECONDS, ConnKey, ConnTrackTable
+from midoflow.nat.conntrack import (
+    CLOSING_SECONDS,
+    PROTO_TCP,
+    TCP_FIN,
+    TCP_RST,
+    ConnKey,
+    ConnTrackTable,
+    timeout,
+)
 
 # (ip, port, proto): an SNAT port proposed by a simulation.
 Alloc = tuple[str, int, int]
@@ -55,7 +70,18 @@ class FlowTables:
         self.ct = ConnTrackTable()
         self.nat = NatTable()
         self.nat_until: dict[NatBinding, float] = {}
+        # bindings whose connection was answered / is closing; FINs seen
+        # (forward, reply) of TCP bindings not closed yet
+        self.nat_replied: set[NatBinding] = set()
+        self.nat_closing: set[NatBinding] = set()
+        self.nat_fins: dict[NatBinding, tuple[bool, bool]] = {}
         self.allocator = allocator
+
+    def nat_timeout(self, b: NatBinding) -> float:
+        """The idle timeout of a binding: its connection's."""
+        if b in self.nat_closing:
+            return CLOSING_SECONDS
+        return timeout(b.fwd.proto, b in self.nat_replied)
 
     def view(self, now: float) -> StateView:
         return StateView(self, now)
@@ -69,9 +95,11 @@ class FlowTables:
         return any(got)
 
     def commit_nat(self, allocs: Sequence[Alloc], bindings: Iterable[NatBinding],
-                   now: float, ttl: float = IDLE_SECONDS) -> bool:
-        """Take the proposed ports and record the bindings. False, with
-        nothing changed, when a port was taken meanwhile (simulate again)."""
+                   now: float, ttl: float | None = None) -> bool:
+        """Take the proposed ports and record the bindings (``ttl``: their
+        idle time; None: their connection's, :meth:`nat_timeout`). False,
+        with nothing changed, when a port was taken meanwhile (simulate
+        again)."""
         a = self.allocator
         if allocs and a is None:
             return False
@@ -83,29 +111,66 @@ class FlowTables:
                 return False
             done.append((ip, port, proto))
         for b in bindings:
-            self.add_binding(b, now + ttl)
+            self.add_binding(b, now + (self.nat_timeout(b) if ttl is None else ttl))
         return True
 
     def add_binding(self, b: NatBinding, until: float) -> None:
         self.nat.add(b)
         self.nat_until[b] = max(self.nat_until.get(b, 0.0), until)
 
+    def nat_replied_to(self, b: NatBinding, now: float) -> None:
+        """A reply of the binding's connection was translated back: from now
+        on it has its protocol's longer timeout."""
+        if b not in self.nat_until or b in self.nat_closing:
+            return
+        self.nat_replied.add(b)
+        self.nat_until[b] = max(self.nat_until[b], now + self.nat_timeout(b))
+
+    def nat_tcp_flags(self, b: NatBinding, flags: int, forward: bool, now: float) -> None:
+        """A TCP segment of the binding's connection (``forward``: from the
+        side that opened it): RST closes it, FIN from both sides closes it;
+        a closing binding lingers CLOSING_SECONDS, then goes with its port."""
+        if b.fwd.proto != PROTO_TCP or b not in self.nat_until or b in self.nat_closing:
+            return
+        fin_fwd, fin_ret = self.nat_fins.get(b, (False, False))
+        if flags & TCP_FIN:
+            fin_fwd, fin_ret = fin_fwd or forward, fin_ret or not forward
+        if flags & TCP_RST or (fin_fwd and fin_ret):
+            self.nat_fins.pop(b, None)
+            self.nat_closing.add(b)
+            self.nat_until[b] = min(self.nat_until[b], now + CLOSING_SECONDS)
+        elif fin_fwd or fin_ret:
+            self.nat_fins[b] = (fin_fwd, fin_ret)
+
     def track(self, forward: Iterable[ConnKey], now: float) -> list[ConnKey]:
         """Track the connections these forward keys open; their return keys."""
         return [self.ct.track(k, now) for k in forward]
 
     def expire_nat(self, keep: Collection[NatBinding], now: float,
-                   idle: float = IDLE_SECONDS) -> int:
-        """Forget idle bindings (``keep``: an installed flow uses them) and
-        give their SNAT ports back; how many went."""
-        gone = 0
-        for b, until in list(self.nat_until.items()):
-            if b in keep:
-                self.nat_until[b] = max(until, now + idle)
+                   idle: float | None = None) -> list[NatBinding]:
+        """Forget idle bindings and give their SNAT ports back; the bindings
+        that went. ``keep``: an installed flow uses them (a closing one
+        goes all the same: its flows must go with it); ``idle``: one idle
+        time for all (None: each its connection's)."""
+        gone: list[NatBinding] = []
+        closing, replied, nat_until = self.nat_closing, self.nat_replied, self.nat_until
+        for b, until in list(nat_until.items()):
+            if b in keep and b not in closing:
+                t = timeout(b.fwd.proto, b in replied) if idle is None else idle
+                if until < now + t:
+                    nat_until[b] = now + t
             elif until <= now:
-                del self.nat_until[b]
-                self.nat.remove(b)
-                if b.kind == SNAT and self.allocator is not None:
-                    self.allocator.free(b.xlated[0], b.xlated[1], b.fwd.proto)
-                gone += 1
+                self.forget_binding(b)
+                gone.append(b)
         return gone
+
+    def forget_binding(self, b: NatBinding) -> None:
+        """Drop a binding now and give its SNAT port back."""
+        if self.nat_until.pop(b, None) is None:
+            return
+        self.nat.remove(b)
+        self.nat_replied.discard(b)
+        self.nat_closing.discard(b)
+        self.nat_fins.pop(b, None)
+        if b.kind == SNAT and self.allocator is not None:
+            self.allocator.free(b.xlated[0], b.xlated[1], b.fwd.proto)

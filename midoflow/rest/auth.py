@@ -219,15 +219,18 @@ class RootApp:
 
 
 def make_root_app(store: Store, *, auth: AuthConfig) -> Callable:
-    """Both APIs on one WSGI application, behind auth_token unless no-auth."""
+    """Both APIs on one WSGI application, behind auth_token unless no-auth;
+    counted and timed, with ``GET /metrics`` (midoflow.rest.metrics) before it."""
+    from midoflow.rest.metrics import ApiMetrics  # GET /metrics, open (see there)
+
     auth.check()
     root = RootApp(store, auth)
     if auth.is_noauth:
-        return root
+        return ApiMetrics(root)
     from keystonemiddleware import auth_token
 
     quiet_authtoken_logs()
-    return auth_token.AuthProtocol(root, dict(auth.options))
+    return ApiMetrics(auth_token.AuthProtocol(root, dict(auth.options)))
 
 
 def quiet_authtoken_logs() -> None:

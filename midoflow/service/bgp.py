@@ -30,6 +30,10 @@ from midoflow.store.base import Create, Data, Update
 
 # What the status of a session holds (from the agent's ephemeral state).
 BGP_STATUS_FIELDS = ("state", "host_id", "since", "prefixes_received", "prefixes_advertised")
+# Shown when the agent publishes them (midoflow.bgp.table): the session's
+# history and the peer's table at its prefix limit.
+BGP_STATUS_COUNTS = ("flaps", "prefixes_accepted", "prefixes_refused", "prefixes_filtered",
+                     "prefixes_stale", "prefix_limit")
 BGP_DOWN = "down"
 # Timer limits (seconds).
 KEEPALIVE_MAX = 21845  # 65535 // 3
@@ -66,13 +70,21 @@ def _status(state: Any) -> Data:
 
     st = state.get("state")
     host = state.get("host_id")
-    return {
+    out = {
         "state": st if isinstance(st, str) and st else "unknown",
         "host_id": host if isinstance(host, str) else None,
         "since": num(state.get("since"), (int, float)),
         "prefixes_received": num(state.get("prefixes_received"), int),
         "prefixes_advertised": num(state.get("prefixes_advertised"), int),
     }
+    for f in BGP_STATUS_COUNTS:
+        if f in state:
+            out[f] = num(state[f], int)
+    if "last_error" in state:
+        err = state["last_error"]
+        out["last_error"] = err if isinstance(err, str) else None
+        out["last_error_at"] = num(state.get("last_error_at"), (int, float))
+    return out
 
 
 def _learned_route(name: str) -> Data | None:

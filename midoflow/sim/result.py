@@ -9,7 +9,14 @@ of the changed thing:
 * ``flood:<id>``  the set of ports a bridge floods to
 * ``mac:<bridge>:<mac>`` where a MAC lives on a bridge (learned or moved)
 * ``router:<id>`` the router object (existence, admin state, its port set)
-* ``routes:<id>`` the router's routing table (any route added, changed, removed)
+* ``routes:<id>`` the router's routing table as a whole (every flow that looked it up)
+* ``rdst:<router>:<ip>/<len>`` the router's route lookup of one destination
+  address, answered by a route (or its own address) of prefix length len.
+  A change of the routes for prefix P invalidates it by the tag
+  ``rprefix:<router>:<P>``, which no flow carries: the agent's FlowIndex
+  expands it to the ``rdst`` tags of that router whose address falls in P
+  and whose len is not longer than P's (a route less specific than the one
+  that answered cannot change the answer)
 * ``arp:<router>:<ip>`` the router's ARP entry for a next hop
 * ``chain:<id>`` a chain (its rule list or any of its rules)
 * ``pg:<id>`` / ``ipag:<id>`` a port group / an IP address group's members
@@ -48,6 +55,21 @@ def router_tag(router_id: str) -> str:
 
 def routes_tag(router_id: str) -> str:
     return f"routes:{router_id}"
+
+
+ROUTE_DST = "rdst:"
+ROUTE_PREFIX = "rprefix:"
+
+
+def route_dst_tag(router_id: str, ip: str, prefixlen: int) -> str:
+    """The router looked ``ip`` up and a route of ``prefixlen`` answered."""
+    return f"{ROUTE_DST}{router_id}:{ip}/{prefixlen}"
+
+
+def route_prefix_tag(router_id: str, cidr: str) -> str:
+    """Invalidates the flows whose route lookup on the router was for an
+    address in ``cidr`` (a route for that prefix was added, changed or removed)."""
+    return f"{ROUTE_PREFIX}{router_id}:{cidr}"
 
 
 def arp_tag(router_id: str, ip: str) -> str:

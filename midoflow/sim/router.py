@@ -44,6 +44,7 @@ from midoflow.sim.result import (
     _Builder,
     arp_tag,
     port_tag,
+    route_dst_tag,
     router_tag,
     routes_tag,
 )
@@ -287,6 +288,7 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.fields.add("ip_dst")
     mine = {p.ip_address: p for p in ports if p.ip_address}
     if pkt.ip_dst in mine:
+        b.tags.add(route_dst_tag(rid, pkt.ip_dst, 32))  # until that address moves
         b.fields.update(("ip_proto", "tp_src"))
         if pkt.ip_proto == PROTO_ICMP and pkt.tp_src == ICMP_ECHO_REQUEST:
             b.cacheable = False
@@ -311,6 +313,9 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
         icmp_error(b, inport, pkt, ICMP_UNREACH, UNREACH_NET, f"no route to {pkt.ip_dst}")
         return None
     chosen = best[0]
+    # Only a change of the routes for a prefix that holds this destination,
+    # as specific as the answer or more, can change it (FlowIndex.invalidate).
+    b.tags.add(route_dst_tag(rid, pkt.ip_dst, chosen.dst.prefixlen))
     if len(best) > 1:
         b.fields.update(("ip_src", "ip_proto", "tp_src", "tp_dst"))
         chosen = best[flow_hash(pkt) % len(best)]

@@ -124,7 +124,29 @@ class Store(ABC):
     def watch_object(self, kind: str, id: str, cb: Callable[[Data | None, int], Any]) -> None:
         """Watch one object; ``None`` once it is deleted (then the watch ends)."""
 
+    def watch_objects(self, kind: str, ids: Sequence[str],
+                      cb_of: Callable[[str], Callable[[Data | None, int], Any]]) -> None:
+        """:meth:`watch_object` for each id, callback ``cb_of(id)``; every first
+        call is made before this returns. A backend may pipeline the reads
+        (ZooKeeper: one round trip for all, not one each)."""
+        for oid in ids:
+            self.watch_object(kind, oid, cb_of(oid))
+
     # ---- state ------------------------------------------------------------
+    def watch_states(self, paths: Sequence[str],
+                     cb_of: Callable[[str], Callable[[Data | None], Any]]) -> None:
+        """:meth:`watch_state` for each path (first calls made before this
+        returns; reads pipelined where the backend can)."""
+        for path in paths:
+            self.watch_state(path, cb_of(path))
+
+    def watch_states_children(self, paths: Sequence[str],
+                              cb_of: Callable[[str], Callable[[list[str]], Any]]) -> None:
+        """:meth:`watch_state_children` for each path (first calls made before
+        this returns; reads pipelined where the backend can)."""
+        for path in paths:
+            self.watch_state_children(path, cb_of(path))
+
     @abstractmethod
     def put_state(self, path: str, data: Data, ephemeral: bool = True) -> None:
         """Create or overwrite; an ephemeral node is owned by this session."""
@@ -141,6 +163,17 @@ class Store(ABC):
     @abstractmethod
     def delete_state(self, path: str) -> None:
         """Delete a state node (and its children); no error if missing."""
+
+    def put_states(self, items: Sequence[tuple[str, Data]], ephemeral: bool = True) -> None:
+        """:meth:`put_state` for each (path, data); a backend may write them in
+        a few round trips (ZooKeeper: one multi per chunk, one watch event)."""
+        for path, data in items:
+            self.put_state(path, data, ephemeral)
+
+    def delete_states(self, paths: Sequence[str]) -> None:
+        """:meth:`delete_state` of leaf nodes, batched where the backend can."""
+        for path in paths:
+            self.delete_state(path)
 
     @abstractmethod
     def list_state(self, path: str) -> list[str]:

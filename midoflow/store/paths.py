@@ -93,7 +93,9 @@ def bgp_peer_state(peer_id: str) -> str:
     """Ephemeral: the session of a configured BGP peer, written by the agent
     whose speaker holds it. Data: {"host_id", "state" ("idle", "connect",
     "established", ...), "since" (epoch s), "prefixes_received",
-    "prefixes_advertised"}."""
+    "prefixes_advertised"}, and from the per-peer table (midoflow.bgp.table):
+    "flaps", "last_error", "last_error_at", "prefixes_accepted",
+    "prefixes_refused", "prefixes_filtered", "prefixes_stale", "prefix_limit"."""
     return f"state/bgp_peers/{peer_id}"
 
 

@@ -69,7 +69,10 @@ from kazoo.exceptions import (
     RuntimeInconsistency,
     SessionExpiredError,
 )
+from kazoo.protocol.paths import _prefix_root
+from kazoo.protocol.serialization import GetChildren, GetData
 from kazoo.protocol.serialization import Transaction as TransactionRequest
+from kazoo.protocol.states import KeeperState
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_digest_acl
@@ -92,6 +95,7 @@ from midoflow.store.base import (
 
 log = logging.getLogger(__name__)
 
+_FOLLOW_CHUNK = 2000  # first reads of a batch of followers in flight at once
 _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError,
                 OperationTimeoutError)
 
@@ -174,6 +178,10 @@ class ZkStore(Store):
         self._watches: list[_Watch] = []
         self._recovering = False
         self.recoveries = 0  # kazoo clients replaced by the watchdog
+        # held while a batch of followers (below) delivers its first values
+        self._follow_lock = h.rlock_object()
+        self._followers: list[_Follower] = []
+        self._was_connected = True
         try:
             self._start_client(self._client)
         except Unavailable:
@@ -227,6 +235,9 @@ class ZkStore(Store):
         self._state = state
         if state == KazooState.CONNECTED and self._started and not self._closed:
             self._client.handler.spawn(self._restore_ephemerals)
+            if not self._was_connected:  # a watch may have been lost meanwhile
+                self._client.handler.spawn(self._refresh_followers, client)
+        self._was_connected = state == KazooState.CONNECTED
         if state != KazooState.CONNECTED and not self._closed:
             log.warning("ZooKeeper session %s at %s", state, self.hosts)
 
@@ -509,6 +520,92 @@ class ZkStore(Store):
 
         self._add_watch(lambda client, w: DataWatch(client, path, w.wrap(client, on_data)))
 
+    # ---- pipelined watches (issue 13: an agent loading 10,000 objects) ------
+    def watch_objects(self, kind: str, ids: Sequence[str],
+                      cb_of: Callable[[str], Callable[[Data | None, int], Any]]) -> None:
+        def follower(oid: str) -> _Follower:
+            cb = cb_of(oid)
+
+            def on_data(raw, stat):
+                if stat is None:
+                    cb(None, -1)
+                    return False
+                return cb(_decode(raw) or {}, stat.version)
+
+            return _Follower(self, self._model_path(kind, oid), False, on_data)
+
+        self._ensure_kind(kind)
+        self._follow_many([follower(i) for i in ids])
+
+    def watch_states(self, paths: Sequence[str],
+                     cb_of: Callable[[str], Callable[[Data | None], Any]]) -> None:
+        def follower(path: str) -> _Follower:
+            cb = cb_of(path)
+            return _Follower(self, self._state_path(path), False,
+                             lambda raw, stat: cb(_decode(raw) if stat is not None else None))
+
+        self._follow_many([follower(p) for p in paths])
+
+    def watch_states_children(self, paths: Sequence[str],
+                              cb_of: Callable[[str], Callable[[list[str]], Any]]) -> None:
+        self._follow_many([_Follower(self, self._state_path(p), True, cb_of(p))
+                           for p in paths])
+
+    def _follow_many(self, followers: list[_Follower]) -> None:
+        """Send every follower's first read at once, then deliver the answers
+        in order, here, before returning (as the recipes' constructors do)."""
+        if not followers:
+            return
+        self._require_connected()
+        with self._lock:
+            self._followers.extend(followers)
+            self._watches.extend(followers)
+        # In chunks, the next one sent before the answers of this one are
+        # handled: the pipe stays full, and the agent's peak memory low (a
+        # request and its answer weigh about 1 KB until handled).
+        with self._follow_lock:
+            client = self._client
+            chunks = [followers[i:i + _FOLLOW_CHUNK]
+                      for i in range(0, len(followers), _FOLLOW_CHUNK)]
+            sent = self._send_chunk(client, chunks[0])
+            for nxt in (*chunks[1:], None):
+                following = self._send_chunk(client, nxt) if nxt else None
+                self._handle_chunk(client, sent)
+                sent = following
+
+    def _send_chunk(self, client: KazooClient, chunk: list[_Follower]) -> list:
+        return _send_all(client, [(f, *f.make_request(client)) for f in chunk],
+                         self.op_timeout)
+
+    def _handle_chunk(self, client: KazooClient, pending: list) -> None:
+        # ZooKeeper answers a session's requests in order: once the last
+        # is in, all are (one wait, not one wake-up per answer)
+        for _f, res in (pending[-1], *pending):
+            if res.ready():
+                continue
+            try:
+                res.get(timeout=self.op_timeout)
+            except client.handler.timeout_exception as e:
+                if self._state == KazooState.CONNECTED and not self._closed:
+                    self._start_recovery(client)
+                raise self._unavailable(f"no answer in {self.op_timeout} s") from e
+            except Exception:  # noqa: S110 - handled by f.handle from the result
+                pass
+        for f, res in pending:
+            f.handle(client, res)
+
+    def _refresh_followers(self, client: KazooClient) -> None:
+        """Read every follower again (pipelined) after a reconnection: a new
+        session has none of the old one's watches."""
+        with self._lock:
+            live = [f for f in self._followers if not f.ended]
+            self._followers = live
+        for i in range(0, len(live), _FOLLOW_CHUNK):
+            if client is not self._client or self._closed:
+                return
+            for f, res in self._send_chunk(client, live[i:i + _FOLLOW_CHUNK]):
+                res.rawlink(lambda r, f=f: f.handle(client, r))
+
     def _require_connected(self) -> None:
         if self._closed or self._state != KazooState.CONNECTED:
             raise self._unavailable()
@@ -600,6 +697,59 @@ class ZkStore(Store):
             for p in [p for p in self._ephemerals if p == key or p.startswith(key + "/")]:
                 del self._ephemerals[p]
         self._delete_tree(zpath)
+
+    STATE_BATCH = 500  # nodes per multi (each entry is small: well under the 1 MB limit)
+
+    def put_states(self, items: Sequence[tuple[str, Data]], ephemeral: bool = True) -> None:
+        """New state nodes in one multi per chunk (BGP's learned routes: a
+        watcher of their parent sees one change, not one per route). A chunk
+        the server refuses (a node exists already, say) is written node by
+        node with :meth:`put_state`."""
+        items = [(p, self._state_path(p), _encode(d)) for p, d in items]
+        for parent in sorted({z.rsplit("/", 1)[0] for _, z, _ in items}):
+            self._ensure(parent)
+        for i in range(0, len(items), self.STATE_BATCH):
+            chunk = items[i:i + self.STATE_BATCH]
+            self._require_connected()
+            t = self._client.transaction()
+            for _, zpath, value in chunk:
+                t.create(zpath, value, ephemeral=ephemeral)
+            try:
+                res = self._call(t.commit_async())
+            except (NodeExistsError, NoNodeError, KazooException):
+                res = None
+            if res is None or any(isinstance(r, Exception) for r in res):
+                for path, _, value in chunk:
+                    self.put_state(path, _decode(value), ephemeral)
+                continue
+            with self._lock:
+                for path, _, value in chunk:
+                    key = "/".join(x for x in path.split("/") if x)
+                    if ephemeral:
+                        self._ephemerals[key] = value
+                    else:
+                        self._ephemerals.pop(key, None)
+
+    def delete_states(self, paths: Sequence[str]) -> None:
+        """Leaf state nodes deleted in one multi per chunk (node by node with
+        :meth:`delete_state` if the server refuses a chunk: one was gone)."""
+        zpaths = [(p, self._state_path(p)) for p in paths]
+        with self._lock:
+            for _, zpath in zpaths:
+                self._ephemerals.pop(zpath[len(self.root) + 1:], None)
+        for i in range(0, len(zpaths), self.STATE_BATCH):
+            chunk = zpaths[i:i + self.STATE_BATCH]
+            self._require_connected()
+            t = self._client.transaction()
+            for _, zpath in chunk:
+                t.delete(zpath)
+            try:
+                res = self._call(t.commit_async())
+            except (NoNodeError, NotEmptyError, KazooException):
+                res = None
+            if res is None or any(isinstance(r, Exception) for r in res):
+                for path, _ in chunk:
+                    self.delete_state(path)
 
     def _delete_tree(self, zpath: str) -> None:
         for _ in range(10):
@@ -739,6 +889,34 @@ def _serialise_calls(client: KazooClient, lock: Any, timeout: float) -> None:
             lock.release()
 
     client._call = _call
+    client._mfl_call_lock = lock  # for _send_all
+
+
+def _send_all(client: KazooClient, items: list[tuple[Any, Any, Any]],
+              timeout: float) -> list[tuple[Any, Any]]:
+    """kazoo's ``_call`` for many ``(key, request, async result)``: queued
+    together and the connection loop woken by one write for all, where
+    ``_call`` writes one byte per request, and each write hands the GIL to the
+    connection thread (most of the time of a 10,000-object load). Returns
+    [(key, async result)]."""
+    lock = getattr(client, "_mfl_call_lock", None)
+    if lock is None or client._state != KeeperState.CONNECTED or not lock.acquire(True, timeout):
+        for _key, req, res in items:  # kazoo sets the errors
+            client._call(req, res)
+        return [(key, res) for key, _req, res in items]
+    try:
+        client._queue.extend((req, res) for _key, req, res in items)
+        try:
+            sock = client._connection._write_sock
+            for i in range(0, len(items), 4096):
+                sock.sendall(b"\0" * min(4096, len(items) - i))
+        except Exception:  # closed meanwhile
+            for _key, _req, res in items:
+                if not res.ready():
+                    res.set_exception(ConnectionClosedError("Connection has been closed"))
+    finally:
+        lock.release()
+    return [(key, res) for key, _req, res in items]
 
 
 def _wake(client: KazooClient) -> None:
@@ -819,3 +997,88 @@ class _ChildrenFollower:
         if self.cw is None or self.cw._stopped:
             self.client.handler.spawn(self._watch_children)
         return None
+
+
+class _Follower:
+    """A watch on one node's data (``children=False``: ``on_value(raw, stat)``,
+    stat None while the node is missing) or its children (``on_value(sorted
+    names)``, [] while it is missing), without kazoo's recipes: their
+    constructors read synchronously, one round trip each, where a batch of
+    followers sends all its first reads at once (:meth:`ZkStore._follow_many`).
+    A missing node is followed by an exists watch until it comes (back);
+    each distinct value is delivered once; ``on_value`` returning False ends
+    the follower. Duck-types :class:`_Watch` for the watchdog's re-arming."""
+
+    __slots__ = ("store", "zpath", "children", "on_value", "ended", "_prior")
+
+    def __init__(self, store: ZkStore, zpath: str, children: bool,
+                 on_value: Callable[..., Any]) -> None:
+        self.store = store
+        self.zpath = zpath
+        self.children = children
+        self.on_value = on_value
+        self.ended = False
+        self._prior: Any = None  # last delivered: mzxid / children list / "missing"
+
+    def make_request(self, client: KazooClient) -> tuple[Any, Any]:
+        """(kazoo request, its async result): a read that leaves a watch."""
+        path = _prefix_root(client.chroot, self.zpath)
+        req = GetChildren(path, self._on_event) if self.children else \
+            GetData(path, self._on_event)
+        return req, client.handler.async_result()
+
+    def arm(self, client: KazooClient) -> None:
+        req, res = self.make_request(client)
+        client._call(req, res)
+        res.rawlink(lambda r: self.handle(client, r))
+
+    def _on_event(self, _event) -> None:
+        client = self.store._client
+        if not self.ended and not self.store._closed:
+            try:
+                self.arm(client)
+            except Exception as e:  # closing meanwhile: the reconnection re-reads
+                log.debug("cannot re-read %s: %s", self.zpath, e)
+
+    def handle(self, client: KazooClient, res) -> None:
+        """Deliver the answer of one read (called once it is ready)."""
+        if self.ended or client is not self.store._client:
+            return
+        with self.store._follow_lock:
+            try:
+                value = res.get(block=False)
+            except NoNodeError:
+                value = None
+            except Exception as e:  # connection lost: re-read on reconnection
+                log.debug("reading %s: %s", self.zpath, type(e).__name__)
+                return
+            if value is None:
+                if self._prior == "missing":
+                    return
+                self._prior = "missing"
+                r = self.on_value([]) if self.children else self.on_value(None, None)
+                if r is not False:  # notice its (re)creation
+                    client.exists_async(self.zpath, watch=self._on_event).rawlink(
+                        lambda er: self._created(client, er))
+            elif self.children:
+                names = sorted(value)
+                if names == self._prior:
+                    return
+                self._prior = names
+                r = self.on_value(names)
+            else:
+                raw, stat = value
+                if isinstance(self._prior, int) and stat.mzxid <= self._prior:
+                    return
+                self._prior = stat.mzxid
+                r = self.on_value(raw, stat)
+            if r is False:
+                self.ended = True
+
+    def _created(self, client: KazooClient, res) -> None:
+        try:
+            stat = res.get(block=False)
+        except Exception:
+            return
+        if stat is not None and not self.ended:  # created before the watch was set
+            self.arm(client)

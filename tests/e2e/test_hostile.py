@@ -34,6 +34,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from midoflow.agent.config import AgentConfig
+from midoflow.agent.proactive import is_proactive
 from midoflow.store import paths
 from topologies.cloud import ping, whoami, whoami_server
 from topologies.midocloud import wait_for
@@ -243,7 +244,16 @@ def broad_flows(h, pkts: list[dict], before: set[str]) -> list[str]:
     they are broader than those frames (a drop of that kind cuts the pair;
     an output of that kind carries what was never read)."""
     return [line for line in h.dump_flows() if _flow_key(line) not in before
+            and not _proactive(line)
             and any(matches(parse_flow(line)[0], p) for p in pkts)]
+
+
+def _proactive(line: str) -> bool:
+    """A proactive flow (midoflow.agent.proactive): made ahead of any packet
+    from the bridge's MAC table and the routers' ARP tables, the flow a
+    well-formed first packet would install, not one the frames made."""
+    m = re.match(r"\s*cookie=(0x[0-9a-f]+)", line)
+    return m is not None and is_proactive(int(m.group(1), 16))
 
 
 def _flow_key(line: str) -> str:
@@ -654,8 +664,9 @@ def test_mac_flood_is_bounded(lab):
 
 
 def test_flow_flood_is_bounded(lab):
-    """2,000 new UDP 5-tuples from one VM: no more flows from its port than
-    the per-port limit, the limit shown in `midoflow status`."""
+    """2,000 new UDP 5-tuples from one VM: no more flows (simulated
+    decisions, proactive ones included) from its port than the per-port
+    limit, the limit shown in `midoflow status`."""
     L = lab
     base = Ether(src=L.att.vm_mac, dst=L.vic.vm_mac) / IP(src="192.168.1.66",
                                                           dst="192.168.1.12")
@@ -663,8 +674,12 @@ def test_flow_flood_is_bounded(lab):
     send(L.att, frames, rate=800)
     shown = eventually(
         lambda: L.att.port_id in (protection(L.mc, L.h1).get("flow_limit") or {}), 10)
-    n = settled(lambda: sum(1 for f in L.h1.dump_flows()
-                            if from_port(f, L.att) and "cookie=0x4d" in f))
+    # One per decision: a tracked TCP decision's flow has FIN and RST
+    # companions under its cookie (pipeline.close_flows, deleted with it), so
+    # the module's earlier TCP tests leave more entries than decisions.
+    n = settled(lambda: len({re.search(r"cookie=(0x4d[0-9a-f]*)", f).group(1)
+                             for f in L.h1.dump_flows()
+                             if from_port(f, L.att) and "cookie=0x4d" in f}))
     assert n <= MAX_FLOWS, f"{n} flows from one port (limit {MAX_FLOWS})"
     assert shown, "the flow limit of att's port is not in its host's state (GET /status)"
     assert L.att.port_id in midoflow_status(L.mc)

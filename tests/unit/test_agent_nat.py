@@ -8,6 +8,7 @@ from __future__ import annotations
 from midoflow.agent.core import Tunnel
 from midoflow.agent.natlease import lease_path
 from midoflow.nat import statewire
+from midoflow.nat.conntrack import TCP_UNREPLIED_SECONDS
 from tests.unit.worlds import GW, PUBLIC, RMAC, UPMAC, VM
 
 
@@ -54,7 +55,11 @@ def test_bindings_expire_with_their_flows_and_give_the_ports_back(snat_world):
     h2.clock.advance(10 ** 6)
     assert h2.expire_state() == 0  # its flow is installed: kept
     h2.flow_removed(d.cookie)
-    h2.clock.advance(61)
+    # an unanswered TCP connection's binding lives as long as its connection
+    h2.clock.advance(TCP_UNREPLIED_SECONDS - 1)
+    h2.expire_state()
+    assert len(h2.nat) == 1
+    h2.clock.advance(2)
     assert h2.expire_state() >= 1
     assert api.get_state(lease_path(PUBLIC, 6, port // 64)) is None
     assert len(h2.nat) == 0

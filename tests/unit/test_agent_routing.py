@@ -101,7 +101,7 @@ def test_icmp_errors_are_rate_limited_per_router(routed_world):
     assert sent == 3 and h1.stats["icmp_limited"] == 7
 
 
-def test_route_change_invalidates_only_flows_through_that_router(routed_world):
+def test_route_change_invalidates_only_flows_to_its_prefix(routed_world):
     api, agents, _, invalidated = routed_world
     h1 = agents["h1"]
     api.put_state(paths.arp_entry("r", "192.168.2.20", VM2, NOW), {})
@@ -112,9 +112,12 @@ def test_route_change_invalidates_only_flows_through_that_router(routed_world):
     invalidated.clear()
     api.commit([Create("routes", {"id": "bh", "router_id": "r", "dst_cidr": "10.0.0.0/8",
                                   "type": "blackhole"})])
-    assert invalidated == {routed.cookie}
+    assert invalidated == set()  # 192.168.2.20 is not in 10/8: its lookup is the same
+    api.commit([Create("routes", {"id": "bh2", "router_id": "r",
+                                  "dst_cidr": "192.168.2.0/25", "type": "blackhole"})])
+    assert invalidated == {routed.cookie}  # a more specific route now takes it
     invalidated.clear()
-    api.commit([Delete("routes", "bh")])
+    api.commit([Delete("routes", "bh2")])
     assert invalidated == set()  # the flow was already gone; nothing else is touched
 
 

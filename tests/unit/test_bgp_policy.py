@@ -93,7 +93,8 @@ def test_prefix_limit_per_peer():
     r.set_peer("a", PeerPolicy("up1", max_prefixes=3))
     for i in range(5):
         r.update("a", f"10.{i}.0.0/16", "192.0.2.2")
-    assert r.received("a") == 3 and "a" in r.overflowed
+    assert r.received("a") == 5 and "a" in r.overflowed
+    assert len(r.routes()["up1"]) == 3
     assert r.update("a", "10.0.0.0/16", "192.0.2.9")  # replacing one is fine
     assert MAX_PREFIXES_PER_PEER >= 1000
 

@@ -3,6 +3,7 @@ events (os-ken's own path objects), with a fake speaker and link."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -99,6 +100,7 @@ def gw(monkeypatch):
                         bindings=lambda: dict(bound), on_links=lambda d: flows.update(
                             {"now": dict(d)}))
     mgr.make_speaker = FakeSpeaker
+    mgr.settle = 0  # no waiting for more paths: the tests feed them synchronously
     cache.bgp_peers["p1"] = BgpPeer("p1", "up1", 64512, "192.0.2.2", 65000, keepalive=1,
                                     hold_time=3, connect_retry=2)
     cache.bgp_networks["n1"] = BgpNetwork("n1", "up1", "203.0.113.0/24")
@@ -154,7 +156,12 @@ def test_learned_routes_are_written_ephemeral_and_removed(gw):
     gw.mgr._on_path(event("10.20.0.0/16", "192.0.2.2", withdraw=True), "192.0.2.2", 65000)
     gw.mgr.reconcile()
     assert learned(gw.store) == {"0.0.0.0_0,192.0.2.2,up1,101"}
+    now = [1000.0]
+    gw.mgr.clock = lambda: now[0]
     gw.mgr._on_down("192.0.2.2", 65000)
+    gw.mgr.reconcile()
+    assert learned(gw.store) == {"0.0.0.0_0,192.0.2.2,up1,101"}  # stale for a while
+    now[0] += sp.STALE_TIME
     gw.mgr.reconcile()
     assert learned(gw.store) == set()
 
@@ -287,3 +294,135 @@ def test_bgp_link_flows():
     assert pipeline.BGP_COOKIE >> 56 != 0x4D  # never a simulated flow's cookie
     d = pipeline.delete_bgp_link_flows(dp, 40)
     assert d.cookie == pipeline.BGP_COOKIE | 40 and d.cookie_mask == (1 << 64) - 1
+
+
+class CountingStore(MemoryStore):
+    """Counts the store calls that write learned routes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def put_states(self, items, ephemeral=True):
+        self.calls.append(("put_states", len(items)))
+        for path, data in items:
+            MemoryStore.put_state(self, path, data, ephemeral)
+
+    def delete_states(self, ps):
+        self.calls.append(("delete_states", len(ps)))
+        super().delete_states(ps)
+
+    def put_state(self, path, data, ephemeral=True):
+        if "learned_routes" in path:
+            self.calls.append(("put_state", 1))
+        super().put_state(path, data, ephemeral)
+
+
+def announce(gw, prefixes, withdraw=False):
+    for p in prefixes:
+        gw.mgr._on_path(event(p, "192.0.2.2", withdraw=withdraw), "192.0.2.2", 65000)
+
+
+def state(gw) -> dict:
+    return gw.store.get_state(paths.bgp_peer_state("p1"))
+
+
+def test_prefix_limit_refused_learned_when_room_frees_and_counted(gw):
+    gw.mgr.max_prefixes = 3
+    gw.mgr.reconcile()
+    gw.mgr.speaker.fsm["192.0.2.2"] = "established"
+    announce(gw, [f"10.{i}.0.0/16" for i in range(5)])
+    gw.mgr.reconcile()
+    assert len(learned(gw.store)) == 3
+    st = state(gw)
+    assert (st["prefixes_received"], st["prefixes_accepted"], st["prefixes_refused"],
+            st["prefix_limit"]) == (5, 3, 2, 3)
+    announce(gw, ["10.0.0.0/16", "10.1.0.0/16"], withdraw=True)
+    gw.mgr.reconcile()
+    assert {n.split(",")[0] for n in learned(gw.store)} == {
+        "10.2.0.0_16", "10.3.0.0_16", "10.4.0.0_16"}
+    assert (state(gw)["prefixes_accepted"], state(gw)["prefixes_refused"]) == (3, 0)
+
+
+@pytest.fixture
+def cgw(gw):
+    gw.store = gw.mgr.store = CountingStore()
+    return gw
+
+
+def test_routes_are_written_in_batches_and_a_reset_rewrites_nothing(cgw):
+    gw = cgw
+    now = [1000.0]
+    gw.mgr.clock = lambda: now[0]
+    gw.mgr.reconcile()
+    gw.mgr.speaker.fsm["192.0.2.2"] = "established"
+    prefixes = [f"10.{i // 250}.{i % 250}.0/24" for i in range(600)]
+    announce(gw, prefixes)
+    gw.mgr.reconcile()
+    assert len(learned(gw.store)) == 600
+    assert gw.store.calls == [("put_states", 600)] and gw.mgr.route_writes == 600
+    # a 1 s reset: down, the same table announced again
+    gw.store.calls.clear()
+    gw.mgr.speaker.fsm["192.0.2.2"] = "idle"
+    gw.mgr._on_down("192.0.2.2", 65000)
+    now[0] += 0.5
+    gw.mgr.reconcile()
+    st = state(gw)
+    assert (st["state"], st["flaps"], st["since"], st["prefixes_stale"]) == \
+        ("idle", 1, 1000.5, 600)
+    now[0] += 0.5
+    gw.mgr.speaker.fsm["192.0.2.2"] = "established"
+    announce(gw, prefixes[:599])  # one prefix is gone after the reset
+    gw.mgr.reconcile()
+    assert gw.store.calls == [] and len(learned(gw.store)) == 600
+    assert state(gw)["since"] == 1001.0
+    now[0] += sp.STALE_TIME  # the stale timer: only what really changed goes
+    gw.mgr.reconcile()
+    assert gw.store.calls == [("delete_states", 1)] and len(learned(gw.store)) == 599
+
+
+def test_the_old_path_writes_route_by_route(cgw):
+    gw = cgw
+    gw.mgr.batch = False
+    gw.mgr.reconcile()
+    announce(gw, ["10.0.0.0/16", "10.1.0.0/16"])
+    gw.mgr.reconcile()
+    assert gw.store.calls == [("put_state", 1), ("put_state", 1)]
+
+
+def test_last_error_in_the_status_and_not_hidden_by_the_lost_connection(gw):
+    now = [50.0]
+    gw.mgr.clock = lambda: now[0]
+    gw.mgr.reconcile()
+    assert state(gw)["last_error"] is None
+    gw.mgr._on_error("192.0.2.2", "notification received: Open Message Error: bad peer AS")
+    gw.mgr._on_error("192.0.2.2", "connection lost: Peer closed connection", weak=True)
+    gw.mgr.reconcile()
+    st = state(gw)
+    assert (st["last_error"], st["last_error_at"]) == (
+        "notification received: Open Message Error: bad peer AS", 50.0)
+    now[0] += sp.ERROR_SHADOW
+    gw.mgr._on_error("192.0.2.2", "connection lost: Peer closed connection", weak=True)
+    gw.mgr.reconcile()
+    assert state(gw)["last_error"] == "connection lost: Peer closed connection"
+    gw.mgr._on_error("198.51.100.9", "not a peer of ours")  # ignored
+
+
+def test_notification_text():
+    assert sp.notification_text(4, 0, None) == "hold timer expired"
+    assert sp.notification_text(6, 2, None) == "cease (subcode 2)"
+    assert sp.notification_text(2, 2, "Open Message Error: bad peer AS") == \
+        "Open Message Error: bad peer AS"
+
+
+def test_routes_wait_for_a_table_still_arriving(gw):
+    gw.mgr.settle = 0.05
+    gw.mgr.reconcile()
+    announce(gw, ["10.0.0.0/16"])
+    t0 = time.monotonic()
+    gw.mgr.reconcile()  # the last path just now: a short wait, then written
+    assert 0.04 <= time.monotonic() - t0 < sp.SETTLE_MAX + 0.1
+    assert len(learned(gw.store)) == 1
+    t0 = time.monotonic()
+    gw.mgr.reconcile()  # nothing new: no wait
+    assert time.monotonic() - t0 < 0.04

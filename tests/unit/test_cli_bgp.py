@@ -197,3 +197,25 @@ def test_status_summarises_bgp_sessions():
     assert "bgp:    1 of 2 sessions established" in out
     assert "192.0.2.6 (AS 65000) on port u2: down" in out
     assert "192.0.2.2 (AS" not in out
+
+
+def test_peer_status_shows_history_and_counters(cli, store, gw):  # noqa: F811
+    p = create(cli, "bgp", "peer", "add", "uplink", "--local-as", "64512", "--peer-address",
+               "203.0.113.1", "--peer-as", "65000", "--name", "border-1")
+    assert ok(cli("bgp", "peer", "status", "border-1")).out.split() == ["state:", "down"]
+    store.put_state(paths.bgp_peer_state(p["id"]), {
+        "host_id": "gw1", "state": "active", "since": 1700000000.0, "flaps": 2,
+        "last_error": "notification received: hold timer expired",
+        "last_error_at": 1700000000.0, "prefixes_received": 1200, "prefixes_accepted": 1000,
+        "prefixes_refused": 200, "prefixes_filtered": 0, "prefixes_stale": 0,
+        "prefix_limit": 1000, "prefixes_advertised": 1})
+    out = ok(cli("bgp", "peer", "status", "border-1")).out
+    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert lines["state"].strip() == "active" and lines["flaps"].strip() == "2"
+    assert lines["last_error"].strip() == "notification received: hold timer expired"
+    assert "s ago)" in lines["since"]
+    assert (lines["prefixes_accepted"].strip(), lines["prefixes_refused"].strip()) == \
+        ("1000", "200")
+    got = ok(cli("--json", "bgp", "peer", "status", p["id"])).json()
+    assert got["since"] == 1700000000.0 and got["prefixes_received"] == 1200
+    one_error_line(cli("bgp", "peer", "status", "nope"), 1, "no BGP peer")

@@ -133,7 +133,7 @@ class Host:
             return None, []
         msgs = pl.decision_messages(DP, decision, ofport, data, None, IDLE)
         for m in msgs:
-            if isinstance(m, DP.ofproto_parser.OFPFlowMod):
+            if isinstance(m, DP.ofproto_parser.OFPFlowMod) and m.priority == pl.PRIO_SIMULATED:
                 self.core.flow_replaced(tuple(sorted(m.match.items())), decision.cookie)
         self.table.apply(msgs)
         return decision, msgs
@@ -311,12 +311,14 @@ def test_a_security_group_admits_its_port_and_drops_another(campus):
 
 
 @pytest.mark.parametrize("flag", [TCP_FIN, TCP_RST])
-def test_fin_and_rst_still_reach_the_controller_and_are_forwarded_by_packet_out(campus, flag):
+def test_a_tracked_connections_fin_and_rst_reach_the_controller_by_its_close_flows(campus,
+                                                                                     flag):
     h1 = campus.h1
     ssh, ssh_data = first_packet(h1, A.ofport, tcp_from(A, D.ip, 1000, SG_PORT))
+    assert ssh.uses  # a security group: tracked
     close = frame(tcp_from(A, D.ip, 1000, SG_PORT, flags=flag | 0x10))
     tr = h1.lookup(A.ofport, close)
-    assert tr.ports == [CONTROLLER] and (1, pl.PRIO_TCP_CLOSE, 0) in tr.hits
+    assert tr.ports == [CONTROLLER] and (1, pl.PRIO_TCP_CLOSE, ssh.cookie) in tr.hits
     flows = h1.table.cookies(1)
     d, msgs = h1.miss(A.ofport, close)
     assert not d.install and d.actions == ssh.actions
@@ -325,6 +327,25 @@ def test_fin_and_rst_still_reach_the_controller_and_are_forwarded_by_packet_out(
     view = {k: v for k, v in switch_view(A.ofport, close).items() if k != "in_port"}
     assert h1.table.packet_out(po, view).ports == [VXLAN]
     assert h1.lookup(A.ofport, ssh_data).ports == [VXLAN]  # the connection's flow holds
+
+
+@pytest.mark.parametrize("flag", [TCP_FIN, TCP_RST])
+def test_an_untracked_connections_fin_and_rst_follow_its_flow_in_the_datapath(campus, flag):
+    h1 = campus.h1
+    routed, r_data = first_packet(h1, A.ofport, tcp_from(A, E.ip, 1000, 80))
+    assert routed.install and not routed.uses
+    close = frame(tcp_from(A, E.ip, 1000, 80, flags=flag | 0x10))
+    tr = h1.lookup(A.ofport, close)
+    assert CONTROLLER not in tr.ports and (1, pl.PRIO_SIMULATED, routed.cookie) in tr.hits
+    assert tr.ports == h1.lookup(A.ofport, r_data).ports != []
+
+
+def test_a_tracked_flows_close_flows_go_with_it(campus):
+    h1 = campus.h1
+    ssh, _ = first_packet(h1, A.ofport, tcp_from(A, D.ip, 1000, SG_PORT))
+    assert len([e for e in h1.table.flows(1) if e.cookie == ssh.cookie]) == 3  # + FIN, RST
+    h1._delete_cookies({ssh.cookie})
+    assert ssh.cookie not in h1.table.cookies()
 
 
 def test_deleting_a_port_deletes_exactly_the_flows_through_it(campus):
@@ -389,10 +410,9 @@ def _packet(draw) -> tuple[Vm, dict[str, Any]]:
 
 def always_to_agent(f: dict[str, Any]) -> bool:
     """What the pipeline sends to the agent whatever flows it holds: a TTL
-    below LOW_TTL (routers answer it), a TCP FIN or RST (closes connections)."""
-    return f["eth_type"] == ETH_IP and (
-        f["ip_ttl"] < pl.LOW_TTL
-        or f["ip_proto"] == PROTO_TCP and bool(f["tcp_flags"] & (TCP_FIN | TCP_RST)))
+    below LOW_TTL (routers answer it). (A TCP FIN or RST is never installed,
+    and reaches the agent again only by a tracked flow's close flows.)"""
+    return f["eth_type"] == ETH_IP and f["ip_ttl"] < pl.LOW_TTL
 
 
 packets = st.lists(st.composite(_packet)(), min_size=1, max_size=16)

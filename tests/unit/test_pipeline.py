@@ -93,13 +93,16 @@ def test_base_flows_wipe_flows_and_meters():
     assert isinstance(wipe, parser.OFPFlowMod) and wipe.command == ofp.OFPFC_DELETE
     assert wipe.table_id == ofp.OFPTT_ALL
     meters = [m for m in msgs if is_meter_mod(m)]
-    assert [(m.command, m.meter_id) for m in meters] == [(ofp.OFPMC_DELETE, ofp.OFPM_ALL)]
+    assert [(m.command, m.meter_id) for m in meters] == [
+        (ofp.OFPMC_DELETE, ofp.OFPM_ALL),  # the wipe; then the shared meter of table 0's miss
+        (ofp.OFPMC_DELETE, pl.UNBOUND_METER), (ofp.OFPMC_ADD, pl.UNBOUND_METER)]
 
 
 def test_everything_a_vm_sends_to_the_agent_goes_through_table_2():
     table1 = flows(pl.base_flows(DP), pl.TABLE_SIMULATED)
-    # miss, low TTLs, FIN and RST, fragments, DHCP
-    assert len(table1) == 1 + pl.LOW_TTL + 2 + 1 + 1
+    # miss, low TTLs, fragments, DHCP (FIN and RST: per tracked decision only)
+    assert len(table1) == 1 + pl.LOW_TTL + 1 + 1
+    assert not [f for f in table1 if "tcp_flags" in f.match]
     for f in table1:
         assert goes_to(f, pl.TABLE_TO_CONTROLLER) and not sends_to_controller(f), f
     miss = [f for f in table1 if f.priority == pl.PRIO_MISS]
@@ -127,8 +130,10 @@ def test_flow_state_from_other_hosts_is_not_metered():
     state = [f for f in table0 if f.match.get("tunnel_id") == STATE_TUNNEL_KEY]
     assert len(state) == 1 and sends_to_controller(state[0])
     assert not instr(state[0], parser.OFPInstructionMeter)
-    drop = [f for f in table0 if f.priority == pl.PRIO_MISS]
-    assert len(drop) == 1 and drop[0].instructions == []
+    # table 0's miss (ports not classified yet) is metered, by one shared meter
+    (miss,) = [f for f in table0 if f.priority == pl.PRIO_MISS]
+    assert sends_to_controller(miss)
+    assert [i.meter_id for i in instr(miss, parser.OFPInstructionMeter)] == [pl.UNBOUND_METER]
 
 
 # ------------------------------------------------------------- bound ports

@@ -55,6 +55,8 @@ def _decisions():
                            rewrites=rewrites, pushes=[Emit(b"s", OUTS)],
                            emits=[Emit(b"e", OUTS, REWRITES[:2])])
             yield Decision([], fields, frozenset(), None, cookie=COOKIE, packet=pkt)
+            yield Decision(OUTS, fields, frozenset(), None, cookie=COOKIE, packet=pkt,
+                           rewrites=rewrites, uses=(("nat", "b"),))  # tracked
 
 
 # Every message-building function of the pipeline, with arguments.
@@ -74,12 +76,16 @@ BUILDERS = {
     "delete_bgp_link_flows": [(DP, 40)],
     "delete_cookie": [(DP, COOKIE)],
     "decision_flow": [(DP, d, 4, 30, pl.actions_for(DP, d)) for d in _decisions()],
+    "close_flows": [(DP, d, 4) for d in _decisions() if pl.tracked(d)],
     "decision_messages": [(DP, d, 4, b"frame", None, 30) for d in _decisions()],
     "packet_out": [(DP, [p.OFPActionOutput(3)], b"x")],
+    "unbound_miss_flows": [(DP,), (DP, 10, 5)],
+    "fence_flows": [(DP, [2, 3])],
+    "delete_fence_flows": [(DP,), (DP, 2)],
 }
 # Public functions of the pipeline that build no message.
-NOT_BUILDERS = {"allowed", "send", "match_kwargs", "meter_id", "metered_drops",
-                "rewrite_actions", "output_actions", "actions_for"}
+NOT_BUILDERS = {"allowed", "send", "send_batch", "tracked", "match_kwargs", "meter_id",
+                "metered_drops", "rewrite_actions", "output_actions", "actions_for"}
 
 
 def _messages(result):
@@ -234,7 +240,11 @@ def _agent(decision):
         flow_removed=lambda cookie: calls.append(("removed", cookie)),
         note_malformed=lambda reason: calls.append(("malformed", reason)),
         stats={"malformed": 0})
-    return SimpleNamespace(core=core, cfg=SimpleNamespace(idle_timeout=30)), calls
+    from midoflow.apps.metrics import AgentMetrics
+
+    agent = SimpleNamespace(core=core, cfg=SimpleNamespace(idle_timeout=30))
+    agent.metrics = AgentMetrics(agent)  # _process times handle_miss through it
+    return agent, calls
 
 
 def _frame() -> bytes:
@@ -249,7 +259,7 @@ def test_the_agent_sends_a_decisions_messages_and_indexes_its_flow():
     agent, calls = _agent(d)
     dp = Recorder()
     MidoflowAgent._process(agent, dp, 4, _frame(), None)
-    assert [type(m).__name__ for m in dp.sent] == ["OFPPacketOut", "OFPFlowMod", "OFPPacketOut"]
+    assert [type(m).__name__ for m in dp.sent] == ["OFPPacketOut", "OFPPacketOut", "OFPFlowMod"]
     assert calls == [("replaced", (("eth_dst", B), ("in_port", 4)), COOKIE)]
 
 

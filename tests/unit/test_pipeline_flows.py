@@ -46,7 +46,13 @@ def sw() -> FakeOFTable:
     t = FakeOFTable().apply(pl.base_flows(DP))
     t.apply(pl.classify_flows(DP, P1, K1, [VXLAN, GRE]))
     t.apply(pl.classify_flows(DP, P2, K2, [VXLAN, GRE]))
+    t.apply(pl.fence_flows(DP, [VXLAN, GRE]))  # as the agent fences its tunnel ports
     return t
+
+
+def unbound(tr) -> bool:
+    """To the agent by table 0's miss, through the one shared meter only."""
+    return tr.ports == [CONTROLLER] and tr.meters == [pl.UNBOUND_METER] and tr.tables == [0]
 
 
 def install(sw, decision, in_port=P1, data=b"frame"):
@@ -80,8 +86,8 @@ def test_flow_state_from_another_host_goes_to_the_agent_unmetered(sw):
     assert tr.ports == [CONTROLLER] and tr.meters == []
 
 
-def test_an_unknown_port_is_dropped(sw):
-    assert sw.lookup(tcp(in_port=9)).dropped
+def test_an_unknown_port_reaches_the_agent_through_the_shared_meter(sw):
+    assert unbound(sw.lookup(tcp(in_port=9)))
     # and nothing reaches the controller by table 2 but a bound port's flow
     assert sw.lookup(tcp(in_port=9), table=2).dropped
 
@@ -95,12 +101,39 @@ def test_tagged_frames_are_dropped_even_with_a_flow_for_their_addresses(sw, tag)
 
 
 @pytest.mark.parametrize("extra", [{"ip_frag": 1}, {"ip_frag": 3}, {"nw_ttl": 7},
-                                   {"nw_ttl": 0}, {"tcp_flags": 0x11}, {"tcp_flags": 0x04}])
-def test_fragments_low_ttls_fin_and_rst_always_reach_the_agent(sw, extra):
+                                   {"nw_ttl": 0}])
+def test_fragments_and_low_ttls_always_reach_the_agent(sw, extra):
     install(sw, decision([Output(P2)], {"ip_dst", "tp_dst"}))
     assert sw.lookup(tcp()).ports == [P2]
     tr = sw.lookup(tcp(**extra))
     assert tr.ports == [CONTROLLER] and tr.meters == [P1]
+
+
+@pytest.mark.parametrize("flags", [0x11, 0x04, 0x14, 0x01])
+def test_fin_and_rst_of_an_untracked_flow_stay_in_the_datapath(sw, flags):
+    msgs = install(sw, decision([Output(P2)], {"ip_dst"}))
+    assert not [m for m in msgs if getattr(m, "priority", None) == pl.PRIO_TCP_CLOSE]
+    assert sw.lookup(tcp(flags=flags)).ports == [P2]
+
+
+@pytest.mark.parametrize("flags", [0x11, 0x04, 0x14, 0x01])
+def test_fin_and_rst_of_a_tracked_flow_reach_the_agent_through_the_meter(sw, flags):
+    five = {"ip_src", "ip_dst", "ip_proto", "tp_src", "tp_dst"}
+    install(sw, decision([Output(P2)], five, uses=(("nat", "b"),)))
+    assert sw.lookup(tcp()).ports == [P2]
+    tr = sw.lookup(tcp(flags=flags))
+    assert tr.ports == [CONTROLLER] and tr.meters == [P1]
+    assert (1, pl.PRIO_TCP_CLOSE, COOKIE) in tr.hits
+    assert sw.lookup(tcp(flags=flags, tcp_src=1001)).ports == [CONTROLLER]  # a miss: simulated
+    sw.apply([pl.delete_cookie(DP, COOKIE)])  # invalidated: the close flows go with it
+    assert COOKIE not in sw.cookies()
+
+
+def test_a_tracked_udp_flow_gets_no_close_flows(sw):
+    pkt = packet(ip_proto=PROTO_UDP)
+    msgs = install(sw, decision([Output(P2)], {"ip_dst", "ip_proto", "tp_dst"}, pkt=pkt,
+                                uses=(("nat", "b"),)))
+    assert [m.priority for m in msgs if hasattr(m, "priority")] == [pl.PRIO_SIMULATED]
 
 
 def test_the_lowest_ttl_a_flow_forwards_is_low_ttl(sw):
@@ -113,7 +146,7 @@ def test_unbinding_a_port_removes_its_flows_meter_and_delivery(sw):
     install(sw, decision([Output(P1)], {"eth_dst"}, cookie=COOKIE + 1,
                          pkt=packet(in_port="p2", eth_src=VM2, eth_dst=VM1)), in_port=P2)
     sw.apply(pl.unclassify_flows(DP, P1, K1))
-    assert sw.lookup(tcp()).dropped
+    assert unbound(sw.lookup(tcp()))  # an unbound port's again
     assert sw.lookup(tcp(in_port=VXLAN, tunnel_id=K1)).dropped
     assert P1 not in sw.meters and sw.cookies(1) >= {COOKIE + 1} and COOKIE not in sw.cookies()
     assert sw.lookup(tcp(in_port=P2, eth_src=VM2, eth_dst=VM1)).ports == [P1]
@@ -132,12 +165,16 @@ def test_base_flows_without_wipe_keep_what_the_switch_holds(sw):
     def flows():
         return sorted(str((e.table, e.priority, e.match, e.cookie)) for e in sw.flows())
 
-    before, meters = flows(), dict(sw.meters)
+    def meters():
+        return {m: [(b.rate, b.burst_size) for b in bands] for m, bands in sw.meters.items()}
+
+    before, meters_before = flows(), meters()
     sw.apply(pl.base_flows(DP, wipe=False))
     assert flows() == before
-    assert sw.meters == meters and sw.lookup(tcp()).ports == [P2]
+    assert meters() == meters_before and sw.lookup(tcp()).ports == [P2]
     sw.apply(pl.base_flows(DP))  # the wipe: only the fixed flows are left
-    assert sw.meters == {} and sw.cookies() == {0} and sw.lookup(tcp()).dropped
+    assert set(sw.meters) == {pl.UNBOUND_METER} and sw.cookies() == {0}
+    assert unbound(sw.lookup(tcp()))
 
 
 # ------------------------------------------------------------------ decisions
@@ -147,7 +184,7 @@ def test_l2_forward_and_its_first_packet(sw):
     assert tr.ports == [P2] and tr.out(P2) == tcp()  # untouched
     assert sw.lookup(tcp(eth_dst="02:00:00:00:09:09")).ports == [CONTROLLER]
     (po,) = sw.packet_outs
-    assert po is msgs[-1] and po.in_port == P1 and po.data == b"frame"
+    assert po is msgs[0] and po.in_port == P1 and po.data == b"frame"  # before the flow
     assert sw.packet_out(po, tcp()).ports == [P2]
 
 
@@ -220,19 +257,20 @@ def test_deleting_by_cookie_removes_exactly_that_flow(sw):
     sw.apply([pl.delete_cookie(DP, COOKIE)])
     assert sw.lookup(tcp()).ports == [CONTROLLER]
     assert sw.lookup(tcp(eth_dst="02:00:00:00:09:09")).ports == [VXLAN]
-    assert len(sw.flows(0)) == len(FakeOFTable().apply(pl.base_flows(DP)).flows(0)) + 2 * 7
+    assert len(sw.flows(0)) == len(FakeOFTable().apply(pl.base_flows(DP)).flows(0)) + 2 * 7 \
+        + 2  # the tunnel ports' fence flows
 
 
 # ------------------------------------------------------ decision_messages itself
-def test_pushes_go_first_then_the_flow_the_packet_and_the_answers():
+def test_pushes_go_first_then_the_packet_the_flow_and_the_answers():
     pushes = [Emit(b"state", [Tunnel(STATE_TUNNEL_KEY, "10.10.0.2", VXLAN)])]
     emits = [Emit(b"arp", [Output(P1)]), Emit(b"nowhere", [])]
     d = decision([Output(P2)], {"eth_dst"}, pushes=pushes, emits=emits)
     msgs = pl.decision_messages(DP, d, P1, b"frame", 77, IDLE)
     kinds = [(type(m).__name__, getattr(m, "data", None)) for m in msgs]
-    assert kinds == [("OFPPacketOut", b"state"), ("OFPFlowMod", None),
-                     ("OFPPacketOut", None), ("OFPPacketOut", b"arp")]
-    assert msgs[2].buffer_id == 77 and msgs[2].in_port == P1  # the switch's copy
+    assert kinds == [("OFPPacketOut", b"state"), ("OFPPacketOut", None),
+                     ("OFPFlowMod", None), ("OFPPacketOut", b"arp")]
+    assert msgs[1].buffer_id == 77 and msgs[1].in_port == P1  # the switch's copy
     assert msgs[0].in_port == msgs[3].in_port == DP.ofproto.OFPP_CONTROLLER
     t = FakeOFTable()
     assert t.packet_out(msgs[0], {}).out(VXLAN)["tunnel_id"] == STATE_TUNNEL_KEY
@@ -289,7 +327,7 @@ def test_bgp_link_passes_bgp_and_arp_between_speaker_and_uplink(sw):
     assert other.ports == [CONTROLLER]
     sw.apply([pl.delete_bgp_link_flows(DP, LINK)])
     assert all(e.cookie & ~0xFFFF != pl.BGP_COOKIE for e in sw.flows())
-    assert sw.lookup({"in_port": LINK}).dropped
+    assert unbound(sw.lookup({"in_port": LINK}))  # an unbound port's again
     assert sw.lookup({**bgp, "tcp_dst": 179, "tcp_src": 5000}).ports == [CONTROLLER]
 
 

@@ -103,7 +103,7 @@ def test_keystone_mode_is_behind_auth_token_which_strips_forged_identities(store
     from keystonemiddleware.auth_token import AuthProtocol
 
     app = make_root_app(store, auth=AuthConfig.keystone(OPTIONS))
-    assert isinstance(app, AuthProtocol)
+    assert isinstance(app.app, AuthProtocol)  # inside the metrics middleware
     resp = _get(app, "/v1/hosts", ADMIN)
     assert resp.status_int == 401 and resp.json["error"] == "Unauthorized"
     assert resp.headers.getall("WWW-Authenticate") == [f'Keystone uri="{KS}"']

@@ -1,0 +1,106 @@
+"""How the agent's TopologyCache loads a large topology (issue 13): chains
+and rules of ports read at their first use (then watched like the rest),
+devices' chains with the devices, a port change scanning no other port, and
+the synthetic scale topology (benchmarks.scale_topology) as the service
+would have written it."""
+
+from __future__ import annotations
+
+from benchmarks import scale_topology as st
+from midoflow import model
+from midoflow.agent.cache import TopologyCache
+from midoflow.service import security as sec
+from midoflow.sim.result import chain_tag
+from midoflow.store.base import Create, Delete, Update
+from midoflow.store.memory import MemoryBackend, MemoryStore
+
+
+def _world():
+    backend = MemoryBackend()
+    api = MemoryStore(backend)
+    api.commit([
+        Create(model.CHAINS, {"id": "rin", "rule_ids": ["r1"]}),
+        Create(model.RULES, {"id": "r1", "chain_id": "rin", "action": "accept"}),
+        Create(model.ROUTERS, {"id": "r", "port_ids": ["rp"], "inbound_filter_id": "rin"}),
+        Create(model.CHAINS, {"id": "pin", "rule_ids": ["r2", "r3"]}),
+        Create(model.RULES, {"id": "r2", "chain_id": "pin", "action": "continue"}),
+        Create(model.RULES, {"id": "r3", "chain_id": "pin", "action": "drop"}),
+        Create(model.BRIDGES, {"id": "b", "port_ids": ["p1", "bp"]}),
+        Create(model.PORTS, {"id": "p1", "device_id": "b", "tunnel_key": 1,
+                             "inbound_filter_id": "pin"}),
+        Create(model.PORTS, {"id": "rp", "device_id": "r", "tunnel_key": 2,
+                             "device_type": "router", "type": "interior", "peer_id": "bp",
+                             "mac": "02:00:00:00:00:aa", "ip_address": "10.0.0.1",
+                             "prefix_len": 24}),
+        Create(model.PORTS, {"id": "bp", "device_id": "b", "tunnel_key": 3,
+                             "type": "interior", "peer_id": "rp"}),
+    ])
+    tags: list[set[str]] = []
+    cache = TopologyCache(MemoryStore(backend), tags.append)
+    cache.start()
+    return api, cache, tags
+
+
+def test_port_chains_are_read_at_first_use_and_then_followed():
+    api, cache, tags = _world()
+    assert "pin" not in cache.chains and "r2" not in cache.rules  # not loaded at start
+    assert cache.chains["rin"].rule_ids == ("r1",) and "r1" in cache.rules  # a device's
+    tags.clear()
+    assert cache.chain("pin").rule_ids == ("r2", "r3")
+    assert set(cache.rules) >= {"r2", "r3"}  # its rules came with it
+    assert tags == []  # a first read invalidates nothing
+    api.commit([Update(model.RULES, {"id": "r3", "chain_id": "pin", "action": "accept"})])
+    assert cache.rule("r3").action == "accept" and chain_tag("pin") in set().union(*tags)
+    api.commit([Delete(model.CHAINS, "pin")])
+    assert "pin" not in cache.chains and cache.chain("pin") is None
+    api.commit([Create(model.CHAINS, {"id": "pin", "rule_ids": ["r3"]})])  # made again
+    assert cache.chain("pin").rule_ids == ("r3",)
+
+
+def test_router_mac_index_follows_port_changes_without_a_rebuild():
+    api, cache, _ = _world()
+    assert cache.router_mac_port("b", "02:00:00:00:00:aa") == "bp"
+    rp = {"id": "rp", "device_id": "r", "tunnel_key": 2, "device_type": "router",
+          "type": "interior", "peer_id": "bp", "mac": "02:00:00:00:00:bb",
+          "ip_address": "10.0.0.1", "prefix_len": 24}
+    api.commit([Update(model.PORTS, rp)])
+    assert cache.router_macs == {("b", "02:00:00:00:00:bb"): "bp"}
+    api.commit([Update(model.PORTS, {"id": "bp", "device_id": "b", "tunnel_key": 3,
+                                     "type": "interior"})])  # unlinked
+    assert cache.router_macs == {}
+    before = dict(cache.router_macs)
+    cache._index_router_macs()  # the full rebuild agrees
+    assert cache.router_macs == before
+
+
+def test_a_batch_recomputes_bindings_once():
+    backend = MemoryBackend()
+    api = MemoryStore(backend)
+    api.commit([Create(model.PORTS, {"id": f"p{i}", "device_id": "b", "tunnel_key": i + 1})
+                for i in range(50)])
+    calls = []
+    cache = TopologyCache(MemoryStore(backend), lambda tags: None, calls.append)
+    cache.start()
+    assert len(cache.ports) == 50 and len(calls) == 1
+    api.commit([Update(model.PORTS, {"id": "p3", "device_id": "b", "tunnel_key": 4,
+                                     "name": "x"})])
+    assert calls[-1] == "p3" and len(calls) == 2
+
+
+def test_scale_topology_is_what_the_service_would_write():
+    scale = st.Scale(hosts=5, ports=200, routers=10, security_groups=20)
+    m = st.build(scale, "local")
+    assert len(m[model.HOSTS]) == 5 and len(m[model.ROUTERS]) == 10
+    vms = [p for p in m[model.PORTS].values() if p["type"] == model.PORT_EXTERIOR]
+    local = sum(p["host_id"] == "local" for p in vms)
+    assert len(vms) == 200 and 1 <= local <= 3  # about 1%
+    # the derived chains, rules and address groups are exactly the expected ones
+    derived = {k: {oid: d for oid, d in m[k].items()}
+               for k in (model.CHAINS, model.RULES, model.IP_ADDR_GROUPS)}
+    expected = sec.expected(m)
+    assert {(k, oid) for k, objs in derived.items() for oid in objs} == set(expected)
+    for (kind, oid), data in expected.items():
+        assert m[kind][oid] == data
+    assert not sec.port_filter_errors(m)
+    keys = [p["tunnel_key"] for p in m[model.PORTS].values()]
+    assert len(set(keys)) == len(keys)
