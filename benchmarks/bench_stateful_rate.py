@@ -82,6 +82,7 @@ from benchmarks.cloudbench import (
 )
 from benchmarks.common import report
 from midoflow.agent.flowstate import STATE_FLUSH_SECONDS
+from midoflow.dhcp.frames import checksum
 
 # This measures the agent's own ceiling: the per-port bounds against hostile
 # VMs (packet-in meter, flow and MAC limits; benchmarks/bench_hostile.py) are lifted.
@@ -562,22 +563,12 @@ def run() -> None:
 
 # ---- VM and external-host side (stdlib only) -------------------------------------
 
-def _checksum(data: bytes) -> int:
-    """The IPv4 header checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _udp_frame(dst_mac: bytes, src_mac: bytes, src_ip: bytes, dst_ip: bytes,
                sport: int) -> bytes:
     udp = struct.pack("!HHHH", sport, SINK_PORT, 8 + 18, 0) + bytes(18)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
                       src_ip, dst_ip)
-    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return dst_mac + src_mac + b"\x08\x00" + hdr + udp
 
 

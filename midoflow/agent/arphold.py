@@ -55,17 +55,7 @@ class ArpHold:
         asked again now. Its held packets are simulated again (the first asks,
         the others are held anew); a key with none is only forgotten, so its
         next packet asks. Returns how many packets were replayed."""
-        now = self.clock.mono()
-        n = 0
-        for key in [k for k in self.asked if k[0] != "recovering"]:
-            self.asked.pop(key, None)
-            waiting = self.held.pop(key, [])
-            for deadline, ofport, frame in waiting:
-                if deadline > now:
-                    self.spawn(self.replay, ofport, frame)
-                    n += 1
-                else:
-                    self.stats["arp_expired"] += 1
+        n = sum(self.release(key) for key in [k for k in self.asked if k[0] != "recovering"])
         self.stats["arp_retried"] = self.stats.get("arp_retried", 0) + n
         return n
 

@@ -339,15 +339,25 @@ class AgentCore:
                 break
         return result
 
-    def handle_miss(self, ofport: int, fields: dict, frame: bytes | None = None
-                    ) -> Decision | None:
+    def handle_miss(self, ofport: int, fields: dict, frame: bytes | None = None,
+                    copy: bool = False) -> Decision | None:
         """Simulate a packet that missed the flow table. None: not ours.
 
         ``fields``: the packet's header fields (``Packet`` minus in_port);
         ``frame``: its bytes, quoted by ICMP answers and held while the
-        router resolves a next hop."""
+        router resolves a next hop. ``copy``: a tracked connection's FIN or
+        RST that its close flow forwarded in the datapath and copied here:
+        its connection is closed (and the close pushed to the hosts that
+        track it), the segment is never forwarded again (no packet-out, no
+        flow, no answer), nor held to be replayed."""
         self.stats["packet_in"] += 1
         in_port = self.port_of(ofport)
+        if copy and (in_port is None or in_port in self.recovering
+                     or not fields.get("tcp_flags", 0) & (TCP_FIN | TCP_RST)):
+            # not bound (any more), or its state still loading: the closed
+            # connection idles out instead
+            self.stats["close_copies_ignored"] = self.stats.get("close_copies_ignored", 0) + 1
+            return None
         if in_port is None:
             # an ofport not bound (yet): held until it is (its first packets)
             if ofport in self.tunnel_ofports.values():
@@ -394,7 +404,8 @@ class AgentCore:
                 (tuple(decision.actions), later_rewrites(decision.rewrites), result.mtu))
             for held_ofport, held_frame in held:  # came before it: simulated again
                 self.spawn(self._replay, held_ofport, held_frame)
-        if result.mtu is not None and pkt.ip_len > result.mtu and decision.actions:
+        if result.mtu is not None and pkt.ip_len > result.mtu and decision.actions \
+                and not copy:
             decision = self._split(decision, frame, result.mtu)
         if pkt.tcp_flags is not None and pkt.tcp_flags & (TCP_FIN | TCP_RST):
             # a FIN or RST of a connection whose flow is installed already
@@ -402,6 +413,12 @@ class AgentCore:
             msg = self.state.closing(result, pkt.tcp_flags, pkt)
             if msg is not None:
                 decision.pushes = self.egress.to_hosts(msg, self.egress.state_ports(result))
+            if copy:  # the datapath forwarded it (its close flow): bookkeeping only
+                # (the pushes may reach the other hosts after the segment:
+                # closing is a set of FIN flags per side, in any order)
+                decision.actions, decision.emits = [], []
+                self.stats["close_copies"] = self.stats.get("close_copies", 0) + 1
+                return decision
             if not decision.actions:
                 self.stats["dropped"] += 1
             return decision

@@ -559,19 +559,21 @@ class MidoflowAgent(app_manager.OSKenApp):
         if match.get("tunnel_id") == STATE_TUNNEL_KEY:  # flow state from another host
             if fair:
                 self._enqueue(("state", match.get("tun_ipv4_src")), CONTROL,
-                              (msg.datapath, 0, data, None))
+                              (msg.datapath, 0, data, None, False))
             else:
                 self.core.receive_state(data)
             return
         buffer_id = msg.buffer_id if msg.buffer_id != msg.datapath.ofproto.OFP_NO_BUFFER \
             else None
         in_port = match["in_port"]
+        # a close flow's copy of a FIN/RST the datapath forwarded itself
+        copy = pipeline.close_copy(msg.table_id, msg.cookie)
         if not fair:
-            self._process(msg.datapath, in_port, data, buffer_id)
+            self._process(msg.datapath, in_port, data, buffer_id, copy)
             return
         # an ARP reply (may release held packets) goes before first packets
         klass = ARP if data[12:14] == b"\x08\x06" and data[20:22] == b"\x00\x02" else VM
-        self._enqueue(in_port, klass, (msg.datapath, in_port, data, buffer_id))
+        self._enqueue(in_port, klass, (msg.datapath, in_port, data, buffer_id, copy))
 
     def _port_info(self, ofport: int) -> tuple[str, int]:
         """(port id, weight) of a bound ofport: an uplink, metered at
@@ -618,13 +620,13 @@ class MidoflowAgent(app_manager.OSKenApp):
         n = 0
         start = hub_time()
         while (nxt := q.get()) is not None:
-            key, (dp, in_port, data, buffer_id) = nxt
+            key, (dp, in_port, data, buffer_id, copy) = nxt
             n += 1
             try:
                 if isinstance(key, tuple):
                     self.core.receive_state(data)
                 elif dp is self.dp:  # not one of a lost connection
-                    self._process(dp, in_port, data, buffer_id)
+                    self._process(dp, in_port, data, buffer_id, copy)
             except Exception:  # one bad packet must not stop the worker
                 LOG.exception("a packet-in from %s failed", key)
             if hub_time() - start >= PACKET_WORK_SLICE:
@@ -638,18 +640,21 @@ class MidoflowAgent(app_manager.OSKenApp):
         if self.dp is None:
             return
         if self.cfg.packet_in_fair:
-            self._enqueue(ofport, ARP, (self.dp, ofport, frame, None))
+            self._enqueue(ofport, ARP, (self.dp, ofport, frame, None, False))
         else:
             self._process(self.dp, ofport, frame, None)
 
-    def _process(self, dp, in_port: int, data: bytes, buffer_id: int | None) -> None:
+    def _process(self, dp, in_port: int, data: bytes, buffer_id: int | None,
+                 copy: bool = False) -> None:
+        """Simulate one packet-in and send what its decision says; ``copy``:
+        a close flow's copy (the datapath forwarded it), closing only."""
         try:
             fields = frames.parse(data)
         except frames.FrameError as e:  # dropped: no flow, no state, no learning
             self.core.note_malformed(getattr(e, "reason", "unparsable"))
             return
         try:
-            decision = self.metrics.miss(self.core.handle_miss, in_port, fields, data)
+            decision = self.metrics.miss(self.core.handle_miss, in_port, fields, data, copy)
         except Exception:  # one bad packet must not stop the agent either
             LOG.exception("simulation failed for a packet from ofport %s", in_port)
             self.core.stats["malformed"] += 1

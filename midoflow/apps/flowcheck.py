@@ -9,7 +9,7 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from midoflow.apps.tables import ALL_BITS, PIPELINE, PREREQUISITES, Table
+from midoflow.apps.tables import ALL_BITS, PIPELINE, PREREQUISITES, Table, Writer
 
 _ADDS = (ofp.OFPFC_ADD, ofp.OFPFC_MODIFY, ofp.OFPFC_MODIFY_STRICT)
 _DELETES = (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT)
@@ -45,7 +45,7 @@ def check(msg) -> str | None:
                             f"flows take {want + ' timeout' if want else 'no timeout'}")
     match = dict(msg.match.items())
     _check_match(table, match, where)
-    _check_instructions(table, msg.instructions, match, where)
+    _check_instructions(table, msg.instructions, match, where, writer)
     return writer.name
 
 
@@ -77,18 +77,35 @@ def _prerequisites(key: str, match: dict, where: str, what: str) -> None:
                                 f"{[hex(a) if a > 255 else a for a in allowed]} in the match")
 
 
-def _check_instructions(table: Table, instructions: list, match: dict, where: str) -> None:
+def _check_instructions(table: Table, instructions: list, match: dict, where: str,
+                        writer: Writer | None = None) -> None:
+    # A writer that copies to the controller where its table may not: only
+    # through the meter of its match's in_port, the copy made first.
+    copies = writer is not None and writer.copy_to_controller and not table.controller
+    port_meter = copies and any(isinstance(i, parser.OFPInstructionMeter)
+                                and i.meter_id == _value(match.get("in_port"))
+                                for i in instructions)
     for inst in instructions:
         if isinstance(inst, parser.OFPInstructionGotoTable):
             if inst.table_id not in table.goto:
                 raise PipelineError(f"{where}: goto_table {inst.table_id} not allowed "
                                     f"(allowed: {sorted(table.goto) or 'none'})")
         elif isinstance(inst, parser.OFPInstructionMeter):
-            if not table.meter:
+            if copies:
+                if inst.meter_id != _value(match.get("in_port")):
+                    raise PipelineError(f"{where}: meter {inst.meter_id}: this writer's flows "
+                                        f"take their in_port's meter only")
+            elif not table.meter:
                 raise PipelineError(f"{where}: meter {inst.meter_id}: this table takes no meter")
         elif isinstance(inst, parser.OFPInstructionActions) and \
                 inst.type == ofp.OFPIT_APPLY_ACTIONS:
-            for a in inst.actions:
+            for n, a in enumerate(inst.actions):
+                if copies and isinstance(a, parser.OFPActionOutput) and \
+                        a.port == ofp.OFPP_CONTROLLER:
+                    if n or not port_meter:
+                        raise PipelineError(f"{where}: a copy to the controller must be the "
+                                            f"first action, through the in_port's meter")
+                    continue
                 _check_action(table, a, match, where)
         else:
             raise PipelineError(f"{where}: instruction {type(inst).__name__} "

@@ -16,9 +16,11 @@ from types import SimpleNamespace
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from midoflow.agent.core import Decision, Output, Tunnel
+from midoflow.agent.flows import FlowIndex
 from midoflow.apps import flowcheck, frames, mtu, oxm
 from midoflow.apps.tables import (
     BGP_COOKIE,
+    DECISION_COOKIE,
     FENCE_COOKIE,
     LOW_TTL,
     METADATA_COOKIE,
@@ -55,7 +57,8 @@ __all__ = [
     "PRIO_MISS", "PRIO_SIMULATED", "PRIO_STATE", "PRIO_STORM", "PRIO_TAGGED",
     "PRIO_TCP_CLOSE", "STORM_COOKIE", "TABLE_CLASSIFY", "TABLE_SIMULATED",
     "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
-    "bgp_link_flows", "classify_flows", "close_flows", "decision_flow", "decision_messages",
+    "bgp_link_flows", "classify_flows", "close_copy", "close_flows", "decision_flow",
+    "decision_messages",
     "delete_bgp_link_flows", "delete_cookie", "delete_fence_flows", "delete_meter",
     "fence_flows", "unbound_miss_flows", "match_kwargs", "meter_id",
     "meter_config_request", "meter_stats_request",
@@ -430,12 +433,19 @@ def decision_flow(dp, decision: Decision, ofport: int, idle_timeout: int, action
     (``midoflow.apps.mtu``)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
     match = oxm.match(**match_kwargs(decision.match_fields, decision.packet, ofport))
-    path_mtu = getattr(decision.result, "mtu", None)
-    if actions and path_mtu is not None:
-        actions = [*mtu.check_actions(path_mtu), *actions]
+    actions = _flow_actions(decision, actions)
     inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
     return _flow(dp, TABLE_SIMULATED, PRIO_SIMULATED, match, inst, cookie=decision.cookie,
                  idle_timeout=idle_timeout, flags=ofp.OFPFF_SEND_FLOW_REM)
+
+
+def _flow_actions(decision: Decision, actions: list) -> list:
+    """A decision flow's actions: ``actions`` (``actions_for``), after the
+    MTU check of a path onto a smaller link."""
+    path_mtu = getattr(decision.result, "mtu", None)
+    if actions and path_mtu is not None:
+        return [*mtu.check_actions(path_mtu), *actions]
+    return list(actions)
 
 
 def tracked(decision: Decision) -> bool:
@@ -447,19 +457,38 @@ def tracked(decision: Decision) -> bool:
         and pkt.eth_type == ETH_IP
 
 
-def close_flows(dp, decision: Decision, ofport: int) -> list:
-    """A tracked decision's FIN and RST → table 2 (the agent, through the
-    port's meter): its own match plus ``tcp_flags``, above the decision's
-    flow, under its cookie (deleted with it). No timeout: they would idle out
-    under a long connection, whose flow lives on; the agent deletes them by
-    cookie when the decision's flow goes (invalidation, or its flow-removed)."""
+def close_flows(dp, decision: Decision, ofport: int, actions: list | None = None) -> list:
+    """A tracked decision's FIN and RST: its own match plus ``tcp_flags``,
+    above the decision's flow, under its cookie (deleted with it). Through
+    the port's meter, an unmodified copy goes to the agent (which closes the
+    connection and never forwards the copy: its packet-in's table_id is
+    TABLE_SIMULATED), then the segment is forwarded in the datapath by the
+    decision flow's own actions (``actions``: ``actions_for(dp, decision)``).
+    No timeout: they would idle out under a long connection, whose flow
+    lives on; the agent deletes them by cookie when the decision's flow goes
+    (invalidation, or its flow-removed)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    if actions is None:
+        actions = actions_for(dp, decision)
     kw = match_kwargs(decision.match_fields, decision.packet, ofport)
     kw["eth_type"], kw["ip_proto"] = ETH_IP, PROTO_TCP
     fields = oxm.match(**kw)._fields2  # OXM order; the ONF field tcp_flags last
+    inst = [p.OFPInstructionMeter(meter_id(ofport), ofp.OFPIT_METER),
+            p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
+                p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER),
+                *_flow_actions(decision, actions)])]
     return [_flow(dp, TABLE_SIMULATED, PRIO_TCP_CLOSE,
-                  oxm.Match([*fields, ("tcp_flags", (bit, bit))]),
-                  _goto(dp, TABLE_TO_CONTROLLER), cookie=decision.cookie)
+                  oxm.Match([*fields, ("tcp_flags", (bit, bit))]), inst,
+                  cookie=decision.cookie)
             for bit in (TCP_FIN, TCP_RST)]
+
+
+def close_copy(table_id: int, cookie: int) -> bool:
+    """Whether a packet-in (its ``table_id`` and ``cookie``) is a close
+    flow's copy (``close_flows``): the datapath forwarded the segment, the
+    agent must only close its connection. Table 2's flows (every other
+    packet-in of a bound port) and table 0's carry other table ids."""
+    return table_id == TABLE_SIMULATED and cookie & FlowIndex.COOKIE_MASK == DECISION_COOKIE
 
 
 def delete_cookie(dp, cookie: int):
@@ -503,7 +532,7 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
         msgs.append(packet_out(dp, actions, frame, in_port, buffer_id))
     if decision.install:
         if tracked(decision):  # before the flow: no FIN can pass it unseen
-            msgs += close_flows(dp, decision, in_port)
+            msgs += close_flows(dp, decision, in_port, actions)
         msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
     for em in decision.emits:
         acts = output_actions(dp, em.actions, em.rewrites)

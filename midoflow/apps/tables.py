@@ -37,11 +37,19 @@ Table 1 (simulated)
       itself (``midoflow.agent.dhcp``), never through a flow;
     * per tracked TCP decision (conntrack, NAT, a reply of a tracked
       connection), under its cookie and above its flow: its match plus
-      ``tcp_flags`` FIN, and plus RST → table 2 (the agent closes the
-      connection and forwards the segment by packet-out). No timeout: they
-      go with the decision's flow (deleted by cookie when it is invalidated
-      or idles out). Untracked paths get none: their FIN and RST follow
-      their flow in the datapath, with no controller trip;
+      ``tcp_flags`` FIN, and plus RST → the port's meter, then an unmodified
+      copy to the controller (the agent recognises it by its table_id 1 and
+      cookie and only closes the connection: it never forwards it), then
+      the decision flow's own actions (the datapath forwards the segment, no
+      controller trip on the connection's path). The meter applies to the
+      whole flow (OpenFlow 1.3 runs the meter instruction before
+      apply-actions): a port flooding FINs beyond its packet-in meter loses
+      them, acceptable (TCP retransmits a FIN; an honest VM closes far below
+      its meter). Only this writer may output to the controller in table 1,
+      and only through a meter of the match's ``in_port`` with the
+      controller first. No timeout: they go with the decision's flow
+      (deleted by cookie when it is invalidated or idles out). Untracked
+      paths get none: their FIN and RST follow their flow in the datapath;
     * IPv4 fragments (first and later) always → table 2: a first fragment is
       simulated and its decision remembered (``midoflow.agent.fragments``);
       later fragments, which carry no ports, follow it (one that comes
@@ -126,13 +134,17 @@ METADATA = "metadata"
 class Writer:
     """Flows of one part of the agent in one table: their priorities, their
     cookies (``cookie & mask == value``) and which timeout they must carry
-    (``"idle"``, ``"hard"``, or None: none, they live until deleted)."""
+    (``"idle"``, ``"hard"``, or None: none, they live until deleted).
+    ``copy_to_controller``: in a table whose flows may not output to the
+    controller, this writer's may, as their first action and through the
+    meter of their match's ``in_port`` (a copy, metered per port)."""
 
     name: str
     priorities: frozenset[int]
     cookie: int = 0
     mask: int = ALL_BITS
     timeout: str | None = None
+    copy_to_controller: bool = False
 
     def owns(self, priority: int, cookie: int) -> bool:
         return priority in self.priorities and cookie & self.mask == self.cookie
@@ -188,7 +200,8 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
           writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_FRAGMENT, PRIO_LOW_TTL, PRIO_DHCP)),
                    Writer(DECISION, _fs(PRIO_SIMULATED), DECISION_COOKIE, FlowIndex.COOKIE_MASK,
                           "idle"),
-                   Writer(CLOSE, _fs(PRIO_TCP_CLOSE), DECISION_COOKIE, FlowIndex.COOKIE_MASK),
+                   Writer(CLOSE, _fs(PRIO_TCP_CLOSE), DECISION_COOKIE, FlowIndex.COOKIE_MASK,
+                          copy_to_controller=True),
                    Writer(METADATA, _fs(PRIO_METADATA), METADATA_COOKIE, 0xFFFF << 48))),
     Table(TABLE_MTU, "too_big", match=_fs(MTU_REG),
           actions=_fs("NXActionResubmitTable", "NXActionExit"), set_fields=frozenset(),

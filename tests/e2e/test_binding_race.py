@@ -23,6 +23,7 @@ from topologies.cloud import ping
 pytestmark = pytest.mark.e2e_l3
 
 TRIALS = 5
+FLOOD_REPLY_S = 2.5  # a first ARP lost to the flood's share of the meter, retried
 FIRST_REPLY_S = 0.5
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ", re.M)
 
@@ -139,7 +140,9 @@ def test_an_unbound_flooding_interface_disturbs_no_bound_port(lab):
         out, _ = flood.communicate(timeout=seconds + 20)
         n_flood = int(out.strip().splitlines()[-1])
         assert received == sent, f"the bound VM lost {sent - received} of {sent} pings"
-        assert fresh < FIRST_REPLY_S, f"a VM plugged during the flood: {fresh * 1000:.0f} ms"
+        # The flood shares the unbound ports' meter with the new VM's first ARP,
+        # which may be lost there: then the VM's own ARP retry (1 s) answers.
+        assert fresh < FLOOD_REPLY_S, f"a VM plugged during the flood: {fresh * 1000:.0f} ms"
         # the agent answers, and saw at most what the shared meter passes
         after = wait_until(lambda: (lambda e: e if e.get("unbound_dropped", 0) >
                                     before.get("unbound_dropped", 0) else None)(events(url)),

@@ -5,6 +5,7 @@ other host first), rule changes acting on live traffic, spoofing dropped."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -41,6 +42,36 @@ def sg(cloud_factory):
     yield mc, a, b, group, web
     for s in servers:
         s.kill()
+
+
+def _packets(host, spec: str, priority: int | None = None) -> int:
+    out = host.ovs_ofctl("dump-flows", spec).splitlines()
+    if priority is not None:
+        out = [ln for ln in out if f"priority={priority}," in ln]
+    return sum(int(n) for ln in out for n in re.findall(r"n_packets=(\d+)", ln))
+
+
+def test_a_tracked_connections_fin_rides_its_close_flow_not_the_agents_queue(sg):
+    """Issue 13: each connection's FIN (and RST) is forwarded by its close
+    flow in the datapath (a copy goes to the agent, which only closes the
+    connection): what a's port sends to its agent through table 2 is the
+    connections' first packets, no longer their FINs too."""
+    mc, a, _, _, _ = sg
+    h1 = mc.hosts[0]
+    to_agent = f"table=2,in_port={a.ofport}"
+    closes = f"table=1,in_port={a.ofport},tcp"
+
+    def closed() -> int:
+        return _packets(h1, closes, priority=150)  # pipeline.PRIO_TCP_CLOSE
+
+    before = _packets(h1, to_agent), closed()
+    n = 5
+    for _ in range(n):
+        assert connect(a, "10.60.0.2", 8080).startswith("10.60.0.1:")
+    wait_for(lambda: closed() - before[1] >= n, 5, "the FINs by the close flows")
+    sent = _packets(h1, to_agent) - before[0]
+    # one SYN a connection (before: SYN and FIN, 2n); a re-ARP or a late ACK of slack
+    assert n <= sent <= n + 2, f"{sent} packets of {n} connections through table 2"
 
 
 def test_inbound_is_denied_by_default(sg):

@@ -125,10 +125,11 @@ class Host:
             self.classified[pid] = (ofport, keys[pid])
             self.table.apply(pl.classify_flows(DP, ofport, keys[pid], tunnels))
 
-    def miss(self, ofport: int, data: bytes) -> tuple[Decision | None, list]:
+    def miss(self, ofport: int, data: bytes, copy: bool = False
+             ) -> tuple[Decision | None, list]:
         """A packet-in, as ``_process`` handles it: the decision, and the
         messages sent for it (applied to the table)."""
-        decision = self.core.handle_miss(ofport, frames.parse(data), data)
+        decision = self.core.handle_miss(ofport, frames.parse(data), data, copy)
         if decision is None:
             return None, []
         msgs = pl.decision_messages(DP, decision, ofport, data, None, IDLE)
@@ -310,22 +311,55 @@ def test_a_security_group_admits_its_port_and_drops_another(campus):
     assert h1.lookup(A.ofport, frame(tcp_from(A, D.ip, 1001, SG_PORT))).ports == [CONTROLLER]
 
 
+def conns(host: Host) -> list:
+    """The connections ``host``'s agent tracks (conntrack entries)."""
+    return list(host.core.state.tables.ct._conns.values())
+
+
+def copy_in(host: Host, ofport: int, tr: Trace, data: bytes) -> tuple[Decision | None, list]:
+    """The close flow's copy of ``data`` in ``tr`` handed to the agent as
+    ``_packet_in`` hands it (its packet-in's table and cookie say it is a
+    copy)."""
+    (table, _prio, cookie) = tr.hits[-1]
+    assert pl.close_copy(table, cookie)
+    assert tr.out(CONTROLLER) == switch_view(ofport, data)  # unmodified
+    return host.miss(ofport, data, copy=True)
+
+
 @pytest.mark.parametrize("flag", [TCP_FIN, TCP_RST])
-def test_a_tracked_connections_fin_and_rst_reach_the_controller_by_its_close_flows(campus,
-                                                                                     flag):
-    h1 = campus.h1
+def test_a_tracked_connections_fin_and_rst_are_forwarded_and_copied_to_the_agent(campus,
+                                                                                  flag):
+    h1, h2 = campus.h1, campus.h2
     ssh, ssh_data = first_packet(h1, A.ofport, tcp_from(A, D.ip, 1000, SG_PORT))
     assert ssh.uses  # a security group: tracked
+    for push in ssh.pushes:
+        h2.core.receive_state(push.frame)
     close = frame(tcp_from(A, D.ip, 1000, SG_PORT, flags=flag | 0x10))
     tr = h1.lookup(A.ofport, close)
-    assert tr.ports == [CONTROLLER] and (1, pl.PRIO_TCP_CLOSE, ssh.cookie) in tr.hits
-    flows = h1.table.cookies(1)
-    d, msgs = h1.miss(A.ofport, close)
-    assert not d.install and d.actions == ssh.actions
-    assert h1.table.cookies(1) == flows  # no flow for it
-    (po,) = [m for m in msgs if m.in_port == A.ofport]
-    view = {k: v for k, v in switch_view(A.ofport, close).items() if k != "in_port"}
-    assert h1.table.packet_out(po, view).ports == [VXLAN]
+    # the close flow: a copy through the port's meter, then the connection's own path
+    assert tr.ports == [CONTROLLER, VXLAN] and tr.meters == [A.ofport]
+    assert tr.hits[-1] == (1, pl.PRIO_TCP_CLOSE, ssh.cookie)
+    assert tr.out(CONTROLLER) == switch_view(A.ofport, close)
+    assert tr.out(VXLAN) == {**h1.lookup(A.ofport, ssh_data).out(VXLAN),
+                             "tcp_flags": flag | 0x10}
+    # the egress host delivers it by key: the FIN reaches D once, before any close push
+    assert delivered(h2, tr.out(VXLAN)).ports == [D.ofport]
+    assert not any(c.closing or c.fin_fwd or c.fin_ret for c in conns(h2))
+    flows = {(e.priority, str(e.match)) for e in h1.table.flows()}
+    d, msgs = copy_in(h1, A.ofport, tr, close)
+    # the agent closes the connection and tells h2, and never forwards the copy
+    assert d is not None and not d.install and d.actions == [] and d.pushes
+    assert [m for m in msgs if isinstance(m, DP.ofproto_parser.OFPPacketOut)] == \
+        [m for m in msgs if m.in_port == DP.ofproto.OFPP_CONTROLLER]  # pushes only
+    assert len(msgs) == len(d.pushes)
+    assert {(e.priority, str(e.match)) for e in h1.table.flows()} == flows  # no flow
+    assert h1.core.stats["close_copies"] == 1
+    (mine,) = conns(h1)
+    assert mine.closing if flag == TCP_RST else mine.fin_fwd
+    for push in d.pushes:  # after the segment itself: h2 records the same close
+        h2.core.receive_state(push.frame)
+    (theirs,) = conns(h2)
+    assert theirs.closing if flag == TCP_RST else theirs.fin_fwd
     assert h1.lookup(A.ofport, ssh_data).ports == [VXLAN]  # the connection's flow holds
 
 
@@ -410,8 +444,8 @@ def _packet(draw) -> tuple[Vm, dict[str, Any]]:
 
 def always_to_agent(f: dict[str, Any]) -> bool:
     """What the pipeline sends to the agent whatever flows it holds: a TTL
-    below LOW_TTL (routers answer it). (A TCP FIN or RST is never installed,
-    and reaches the agent again only by a tracked flow's close flows.)"""
+    below LOW_TTL (routers answer it). (A TCP FIN or RST is never installed;
+    a tracked flow's close flows forward it and copy it to the agent.)"""
     return f["eth_type"] == ETH_IP and f["ip_ttl"] < pl.LOW_TTL
 
 
@@ -435,6 +469,18 @@ def test_for_any_packet_between_the_vms_the_table_answers_as_the_simulation(seq)
     for vm, f in seq:
         host, data = getattr(world, vm.host), frame(f)
         tr = host.lookup(vm.ofport, data)
+        if tr.ports[:1] == [CONTROLLER] and pl.close_copy(*tr.hits[-1][::2]):
+            # a tracked FIN or RST: forwarded as the simulation would now,
+            # its copy only closes the connection
+            would = host.core.dry_decision(vm.ofport, frames.parse(data))
+            tunnels = set(host.core.tunnel_ofports.values())
+            forwarded = Trace(outputs=tr.outputs[1:])
+            assert _key(left(forwarded, tunnels)) == \
+                _key(expected(would, switch_view(vm.ofport, data)))
+            d, msgs = host.miss(vm.ofport, data, copy=True)
+            assert d is not None and not d.actions and not d.install and not d.emits
+            assert len(msgs) == len(d.pushes)
+            continue
         if CONTROLLER not in tr.ports:
             would = host.core.dry_decision(vm.ofport, frames.parse(data))
             assert would is not None

@@ -13,11 +13,15 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from midoflow.agent.clock import Clock
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.fairqueue import ARP, CONTROL, VM, FairQueue
+from midoflow.agent.flows import FlowIndex
 from midoflow.agent.protection import Protection
 from midoflow.apps.agent import MidoflowAgent
+from midoflow.apps.pipeline import TABLE_SIMULATED, TABLE_TO_CONTROLLER
 from midoflow.cli.status import format_status
 from midoflow.model import STATE_TUNNEL_KEY
 from midoflow.service.topology import _status_host
+
+COOKIE_BASE = FlowIndex.COOKIE_BASE
 
 
 def drain(q: FairQueue) -> list:
@@ -211,16 +215,19 @@ def glue_agent(bound: int = 256, fair: bool = True):
     a.classified = {"vm-a": (5, 11), "vm-b": (6, 12), "uplink": (7, 13)}
     a._meter_rate = lambda pid: (20000, 4000) if pid == "uplink" else (1000, 200)
     a.core = SimpleNamespace(stats={}, receive_state=lambda data: served.append(("state", data)))
-    a._process = lambda dp, in_port, data, buffer_id: served.append((in_port, data))
+    a._process = lambda dp, in_port, data, buffer_id, copy=False: served.append(
+        (in_port, data) if not copy else (in_port, data, "copy"))
     a.dp = SimpleNamespace(ofproto=ofp)  # the switch connection
     return a, served
 
 
-def packet_in(dp, in_port: int, data: bytes, tunnel_id: int | None = None):
+def packet_in(dp, in_port: int, data: bytes, tunnel_id: int | None = None,
+              table_id: int = TABLE_TO_CONTROLLER, cookie: int = 0):
     match = {"in_port": in_port} if tunnel_id is None else {"in_port": in_port,
                                                             "tunnel_id": tunnel_id}
     return SimpleNamespace(msg=SimpleNamespace(datapath=dp, match=match, data=data,
-                                               buffer_id=ofp.OFP_NO_BUFFER))
+                                               buffer_id=ofp.OFP_NO_BUFFER,
+                                               table_id=table_id, cookie=cookie))
 
 
 def frame(ethertype: bytes, tail: bytes = b"") -> bytes:
@@ -264,6 +271,16 @@ def test_packet_in_fair_false_simulates_in_the_handler():
     ev = packet_in(a.dp, 5, frame(b"\x08\x00"))
     a._packet_in(ev)
     assert served == [(5, frame(b"\x08\x00"))] and len(a.packets) == 0
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_a_close_flows_copy_reaches_process_flagged_through_the_queue(fair):
+    a, served = glue_agent(fair=fair)
+    fin = frame(b"\x08\x00", b"fin")
+    a._packet_in(packet_in(a.dp, 5, fin, table_id=TABLE_SIMULATED, cookie=COOKIE_BASE | 9))
+    a._packet_in(packet_in(a.dp, 5, fin))  # the same segment by table 2: a miss
+    a._serve_packets()
+    assert served == [(5, fin, "copy"), (5, fin)]
 
 
 def test_an_uplink_gets_its_meter_share_per_turn():

@@ -84,8 +84,8 @@ BUILDERS = {
     "delete_fence_flows": [(DP,), (DP, 2)],
 }
 # Public functions of the pipeline that build no message.
-NOT_BUILDERS = {"allowed", "send", "send_batch", "tracked", "match_kwargs", "meter_id",
-                "metered_drops", "rewrite_actions", "output_actions", "actions_for"}
+NOT_BUILDERS = {"allowed", "close_copy", "send", "send_batch", "tracked", "match_kwargs",
+                "meter_id", "metered_drops", "rewrite_actions", "output_actions", "actions_for"}
 
 
 def _messages(result):
@@ -148,6 +148,13 @@ def dec(actions=(), **match):
 
 
 IPM = {"in_port": 4, "eth_type": 0x800}
+CTL = p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)
+
+
+def close(actions=(), meter=None):
+    """A close flow in table 1 (its priority and cookie, no timeout)."""
+    return flow(1, tables.PRIO_TCP_CLOSE, actions, cookie=COOKIE, meter=meter, in_port=4,
+                eth_type=0x800, ip_proto=6, tcp_flags=(1, 1))
 
 
 @pytest.mark.parametrize("msg, says", [
@@ -179,6 +186,12 @@ IPM = {"in_port": 4, "eth_type": 0x800}
     (dec([p.OFPActionOutput(3)], meter=4, in_port=4), "this table takes no meter"),
     (dec([p.OFPActionPushVlan(), p.OFPActionOutput(3)], in_port=4),
      "action OFPActionPushVlan not allowed"),
+    # a close flow copies to the controller first, through its in_port's meter only
+    (close([CTL, p.OFPActionOutput(3)], meter=5), "take their in_port's meter only"),
+    (close([CTL, p.OFPActionOutput(3)]), "must be the first action, through the in_port's"),
+    (close([p.OFPActionOutput(3), CTL], meter=4), "must be the first action"),
+    (close([CTL, p.OFPActionSetField(vlan_vid=0x1005)], meter=4),
+     "set_field vlan_vid not allowed"),
     (p.OFPFlowMod(DP, table_id=1, priority=tables.PRIO_SIMULATED, cookie=COOKIE,
                   idle_timeout=30, match=p.OFPMatch(in_port=4), instructions=[
                       p.OFPInstructionActions(ofp.OFPIT_WRITE_ACTIONS,
@@ -235,7 +248,7 @@ def _agent(decision):
 
     calls = []
     core = SimpleNamespace(
-        handle_miss=lambda in_port, fields, data: decision,
+        handle_miss=lambda in_port, fields, data, copy=False: decision,
         flow_replaced=lambda key, cookie: calls.append(("replaced", key, cookie)),
         flow_removed=lambda cookie: calls.append(("removed", cookie)),
         note_malformed=lambda reason: calls.append(("malformed", reason)),

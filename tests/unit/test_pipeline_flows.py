@@ -6,6 +6,8 @@ are looked up: where they go, rewritten how."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from midoflow.agent.core import Decision, Emit, Output, Tunnel
@@ -116,17 +118,61 @@ def test_fin_and_rst_of_an_untracked_flow_stay_in_the_datapath(sw, flags):
     assert sw.lookup(tcp(flags=flags)).ports == [P2]
 
 
+FIVE = {"ip_src", "ip_dst", "ip_proto", "tp_src", "tp_dst"}
+
+
 @pytest.mark.parametrize("flags", [0x11, 0x04, 0x14, 0x01])
-def test_fin_and_rst_of_a_tracked_flow_reach_the_agent_through_the_meter(sw, flags):
-    five = {"ip_src", "ip_dst", "ip_proto", "tp_src", "tp_dst"}
-    install(sw, decision([Output(P2)], five, uses=(("nat", "b"),)))
-    assert sw.lookup(tcp()).ports == [P2]
+def test_fin_and_rst_of_a_tracked_flow_are_forwarded_and_copied_to_the_agent(sw, flags):
+    nat = [Rewrite("ip_src", "203.0.113.5"), Rewrite("tp_src", 40001), Rewrite("eth_dst", R1)]
+    install(sw, decision([Output(P2), Tunnel(K2, "10.9.0.2", VXLAN)], FIVE, rewrites=nat,
+                         uses=(("nat", "b"),)))
+    main = sw.lookup(tcp())
+    assert main.ports == [P2, VXLAN] and main.meters == []
     tr = sw.lookup(tcp(flags=flags))
-    assert tr.ports == [CONTROLLER] and tr.meters == [P1]
-    assert (1, pl.PRIO_TCP_CLOSE, COOKIE) in tr.hits
+    # first an unmodified copy to the agent, through the port's meter, by the close flow
+    assert tr.ports == [CONTROLLER, P2, VXLAN] and tr.meters == [P1]
+    assert tr.hits == [(0, pl.PRIO_CLASSIFY, 0), (1, pl.PRIO_TCP_CLOSE, COOKIE)]
+    assert tr.out(CONTROLLER) == tcp(flags=flags)
+    # then forwarded as the connection's flow forwards: same rewrites, same outputs
+    for port in (P2, VXLAN):
+        assert tr.out(port) == {**main.out(port), "tcp_flags": flags}
+    assert tr.out(P2)["ipv4_src"] == "203.0.113.5" and tr.out(VXLAN)["tunnel_id"] == K2
     assert sw.lookup(tcp(flags=flags, tcp_src=1001)).ports == [CONTROLLER]  # a miss: simulated
     sw.apply([pl.delete_cookie(DP, COOKIE)])  # invalidated: the close flows go with it
     assert COOKIE not in sw.cookies()
+
+
+def test_a_close_flows_copy_is_told_from_a_miss_by_its_table_and_cookie():
+    assert pl.close_copy(pl.TABLE_SIMULATED, COOKIE)
+    assert not pl.close_copy(pl.TABLE_TO_CONTROLLER, 0)  # a bound port's miss
+    assert not pl.close_copy(pl.TABLE_CLASSIFY, 0)  # an unbound port's, flow state
+    assert not pl.close_copy(pl.TABLE_TO_CONTROLLER, COOKIE)
+
+
+def test_a_tracked_drop_copies_its_fin_to_the_agent_and_forwards_nothing(sw):
+    install(sw, decision([], FIVE, uses=(("nat", "b"),)))
+    tr = sw.lookup(tcp(flags=0x11))
+    assert tr.ports == [CONTROLLER] and tr.meters == [P1]
+
+
+def test_a_fin_beyond_its_ports_meter_goes_with_it(sw):
+    """OpenFlow 1.3 applies the meter instruction before the actions: the
+    close flow's meter is in front of its forwarding too (tables.py)."""
+    (close, _rst) = pl.close_flows(DP, decision([Output(P2)], FIVE, uses=(("nat", "b"),)), P1)
+    meters = [i for i in close.instructions if isinstance(i, DP.ofproto_parser.OFPInstructionMeter)]
+    assert [m.meter_id for m in meters] == [pl.meter_id(P1)]
+    assert close.instructions[0] is meters[0]
+
+
+def test_a_tracked_flow_onto_a_smaller_link_checks_its_fins_size_too(sw):
+    d = Decision([Output(P2)], frozenset(FIVE), frozenset(), SimpleNamespace(mtu=1400),
+                 cookie=COOKIE, packet=packet(), uses=(("nat", "b"),))
+    install(sw, d)
+    small = sw.lookup(tcp(flags=0x11, pkt_len=100))
+    assert small.ports == [CONTROLLER, P2] and small.meters == [P1]
+    big = sw.lookup(tcp(flags=0x11, pkt_len=1500))  # the copy, then the agent splits it
+    assert big.ports == [CONTROLLER, CONTROLLER] and big.meters == [P1, P1]
+    assert big.hits[-1][0] == pl.TABLE_TO_CONTROLLER
 
 
 def test_a_tracked_udp_flow_gets_no_close_flows(sw):
