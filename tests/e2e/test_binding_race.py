@@ -5,7 +5,9 @@ ARP to table 0's drop (its ofport not classified yet) and reach its peer only
 after Linux's 1 s ARP retry; now table 0 sends it to the agent through one
 shared meter, and the agent holds it until the binding is active. An
 interface with an unknown iface-id that floods gets nowhere: the shared meter
-bounds what reaches the agent, and bound ports do not notice."""
+bounds what reaches the agent, and bound ports do not notice; a VM plugged
+during such a flood shares that meter with it, so its first ARP may be lost
+and it answers after its own ARP retry."""
 
 from __future__ import annotations
 
