@@ -47,6 +47,7 @@ from midoflow.devenv.zookeeper import ZooKeeperServer
 from midoflow.store import paths
 from midoflow.store.base import Update
 from midoflow.store.zookeeper import ZkStore
+from topologies.lifecycle import wait_for
 
 QUICK = bool(os.environ.get("MIDOFLOW_BENCH_QUICK"))
 LOCAL = "scale-local-host"
@@ -63,16 +64,6 @@ def rss_kb(pid: int) -> int:
             return int(line.split()[1])
     return 0
 
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class FlowMonitor:

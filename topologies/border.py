@@ -62,6 +62,7 @@ from mininet.node import Host
 
 from topologies import links
 from topologies.cloud import PROJECT_PREFIX, _kill_netns_processes, _netns_inode
+from topologies.lifecycle import StartStop
 
 FRR_DIR = "/usr/lib/frr"
 UNIX_PATH_MAX = 107
@@ -210,7 +211,7 @@ class Neighbor:
 
 # -- the common part of both routers ------------------------------------------
 
-class _Router:
+class _Router(StartStop):
     kind = "router"
 
     def __init__(self, node, name: str, asn: int, router_id: str, workdir: str):
@@ -311,23 +312,6 @@ class _Router:
         if len(longest) > UNIX_PATH_MAX - 8:
             raise BorderError(f"{self.name}: workdir {self.workdir} is too long for unix "
                               "socket paths (keep it under ~90 characters)")
-
-    def start(self):
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} AS{self.asn} {self.router_id}>"
@@ -867,7 +851,7 @@ class _FibSync(threading.Thread):
 
 # -- the upstream LAN and the internet host --------------------------------------
 
-class Upstream:
+class Upstream(StartStop):
     """The LAN of the border routers (a Linux bridge in the root namespace) and
     an "internet" host on it.
 
@@ -894,17 +878,6 @@ class Upstream:
         self._started = False
         self._stopped = False
         atexit.register(self.stop)
-
-    def __enter__(self) -> Upstream:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> Upstream:
         if self._started:

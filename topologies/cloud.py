@@ -45,6 +45,7 @@ from mininet.link import Link
 from mininet.node import Host, Node
 
 from topologies import links
+from topologies.lifecycle import StartStop, wait_for
 
 PROJECT_PREFIX = "mfl"  # every name this module creates starts with it
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -108,14 +109,7 @@ def _pidfile_kill(path: str, sig: int = signal.SIGKILL) -> None:
 
 
 def _wait(pred, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise CloudError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(pred, timeout, what, interval, CloudError)
 
 
 class CloudHost(Node):
@@ -286,7 +280,7 @@ def deafen_tap(host: CloudHost, tap: str) -> None:
     host.ns_run("sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1", check=False)
 
 
-class Cloud:
+class Cloud(StartStop):
     """N cloud hosts on a Linux-bridge underlay, plus VMs.
 
     ``prefix``: short (≤ 8 chars) unique name prefix, default ``mfl`` + 4 hex.
@@ -324,17 +318,6 @@ class Cloud:
         atexit.register(self.stop)
 
     # -- context manager ----------------------------------------------------
-    def __enter__(self) -> Cloud:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # -- building -----------------------------------------------------------
     def _root(self, *args: str, check: bool = True) -> str:
         return _run(list(args), check=check)

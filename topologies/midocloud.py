@@ -34,6 +34,7 @@ from midoflow.store import paths
 from midoflow.store.credentials import Login, StoreCredentials, generate_password, write_credentials
 from midoflow.store.zookeeper import ZkStore
 from topologies.cloud import Cloud, CloudHost
+from topologies.lifecycle import StartStop, wait_for
 
 HOST_NS = uuid.UUID("6d69646f-666c-6f77-0000-000000000000")
 
@@ -57,18 +58,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
-
-class MidoCloud:
+class MidoCloud(StartStop):
     def __init__(
         self,
         n_hosts: int = 3,
@@ -117,17 +108,6 @@ class MidoCloud:
         atexit.register(self.stop)
 
     # ---- lifecycle ----------------------------------------------------------
-    def __enter__(self) -> MidoCloud:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> MidoCloud:
         t0 = time.monotonic()
         if self.zk_hosts is None:

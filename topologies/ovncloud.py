@@ -48,6 +48,7 @@ from collections.abc import Callable
 from mininet.node import Host
 
 from topologies.cloud import Cloud, CloudError, CloudHost
+from topologies.lifecycle import StartStop, wait_for
 
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
 SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -75,14 +76,7 @@ def _run(cmd: list[str], env: dict | None = None, timeout: float = 30) -> str:
 
 
 def _wait(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise OvnError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(pred, timeout, what, interval, OvnError)
 
 
 def _kill_pidfile(path: str) -> None:
@@ -94,7 +88,7 @@ def _kill_pidfile(path: str) -> None:
         pass
 
 
-class OvnCloud:
+class OvnCloud(StartStop):
     """``n_hosts`` cloud hosts (own OVS each) run by OVN instead of midoflow.
 
     ``encap``: "geneve" (default) or "vxlan"; ``subnet``/``prefix`` as for
@@ -150,17 +144,6 @@ class OvnCloud:
         return os.path.join(self.controller_rundir(self.cloud.host(h)), "ovn-controller.log")
 
     # ---- life cycle ---------------------------------------------------------------
-    def __enter__(self) -> OvnCloud:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> OvnCloud:
         t0 = time.monotonic()
         for d in ("/var/run/openvswitch", "/var/run/ovn"):
