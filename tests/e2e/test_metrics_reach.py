@@ -5,6 +5,7 @@ metrics that move with the traffic."""
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import pytest
@@ -54,7 +55,9 @@ def test_a_port_bound_after_the_router_asked_is_asked_for_again(lab):
     pid = mc.port(t.b2, "mrnew")
     h2.ovs_vsctl("set", "Interface", new.tap, f"external_ids:iface-id={pid}")
     out, _ = pinger.communicate(timeout=25)
-    assert "1 received" in out, out
+    # ping -c 1 stops at the first reply; a second echo may already be out
+    m = re.search(r"(\d+) received", out)
+    assert m and int(m.group(1)) >= 1, out
     # h1 saw the binding and simulated the held packets again (asking again)
     assert event(scrape(mc.metrics_url(h1)), "arp_retried") > before
 
