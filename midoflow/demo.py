@@ -65,7 +65,7 @@ def run(args) -> int:
     gw = {"zk_session_timeout": 3}
     mc = MidoCloud(n_hosts=args.hosts, tunnel=args.tunnel, progress=progress,
                    agent_options={"hosts": {"h2": gw, "h3": gw}})
-    lab = None
+    lab = lb_lab = None
     try:
         mc.start()
         progress("two tenants, one bridge each spanning every host, same IPs in both; "
@@ -128,6 +128,11 @@ def run(args) -> int:
         metadata_checks(report, vms)
         nat_checks(mc, report, vms, router)
         hostile_checks(mc, report, vms)
+        if args.hosts >= 3:
+            lb_lab = lb_checks(mc, report)
+        else:
+            progress("the load balancer's lab (three members, one per host) needs 3 hosts: "
+                     "skipped with --hosts 2")
         if args.hosts >= 3 and not args.no_openstack:
             openstack_checks(mc, report)
         if args.hosts >= 3:
@@ -151,6 +156,8 @@ def run(args) -> int:
         if lab is not None:
             lab.stop()
         mc.stop()
+        if lb_lab is not None:  # what a stopped agent's health checker may leave
+            lb_lab.remove_health_namespaces()
 
 
 def dhcp_check(report: Report, vms: dict[str, list], leases: list[float]) -> None:
@@ -345,6 +352,54 @@ def nat_checks(mc, report: Report, vms: dict[str, list], router: str) -> None:
                      "203.0.113.20 (h2)", f"a2 saw the connection come from {got}")
     finally:
         server.kill()
+
+
+def lb_checks(mc, report: Report):
+    """A layer-4 load balancer in the router (topologies/lblab.py): three
+    HTTP members, one per host; clients on another subnet, on the members'
+    own subnet (hairpin) and on the internet through a floating IP on the
+    VIP; a health monitor run by one elected agent takes a dead member out."""
+    from topologies.lblab import FIP, MEMBERS, VIP, LbLab, member_hits
+
+    progress(f"load balancer: router lb-r, VIP {VIP}:80 over members m1-m3 (one per host), "
+             f"floating IP {FIP} on the VIP")
+    lab = LbLab(mc, progress=lambda m: progress("  " + m)).build().build_lb()
+    try:
+        for client, where in (("c", "another subnet"), ("cm", "the members' subnet (hairpin)"),
+                              ("inet", f"the internet through {FIP}")):
+            hits = member_hits(lab.requests(client, 30, timeout=3))
+            report.check(all(hits[m] > 0 for m in MEMBERS) and sum(hits.values()) == 30,
+                         f"load balancer: 30 new connections from {where} reach every member",
+                         ", ".join(f"{m} {n}" for m, n in hits.items()))
+        lab.monitor("HTTP", delay=1, timeout=1, max_retries=2, max_retries_down=2)
+        _wait(lambda: all((lab.member_health(m) or {}).get("status") == "ONLINE"
+                          for m in MEMBERS), 30)
+        t = time.monotonic()
+        lab.kill_server("m2")
+        down = _wait(lambda: (lab.member_health("m2") or {}).get("status") == "ERROR", 30)
+        took = time.monotonic() - t
+        hits = member_hits(lab.requests("c", 30, timeout=3))
+        checker = lab.health_port_host() or "?"
+        report.check(down and hits["m2"] == 0 and hits["m1"] + hits["m3"] == 30,
+                     "health monitor: m2's server killed, marked ERROR by the elected agent "
+                     f"({checker}) and given no new connection",
+                     f"ERROR after {took:.1f} s (delay 1 s x 2 + timeout 1 s); then "
+                     + ", ".join(f"{m} {n}" for m, n in hits.items()))
+        lab.start_server("m2")
+        back = _wait(lambda: (lab.member_health("m2") or {}).get("status") == "ONLINE", 30)
+        report.check(back, "health monitor: m2's server restarted, ONLINE again")
+    finally:
+        lab.stop()
+    return lab
+
+
+def _wait(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 # Sent from inside a VM's namespace: hex frames on argv, out of eth0 as they are.

@@ -24,8 +24,14 @@ SECURITY_GROUPS = "security_groups"
 BGP_PEERS = "bgp_peers"
 BGP_NETWORKS = "bgp_networks"
 DHCP_SUBNETS = "dhcp_subnets"
+LOAD_BALANCERS = "load_balancers"
+POOLS = "pools"
+VIPS = "vips"
+POOL_MEMBERS = "pool_members"
+HEALTH_MONITORS = "health_monitors"
+LB_KINDS = (LOAD_BALANCERS, POOLS, VIPS, POOL_MEMBERS, HEALTH_MONITORS)
 KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
-         IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS)
+         IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS) + LB_KINDS
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"
@@ -448,6 +454,121 @@ class DhcpSubnet(_Model):
         return super().from_dict(d)
 
 
+# ---- layer-4 load balancing (issue 14) -----------------------------------------
+LB_TCP = "TCP"
+LB_UDP = "UDP"
+LB_PROTOCOLS = (LB_TCP, LB_UDP)
+LB_ROUND_ROBIN = "ROUND_ROBIN"  # weights ignored (a weight of 0 still takes no new ones)
+LB_WEIGHTED_ROUND_ROBIN = "WEIGHTED_ROUND_ROBIN"
+LB_LEAST_CONNECTIONS = "LEAST_CONNECTIONS"  # weighted: fewest active / weight
+LB_METHODS = (LB_ROUND_ROBIN, LB_WEIGHTED_ROUND_ROBIN, LB_LEAST_CONNECTIONS)
+LB_PERSIST_SOURCE_IP = "SOURCE_IP"
+LB_PERSISTENCE = (LB_PERSIST_SOURCE_IP,)  # or None: no persistence
+LB_WEIGHT_MAX = 256
+HM_TCP = "TCP"
+HM_HTTP = "HTTP"
+HM_HTTPS = "HTTPS"
+HM_TYPES = (HM_TCP, HM_HTTP, HM_HTTPS)
+HM_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")
+# A member's health as the elected checker last wrote it (store state, see
+# midoflow.store.paths.member_health); a member with no entry counts as ONLINE.
+HEALTH_ONLINE = "ONLINE"
+HEALTH_ERROR = "ERROR"
+# Operating status as the API reports it (Octavia's vocabulary)
+OP_ONLINE = "ONLINE"
+OP_OFFLINE = "OFFLINE"
+OP_ERROR = "ERROR"
+OP_NO_MONITOR = "NO_MONITOR"
+OP_DEGRADED = "DEGRADED"
+# Each load balancer's health-check port: an exterior port of its router with
+# the first address of a /30 of HEALTH_NET (the elected agent's namespace has
+# the second): link-local, so it collides with no tenant network.
+HEALTH_NET = "169.254.252.0/22"
+
+
+@dataclass(frozen=True)
+class LoadBalancer(_Model):
+    """Balancing done by ``router_id`` in the simulation, at each ingress host.
+    ``health_port_id``: the router's exterior port (address ``health_ip`` in
+    ``health_cidr``) through which the elected agent checks the members."""
+
+    id: str
+    router_id: str
+    name: str = ""
+    tenant_id: str = ""
+    description: str = ""
+    admin_state_up: bool = True
+    health_port_id: str | None = None
+    health_cidr: str | None = None
+
+
+@dataclass(frozen=True)
+class Pool(_Model):
+    id: str
+    load_balancer_id: str
+    name: str = ""
+    tenant_id: str = ""
+    description: str = ""
+    protocol: str = LB_TCP
+    lb_method: str = LB_ROUND_ROBIN
+    admin_state_up: bool = True
+
+
+@dataclass(frozen=True)
+class Vip(_Model):
+    """A virtual IP (Octavia's listener on its load balancer's VIP address):
+    connections to ``address``:``protocol_port`` over ``protocol`` go to a
+    member of ``pool_id``. ``session_persistence`` None or "SOURCE_IP" (a
+    client stays on its member while it connects again within
+    ``persistence_timeout`` seconds)."""
+
+    id: str
+    load_balancer_id: str
+    address: str
+    protocol_port: int
+    pool_id: str | None = None
+    name: str = ""
+    tenant_id: str = ""
+    description: str = ""
+    protocol: str = LB_TCP
+    session_persistence: str | None = None
+    persistence_timeout: int = 360
+    admin_state_up: bool = True
+
+
+@dataclass(frozen=True)
+class PoolMember(_Model):
+    id: str
+    pool_id: str
+    address: str
+    protocol_port: int
+    weight: int = 1
+    name: str = ""
+    tenant_id: str = ""
+    admin_state_up: bool = True
+
+
+@dataclass(frozen=True)
+class HealthMonitor(_Model):
+    """Checks of ``pool_id``'s members every ``delay`` s, each given
+    ``timeout`` s: ``max_retries`` successes in a row make a member ONLINE,
+    ``max_retries_down`` failures in a row make it ERROR (Octavia's meaning)."""
+
+    id: str
+    pool_id: str
+    type: str = HM_TCP
+    delay: int = 5
+    timeout: int = 3
+    max_retries: int = 3
+    max_retries_down: int = 3
+    http_method: str = "GET"
+    url_path: str = "/"
+    expected_codes: str = "200"
+    name: str = ""
+    tenant_id: str = ""
+    admin_state_up: bool = True
+
+
 @dataclass(frozen=True)
 class HostState:
     """What a live agent publishes about its host (ephemeral in the store)."""
@@ -464,4 +585,6 @@ def from_dict(kind: str, d: dict[str, Any]):
             ROUTERS: Router, ROUTES: Route, CHAINS: Chain, RULES: Rule,
             PORT_GROUPS: PortGroup, IP_ADDR_GROUPS: IpAddrGroup,
             SECURITY_GROUPS: SecurityGroup, BGP_PEERS: BgpPeer,
-            BGP_NETWORKS: BgpNetwork, DHCP_SUBNETS: DhcpSubnet}[kind].from_dict(d)
+            BGP_NETWORKS: BgpNetwork, DHCP_SUBNETS: DhcpSubnet, LOAD_BALANCERS: LoadBalancer,
+            POOLS: Pool, VIPS: Vip, POOL_MEMBERS: PoolMember,
+            HEALTH_MONITORS: HealthMonitor}[kind].from_dict(d)

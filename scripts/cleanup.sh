@@ -5,7 +5,8 @@
 #   * midoflow agents (osken-manager running midoflow.apps.agent), and the
 #     ZooKeeper servers, Cassandra nodes and Keystone servers started by midoflow.devenv;
 #   * interfaces and bridges in the root namespace named mfl*, named netns mfl*,
-#     and gateway agents' BGP links (mb<10 hex>) and namespaces (mbgp-<10 hex>);
+#     and gateway agents' BGP links (mb<10 hex>) and namespaces (mbgp-<10 hex>),
+#     health checkers' links (mh<10 hex>) and namespaces (mfhm-*);
 #   * /tmp/mfl*-* run directories.
 # It never touches the system OVS, other Mininet users, or anything not named
 # with the project's prefixes (so it does NOT run `mn -c`, which killall's every
@@ -102,6 +103,13 @@ if ((SERVICES)) && [ "$PREFIX" = mfl ]; then
   done
   for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mbgp-[0-9a-f]{1,10}$' || true); do
     say "deleting BGP namespace $n"; run ip netns del "$n"
+  done
+  # health checkers' links (mh + 10 hex) and namespaces (mfhm-<lb>-<host>)
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^mh[0-9a-f]{10}$' || true); do
+    say "deleting health-check link $l"; run ip link del "$l"
+  done
+  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mfhm-' || true); do
+    say "deleting health-check namespace $n"; run ip netns del "$n"
   done
 fi
 

@@ -76,6 +76,7 @@ class OpenStackLab:
                                       auth=AuthConfig.keystone(self.keystone.service_user()))
         try:
             self.keystone.register_network_endpoint(self.server.url)
+            self.keystone.register_load_balancer_endpoint(self.server.url + "/load-balancer")
             self.envs["admin"] = dict(self.keystone.admin_env())
             for user, (project, password) in self.users.items():
                 self.keystone.add_project_user(project, user, password)

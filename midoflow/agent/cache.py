@@ -33,8 +33,13 @@ from midoflow.model import (
     CHAINS,
     DEVICE_ROUTER,
     DHCP_SUBNETS,
+    HEALTH_MONITORS,
     HOSTS,
     IP_ADDR_GROUPS,
+    LB_KINDS,
+    LOAD_BALANCERS,
+    POOL_MEMBERS,
+    POOLS,
     PORT_GROUPS,
     PORT_INTERIOR,
     PORTS,
@@ -42,6 +47,7 @@ from midoflow.model import (
     ROUTES,
     RULES,
     TUNNEL_ZONES,
+    VIPS,
     BgpNetwork,
     BgpPeer,
     Bridge,
@@ -61,6 +67,7 @@ from midoflow.sim.result import (
     chain_tag,
     flood_tag,
     ip_addr_group_tag,
+    lb_tag,
     mac_tag,
     port_group_tag,
     port_tag,
@@ -89,6 +96,12 @@ _SIMPLE = {
     BGP_PEERS: ("bgp_peers", BgpPeer, lambda b: f"bgp:{b.port_id}"),
     BGP_NETWORKS: ("bgp_networks", BgpNetwork, lambda b: f"bgp:{b.port_id}"),
 }
+
+
+# Load-balancing kinds: the field naming each object's parent (a balancer's
+# is its router).
+_LB_PARENT = {LOAD_BALANCERS: "router_id", POOLS: "load_balancer_id",
+              VIPS: "load_balancer_id", POOL_MEMBERS: "pool_id", HEALTH_MONITORS: "pool_id"}
 
 
 def _router_port_prefixes(p: Port | None) -> set[str]:
@@ -174,6 +187,14 @@ class TopologyCache:
         # (the behaviour before issue 13), kept for the benchmark's baseline
         # (benchmarks/bench_route_invalidation.py) only.
         self.router_wide_route_invalidation = False
+        # Load balancing (issue 14): every object of the five kinds by kind
+        # and id, by kind and parent id (tuples by id, stable until changed:
+        # the simulation memoises by identity), and the members' health.
+        self.lb_objects: dict[str, dict[str, object]] = {k: {} for k in LB_KINDS}
+        self._lb_children: dict[str, dict[str, dict[str, object]]] = {k: {} for k in LB_KINDS}
+        self._lb_tuples: dict[tuple[str, str], tuple] = {}
+        self.health: dict[str, str] = {}  # member id -> HEALTH_ONLINE | HEALTH_ERROR
+        self._health_watched: set[str] = set()
 
     # ---- TopologyView -----------------------------------------------------
     def port(self, port_id: str) -> Port | None:
@@ -271,6 +292,109 @@ class TopologyCache:
         e = self.arps.get((router_id, ip))
         return (e[0], e[1]) if e else None
 
+    # ---- load balancing (TopologyView) ---------------------------------------
+    def _lb_tuple(self, kind: str, parent: str) -> tuple:
+        t = self._lb_tuples.get((kind, parent))
+        if t is None:
+            objs = self._lb_children[kind].get(parent, {})
+            t = tuple(objs[k] for k in sorted(objs))
+            self._lb_tuples[(kind, parent)] = t
+        return t
+
+    def load_balancers(self, router_id: str) -> tuple[model.LoadBalancer, ...]:
+        if router_id not in self._lb_children[LOAD_BALANCERS]:
+            return ()
+        return self._lb_tuple(LOAD_BALANCERS, router_id)
+
+    def pools(self, lb_id: str) -> tuple[model.Pool, ...]:
+        return self._lb_tuple(POOLS, lb_id)
+
+    def vips(self, lb_id: str) -> tuple[model.Vip, ...]:
+        return self._lb_tuple(VIPS, lb_id)
+
+    def pool(self, pool_id: str) -> model.Pool | None:
+        return self.lb_objects[POOLS].get(pool_id)  # type: ignore[return-value]
+
+    def pool_members(self, pool_id: str) -> tuple[model.PoolMember, ...]:
+        return self._lb_tuple(POOL_MEMBERS, pool_id)
+
+    def health_monitor(self, pool_id: str) -> model.HealthMonitor | None:
+        mons = self._lb_tuple(HEALTH_MONITORS, pool_id)
+        return mons[0] if mons else None
+
+    def member_health(self, member_id: str) -> str | None:
+        return self.health.get(member_id)
+
+    def _lb_router(self, kind: str, obj) -> str | None:
+        """The router whose balancing ``obj`` is part of (None: its parents
+        are not known here yet; they tag their router when they come)."""
+        for _ in range(3):
+            if obj is None:
+                return None
+            if kind == LOAD_BALANCERS:
+                return obj.router_id
+            if kind in (VIPS, POOLS):
+                kind, obj = LOAD_BALANCERS, self.lb_objects[LOAD_BALANCERS].get(
+                    obj.load_balancer_id)
+            else:
+                kind, obj = POOLS, self.lb_objects[POOLS].get(obj.pool_id)
+        return None
+
+    def _apply_lb(self, kind: str, oid: str, data: Data | None) -> set[str]:
+        """A balancer, VIP, pool, member or monitor changed: the flows of its
+        router's balancing (a balancer's coming or going: all its router's,
+        which did not match what balancing reads)."""
+        objs, children, parent = self.lb_objects[kind], self._lb_children[kind], _LB_PARENT[kind]
+        old = objs.pop(oid, None)
+        new = model.from_dict(kind, data) if data else None
+        if old is not None:
+            by = children.get(getattr(old, parent), {})
+            by.pop(oid, None)
+            if not by:
+                children.pop(getattr(old, parent), None)
+            self._lb_tuples.pop((kind, getattr(old, parent)), None)
+        if new is not None:
+            objs[oid] = new
+            children.setdefault(getattr(new, parent), {})[oid] = new
+            self._lb_tuples.pop((kind, getattr(new, parent)), None)
+        if old == new:
+            return set()
+        tags: set[str] = set()
+        for o in (old, new):
+            r = self._lb_router(kind, o)
+            if r is not None:
+                tags.add(lb_tag(r))
+                if kind == LOAD_BALANCERS and (old is None or new is None
+                                               or old.router_id != new.router_id):
+                    tags.add(router_tag(r))
+        return tags
+
+    def _health_children(self, children: list[str]) -> None:
+        new = [mid for mid in children if mid not in self._health_watched]
+        self._health_watched.update(new)
+        by_path = {paths.member_health(mid): mid for mid in new}
+        if by_path:
+            self.store.watch_states(list(by_path), lambda path: self._health_cb(by_path[path]))
+
+    def _health_cb(self, mid: str):
+        def cb(data: Data | None):
+            old = self.health.get(mid)
+            new = data.get("status") if data else None
+            if new:
+                self.health[mid] = new
+            else:
+                self.health.pop(mid, None)
+            if old != new:
+                r = self._lb_router(POOL_MEMBERS, self.lb_objects[POOL_MEMBERS].get(mid))
+                if r is not None:
+                    self.on_invalidate({lb_tag(r)})
+            if data is None:
+                self._health_watched.discard(mid)
+                return False
+            return None
+
+        return cb
+
     # ---- locations --------------------------------------------------------
     def tunnel_to(self, local_host: str, remote_host: str) -> tuple[str, str] | None:
         """(remote tunnel IP, tunnel type) through a zone both hosts are in."""
@@ -285,8 +409,10 @@ class TopologyCache:
         t0 = time.monotonic()
         # Chains and rules are read lazily (module doc).
         for kind in (TUNNEL_ZONES, HOSTS, PORT_GROUPS, IP_ADDR_GROUPS, BRIDGES,
-                     ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS):
+                     ROUTERS, ROUTES, PORTS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS,
+                     *LB_KINDS):
             self.store.watch_kind(kind, self._kind_cb(kind))
+        self.store.watch_state_children(paths.MEMBER_HEALTH, self._health_children)
         self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
         self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
         self.load_seconds = time.monotonic() - t0
@@ -491,6 +617,8 @@ class TopologyCache:
             if new_d is not None:
                 self.dhcp_subnet_objs[oid] = new_d
                 self._dhcp_by_bridge.setdefault(new_d.bridge_id, {})[oid] = new_d
+        elif kind in _LB_PARENT:
+            tags |= self._apply_lb(kind, oid, data)
         elif kind == HOSTS:
             if data:
                 self.hosts[oid] = data

@@ -216,6 +216,9 @@ class AgentConfig:
     # ("http://HOST:8775"), answered from a built-in tree when empty;
     # metadata_secret: Nova's metadata_proxy_shared_secret (signs X-Instance-ID).
     metadata_enabled: bool = _opt(True, _boolean)
+    # Load-balancer health checks (issue 14): take part in the election of
+    # the agent that runs every health monitor (midoflow/apps/healthcheck.py).
+    health_checks: bool = _opt(True, _boolean)
     metadata_upstream: str = _opt("", _upstream_url)
     metadata_secret: str = _opt("", _text)
     # Prometheus metrics (issue 13, midoflow/apps/metrics.py): served at

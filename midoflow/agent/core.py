@@ -111,6 +111,7 @@ class AgentCore:
         self.state = FlowState(flow_state or LocalFlowState(),
                                NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id),
                                self.clock, self._spawn, self.stats)
+        self.state.on_ended = self.installed.drop_using  # a closed VIP connection's flows
         self.arp = ArpHold(self.clock, self._spawn, self._replay, self.stats)
         # packets of ofports not bound yet (a VM's first ARP): see midoflow.agent.unbound
         self.unbound = UnboundHold(self.clock, self._spawn, self._replay, self.stats)
@@ -390,6 +391,8 @@ class AgentCore:
                 self.stats["dropped"] += 1
                 return dropped(pkt, "the port's learned-MAC limit")
             if self.state.commit_nat(result):
+                if result.lb_picks or result.lb_sticky:
+                    self.state.commit_lb(result)
                 break
             self.stats["nat_retaken"] = self.stats.get("nat_retaken", 0) + 1
         else:
@@ -430,7 +433,7 @@ class AgentCore:
             decision.install = False
         if decision.install:
             decision.cookie = self.installed.add(decision.tags, in_port, decision.uses)
-        if (result.conntrack or result.nat) and decision.actions:
+        if (result.conntrack or result.nat or self.state.pending(result)) and decision.actions:
             msg = self.state.track(result, (in_port, *result.out_ports))
             decision.pushes = self.egress.to_hosts(msg, self.egress.state_ports(result, in_port))
             self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(decision.pushes)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from midoflow.agent.clock import Clock
 from midoflow.nat import statewire
 from midoflow.nat.allocator import NatAllocator
 from midoflow.nat.bindings import DNAT, SNAT, NatBinding
-from midoflow.nat.conntrack import IDLE_SECONDS, ConnKey
+from midoflow.nat.conntrack import IDLE_SECONDS, PROTO_TCP, PROTO_UDP, ConnKey
 from midoflow.nat.flowstate import CONNTRACK, NAT, Entry, FlowStateStore
+from midoflow.nat.lbstate import STICKY, Sticky
 from midoflow.nat.tables import FlowTables, StateView
 from midoflow.sim.result import Result, ct_miss_tag, nat_miss_tag
 
@@ -44,6 +46,40 @@ STATE_REFRESH_SECONDS = IDLE_SECONDS / 2
 NAT_TRACKED = "ct"
 
 
+def nat_seen(result: Result, pkt) -> list[tuple[NatBinding, ConnKey, bool]]:
+    """The NAT bindings a packet went through (``result.ct_hits``, in the
+    walk's order), each with the packet's key there and whether it went
+    forward: the packet as each earlier binding translated it (a hairpin's
+    reply meets its SNAT binding, then its DNAT binding with the client
+    restored; a floating IP's DNAT comes before a VIP's)."""
+    out = []
+    cur = pkt
+    for hit in result.ct_hits:
+        if isinstance(hit, ConnKey) or hit[0] != "nat":
+            continue
+        b = hit[1]
+        k = ConnKey.of(b.fwd.device, cur)
+        if k is None or k not in (b.fwd, b.rev):
+            continue
+        forward = k == b.fwd
+        out.append((b, k, forward))
+        if forward:
+            cur = _moved(cur, "src" if b.kind == SNAT else "dst", b.xlated)
+        else:
+            cur = _moved(cur, "dst" if b.kind == SNAT else "src", b.orig)
+    return out
+
+
+def _moved(pkt, side: str, to: tuple[str, int]):
+    """``pkt`` with its source or destination address and port set."""
+    ip, port = to
+    if pkt.ip_proto in (PROTO_TCP, PROTO_UDP):
+        return replace(pkt, **{f"ip_{side}": ip, f"tp_{side}": port})
+    if pkt.icmp_id is not None:  # an echo: its id is both "ports"
+        return replace(pkt, **{f"ip_{side}": ip, "icmp_id": port})
+    return replace(pkt, **{f"ip_{side}": ip})
+
+
 class FlowState:
     def __init__(self, store: FlowStateStore, allocator: NatAllocator,
                  clock: Clock, spawn: Callable[..., object],
@@ -55,9 +91,22 @@ class FlowState:
         self.unsaved: dict[str, list[Entry]] = {}  # port -> entries to file
         self.unsaved_n = 0
         self._flushing = False
+        # bindings committed for a packet that was not forwarded (yet)
+        self.unpushed: dict[NatBinding, None] = {}
         # return key or binding -> (its entry, the ports it is filed under,
         # when): what to file again while it lives
         self.filed: dict[object, tuple[Entry, tuple[str, ...], float]] = {}
+        # the flows using these ({("nat", binding)}) must go: the owner's
+        # installed flows (the core sets it)
+        self.on_ended: Callable[[set], object] = lambda gone: None
+
+    def _ended(self) -> None:
+        """DNAT bindings closed or replaced: their flows go now, so a new
+        connection on the same tuple reaches the simulation (the closed one's
+        last packets are simulated one by one while it lingers)."""
+        ended = self.tables.take_ended()
+        if ended:
+            self.on_ended({("nat", b) for b in ended})
 
     def view(self) -> StateView:
         return self.tables.view(self.clock.wall())
@@ -74,16 +123,58 @@ class FlowState:
 
     def commit_nat(self, result: Result) -> bool:
         """Take the SNAT ports and record the bindings the simulation made;
-        False when a port was taken meanwhile (simulate again)."""
+        False when a port was taken meanwhile (simulate again). Bindings a
+        new connection took the reply tuple of (``nat_ended``) are forgotten."""
+        if result.nat_ended:
+            for b in result.nat_ended:
+                self.tables.forget_binding(b)
+            self.tables.ended.extend(result.nat_ended)
         if not result.nat:
+            self._ended()
             return True
-        return self.tables.commit_nat(result.nat_allocs, result.nat, self.clock.wall())
+        ok = self.tables.commit_nat(result.nat_allocs, result.nat, self.clock.wall())
+        if ok and result.dropped:  # e.g. waiting for ARP: pushed when it goes on
+            self.unpushed.update(dict.fromkeys(result.nat))
+        self._ended()
+        return ok
+
+    def pending(self, result: Result) -> list[NatBinding]:
+        """Bindings this packet uses that were committed by an earlier walk
+        of it that went nowhere (it waited for a next hop's ARP): they still
+        have to reach the other hosts."""
+        if not self.unpushed:
+            return []
+        return [h[1] for h in result.ct_hits
+                if isinstance(h, tuple) and h[0] == "nat" and h[1] in self.unpushed]
+
+    def commit_lb(self, result: Result) -> None:
+        """A load balancer's choices: pool counters, sticky entries."""
+        self.tables.commit_lb(result.lb_picks, result.lb_sticky, self.clock.wall())
+
+    def _stickies(self, result: Result, ports: tuple[str, ...], now: float,
+                  entries: list[Entry]) -> list[Sticky]:
+        """The sticky entries a packet made, filed with its connection."""
+        out = []
+        for vip, client, _m, _t in result.lb_sticky:
+            s = self.tables.lb.sticky.get((vip, client))
+            if s is None:
+                continue
+            out.append(s)
+            e = Entry(STICKY, s.store_key(), s.store_value())
+            entries.append(e)
+            self.filed[(STICKY, vip, client)] = (e, ports, now)
+        return out
 
     def track(self, result: Result, ports: Iterable[str]) -> bytes:
         """Track the connections a packet opens, file them (and its NAT
         bindings) for ``ports``; the message that tells the other hosts."""
         now = self.clock.wall()
         t = self.tables
+        late = self.pending(result)
+        for b in late:
+            del self.unpushed[b]
+        if late:
+            result = replace(result, nat=(*result.nat, *late))
         rets = t.track(result.conntrack, now)
         self.stats["ct_tracked"] = self.stats.get("ct_tracked", 0) + len(rets)
         ports = tuple(ports)
@@ -105,12 +196,14 @@ class FlowState:
             e = Entry(NAT, b.encode(), NAT_TRACKED if b in with_ct else "")
             entries.append(e)
             filed[b] = (e, ports, now)
+        sticky = self._stickies(result, ports, now, entries) if result.lb_sticky else []
         self.buffer(ports, entries)
         # the peers keep the keys and bindings as long as a new connection
         # lives here
         ttl = max((t.ct.timeout(k) for k in rets), default=0.0)
         ttl = max(ttl, *(t.nat_timeout(b) for b in result.nat), 0.0) if result.nat else ttl
-        return statewire.encode(rets, int(ttl or IDLE_SECONDS), list(result.nat))
+        return statewire.encode(rets, int(ttl or IDLE_SECONDS), list(result.nat),
+                                sticky=sticky, now=now)
 
     def replies(self, result: Result, pkt=None) -> None:
         """The connections this packet is a reply of were answered: each gets
@@ -122,9 +215,9 @@ class FlowState:
         for k in result.ct_hits:
             if isinstance(k, ConnKey):
                 t.ct.replied(k, now)
-            elif pkt is not None and k[0] == "nat":
-                b = k[1]
-                if ConnKey.of(b.fwd.device, pkt) == b.rev:
+        if pkt is not None:
+            for b, _k, forward in nat_seen(result, pkt):
+                if not forward:
                     t.nat_replied_to(b, now)
 
     def closing(self, result: Result, flags: int, pkt=None) -> bytes | None:
@@ -138,13 +231,10 @@ class FlowState:
         for k in seen:
             t.ct.tcp_flags(k, flags, now)
         if pkt is not None:
-            for hit in result.ct_hits:
-                if not isinstance(hit, ConnKey) and hit[0] == "nat":
-                    b = hit[1]
-                    k = ConnKey.of(b.fwd.device, pkt)
-                    if k is not None and k in (b.fwd, b.rev):
-                        t.nat_tcp_flags(b, flags, k == b.fwd, now)
-                        seen.append(k)
+            for b, k, forward in nat_seen(result, pkt):
+                t.nat_tcp_flags(b, flags, forward, now)
+                seen.append(k)
+        self._ended()
         if not seen:
             return None
         return statewire.encode([], int(IDLE_SECONDS),
@@ -168,6 +258,7 @@ class FlowState:
         for b in nat:
             if t.nat.reverse(b.kind, b.rev) != b:
                 stale.add(nat_miss_tag(b.kind, b.rev))
+            t.reopen(b)  # a new connection on a closed one's tuple
             t.add_binding(b, now + ttl)
         for k, flags in closing:
             t.ct.tcp_flags(k, flags, now)
@@ -175,8 +266,12 @@ class FlowState:
                 b = t.nat.forward(kind, k)
                 if b is not None or (b := t.nat.reverse(kind, k)) is not None:
                     t.nat_tcp_flags(b, flags, k == b.fwd, now)
+        sticky = statewire.decode_sticky(frame, now) if b'"lb"' in frame else []
+        for s in sticky:
+            t.lb.stick(s)
+        self._ended()
         self.stats["ct_received"] = self.stats.get("ct_received", 0) + len(keys) + len(nat)
-        return len(keys) + len(nat), stale
+        return len(keys) + len(nat) + len(sticky), stale
 
     def recover(self, port_id: str) -> int:
         """Connections of a port bound here, from the flow-state store (an
@@ -199,6 +294,12 @@ class FlowState:
                     if e.value == NAT_TRACKED:
                         self.tables.ct.install(obj.fwd.reverse(), now)
                         n += 1
+                elif e.kind == STICKY:
+                    s = Sticky.from_store(e.key, e.value)
+                    if s.until <= now:
+                        continue
+                    self.tables.lb.stick(s)
+                    obj = (STICKY, s.vip_id, s.client)
                 else:
                     continue
                 # filed again from here while it lives (it was filed just now)
@@ -221,6 +322,10 @@ class FlowState:
         nat_keep = {k[1] for k in keep if isinstance(k, tuple) and k[:1] == ("nat",)}
         nat_gone = self.tables.expire_nat(nat_keep, now)
         gone.update(("nat", b) for b in nat_gone if b in nat_keep)
+        for b in [b for b in self.unpushed if b not in self.tables.nat_until]:
+            del self.unpushed[b]
+        for s in self.tables.lb.expire(now):
+            self.filed.pop((STICKY, s.vip_id, s.client), None)
         self._refresh(gone, nat_gone, now)
         return gone, len(nat_gone)
 
@@ -235,7 +340,8 @@ class FlowState:
         for k, (e, ports, at) in list(filed.items()):
             if at > due:
                 continue
-            if k in t.ct or k in t.nat_until:
+            if k in t.ct or k in t.nat_until or (
+                    isinstance(k, tuple) and k[:1] == (STICKY,) and k[1:] in t.lb.sticky):
                 filed[k] = (e, ports, now)
                 again.setdefault(ports, []).append(e)
             else:  # gone without our noticing (removed, replaced)

@@ -19,21 +19,36 @@ class InstalledFlows:
         self.stats = stats
         # cookie -> flow state it keeps alive (return keys, ("nat", binding))
         self.uses: dict[int, tuple] = {}
+        self._users: dict[object, set[int]] = {}  # a piece of flow state -> its cookies
         self._by_match: dict[tuple, int] = {}  # installed flow match -> its cookie
         self._match_of: dict[int, tuple] = {}
 
     def add(self, tags: Iterable[str], owner: str, uses: tuple = ()) -> int:
         cookie = self.index.add(tags, owner=owner)
         if uses:
-            self.uses[cookie] = uses
+            self._use(cookie, uses)
         return cookie
+
+    def _use(self, cookie: int, uses: tuple) -> None:
+        self._unuse(cookie)
+        self.uses[cookie] = uses
+        for k in uses:
+            self._users.setdefault(k, set()).add(cookie)
+
+    def _unuse(self, cookie: int) -> None:
+        for k in self.uses.pop(cookie, ()):
+            cs = self._users.get(k)
+            if cs is not None:
+                cs.discard(cookie)
+                if not cs:
+                    del self._users[k]
 
     def adopt(self, cookie: int, tags: Iterable[str], owner: str | None,
               uses: tuple = ()) -> None:
         """Index a flow OVS already holds (kept across a restart)."""
         self.index.adopt(cookie, tags, owner)
         if uses:
-            self.uses[cookie] = uses
+            self._use(cookie, uses)
 
     def count(self, owner: str) -> int:
         return self.index.count(owner)
@@ -44,7 +59,7 @@ class InstalledFlows:
             return set()
         cookies = self.index.invalidate(tags)
         for c in cookies:
-            self.uses.pop(c, None)
+            self._unuse(c)
         if cookies:
             self.stats["invalidated"] += len(cookies)
             LOG.debug("invalidate %d flow(s) for %s", len(cookies), sorted(tags))
@@ -53,17 +68,18 @@ class InstalledFlows:
 
     def drop_using(self, gone: set) -> set[int]:
         """Forget and delete the flows that use any of this (expired) state."""
-        dead = {c for c, used in self.uses.items() if gone & set(used)}
+        users = self._users
+        dead = {c for k in gone for c in users.get(k, ())}
         for c in dead:
             self.index.remove(c)
-            self.uses.pop(c, None)
+            self._unuse(c)
         if dead:
             self.on_invalidate(dead)
         return dead
 
     def in_use(self) -> set:
         """Every piece of flow state an installed flow keeps alive."""
-        return {k for used in self.uses.values() for k in used}
+        return set(self._users)
 
     def replaced(self, match_key: tuple, cookie: int) -> None:
         """A new flow with the same match and priority as an installed one
@@ -76,7 +92,7 @@ class InstalledFlows:
 
     def removed(self, cookie: int) -> None:
         self.index.remove(cookie)
-        self.uses.pop(cookie, None)
+        self._unuse(cookie)
         key = self._match_of.pop(cookie, None)
         if key is not None and self._by_match.get(key) == cookie:
             del self._by_match[key]
@@ -85,5 +101,6 @@ class InstalledFlows:
         """OVS's simulated flows are gone (wiped, or the switch is lost)."""
         self.index.clear()
         self.uses.clear()
+        self._users.clear()
         self._by_match.clear()
         self._match_of.clear()

@@ -32,6 +32,7 @@ from midoflow.agent.flows import FlowIndex
 from midoflow.agent.metadata import METADATA_MAC, METADATA_PORT, MetadataPorts, Steering
 from midoflow.agent.storm import StormControl
 from midoflow.apps import frames, metrics, ofp_unix, ovsdb, oxm, pipeline
+from midoflow.apps.healthcheck import HealthCheckRunner
 from midoflow.bgp.speaker import BgpManager
 from midoflow.metadata import service as metadata_service
 from midoflow.metadata.proxy import MetadataProxy
@@ -129,6 +130,9 @@ class MidoflowAgent(app_manager.OSKenApp):
                               on_links=self._bgp_links,
                               max_prefixes=self.cfg.bgp_max_prefixes,
                               stale_time=self.cfg.bgp_stale_time)
+        self.health = HealthCheckRunner(
+            self.store, self.cfg.host_id, self.ovs, self.cfg.ovs_netns,
+            bound=lambda pid: pid in self.core.bindings) if self.cfg.health_checks else None
         self._bgp_wake = hub.Event()
         self.bgp.kick = self._bgp_wake.set
         self.core.cache.on_bgp = self._bgp_wake.set
@@ -173,11 +177,15 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._packet_worker))
         if self.metadata is not None:
             self.threads.append(hub.spawn(self._metadata_loop))
+        if self.health is not None:
+            self.health.start()
         LOG.info("agent for host %s started (tunnel ip %s)", self.cfg.host_id, self.cfg.tunnel_ip)
         return thread
 
     def stop(self):
         try:
+            if self.health is not None:
+                self.health.stop()
             self.bgp.stop()
             self.core.flush_state()
             self.core.flow_state.close()
@@ -197,6 +205,8 @@ class MidoflowAgent(app_manager.OSKenApp):
         LOG.info("SIGTERM: %s the ZooKeeper session and exiting",
                  "leaving (fast restart)" if keep else "closing")
         try:
+            if self.health is not None:
+                self.health.stop()
             self.bgp.stop()
             self.core.flush_state()
             if not keep:
@@ -245,6 +255,9 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _interfaces_changed(self, ifaces: dict[str, tuple[int, str | None]]) -> None:
         """OVSDB notified a change of the bridge's interfaces (in the monitor's
         green thread): bindings follow at once, and so do the BGP links."""
+        health = getattr(self, "health", None)
+        if health is not None:  # not a health link a killed run left
+            ifaces = health.visible(ifaces)
         if ifaces != self.core.interfaces:
             self.core.set_interfaces(ifaces)
             self._fence()

@@ -16,6 +16,7 @@ from midoflow.cli import (  # noqa: F401
     bgp,
     dhcp,
     kinds,
+    lb,
     resources,
     routers,
     security,

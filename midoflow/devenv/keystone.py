@@ -237,16 +237,28 @@ class Keystone:
         """Catalog service ``name`` of type ``network`` with public, internal and
         admin endpoints ``url`` in RegionOne, replacing any earlier endpoints of
         the network service. The service id."""
+        return self.register_endpoint("network", name, url, "midoflow (Neutron API)")
+
+    def register_load_balancer_endpoint(self, url: str, *, name: str = "octavia") -> str:
+        """The ``load-balancer`` service (``openstack loadbalancer``) at ``url``:
+        the API server's Octavia root, ``<api url>/load-balancer``."""
+        return self.register_endpoint("load-balancer", name, url,
+                                      "midoflow (Octavia v2 API subset)")
+
+    def register_endpoint(self, stype: str, name: str, url: str, description: str) -> str:
+        """Catalog service ``name`` of type ``stype`` with public, internal and
+        admin endpoints ``url`` in RegionOne, replacing any earlier endpoints of
+        that type. The service id."""
         url = url.rstrip("/")
-        services = self._call("GET", "/services?type=network")["services"]
+        services = self._call("GET", f"/services?type={stype}")["services"]
         if services:
             sid = services[0]["id"]
             for extra in services[1:]:
                 self._delete_service(extra["id"])
         else:
             sid = self._call("POST", "/services", {"service": {
-                "name": name, "type": "network", "enabled": True,
-                "description": "midoflow (Neutron API)"}})["service"]["id"]
+                "name": name, "type": stype, "enabled": True,
+                "description": description}})["service"]["id"]
         for ep in self._call("GET", f"/endpoints?service_id={sid}")["endpoints"]:
             self._call("DELETE", f"/endpoints/{ep['id']}")
         for interface in ("public", "internal", "admin"):

@@ -11,8 +11,12 @@ from midoflow.kinds import (
     bridges,
     chains,
     dhcp_subnets,
+    health_monitors,
     hosts,
     ip_addr_groups,
+    load_balancers,
+    pool_members,
+    pools,
     port_groups,
     ports,
     routers,
@@ -20,6 +24,7 @@ from midoflow.kinds import (
     rules,
     security_groups,
     tunnel_zones,
+    vips,
 )
 from midoflow.kinds.base import Column, Field, Kind
 
@@ -27,6 +32,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     hosts.KIND, tunnel_zones.KIND, bridges.KIND, ports.KIND, routers.KIND, routes.KIND,
     chains.KIND, rules.KIND, port_groups.KIND, ip_addr_groups.KIND, security_groups.KIND,
     bgp_peers.KIND, bgp_networks.KIND, dhcp_subnets.KIND,
+    load_balancers.KIND, pools.KIND, vips.KIND, pool_members.KIND, health_monitors.KIND,
 )}
 
 

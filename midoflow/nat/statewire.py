@@ -7,6 +7,7 @@ import json
 
 from midoflow.nat.bindings import NatBinding
 from midoflow.nat.conntrack import ConnKey
+from midoflow.nat.lbstate import Sticky
 
 ETHERTYPE = 0x88B5  # IEEE local experimental
 MAGIC = b"MFS1"
@@ -17,12 +18,17 @@ MAX_KEYS = 256
 
 
 def encode(keys: list[ConnKey], ttl: int, nat: list[NatBinding] = (),
-           closing: list[tuple[ConnKey, int]] = ()) -> bytes:
+           closing: list[tuple[ConnKey, int]] = (), sticky: list[Sticky] = (),
+           now: float = 0.0) -> bytes:
     """``keys``: return keys to install; ``closing``: (key as seen, TCP flags)
-    of FIN or RST segments, so both ends' hosts see both halves close."""
+    of FIN or RST segments, so both ends' hosts see both halves close;
+    ``sticky``: a load balancer's SOURCE_IP entries (their time left at
+    ``now``, each its own lifetime)."""
     msg = {"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl}
     if nat:
         msg["nat"] = [b.encode() for b in nat[:MAX_KEYS]]
+    if sticky:
+        msg["lb"] = [s.wire(now) for s in sticky[:MAX_KEYS]]
     if closing:
         msg["close"] = [[k.encode(), f] for k, f in closing[:MAX_KEYS]]
     body = json.dumps(msg, separators=(",", ":")).encode()
@@ -70,3 +76,13 @@ def decode(frame: bytes) -> tuple[list[ConnKey], int]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"bad flow-state payload: {e}") from None
     return keys, ttl
+
+
+def decode_sticky(frame: bytes, now: float) -> list[Sticky]:
+    """The sticky entries of a message, expiring from ``now``; ValueError
+    for a bad one."""
+    msg, _ttl = _message(frame)
+    try:
+        return [Sticky.from_wire(item, now) for item in msg.get("lb", [])[:MAX_KEYS]]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad flow-state payload: {e}") from None

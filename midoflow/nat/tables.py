@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 from midoflow.model import NatTarget
 from midoflow.nat.allocator import NatAllocator
-from midoflow.nat.bindings import SNAT, NatBinding, NatTable
+from midoflow.nat.bindings import DNAT, SNAT, NatBinding, NatTable
 from midoflow.nat.conntrack import (
     CLOSING_SECONDS,
     PROTO_TCP,
@@ -32,6 +32,7 @@ from midoflow.nat.conntrack import (
     ConnTrackTable,
     timeout,
 )
+from midoflow.nat.lbstate import LbTables, Sticky
 
 # (ip, port, proto): an SNAT port proposed by a simulation.
 Alloc = tuple[str, int, int]
@@ -61,6 +62,19 @@ class StateView:
         a = self._t.allocator
         return a.propose(targets, proto, taken) if a is not None else None
 
+    def nat_closing(self, b: NatBinding) -> bool:
+        """Has the binding's connection closed (RST, or FIN both ways)?"""
+        return b in self._t.nat_closing
+
+    def lb_counter(self, pool_id: str) -> int:
+        return self._t.lb.counter(pool_id)
+
+    def lb_active(self, ip: str, port: int, proto: int) -> int:
+        return len(self._t.dnat_active.get((ip, port, proto), ()))
+
+    def lb_sticky(self, vip_id: str, client_ip: str) -> str | None:
+        return self._t.lb.sticky_member(vip_id, client_ip, self._now)
+
 
 class FlowTables:
     """Conntrack return keys, NAT bindings with their idle deadlines, and the
@@ -76,6 +90,31 @@ class FlowTables:
         self.nat_closing: set[NatBinding] = set()
         self.nat_fins: dict[NatBinding, tuple[bool, bool]] = {}
         self.allocator = allocator
+        # (ip, port, proto) -> the DNAT bindings to it not closing: the
+        # active connections of a balancer's member, as this host sees them
+        self.dnat_active: dict[tuple[str, int, int], set[NatBinding]] = {}
+        self.lb = LbTables()
+        # DNAT bindings closed or replaced since the owner last took them:
+        # the flows that translate with them must go at once (a new
+        # connection on the same reply tuple must reach the simulation)
+        self.ended: list[NatBinding] = []
+
+    def take_ended(self) -> list[NatBinding]:
+        ended, self.ended = self.ended, []
+        return ended
+
+    def _active(self, b: NatBinding, on: bool) -> None:
+        if b.kind != DNAT:
+            return
+        key = (b.xlated[0], b.xlated[1], b.fwd.proto)
+        if on:
+            self.dnat_active.setdefault(key, set()).add(b)
+            return
+        bs = self.dnat_active.get(key)
+        if bs is not None:
+            bs.discard(b)
+            if not bs:
+                del self.dnat_active[key]
 
     def nat_timeout(self, b: NatBinding) -> float:
         """The idle timeout of a binding: its connection's."""
@@ -111,12 +150,42 @@ class FlowTables:
                 return False
             done.append((ip, port, proto))
         for b in bindings:
+            self.reopen(b)
             self.add_binding(b, now + (self.nat_timeout(b) if ttl is None else ttl))
         return True
 
+    def reopen(self, b: NatBinding) -> None:
+        """A new connection on a closed binding's tuple (the same choice made
+        again): it starts afresh, not closing."""
+        if b in self.nat_closing:
+            self.nat_closing.discard(b)
+            self.nat_replied.discard(b)
+            self.nat_fins.pop(b, None)
+            self.nat_until.pop(b, None)
+
+    def commit_lb(self, picks: Iterable[tuple[str, str]],
+                  sticky: Iterable[tuple[str, str, str, int]], now: float) -> None:
+        """A load balancer's choices (Result.lb_picks, Result.lb_sticky): each
+        pick advances its pool's counter, each SOURCE_IP choice (re)starts
+        its client's sticky entry."""
+        for pool_id, _member in picks:
+            self.lb.advance(pool_id)
+        for vip, client, member, seconds in sticky:
+            self.lb.stick(Sticky(vip, client, member, now + seconds))
+
     def add_binding(self, b: NatBinding, until: float) -> None:
+        """Record a binding; a different DNAT binding on the same forward or
+        reply key (an old connection's, closed or stale) is replaced: as in
+        Linux conntrack, the new connection owns the tuple."""
+        if b.kind == DNAT:
+            for old in (self.nat.forward(DNAT, b.fwd), self.nat.reverse(DNAT, b.rev)):
+                if old is not None and old != b:
+                    self.forget_binding(old)
+                    self.ended.append(old)
         self.nat.add(b)
         self.nat_until[b] = max(self.nat_until.get(b, 0.0), until)
+        if b not in self.nat_closing:
+            self._active(b, True)
 
     def nat_replied_to(self, b: NatBinding, now: float) -> None:
         """A reply of the binding's connection was translated back: from now
@@ -138,7 +207,10 @@ class FlowTables:
         if flags & TCP_RST or (fin_fwd and fin_ret):
             self.nat_fins.pop(b, None)
             self.nat_closing.add(b)
+            self._active(b, False)
             self.nat_until[b] = min(self.nat_until[b], now + CLOSING_SECONDS)
+            if b.kind == DNAT:
+                self.ended.append(b)
         elif fin_fwd or fin_ret:
             self.nat_fins[b] = (fin_fwd, fin_ret)
 
@@ -169,6 +241,7 @@ class FlowTables:
         if self.nat_until.pop(b, None) is None:
             return
         self.nat.remove(b)
+        self._active(b, False)
         self.nat_replied.discard(b)
         self.nat_closing.discard(b)
         self.nat_fins.pop(b, None)

@@ -131,8 +131,11 @@ def sync_router(op: Op, rid: str) -> None:
         key = cur["tunnel_key"] if cur else _tunnel_key(op)
         arp = t3.proxy_arp(rid, fips) if port is gw else []
         wanted[pid] = t3.router_port(port, subnet, rid, key, arp)
+    # the health ports of the router's load balancers are the native API's (issue 14)
+    kept = [lb["health_port_id"] for lb in txn.scan(model.LOAD_BALANCERS)
+            if lb.get("router_id") == rid and lb.get("health_port_id")]
     for p in list(txn.scan(model.PORTS)):
-        if p.get("device_id") == rid and p["id"] not in wanted:
+        if p.get("device_id") == rid and p["id"] not in wanted and p["id"] not in kept:
             refs.delete(txn, model.PORTS, p["id"])
     for pid, rp in wanted.items():
         txn.sync(model.PORTS, rp)
@@ -144,7 +147,7 @@ def sync_router(op: Op, rid: str) -> None:
         if txn.get(model.ROUTERS, rid) is not None:
             refs.delete(txn, model.ROUTERS, rid)
         return
-    native = t3.native_router(router, list(wanted), bool(chains))
+    native = t3.native_router(router, list(wanted) + kept, bool(chains))
     if txn.get(model.ROUTERS, rid) is None:
         txn.create(model.ROUTERS, native)
     else:

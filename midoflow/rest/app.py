@@ -89,6 +89,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _flag(req: webob.Request, name: str) -> bool:
+    """A boolean query parameter: absent is false."""
+    value = req.GET.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise Invalid(f"?{name}= must be true or false, not {value[:20]!r}", name)
+    return value == "true"
+
+
 def read_json(req: webob.Request) -> Any:
     """The request's JSON body; HttpError (415), TooLarge (413) or Invalid (400)."""
     clen = content_length(req.environ)
@@ -163,7 +171,10 @@ SPECIAL_ROUTES: list[tuple[str, str, dict[str, str]]] = [
     ("sg_rule", "/security_groups/{id}/rules/{rule_id}",
      {"GET": "get_security_group_rule", "DELETE": "delete_security_group_rule"}),
     ("trace", "/trace", {"POST": "trace"}),
+    ("pool_members_of_pool", "/pools/{id}/members", {"GET": "list_members_of_pool"}),
 ]
+# Kinds whose DELETE takes ?cascade=true (what it refuses otherwise goes with it).
+CASCADE_DELETE = ("load_balancers",)
 
 
 def kind_routes() -> tuple[list[tuple[str, str, dict[str, str]]], dict[str, Crud]]:
@@ -276,6 +287,8 @@ class Api:
             result = method(read_json(req))
         elif what.op in ("update", "create_under"):
             result = method(args["id"], read_json(req))
+        elif what.op == "delete" and what.kind in CASCADE_DELETE:
+            result = method(args["id"], cascade=_flag(req, "cascade"))
         else:  # get, delete, list_under
             result = method(args["id"])
         return _json_response(_STATUS[what.op], None if what.op == "delete" else result)
@@ -398,6 +411,9 @@ class Api:
         return _json_response(200, self.service.list_learned_routes(id))
 
     # trace
+    def h_list_members_of_pool(self, req, id):
+        return _json_response(200, self.service.list_members_of_pool(id))
+
     def h_trace(self, req):
         return _json_response(200, self.service.trace(read_json(req)))
 

@@ -197,6 +197,12 @@ class RootApp:
             self.neutron: Callable = _neutron_missing
         else:
             self.neutron = make_neutron_app(store, noauth=auth.is_noauth)
+        from midoflow.octavia import PREFIX
+        from midoflow.octavia.api import make_octavia_app
+
+        self.octavia_prefix = PREFIX  # the Octavia v2 API (`openstack loadbalancer`)
+        self.octavia = make_octavia_app(store, noauth=auth.is_noauth,
+                                        neutron=getattr(self.neutron, "service", None))
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         path = environ.get("PATH_INFO") or "/"
@@ -206,6 +212,11 @@ class RootApp:
                 if refused is not None:
                     return refused
             return self.native(environ, start_response)
+        octavia = self.octavia_prefix
+        if path == octavia or path.startswith(octavia + "/"):
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + octavia
+            environ["PATH_INFO"] = path[len(octavia):]
+            return self.octavia(environ, start_response)
         return self.neutron(environ, start_response)
 
     def _refuse_native(self, environ: dict, start_response: Callable) -> list[bytes] | None:

@@ -25,6 +25,8 @@ from midoflow.service.crud import KindCrud
 from midoflow.service.dhcp import Dhcp
 from midoflow.service.groups import Groups
 from midoflow.service.hosts import Hosts
+from midoflow.service.lb import METHODS as LB_METHODS
+from midoflow.service.lb import Lb
 from midoflow.service.ports import Ports
 from midoflow.service.routers import Routers
 from midoflow.service.security_groups import SecurityGroups
@@ -46,8 +48,16 @@ class TopologyService:
         self.security_groups = SecurityGroups(ctx)
         self.bgp = Bgp(ctx)
         self.dhcp = Dhcp(ctx)
+        self.lb = Lb(ctx)
         self.status_ = Status(ctx, self.hosts)
         self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        """The load-balancing kinds' CRUD (``create_vip``, ``list_pools``, ...: the
+        names the REST app calls, served by :class:`~midoflow.service.lb.Lb`)."""
+        if name in LB_METHODS and "lb" in self.__dict__:
+            return getattr(self.__dict__["lb"], name)
+        raise AttributeError(name)
 
     def kind(self, name: str) -> KindCrud:
         """The generic CRUD of a declared kind (what a kind without special rules

@@ -14,7 +14,21 @@ from typing import Any
 
 from midoflow import model
 from midoflow.errors import NotFound
-from midoflow.model import Bridge, Chain, IpAddrGroup, Port, PortGroup, Route, Router, Rule
+from midoflow.model import (
+    Bridge,
+    Chain,
+    HealthMonitor,
+    IpAddrGroup,
+    LoadBalancer,
+    Pool,
+    PoolMember,
+    Port,
+    PortGroup,
+    Route,
+    Router,
+    Rule,
+    Vip,
+)
 from midoflow.store import paths
 from midoflow.store.base import Store
 
@@ -121,6 +135,40 @@ class StoreView:
                     table[eip] = (emac, learned)
             self._arps[router_id] = table
         return self._arps[router_id].get(ip)
+
+    # ---- load balancing: each kind listed once per view, indexed by parent --
+    def _children(self, kind: str, parent_field: str, parent_id: str) -> tuple:
+        index = self.__dict__.setdefault("_lb_index", {})
+        if kind not in index:
+            by_parent: dict[str, list] = {}
+            for d, _ in self.store.list(kind):
+                obj = model.from_dict(kind, d)
+                by_parent.setdefault(getattr(obj, parent_field), []).append(obj)
+            index[kind] = {k: tuple(sorted(v, key=lambda o: o.id)) for k, v in by_parent.items()}
+        return index[kind].get(parent_id, ())
+
+    def load_balancers(self, router_id: str) -> Sequence[LoadBalancer]:
+        return self._children(model.LOAD_BALANCERS, "router_id", router_id)
+
+    def pools(self, lb_id: str) -> Sequence[Pool]:
+        return self._children(model.POOLS, "load_balancer_id", lb_id)
+
+    def vips(self, lb_id: str) -> Sequence[Vip]:
+        return self._children(model.VIPS, "load_balancer_id", lb_id)
+
+    def pool(self, pool_id: str) -> Pool | None:
+        return self._get(model.POOLS, pool_id, Pool)
+
+    def pool_members(self, pool_id: str) -> Sequence[PoolMember]:
+        return self._children(model.POOL_MEMBERS, "pool_id", pool_id)
+
+    def health_monitor(self, pool_id: str) -> HealthMonitor | None:
+        found = self._children(model.HEALTH_MONITORS, "pool_id", pool_id)
+        return found[0] if found else None
+
+    def member_health(self, member_id: str) -> str | None:
+        data = self.store.get_state(paths.member_health(member_id))
+        return data.get("status") if data else None
 
     def _is_active(self, port_id: str) -> bool:
         if port_id not in self._active:

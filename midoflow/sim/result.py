@@ -20,6 +20,8 @@ of the changed thing:
 * ``arp:<router>:<ip>`` the router's ARP entry for a next hop
 * ``chain:<id>`` a chain (its rule list or any of its rules)
 * ``pg:<id>`` / ``ipag:<id>`` a port group / an IP address group's members
+* ``lb:<router>`` the load balancing of a router (its balancers, VIPs, pools,
+  members, monitors and the members' health)
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def port_group_tag(group_id: str) -> str:
 
 def ip_addr_group_tag(group_id: str) -> str:
     return f"ipag:{group_id}"
+
+
+def lb_tag(router_id: str) -> str:
+    return f"lb:{router_id}"
 
 
 def ct_miss_tag(key) -> str:
@@ -179,6 +185,14 @@ class Result:
     # link): the flow sends bigger packets to the agent, which splits them or
     # answers ICMP fragmentation needed (midoflow.sim.router.egress_mtu).
     mtu: int | None = None
+    # Load balancing: (pool_id, member_id) picked by the pool's method for a
+    # new connection (the agent advances the pool's counter), and SOURCE_IP
+    # entries to record, (vip_id, client, member_id, timeout seconds).
+    lb_picks: tuple[tuple[str, str], ...] = ()
+    lb_sticky: tuple[tuple[str, str, str, int], ...] = ()
+    # DNAT bindings of closed connections whose reply tuple a new connection
+    # answers from (a client reusing its port): the agent forgets them.
+    nat_ended: tuple = ()
 
     @property
     def dropped(self) -> bool:
@@ -206,6 +220,9 @@ class _Builder:
     nat_allocs: list[tuple[str, int, int]] = field(default_factory=list)
     nat_wants: list = field(default_factory=list)
     mtu: int | None = None
+    lb_picks: list[tuple[str, str]] = field(default_factory=list)
+    lb_sticky: list[tuple[str, str, str, int]] = field(default_factory=list)
+    nat_ended: list = field(default_factory=list)
 
     def step(self, kind: str, device: str, decision: str) -> None:
         self.trace.append(Step(device, kind, decision))
@@ -232,4 +249,7 @@ class _Builder:
             nat_allocs=tuple(self.nat_allocs),
             nat_wants=tuple(dict.fromkeys(self.nat_wants)),
             mtu=self.mtu,
+            lb_picks=tuple(self.lb_picks),
+            lb_sticky=tuple(self.lb_sticky),
+            nat_ended=tuple(self.nat_ended),
         )

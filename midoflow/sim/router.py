@@ -22,6 +22,7 @@ from midoflow.model import (
     ROUTE_REJECT,
     Port,
 )
+from midoflow.sim import lb
 from midoflow.sim.packet import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -272,7 +273,10 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
 
     if pkt.eth_type == ETH_ARP:
         own = {p.ip_address for p in ports if p.ip_address}
-        _arp(inport, pkt, b, own | {a for p in ports for a in p.proxy_arp})
+        vips = lb.vip_addresses(view, rid)
+        net = _network(inport) if vips else None
+        here = {a for a in vips if net is not None and netaddr.IPAddress(a) in net}
+        _arp(inport, pkt, b, own | vips | {a for p in ports for a in p.proxy_arp}, here)
         return None
     if pkt.eth_dst != inport.mac:
         b.step("router", rid, f"{pkt.eth_dst} is not port {inport.id}'s MAC: drop")
@@ -391,9 +395,11 @@ def is_gratuitous(pkt: Packet) -> bool:
             and pkt.arp_spa != "0.0.0.0" and pkt.arp_spa == pkt.arp_tpa)
 
 
-def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
-    """ARP at a router port: answer requests for its address and its
-    ``proxy_arp`` addresses (floating IPs) with its MAC; learn senders on its
+def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str],
+         vips: set[str] = frozenset()) -> None:
+    """ARP at a router port: answer requests for its address, its
+    ``proxy_arp`` addresses (floating IPs) and ``vips`` (the router's VIP
+    addresses inside the port's network) with its MAC; learn senders on its
     network (requests and replies addressed to it), never one of the router's
     own addresses or an address outside the port's subnet.
 
@@ -410,7 +416,8 @@ def _arp(inport: Port, pkt: Packet, b: _Builder, own: set[str]) -> None:
     b.cacheable = False  # the router's answer depends on the whole ARP payload
     b.fields.update(("arp_op", "arp_tpa"))
     if inport.ip_address is None or (pkt.arp_tpa != inport.ip_address
-                                     and pkt.arp_tpa not in inport.proxy_arp):
+                                     and pkt.arp_tpa not in inport.proxy_arp
+                                     and pkt.arp_tpa not in vips):
         if inport.ip_address is not None and is_gratuitous(pkt) \
                 and learnable(inport, own, pkt.arp_spa, pkt.arp_sha):
             b.arp_learned.append((rid, pkt.arp_spa, pkt.arp_sha))

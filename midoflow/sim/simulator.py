@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 
 from midoflow.model import DEVICE_BRIDGE, DEVICE_ROUTER, PORT_INTERIOR, Port
-from midoflow.sim import chains, router
+from midoflow.sim import chains, lb, router
 from midoflow.sim.packet import ETH_ARP, Packet, is_multicast
 from midoflow.sim.result import (
     Action,
@@ -87,6 +87,10 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0,
                           None, b, "inbound")
             if cur is None:
                 continue
+            if port.device_type == DEVICE_ROUTER:  # load balancing, at pre-routing
+                cur = lb.prerouting(view, state, port, cur, b)
+                if cur is None:
+                    continue
         if port.device_type == DEVICE_BRIDGE:
             nexts = [(p, cur) for p in _bridge(view, port, cur, b)]
         else:

@@ -9,13 +9,18 @@ from typing import Protocol
 from midoflow.model import (
     Bridge,
     Chain,
+    HealthMonitor,
     IpAddrGroup,
+    LoadBalancer,
     NatTarget,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
     Router,
     Rule,
+    Vip,
 )
 from midoflow.nat.bindings import NatBinding
 from midoflow.nat.conntrack import ConnKey
@@ -48,6 +53,27 @@ class TopologyView(Protocol):
 
     def ip_addr_group(self, group_id: str) -> IpAddrGroup | None: ...
 
+    # Load balancing (issue 14). Sequences are replaced, never mutated, when
+    # they change: the simulation memoises its index of them by identity.
+    def load_balancers(self, router_id: str) -> Sequence[LoadBalancer]: ...
+
+    def pools(self, lb_id: str) -> Sequence[Pool]: ...
+
+    def vips(self, lb_id: str) -> Sequence[Vip]: ...
+
+    def pool(self, pool_id: str) -> Pool | None: ...
+
+    def pool_members(self, pool_id: str) -> Sequence[PoolMember]: ...
+
+    def health_monitor(self, pool_id: str) -> HealthMonitor | None:
+        """The pool's monitor (one per pool), or None."""
+        ...
+
+    def member_health(self, member_id: str) -> str | None:
+        """HEALTH_ONLINE or HEALTH_ERROR as the elected checker last wrote
+        it; None: never checked (counts as healthy)."""
+        ...
+
 
 class FlowStateView(Protocol):
     """Lookups in the host's conntrack and NAT tables, and SNAT proposals
@@ -74,6 +100,23 @@ class FlowStateView(Protocol):
         simulates again, or the targets are exhausted)."""
         ...
 
+    def nat_closing(self, b: NatBinding) -> bool:
+        """Has the binding's connection closed (RST, or FIN both ways)? It
+        still translates its own last packets, never a new connection's."""
+        ...
+
+    def lb_counter(self, pool_id: str) -> int:
+        """The pool's pick counter on this host (round robin's position)."""
+        ...
+
+    def lb_active(self, ip: str, port: int, proto: int) -> int:
+        """Live DNAT bindings to (ip, port) over proto, not closing."""
+        ...
+
+    def lb_sticky(self, vip_id: str, client_ip: str) -> str | None:
+        """The member a SOURCE_IP client sticks to, unless expired."""
+        ...
+
 
 class NoFlowState:
     """No connection tracked, no binding: every packet opens a connection;
@@ -94,6 +137,18 @@ class NoFlowState:
         if not targets:
             return None
         return targets[0].addr_from, targets[0].port_from or 0
+
+    def nat_closing(self, b: NatBinding) -> bool:
+        return False
+
+    def lb_counter(self, pool_id: str) -> int:
+        return 0
+
+    def lb_active(self, ip: str, port: int, proto: int) -> int:
+        return 0
+
+    def lb_sticky(self, vip_id: str, client_ip: str) -> str | None:
+        return None
 
 
 NO_FLOW_STATE = NoFlowState()
@@ -117,6 +172,12 @@ class DictView:
         rules: dict[str, Rule] | None = None,
         port_groups: dict[str, PortGroup] | None = None,
         ip_addr_groups: dict[str, IpAddrGroup] | None = None,
+        lbs: dict[str, LoadBalancer] | None = None,
+        lb_pools: dict[str, Pool] | None = None,
+        lb_vips: dict[str, Vip] | None = None,
+        members: dict[str, PoolMember] | None = None,
+        monitors: dict[str, HealthMonitor] | None = None,
+        health: dict[str, str] | None = None,
     ) -> None:
         self.ports = ports or {}
         self.bridges = bridges or {}
@@ -128,6 +189,14 @@ class DictView:
         self.rules = rules or {}
         self.port_groups = port_groups or {}
         self.ip_addr_groups = ip_addr_groups or {}
+        # load balancing, by id (member health: member id -> status)
+        self.lbs = lbs or {}
+        self.lb_pools = lb_pools or {}
+        self.lb_vips = lb_vips or {}
+        self.members = members or {}
+        self.monitors = monitors or {}
+        self.health = health or {}
+        self._seqs: dict[tuple, tuple] = {}
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -158,3 +227,35 @@ class DictView:
 
     def ip_addr_group(self, group_id: str) -> IpAddrGroup | None:
         return self.ip_addr_groups.get(group_id)
+
+    def _seq(self, name: str, what: str, key: str, objs) -> tuple:
+        """The objects whose ``what`` is ``key``, by id, as one tuple while
+        they stay the same (a replaced dict value makes a new one)."""
+        t = tuple(sorted((o for o in objs if getattr(o, what) == key), key=lambda o: o.id))
+        old = self._seqs.get((name, key))
+        if old is not None and len(old) == len(t) and all(
+                a is b for a, b in zip(old, t, strict=True)):
+            return old
+        self._seqs[(name, key)] = t
+        return t
+
+    def load_balancers(self, router_id: str) -> Sequence[LoadBalancer]:
+        return self._seq("lbs", "router_id", router_id, self.lbs.values()) if self.lbs else ()
+
+    def pools(self, lb_id: str) -> Sequence[Pool]:
+        return self._seq("pools", "load_balancer_id", lb_id, self.lb_pools.values())
+
+    def vips(self, lb_id: str) -> Sequence[Vip]:
+        return self._seq("vips", "load_balancer_id", lb_id, self.lb_vips.values())
+
+    def pool(self, pool_id: str) -> Pool | None:
+        return self.lb_pools.get(pool_id)
+
+    def pool_members(self, pool_id: str) -> Sequence[PoolMember]:
+        return self._seq("members", "pool_id", pool_id, self.members.values())
+
+    def health_monitor(self, pool_id: str) -> HealthMonitor | None:
+        return next((m for m in self.monitors.values() if m.pool_id == pool_id), None)
+
+    def member_health(self, member_id: str) -> str | None:
+        return self.health.get(member_id)

@@ -96,6 +96,19 @@ def check_txn_size(ops: Sequence[Op]) -> None:
         raise too_large(size)
 
 
+class Election(ABC):
+    """This session's place in a leader election (see :meth:`Store.elect`)."""
+
+    @property
+    @abstractmethod
+    def leading(self) -> bool:
+        """Whether this session leads now."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Leave the election (``on_lose`` first if leading); idempotent."""
+
+
 class Store(ABC):
     # ---- models -----------------------------------------------------------
     @abstractmethod
@@ -184,6 +197,22 @@ class Store(ABC):
 
     @abstractmethod
     def watch_state(self, path: str, cb: Callable[[Data | None], Any]) -> None: ...
+
+    # ---- leader election ----------------------------------------------------
+    @abstractmethod
+    def elect(self, path: str, identifier: str, on_lead: Callable[[], Any],
+              on_lose: Callable[[], Any]) -> Election:
+        """Contend for the leadership named by the state path ``path``; at most
+        one session leads at a time. ``on_lead()`` is called (from the store's
+        own thread or green thread: it must not block) when this session
+        becomes the leader, ``on_lose()`` when it stops leading (its session
+        lost or closed, :meth:`Election.cancel`); after a loss it contends
+        again as soon as it can. A leader that dies is replaced once its
+        session ends (ZooKeeper: within the session timeout)."""
+
+    @abstractmethod
+    def election_leader(self, path: str) -> str | None:
+        """The identifier of the session leading ``path`` now (None: nobody)."""
 
     # ---- lifecycle --------------------------------------------------------
     @abstractmethod

@@ -14,7 +14,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from midoflow.errors import Conflict, Invalid, NotFound
-from midoflow.store.base import Check, Create, Data, Delete, Op, Store, Update, check_txn_size
+from midoflow.store.base import (
+    Check,
+    Create,
+    Data,
+    Delete,
+    Election,
+    Op,
+    Store,
+    Update,
+    check_txn_size,
+)
 
 
 class MemoryBackend:
@@ -29,11 +39,52 @@ class MemoryBackend:
         self.state_watches: dict[str, list[Callable]] = defaultdict(list)
         self.children_watches: dict[str, list[Callable]] = defaultdict(list)
         self._next_session = 0
+        # election path -> contenders in the order they joined (the first leads)
+        self.elections: dict[str, list[_MemoryElection]] = defaultdict(list)
 
     def new_session_id(self) -> int:
         with self.lock:
             self._next_session += 1
             return self._next_session
+
+
+class _MemoryElection(Election):
+    def __init__(self, store: MemoryStore, path: str, identifier: str,
+                 on_lead: Callable[[], Any], on_lose: Callable[[], Any]) -> None:
+        self.store, self.path, self.identifier = store, path, identifier
+        self.on_lead, self.on_lose = on_lead, on_lose
+        self._leading = False
+        self.cancelled = False
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            _leave(self.store.backend, [self])
+
+
+def _leave(b: MemoryBackend, gone: list[_MemoryElection]) -> None:
+    """Take contenders out of their elections: a leader loses, its successor leads."""
+    promote: list[_MemoryElection] = []
+    lost: list[_MemoryElection] = []
+    with b.lock:
+        for e in gone:
+            queue = b.elections[e.path]
+            if e in queue:
+                queue.remove(e)
+                if e._leading:
+                    e._leading = False
+                    lost.append(e)
+                if queue and not queue[0]._leading:
+                    queue[0]._leading = True
+                    promote.append(queue[0])
+    for e in lost:
+        e.on_lose()
+    for e in promote:
+        e.on_lead()
 
 
 def _fire(watches: list[Callable], *args: Any) -> None:
@@ -198,6 +249,23 @@ class MemoryStore(Store):
         if cb(self.get_state(path)) is not False:
             self.backend.state_watches[path].append(cb)
 
+    # ---- leader election ----------------------------------------------------
+    def elect(self, path: str, identifier: str, on_lead: Callable[[], Any],
+              on_lose: Callable[[], Any]) -> Election:
+        e = _MemoryElection(self, path, identifier, on_lead, on_lose)
+        with self.backend.lock:
+            queue = self.backend.elections[path]
+            queue.append(e)
+            e._leading = len(queue) == 1
+        if e._leading:
+            on_lead()
+        return e
+
+    def election_leader(self, path: str) -> str | None:
+        with self.backend.lock:
+            queue = self.backend.elections.get(path)
+            return queue[0].identifier if queue else None
+
     # ---- lifecycle --------------------------------------------------------
     def health(self) -> Data:
         return {"backend": "memory", "connected": not self.closed}
@@ -207,6 +275,9 @@ class MemoryStore(Store):
             return
         self.closed = True
         b = self.backend
+        with b.lock:
+            mine = [e for q in b.elections.values() for e in q if e.store is self]
+        _leave(b, mine)
         with b.lock:
             gone = [p for p, (_, owner) in b.state.items() if owner == self.session]
             for p in gone:

@@ -100,3 +100,18 @@ def bgp_peer_state(peer_id: str) -> str:
 
 
 BGP_PEERS_STATE = "state/bgp_peers"
+
+
+MEMBER_HEALTH = "state/lb/members"
+
+
+def member_health(member_id: str) -> str:
+    """Persistent (survives the checker): a pool member's health as the elected
+    health checker last found it. Data: {"status": "ONLINE" | "ERROR",
+    "since": epoch seconds, "host_id": the checker's host, "reason": text}.
+    Written on a change only; deleted with the member (or when its pool loses
+    its monitor)."""
+    return f"{MEMBER_HEALTH}/{member_id}"
+
+
+HEALTH_ELECTION = "state/lb/election"  # kazoo Election: one agent runs every check

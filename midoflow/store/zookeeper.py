@@ -73,6 +73,7 @@ from kazoo.protocol.paths import _prefix_root
 from kazoo.protocol.serialization import GetChildren, GetData
 from kazoo.protocol.serialization import Transaction as TransactionRequest
 from kazoo.protocol.states import KeeperState
+from kazoo.recipe.election import Election as KazooElection
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_digest_acl
@@ -85,6 +86,7 @@ from midoflow.store.base import (
     Create,
     Data,
     Delete,
+    Election,
     Op,
     Store,
     Update,
@@ -176,6 +178,7 @@ class ZkStore(Store):
         self._kinds_ready: set[str] = set()
         # (arm(client), ended()) of every watch, re-armed on a replacement client
         self._watches: list[_Watch] = []
+        self._elections: list[_ZkElection] = []
         self._recovering = False
         self.recoveries = 0  # kazoo clients replaced by the watchdog
         # held while a batch of followers (below) delivers its first values
@@ -815,9 +818,36 @@ class ZkStore(Store):
                 pass
         return d
 
+    # ---- leader election ----------------------------------------------------
+    def elect(self, path: str, identifier: str, on_lead: Callable[[], Any],
+              on_lose: Callable[[], Any]) -> Election:
+        """kazoo's Election recipe (a Lock: ephemeral sequential nodes under
+        ``path``), contended for again after every loss, on whichever kazoo
+        client this store has then (see :class:`_ZkElection`)."""
+        if self._closed:
+            raise self._unavailable()
+        e = _ZkElection(self, self._state_path(path), identifier, on_lead, on_lose)
+        with self._lock:
+            self._elections.append(e)
+        e.start()
+        return e
+
+    def election_leader(self, path: str) -> str | None:
+        self._require_connected()
+        zpath = self._state_path(path)
+        try:
+            contenders = KazooElection(self._client, zpath).contenders()
+        except NoNodeError:
+            return None
+        except _UNAVAILABLE as e:
+            raise self._unavailable(str(e)) from e
+        return contenders[0] if contenders else None
+
     def close(self) -> None:
         if self._closed:
             return
+        for e in list(self._elections):
+            e.cancel()  # given up now: another contender takes over at once
         self._closed = True
         with self._lock:
             self._ephemerals.clear()
@@ -1082,3 +1112,105 @@ class _Follower:
             return
         if stat is not None and not self.ended:  # created before the watch was set
             self.arm(client)
+
+
+class _ZkElection(Election):
+    """One contender: a thread (green under eventlet) that runs kazoo's
+    Election on the store's current client. As leader it waits until it is
+    cancelled, the store closes, the session is LOST (expired: another may
+    lead already) or the client is replaced, then calls ``on_lose`` and
+    releases the lock; it contends again unless cancelled. While the session
+    is only SUSPENDED it keeps leading: its lock node lives until the session
+    expires, and the store refuses writes meanwhile."""
+
+    POLL = 0.5  # seconds between checks of the leader's conditions
+
+    def __init__(self, store: ZkStore, zpath: str, identifier: str,
+                 on_lead: Callable[[], Any], on_lose: Callable[[], Any]) -> None:
+        self.store, self.zpath, self.identifier = store, zpath, identifier
+        self.on_lead, self.on_lose = on_lead, on_lose
+        h = store._client.handler
+        self._mutex = h.lock_object()
+        self._wake = h.event_object()
+        self._sleep = h.sleep_func
+        self._spawn = h.spawn
+        self._leading = False
+        self.cancelled = False
+        self._recipe: KazooElection | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def start(self) -> None:
+        self._spawn(self._run)
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._wake.set()
+        recipe = self._recipe
+        if recipe is not None:
+            try:
+                recipe.cancel()
+            except Exception as e:  # a client already stopped
+                log.debug("cancelling the election at %s: %s", self.zpath, e)
+        self._lost()
+        with self.store._lock:
+            if self in self.store._elections:
+                self.store._elections.remove(self)
+
+    def _done(self) -> bool:
+        return self.cancelled or self.store._closed
+
+    def _run(self) -> None:
+        while not self._done():
+            client = self.store._client
+            if client.state != KazooState.CONNECTED:
+                self._sleep(0.2)
+                continue
+            self._recipe = KazooElection(client, self.zpath, self.identifier)
+            try:
+                self._recipe.run(self._lead, client)
+            except Exception as e:  # the session went while contending or releasing
+                log.info("election at %s: %s; contending again", self.zpath, e)
+                self._sleep(0.5)
+            finally:
+                self._lost()
+
+    def _lead(self, client: KazooClient) -> None:
+        lost = []
+
+        def listener(state: str) -> None:
+            if state == KazooState.LOST:
+                lost.append(state)
+                self._wake.set()
+
+        client.add_listener(listener)
+        try:
+            with self._mutex:
+                if self._done():
+                    return
+                self._leading = True
+                self._wake.clear()
+            log.info("election at %s: %s leads", self.zpath, self.identifier)
+            try:
+                self.on_lead()
+            except Exception:
+                log.exception("the leader's on_lead failed")
+            while not (self._done() or lost or client is not self.store._client):
+                self._wake.wait(self.POLL)
+            self._lost()
+        finally:
+            client.remove_listener(listener)
+
+    def _lost(self) -> None:
+        with self._mutex:
+            was, self._leading = self._leading, False
+        if was:
+            log.info("election at %s: %s no longer leads", self.zpath, self.identifier)
+            try:
+                self.on_lose()
+            except Exception:
+                log.exception("the leader's on_lose failed")

@@ -78,6 +78,12 @@ class FlakyStore(Store):
     def delete_state(self, path):
         return self.inner.delete_state(path)
 
+    def elect(self, path, identifier, on_lead, on_lose):
+        return self.inner.elect(path, identifier, on_lead, on_lose)
+
+    def election_leader(self, path):
+        return self.inner.election_leader(path)
+
     def list_state(self, path):
         self._check()
         return self.inner.list_state(path)

@@ -768,3 +768,57 @@ def test_port_update_security_and_filters(cli):
     v = create(cli, "port", "create", "--bridge", "net", "--mac", "02:00:00:00:00:09",
                "--fixed-ip", "10.0.0.9", "--security-group", "web", "--port-security")
     assert v["port_security_enabled"] is True and v["inbound_filter_id"]
+
+
+# ------------------------------------------------------------------ load balancing (issue 14)
+def test_cli_crud_of_the_five_kinds(cli):
+    create(cli, "router", "create", "--name", "edge")
+    for ip in ("10.0.0.1/24", "10.1.0.1/24"):
+        ok(cli("router", "add-port", "edge", "--address", ip))
+    b = create(cli, "load-balancer", "create", "--router", "edge", "--name", "web")
+    assert b["health_cidr"] == "169.254.252.0/30"
+    pool = create(cli, "pool", "create", "--load-balancer", "web", "--name", "p",
+                  "--lb-method", "WEIGHTED_ROUND_ROBIN")
+    m = create(cli, "member", "create", "--pool", "p", "--address", "10.1.0.11",
+               "--protocol-port", "8080", "--weight", "3", "--name", "m1")
+    create(cli, "member", "create", "--pool", "p", "--address", "10.1.0.12",
+           "--protocol-port", "8080")
+    vip = create(cli, "vip", "create", "--load-balancer", "web", "--address", "10.0.0.100",
+                 "--protocol-port", "80", "--pool", "p", "--session-persistence",
+                 "SOURCE_IP", "--name", "v")
+    assert (vip["pool_id"], vip["session_persistence"]) == (pool["id"], "SOURCE_IP")
+    hm = create(cli, "health-monitor", "create", "--pool", "p", "--type", "HTTP",
+                "--url-path", "/health", "--delay", "2", "--check-timeout", "1")
+    assert (hm["url_path"], hm["delay"]) == ("/health", 2)
+    # lists: human tables and per-parent filters
+    out = ok(cli("member", "list", "--pool", "p")).out
+    assert "10.1.0.11" in out and "10.1.0.12" in out and "NO_MONITOR" in out
+    assert len(ok(cli("--json", "member", "list", "--pool", "p")).json()) == 2
+    assert [p["id"] for p in ok(cli("--json", "pool", "list", "--load-balancer", "web"))
+            .json()] == [pool["id"]]
+    assert "10.0.0.100" in ok(cli("vip", "list")).out
+    assert "web" in ok(cli("load-balancer", "show", "web")).out
+    # set
+    got = ok(cli("--json", "member", "set", "m1", "--weight", "0", "--down")).json()
+    assert (got["weight"], got["admin_state_up"], got["operating_status"]) == (
+        0, False, "OFFLINE")
+    got = ok(cli("--json", "vip", "set", "v", "--session-persistence", "none",
+                 "--no-pool")).json()
+    assert (got["session_persistence"], got["pool_id"]) == (None, None)
+    assert ok(cli("--json", "vip", "update", "v", "--pool", "p")).json()["pool_id"] == \
+        pool["id"]
+    assert ok(cli("--json", "health-monitor", "set", hm["id"], "--expected-codes",
+                  "200-204")).json()["expected_codes"] == "200-204"
+    assert ok(cli("--json", "pool", "set", "p", "--lb-method", "LEAST_CONNECTIONS")
+              ).json()["lb_method"] == "LEAST_CONNECTIONS"
+    one_error_line(cli("pool", "set", "p"), 2, "nothing to update")
+    # errors: one line naming the field or the conflict
+    one_error_line(cli("member", "create", "--pool", "p", "--address", "10.1.0.11",
+                       "--protocol-port", "8080"), 1, "already has a member")
+    one_error_line(cli("health-monitor", "set", hm["id"], "--check-timeout", "5"), 1, "delay")
+    one_error_line(cli("load-balancer", "delete", "web"), 1, "cascade")
+    # delete
+    ok(cli("member", "delete", m["id"]))
+    ok(cli("load-balancer", "delete", "web", "--cascade"))
+    for kind in ("load-balancer", "pool", "vip", "member", "health-monitor"):
+        assert ok(cli("--json", kind, "list")).json() == []

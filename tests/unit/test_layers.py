@@ -157,6 +157,7 @@ def _violations(package: str, banned: tuple[str, ...]) -> list[str]:
     ("midoflow.sim", FORBIDDEN),
     ("midoflow.nat", FORBIDDEN),
     ("midoflow.dhcp", FORBIDDEN + ("midoflow.store", "midoflow.apps")),
+    ("midoflow.lb", FORBIDDEN + ("midoflow.store", "midoflow.apps")),
     ("midoflow.agent", ("os_ken", "kazoo", "cassandra", "midoflow.apps")),
     ("midoflow.bgp", ("midoflow.apps",)),
     ("midoflow.service", ("os_ken",)),

@@ -31,8 +31,21 @@ BODIES: dict[str, dict[str, Any]] = {
     model.BGP_PEERS: {"local_as": 64512, "peer_address": "203.0.113.1", "peer_as": 65000},
     model.BGP_NETWORKS: {"prefix": "198.51.100.0/24"},
     model.DHCP_SUBNETS: {"cidr": "10.0.0.0/24"},
+    model.VIPS: {"address": "203.0.113.50", "protocol_port": 80},
+    model.POOL_MEMBERS: {"address": "10.0.0.5", "protocol_port": 80},
 }
 UNDER = {model.BGP_PEERS: "uplink", model.BGP_NETWORKS: "uplink"}
+# Create-body fields naming an object made before: {kind: {field: the made object's kind}}
+REFS = {model.LOAD_BALANCERS: {"router_id": model.ROUTERS},
+        model.POOLS: {"load_balancer_id": model.LOAD_BALANCERS},
+        model.VIPS: {"load_balancer_id": model.LOAD_BALANCERS, "pool_id": model.POOLS},
+        model.POOL_MEMBERS: {"pool_id": model.POOLS},
+        model.HEALTH_MONITORS: {"pool_id": model.POOLS}}
+
+
+def _body(kind: str, made: dict[str, dict]) -> dict[str, Any]:
+    return dict(BODIES.get(kind, {}),
+                **{f: made[k]["id"] for f, k in REFS.get(kind, {}).items()})
 
 
 def _id() -> str:
@@ -51,9 +64,10 @@ def _every_kind(api: ApiClient) -> dict[str, dict]:
     made: dict[str, dict] = {}
     todo = list(KINDS.values())
     while todo:
-        kind = next(k for k in todo if k.top_create or
+        kind = next(k for k in todo if (k.top_create or
                     UNDER.get(k.name, k.parents[0][0]) in made)
-        made[kind.name] = api.ok("POST", _create_path(kind, made), BODIES.get(kind.name, {}))
+                    and set(REFS.get(k.name, {}).values()) <= set(made))
+        made[kind.name] = api.ok("POST", _create_path(kind, made), _body(kind.name, made))
         todo.remove(kind)
         if kind.name == model.ROUTERS:
             made["uplink"] = api.ok("POST", f"/v1/routers/{made[kind.name]['id']}/ports",
@@ -182,7 +196,7 @@ def test_a_field_the_request_may_not_carry_is_400_naming_it(world, kind, method,
         value = _changed(k.field(field), None)
     else:
         value = _changed(k.field(field), made[kind][field])
-    body = dict(BODIES.get(kind, {}), **{field: value})
+    body = dict(_body(kind, made), **{field: value})
     before = store_snapshot(store)
     message = _err(api.call(method, _url(kind, method, made), body), 400, field)["message"]
     assert store_snapshot(store) == before

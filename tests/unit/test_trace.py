@@ -321,3 +321,28 @@ def test_trace_shows_the_routers_mtu_check(service, mem_store):
     assert any("fragmented" in s["decision"] for s in big["steps"]), big["steps"]
     small = service.trace({**body, "ip_len": 1400, "ip_df": True})
     assert small["action"] == "forward" and not small["generated"]
+
+
+def test_trace_through_a_load_balancer(service, mem_store):
+    """A packet to a VIP of r1's load balancer: the trace shows the balancer's
+    choice (the only member) and the destination rewritten to it."""
+    vm1, vm2, ra, rb, r = _routed(service, mem_store)
+    lb = service.create_load_balancer({"router_id": r["id"]})
+    pool = service.create_pool({"load_balancer_id": lb["id"]})
+    service.create_vip({"load_balancer_id": lb["id"], "address": "10.0.2.100",
+                        "protocol_port": 80, "pool_id": pool["id"]})
+    service.create_pool_member({"pool_id": pool["id"], "address": "10.0.2.20",
+                                "protocol_port": 8080})
+    res = service.trace({"in_port": vm1["id"], "eth_src": VM1, "eth_dst": ra["mac"],
+                         "ip_src": "10.0.1.10", "ip_dst": "10.0.2.100", "ip_proto": 6,
+                         "tp_src": 40000, "tp_dst": 80})
+    assert res["action"] == "forward", res
+    assert res["out_ports"] == [vm2["id"]]
+    assert any(s["kind"] == "lb" for s in res["steps"]), res["steps"]
+    assert {"field": "ip_dst", "value": "10.0.2.20"} in res["rewrites"]
+    assert {"field": "tp_dst", "value": 8080} in res["rewrites"]
+    # a port with no listener on the VIP address is dropped, and the trace says so
+    res = service.trace({"in_port": vm1["id"], "eth_src": VM1, "eth_dst": ra["mac"],
+                         "ip_src": "10.0.1.10", "ip_dst": "10.0.2.100", "ip_proto": 6,
+                         "tp_src": 40000, "tp_dst": 81})
+    assert res["action"] == "drop", res
