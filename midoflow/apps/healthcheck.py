@@ -9,7 +9,10 @@ with sockets made inside that namespace. The logic is in
 veth handling is :mod:`midoflow.bgp.link`'s.
 
 Namespaces left by an earlier run of this agent are removed at start; on
-losing the leadership or stopping, its namespaces and OVS ports go.
+losing the leadership or stopping, its namespaces and OVS ports go. A
+health link's OVS end that this run did not make (a killed run's, still in
+OVS) is hidden from the agent's bindings (:meth:`HealthCheckRunner.visible`)
+and removed: bound, it would take the health port from the leader's host.
 """
 
 from __future__ import annotations

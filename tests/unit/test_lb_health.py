@@ -4,10 +4,9 @@ and the in-memory election."""
 
 from __future__ import annotations
 
-import http.server
 import socket
-import ssl
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -135,44 +134,57 @@ def factory():
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    seen: list = []  # noqa: RUF012 - one list per server class, see server()
-    code = 200
-
-    def _answer(self):
-        self.seen.append((self.command, self.path))
-        self.send_response(self.code)
+# The member's server runs in a process of its own: a thread-based server in
+# the test process hangs in shutdown() once eventlet.wsgi has been imported
+# after threading (os-ken's hub does, when the integration tests are collected
+# in the same run). Each request's "METHOD PATH" goes to a file.
+_SERVER = r"""
+import http.server, ssl, sys
+code, log, tls = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        with open(log, "a") as f:
+            f.write(f"{self.command} {self.path}\n")
+        self.send_response(code)
         self.send_header("Content-Length", "2")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(b"ok")
-
-    do_GET = do_HEAD = do_POST = _answer
-
+    do_GET = do_HEAD = do_POST = answer
     def log_message(self, *args):
         pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+if tls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*tls)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
 
 
 @pytest.fixture
-def server(request):
-    """``server(code, tls_files=None)`` -> (port, seen requests)."""
+def server(tmp_path):
+    """``server(code, tls_files=None)`` -> (port, seen(): the requests so far)."""
     made = []
 
     def start(code=200, tls=None):
-        handler = type("H", (_Handler,), {"seen": [], "code": code})
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        if tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(*tls)
-            srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        made.append(srv)
-        return srv.server_address[1], handler.seen
+        log = tmp_path / f"requests-{len(made)}"
+        log.touch()
+        proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(code), str(log),
+                                 *(tls or ())], stdout=subprocess.PIPE, text=True)
+        made.append(proc)
+        port = int(proc.stdout.readline())
+
+        def seen() -> list[tuple[str, str]]:
+            return [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]
+
+        return port, seen
 
     yield start
-    for srv in made:
-        srv.shutdown()
-        srv.server_close()
+    for proc in made:
+        proc.kill()
+        proc.wait(5)
 
 
 def closed_port() -> int:
@@ -209,7 +221,7 @@ def test_http_probe_method_path_and_code(server):
     port, seen = server(200)
     r = http_probe(factory, "127.0.0.1", port, 2, method="HEAD", path="/healthz")
     assert r == ProbeResult(True, "HTTP 200")
-    assert seen == [("HEAD", "/healthz")]
+    assert seen() == [("HEAD", "/healthz")]
 
 
 def test_http_probe_wrong_code(server):
@@ -246,7 +258,7 @@ def test_https_probe_without_verification(server, tmp_path):
                    check=True, capture_output=True)
     port, seen = server(200, tls=(str(cert), str(key)))
     assert http_probe(factory, "127.0.0.1", port, 3, tls=True) == ProbeResult(True, "HTTP 200")
-    assert seen == [("GET", "/")]
+    assert seen() == [("GET", "/")]
     # the same server spoken to in clear text fails
     assert not http_probe(factory, "127.0.0.1", port, 2).ok
 
