@@ -77,7 +77,14 @@ def readonly(kind: str, body: dict[str, Any], current: Data,
     k = KINDS[kind]
     for name in k.readonly if names is None else names:
         f = k.field(name)
-        if name in body and v._norm(body[name]) != v._norm(current.get(name)):
+        if name not in body:
+            continue
+        if body[name] is None and not f.nullable:
+            raise Invalid(f"{name} cannot be null (it is read-only: echo it unchanged or "
+                          "leave it out)", name)
+        # an object stored before the field existed holds its default
+        have = current.get(name, f.default if f.has_default else None)
+        if v._norm(body[name]) != v._norm(have):
             raise Invalid(f"{name} {f.frozen}" if f.frozen else f"{name} is read-only", name)
 
 

@@ -88,18 +88,38 @@ def test_snat_out_through_learned_routes_spread_over_both_gateways(lab):
     assert used == {0, 1}, f"12 connections all left through one gateway: {flows}"
 
 
+# 12 connections, each answered (the server then closes its side); all are
+# held open until a line on stdin, so their flows stay (a connection closed
+# both ways has its flows deleted at once).
+_HOLDING_CLIENT = """
+import socket, sys
+held = []
+for _ in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    held.append(s)
+    print(s.recv(64).decode().strip(), flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_internet_reaches_the_floating_ip_through_either_gateway(lab):
     server = whoami_server(lab.vm2, 8081)
+    client = lab.upstream.internet.popen(["python3", "-c", _HOLDING_CLIENT, FIP, "8081", "12"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
     try:
-        seen = [whoami(lab.upstream.internet, FIP, 8081) for _ in range(12)]
+        seen = [client.stdout.readline().strip() for _ in range(12)]
+        assert all(s.startswith(INTERNET_IP + ":") for s in seen), \
+            (seen, client.poll() is not None and client.stderr.read())
+        # the internet spreads by L4 hash over both border routers: both
+        # gateways simulated inbound connections
+        hit = [i for i, gw in enumerate(lab.gateways)
+               if any("tp_dst=8081" in f for f in gw.dump_flows())]
+        assert hit == [0, 1], "inbound connections did not use both gateways"
     finally:
+        client.kill()
+        client.communicate(timeout=5)
         server.kill()
-    assert all(s.startswith(INTERNET_IP + ":") for s in seen), seen
-    # the internet spreads by L4 hash over both border routers: both gateways
-    # simulated inbound connections
-    hit = [i for i, gw in enumerate(lab.gateways)
-           if any("tp_dst=8081" in f for f in gw.dump_flows())]
-    assert hit == [0, 1], "inbound connections did not use both gateways"
 
 
 def test_return_traffic_at_the_other_gateway_finds_the_nat_state(lab):

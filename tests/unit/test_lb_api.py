@@ -72,6 +72,11 @@ def test_health_port_skips_a_network_the_router_uses(world):
     assert _lb(api, router)["health_cidr"] == "169.254.252.8/30"
 
 
+def _other(oid: str) -> str:
+    """An id that differs from ``oid`` (its last digit changed)."""
+    return oid[:-1] + ("1" if oid.endswith("0") else "0")
+
+
 def test_load_balancer_crud(world):
     api, store, router = world
     b = _lb(api, router, name="a", tenant_id="t1")
@@ -82,8 +87,8 @@ def test_load_balancer_crud(world):
     assert (got["name"], got["admin_state_up"], got["operating_status"]) == (
         "b", False, model.OP_OFFLINE)
     before = store_snapshot(store)
-    msg = _err(api.put(f"/v1/load_balancers/{b['id']}", {"router_id": router["id"][:-1]
-                                                         + "0"}), 400, "router_id")
+    msg = _err(api.put(f"/v1/load_balancers/{b['id']}", {"router_id": _other(router["id"])}),
+               400, "router_id")
     assert "cannot be changed" in msg["message"]
     assert store_snapshot(store) == before
     api.ok("DELETE", f"/v1/load_balancers/{b['id']}")

@@ -224,3 +224,15 @@ def test_an_answer_echoed_back_is_a_valid_update(world, kind):
     current = api.ok("GET", f"/v1/{kind}/{made[kind]['id']}")
     got = api.ok("PUT", f"/v1/{kind}/{made[kind]['id']}", current)
     assert got == dict(current, version=got["version"])
+
+
+@pytest.mark.parametrize(("kind", "field"), [
+    (k.name, name) for k in KINDS.values() if k.updatable for name in k.readonly
+    if not k.field(name).nullable])
+def test_a_read_only_field_sent_as_null_is_400(world, kind, field):
+    """null is no echo of a field that is never null (the fuzzer found
+    ``{"proxy_arp": null}`` accepted on a port stored without the field)."""
+    api, store, made = world
+    before = store_snapshot(store)
+    _err(api.call("PUT", f"/v1/{kind}/{made[kind]['id']}", {field: None}), 400, field)
+    assert store_snapshot(store) == before
