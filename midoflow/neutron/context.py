@@ -33,6 +33,18 @@ class Context:
         return cls(project_id=project_id, user_id="admin", roles=("admin",))
 
     @classmethod
+    def from_noauth_environ(cls, environ: dict) -> Context:
+        """The no-auth development mode's caller: admin, unless the request
+        names a project (``X-Project-Id``) or roles (``X-Roles``, default
+        member) to act as."""
+        pid, roles = environ.get("HTTP_X_PROJECT_ID"), environ.get("HTTP_X_ROLES")
+        if pid is None and roles is None:
+            return cls.admin()
+        return cls(project_id=(pid or "admin").strip(), user_id="noauth",
+                   roles=tuple(r.strip() for r in (roles or "member").split(",")
+                               if r.strip()))
+
+    @classmethod
     def from_environ(cls, environ: dict) -> Context | None:
         """From auth_token's headers; None when the identity is not confirmed."""
         if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":

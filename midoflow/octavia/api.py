@@ -117,13 +117,7 @@ class OctaviaApi:
 
     def context(self, req: webob.Request) -> Context:
         if self.noauth:
-            env = req.environ
-            pid, roles = env.get("HTTP_X_PROJECT_ID"), env.get("HTTP_X_ROLES")
-            if pid is None and roles is None:
-                return Context.admin()
-            return Context(project_id=(pid or "admin").strip(), user_id="noauth",
-                           roles=tuple(x.strip() for x in (roles or "member").split(",")
-                                       if x.strip()))
+            return Context.from_noauth_environ(req.environ)
         ctx = Context.from_environ(req.environ)
         if ctx is None:
             raise oe.Unauthorized("Authentication required: send a valid Keystone token in "
