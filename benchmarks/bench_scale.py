@@ -267,6 +267,12 @@ def main() -> int:
            higher_is_better=False, extra={"quick": QUICK, "goal": 50,
                                           "samples": big["port_change_ms"]})
     w = big["sim_agents_refresh"]
+    for what, key, unit in (("topology load", "load_s", "s"), ("agent RSS", "rss_mb", "MB"),
+                            ("port change -> flow", "port_change_median_ms", "ms")):
+        goal = GOALS[key.replace("_median", "")]
+        print(f"goal 8, {what}: {big[key]} {unit} (goal <= {goal} {unit}: "
+              f"{'met' if big[key] <= goal else 'MISSED'}); 10x smaller topology, same run: "
+              f"{base[key]} {unit}", flush=True)
     report("scale_zk_agent_writes", w["writes_per_s"], "writes/s",
            "10x fewer simulated agents and ports", base["sim_agents_refresh"]["writes_per_s"],
            higher_is_better=False, extra={"quick": QUICK, "start": big["sim_agents_start"],

@@ -6,7 +6,9 @@ agents and the simulation read them through these dataclasses.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 # Object kinds, as they appear in store paths and REST URLs.
@@ -32,6 +34,33 @@ HEALTH_MONITORS = "health_monitors"
 LB_KINDS = (LOAD_BALANCERS, POOLS, VIPS, POOL_MEMBERS, HEALTH_MONITORS)
 KINDS = (HOSTS, TUNNEL_ZONES, BRIDGES, PORTS, ROUTERS, ROUTES, CHAINS, RULES, PORT_GROUPS,
          IP_ADDR_GROUPS, SECURITY_GROUPS, BGP_PEERS, BGP_NETWORKS, DHCP_SUBNETS) + LB_KINDS
+
+# Ids the service derives for the objects it generates (security groups'
+# chains and address groups, ports' filter chains): uuid5(GENERATED_NAMESPACE,
+# "<what>:<owner id>[:...]"). Users cannot create objects with such ids.
+GENERATED_NAMESPACE = uuid.UUID("9a4a2e1c-5f0d-4b8e-9d3c-6b1f7e0a2c11")
+
+
+def generated_id(*parts: str) -> str:
+    return str(uuid.uuid5(GENERATED_NAMESPACE, ":".join(parts)))
+
+
+@lru_cache(maxsize=65536)
+def port_chain_id(port_id: str, which: str) -> str:
+    """The id of a protected port's generated chain: ``which`` is
+    "inbound" (from the VM), "outbound" (to the VM) or "anti-spoof"."""
+    return generated_id("port-chain", which, port_id)
+
+
+def conntrack_enforced(port: Port, which: str) -> bool:
+    """Whether the port's ``which`` filter ("inbound": from the VM,
+    "outbound": to it) is its generated security-group chain, which the
+    port's host enforces with OVS conntrack when ``sg_conntrack`` is on
+    (``midoflow.agent.sgflows``). A chain a user set on the port instead is
+    simulated, as any chain."""
+    chain = port.inbound_filter_id if which == "inbound" else port.outbound_filter_id
+    return chain is not None and chain == port_chain_id(port.id, which)
+
 
 PORT_EXTERIOR = "exterior"
 PORT_INTERIOR = "interior"

@@ -200,6 +200,14 @@ class AgentConfig:
     # port's reactive flows): a host holds at most this many times its bound
     # ports. 0: off, every flow waits for its first packet (the old way).
     proactive_flows: int = _opt(64, _count(0, 1_000_000))
+    # Security groups in OVS (agent/sgflows.py, issue 13): a protected port's
+    # security groups are enforced by its own host's OVS connection tracking
+    # (ct(), a zone per port, static flows in tables 4 and 5), not simulated:
+    # its connections need no agent trip and no flow state. Every host of a
+    # cloud must have the same value (the simulation at one host leaves a
+    # port's groups to the port's host). false: simulated chains and
+    # replicated conntrack (the old way).
+    sg_conntrack: bool = _opt(True, _boolean)
     # Fast restart: a (re)connecting agent keeps the flows OVS holds, checks
     # each against the topology and removes only the stale ones. false: wipe
     # every flow and meter and simulate everything again (the old behaviour).

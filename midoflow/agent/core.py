@@ -47,7 +47,7 @@ from midoflow.agent.fragments import (
     set_addresses,
     split_frame,
 )
-from midoflow.agent.installed import InstalledFlows
+from midoflow.agent.installed import InstalledFlows, Known
 from midoflow.agent.learning import Learning
 from midoflow.agent.natlease import StoreLeaser
 from midoflow.agent.proactive import Proactive
@@ -74,6 +74,21 @@ ICMP_RATE = 100.0
 ICMP_BURST = 50.0
 # Simulations of one packet at most (a block leased, a port taken meanwhile).
 _MAX_WALKS = 3
+# What a tracked connection's exact flow matches at most: a packet with
+# these fields equal is that flow's (midoflow.agent.installed.Known).
+_CONN_FIELDS = ("eth_src", "eth_dst", "eth_type", "ip_src", "ip_dst", "ip_proto",
+                "tp_src", "tp_dst")
+_CONN_MATCH = frozenset(("in_port", *_CONN_FIELDS))
+# IPv4 below this TTL always reaches the agent (midoflow.apps.tables.LOW_TTL).
+_LOW_TTL = 8
+_INSTALLED = Result(action=Action.FORWARD, reason="its connection's installed flow")
+
+
+def _conn_key(ofport: int, fields: dict) -> tuple | None:
+    """The key of a TCP or UDP packet's exact flow (None: not such a packet)."""
+    if fields.get("ip_proto") not in (6, 17) or fields.get("ip_frag"):
+        return None
+    return (ofport, *(fields.get(f) for f in _CONN_FIELDS))
 
 
 class AgentCore:
@@ -341,7 +356,7 @@ class AgentCore:
         return result
 
     def handle_miss(self, ofport: int, fields: dict, frame: bytes | None = None,
-                    copy: bool = False) -> Decision | None:
+                    copy: bool | int = False) -> Decision | None:
         """Simulate a packet that missed the flow table. None: not ours.
 
         ``fields``: the packet's header fields (``Packet`` minus in_port);
@@ -350,7 +365,13 @@ class AgentCore:
         RST that its close flow forwarded in the datapath and copied here:
         its connection is closed (and the close pushed to the hosts that
         track it), the segment is never forwarded again (no packet-out, no
-        flow, no answer), nor held to be replayed."""
+        flow, no answer), nor held to be replayed; an int: that copy, with
+        its flow's cookie (the packet-in's), closed from what the flow
+        recorded (``_close_known``) when the agent installed it.
+
+        A packet of a tracked connection whose exact flow is installed (the
+        datapath had not revalidated its cache yet) is sent on with that
+        flow's actions, not simulated (``_installed_answer``)."""
         self.stats["packet_in"] += 1
         in_port = self.port_of(ofport)
         if copy and (in_port is None or in_port in self.recovering
@@ -359,6 +380,10 @@ class AgentCore:
             # connection idles out instead
             self.stats["close_copies_ignored"] = self.stats.get("close_copies_ignored", 0) + 1
             return None
+        if copy is not True and copy and in_port is not None:  # its flow's cookie
+            closed = self._close_known(copy, ofport, in_port, fields)
+            if closed is not None:
+                return closed
         if in_port is None:
             # an ofport not bound (yet): held until it is (its first packets)
             if ofport in self.tunnel_ofports.values():
@@ -381,6 +406,10 @@ class AgentCore:
         if in_port in self.recovering and frame is not None and self.replay is not None:
             self.arp.hold(("recovering", in_port), ofport, frame)  # see _activate
             return None
+        if not copy and self.installed.known:
+            known = self._installed_answer(ofport, in_port, fields)
+            if known is not None:
+                return known
         pkt = Packet(in_port=in_port, **fields)
         if pkt.ip_frag == 2:
             return self._later_fragment(in_port, pkt, ofport, frame)
@@ -432,13 +461,77 @@ class AgentCore:
             self.protection.refuse("flow_limit", in_port)
             decision.install = False
         if decision.install:
-            decision.cookie = self.installed.add(decision.tags, in_port, decision.uses)
+            decision.cookie = self.installed.add(
+                decision.tags, in_port, decision.uses,
+                self._known(ofport, fields, decision, pkt) if decision.uses else None)
         if (result.conntrack or result.nat or self.state.pending(result)) and decision.actions:
             msg = self.state.track(result, (in_port, *result.out_ports))
             decision.pushes = self.egress.to_hosts(msg, self.egress.state_ports(result, in_port))
             self.stats["ct_pushed"] = self.stats.get("ct_pushed", 0) + len(decision.pushes)
         if not decision.actions:
             self.stats["dropped"] += 1
+        return decision
+
+    # ---- tracked connections' installed flows, without a simulation -----------
+    def _known(self, ofport: int, fields: dict, decision: Decision,
+               pkt: Packet) -> Known | None:
+        """What a tracked connection's new exact flow does, for its later
+        packets that still reach the agent and its close copies (None: its
+        flow matches more than the connection)."""
+        key = _conn_key(ofport, fields)
+        if key is None or not decision.match_fields <= _CONN_MATCH:
+            return None
+        closes = None
+        if pkt.ip_proto == 6:
+            result = decision.result
+            seen, nat = self.state.close_keys(result, pkt)
+            # the bindings this packet made: it went through them forward
+            nat = (*nat, *((b, b.fwd, True) for b in result.nat))
+            closes = (seen, nat, result.out_ports)
+        return Known(key, tuple(decision.actions), decision.rewrites,
+                     decision.match_fields, closes, decision.result.mtu)
+
+    def _installed_answer(self, ofport: int, in_port: str, fields: dict) -> Decision | None:
+        """A packet of a tracked connection whose exact flow is installed
+        already (the datapath still sent it here: its cache is revalidated
+        later): sent on with that flow's actions, not simulated, nothing
+        installed or pushed again. None: no such flow, or a FIN or RST (it
+        closes its connection: simulated), a TTL the flow never sees, or a
+        packet bigger than its path's MTU (split or refused there)."""
+        if fields.get("tcp_flags", 0) & (TCP_FIN | TCP_RST) \
+                or fields.get("ip_ttl", _LOW_TTL) < _LOW_TTL:
+            return None
+        key = _conn_key(ofport, fields)
+        hit = self.installed.lookup(key) if key is not None else None
+        if hit is None:
+            return None
+        cookie, known = hit
+        if known.mtu is not None and fields.get("ip_len", 0) > known.mtu:
+            return None
+        self.stats["installed_answers"] = self.stats.get("installed_answers", 0) + 1
+        return Decision(list(known.actions), known.match_fields, frozenset(), _INSTALLED,
+                        cookie=cookie, packet=Packet(in_port=in_port, **fields),
+                        rewrites=known.rewrites, install=False)
+
+    def _close_known(self, cookie: int, ofport: int, in_port: str,
+                     fields: dict) -> Decision | None:
+        """A close flow's copy of a FIN or RST (``cookie``: its flow's):
+        its connection closed from what the flow recorded, not simulated.
+        None: the flow is not known here (simulated instead)."""
+        known = self.installed.known.get(cookie)
+        if known is None or known.closes is None \
+                or known.key != _conn_key(ofport, fields):
+            return None
+        seen, nat, out_ports = known.closes
+        pkt = Packet(in_port=in_port, **fields)
+        decision = Decision([], known.match_fields, frozenset(), _INSTALLED, cookie=cookie,
+                            packet=pkt, install=False)
+        msg = self.state.close(seen, nat, fields["tcp_flags"])
+        if msg is not None:
+            ports = self.egress.state_ports(Result(action=Action.FORWARD, out_ports=out_ports))
+            decision.pushes = self.egress.to_hosts(msg, ports)
+        self.stats["close_copies"] = self.stats.get("close_copies", 0) + 1
+        self.stats["close_copies_known"] = self.stats.get("close_copies_known", 0) + 1
         return decision
 
     def _dhcp(self, ofport: int, in_port: str, fields: dict, frame: bytes) -> Decision:

@@ -11,7 +11,12 @@ from midoflow.sim.result import Action, Generated, Result, Rewrite
 
 @dataclass(frozen=True)
 class Output:
+    """Out of a local ofport. ``zone``: not 0 when the port's security groups
+    are enforced by OVS conntrack here (``midoflow.agent.sgflows``): IPv4 goes
+    through ``ct(zone)`` and the port's SG_INGRESS flows instead."""
+
     ofport: int
+    zone: int = 0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from midoflow.agent.bindings import Bindings
 from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.agent.decision import Decision, Emit, Output, Tunnel
-from midoflow.model import STATE_TUNNEL_KEY, TUNNEL_GRE
+from midoflow.model import STATE_TUNNEL_KEY, TUNNEL_GRE, conntrack_enforced
 from midoflow.sim.result import Result, port_tag
 
 
@@ -29,10 +29,13 @@ class Egress:
         bound = self.ports.bound
         for pid in result.out_ports:
             tags.add(port_tag(pid))
-            if pid in bound:
-                actions.append(Output(bound[pid]))
-                continue
             port = self.cache.ports.get(pid)
+            if pid in bound:
+                ofport = bound[pid]
+                ct = port is not None and self.cache.sg_conntrack \
+                    and conntrack_enforced(port, "outbound")
+                actions.append(Output(ofport, ofport if ct else 0))
+                continue
             host = self.cache.port_hosts.get(pid)
             if port is None or host is None:
                 continue  # not bound anywhere: its activation invalidates this flow

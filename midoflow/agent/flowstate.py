@@ -225,20 +225,31 @@ class FlowState:
         (``pkt``: the packet, whose key at each binding's device tells its
         direction); the message that tells the hosts that track it too (each
         sees only its own side)."""
+        seen, nat = self.close_keys(result, pkt)
+        return self.close(seen, nat, flags)
+
+    @staticmethod
+    def close_keys(result: Result, pkt=None) -> tuple[tuple, tuple]:
+        """What a FIN or RST of this packet's connection closes: (its
+        connection keys as the packet is seen, (binding, key, forward) of
+        each NAT binding it goes through)."""
+        seen = (*result.conntrack, *(k for k in result.ct_hits if isinstance(k, ConnKey)))
+        return seen, tuple(nat_seen(result, pkt)) if pkt is not None else ()
+
+    def close(self, seen: tuple, nat: tuple, flags: int) -> bytes | None:
+        """Close (``flags``: a FIN or RST) what :meth:`close_keys` named;
+        the message for the hosts that track it too (None: nothing tracked)."""
         now = self.clock.wall()
         t = self.tables
-        seen = [*result.conntrack, *(k for k in result.ct_hits if isinstance(k, ConnKey))]
         for k in seen:
             t.ct.tcp_flags(k, flags, now)
-        if pkt is not None:
-            for b, k, forward in nat_seen(result, pkt):
-                t.nat_tcp_flags(b, flags, forward, now)
-                seen.append(k)
+        for b, _k, forward in nat:
+            t.nat_tcp_flags(b, flags, forward, now)
         self._ended()
-        if not seen:
+        if not seen and not nat:
             return None
         return statewire.encode([], int(IDLE_SECONDS),
-                                closing=[(k, flags) for k in seen])
+                                closing=[(k, flags) for k in (*seen, *(n[1] for n in nat))])
 
     # ---- from other hosts, from the store ---------------------------------------
     def receive(self, frame: bytes) -> tuple[int, set[str]]:

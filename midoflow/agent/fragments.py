@@ -338,11 +338,19 @@ def split_frame(frame: bytes, mtu: int) -> list[bytes]:
     first_opts, later_opts = ip[20:ihl], _copied_options(ip[20:ihl])
     data = ip[ihl:]
     last_mf, offset = frag & 0x2000, frag & 0x1FFF
+    # As few pieces as the MTU allows, of even sizes: no tiny fragment (a
+    # receiver's conntrack, OVS's included, drops small non-last fragments)
+    step = (mtu - 20 - len(first_opts)) // 8 * 8
+    if step <= 0:
+        raise SplitError(f"a {20 + len(first_opts)}-byte header leaves no room in an MTU "
+                         f"of {mtu}")
+    pieces = -(-len(data) // step)
+    even = -(-len(data) // pieces // 8) * 8 if pieces > 1 else step
     out, pos = [], 0
     while pos < len(data):  # at most 65,535 / 8 turns
         opts = first_opts if pos == 0 else later_opts
         hlen = 20 + len(opts)
-        size = (mtu - hlen) // 8 * 8
+        size = min((mtu - hlen) // 8 * 8, even)
         if size <= 0:
             raise SplitError(f"a {hlen}-byte header leaves no room in an MTU of {mtu}")
         chunk = data[pos:pos + size]

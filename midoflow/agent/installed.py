@@ -1,15 +1,36 @@
 """The flows installed in OVS: their cookies indexed by tag (FlowIndex) for
 exact invalidation, by match (a flow-mod with the same match replaces one
-silently), and the flow state each keeps alive."""
+silently), the flow state each keeps alive, and, for a tracked connection's
+exact flow, what it does (``Known``): a later packet of that connection that
+still reaches the agent (the datapath's cache not revalidated yet) or its
+close flow's copy of a FIN/RST is answered from it without a simulation."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from midoflow.agent.flows import FlowIndex
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A tracked connection's installed flow: the packet key it matches
+    exactly (``conn_key``), its actions and rewrites, and how a FIN or RST
+    of it closes its state (``closes``: the connection keys as the packet
+    is seen, (binding, key, forward) of its NAT bindings, the egress ports
+    whose hosts track it; None: not TCP); ``mtu``: a bigger packet is the
+    agent's (the flow sends it here first)."""
+
+    key: tuple
+    actions: tuple
+    rewrites: tuple
+    match_fields: frozenset
+    closes: tuple | None = None
+    mtu: int | None = None
 
 
 class InstalledFlows:
@@ -22,12 +43,25 @@ class InstalledFlows:
         self._users: dict[object, set[int]] = {}  # a piece of flow state -> its cookies
         self._by_match: dict[tuple, int] = {}  # installed flow match -> its cookie
         self._match_of: dict[int, tuple] = {}
+        self.known: dict[int, Known] = {}  # cookie -> a tracked exact flow's decision
+        self._known_by_key: dict[tuple, int] = {}  # its packet key -> cookie
 
-    def add(self, tags: Iterable[str], owner: str, uses: tuple = ()) -> int:
+    def add(self, tags: Iterable[str], owner: str, uses: tuple = (),
+            known: Known | None = None) -> int:
         cookie = self.index.add(tags, owner=owner)
         if uses:
             self._use(cookie, uses)
+            if known is not None:
+                self.known[cookie] = known
+                self._known_by_key[known.key] = cookie
         return cookie
+
+    def lookup(self, key: tuple) -> tuple[int, Known] | None:
+        """The installed tracked flow matching this packet key exactly."""
+        cookie = self._known_by_key.get(key)
+        if cookie is None:
+            return None
+        return cookie, self.known[cookie]
 
     def _use(self, cookie: int, uses: tuple) -> None:
         self._unuse(cookie)
@@ -36,6 +70,9 @@ class InstalledFlows:
             self._users.setdefault(k, set()).add(cookie)
 
     def _unuse(self, cookie: int) -> None:
+        known = self.known.pop(cookie, None)
+        if known is not None and self._known_by_key.get(known.key) == cookie:
+            del self._known_by_key[known.key]
         for k in self.uses.pop(cookie, ()):
             cs = self._users.get(k)
             if cs is not None:
@@ -104,3 +141,5 @@ class InstalledFlows:
         self._users.clear()
         self._by_match.clear()
         self._match_of.clear()
+        self.known.clear()
+        self._known_by_key.clear()

@@ -24,7 +24,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from midoflow.agent import restart
+from midoflow.agent import restart, sgflows
 from midoflow.agent.config import AgentConfig
 from midoflow.agent.core import STATE_FLUSH_SECONDS, AgentCore, BindingChange, Frames
 from midoflow.agent.fairqueue import ARP, CONTROL, VM, FairQueue
@@ -36,13 +36,14 @@ from midoflow.apps.healthcheck import HealthCheckRunner
 from midoflow.bgp.speaker import BgpManager
 from midoflow.metadata import service as metadata_service
 from midoflow.metadata.proxy import MetadataProxy
-from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY
+from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY, conntrack_enforced
 from midoflow.store.factory import load_credentials, make_store
 from midoflow.store.flowstate_factory import make_flow_state
 
 LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
+NUDGE_SECONDS = 0.1  # see _nudge_loop
 EXPIRY_INTERVAL = 5.0
 # How often the per-port packet-in meters' drops are read (storm control
 # decides on each reading).
@@ -119,6 +120,18 @@ class MidoflowAgent(app_manager.OSKenApp):
                                                          credentials=creds))
         self._poke = hub.Event()
         self._last_expiry = 0.0
+        # Security groups in OVS (midoflow.agent.sgflows): what OVS holds of
+        # each bound port (_sg_update), resent on a topology change.
+        self.core.cache.sg_conntrack = self.cfg.sg_conntrack
+        self.sg_sent: dict[str, tuple] = {}
+        self._sg_wake = hub.Event()
+        if self.cfg.sg_conntrack:
+            invalidate = self.core.cache.on_invalidate
+
+            def on_invalidate(tags: set[str]) -> None:
+                invalidate(tags)
+                self._sg_wake.set()
+            self.core.cache.on_invalidate = on_invalidate
         self.metrics = metrics.AgentMetrics(self)  # served when metrics_port is set
         # the bridge's interfaces by OVSDB notifications (see _interfaces_changed)
         self.ovs = ovsdb.OvsdbMonitor(self.cfg.ovsdb, self.cfg.bridge,
@@ -171,6 +184,9 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._bgp_loop))
         self.threads.append(hub.spawn(self._meter_loop))
         self.threads.append(hub.spawn(self._proactive_loop))
+        if self.cfg.sg_conntrack:
+            self.threads.append(hub.spawn(self._sg_loop))
+            self.threads.append(hub.spawn(self._nudge_loop))
         if self.cfg.metrics_port:
             self.threads.append(hub.spawn(metrics.serve, self.metrics, self.cfg.metrics_host,
                                           self.cfg.metrics_port))
@@ -316,6 +332,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self._fenced = None
         self._fence()
         self.classified.clear()
+        self.sg_sent = {}  # every port's security-group flows sent again (_bindings_changed)
         self.meta_sent, self._meta_port_sent = {}, None  # sent again below / by the loop
         self.core.stats["metered_drops"] = {}
         # Re-install the classify flows of every current binding.
@@ -533,6 +550,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         if ev.datapath is self.dp:
             self.dp = None
             self.classified.clear()
+            self.sg_sent = {}
             self._kept, self._kept_xid = [], None
             self._kept_classify, self._classify_xid = [], None
             self._kept_meters, self._meters_xid, self._meters_wait = None, None, False
@@ -579,8 +597,9 @@ class MidoflowAgent(app_manager.OSKenApp):
         buffer_id = msg.buffer_id if msg.buffer_id != msg.datapath.ofproto.OFP_NO_BUFFER \
             else None
         in_port = match["in_port"]
-        # a close flow's copy of a FIN/RST the datapath forwarded itself
-        copy = pipeline.close_copy(msg.table_id, msg.cookie)
+        # a close flow's copy of a FIN/RST the datapath forwarded itself: its
+        # flow's cookie (the core closes the connection from what it recorded)
+        copy = pipeline.close_copy(msg.table_id, msg.cookie) and msg.cookie
         if not fair:
             self._process(msg.datapath, in_port, data, buffer_id, copy)
             return
@@ -652,6 +671,15 @@ class MidoflowAgent(app_manager.OSKenApp):
         (queued with the ARP replies: before new first packets)."""
         if self.dp is None:
             return
+        if frame[12:14] == b"\x08\x00" and self._sg_egress(ofport):
+            # IPv4 of a port whose security groups OVS enforces: through the
+            # whole pipeline again (table 0, its ct zone), never around it (a
+            # packet held before the port was classified never passed it)
+            dp = self.dp
+            pipeline.send(dp, [pipeline.packet_out(
+                dp, [dp.ofproto_parser.OFPActionOutput(dp.ofproto.OFPP_TABLE)], frame,
+                in_port=ofport)])
+            return
         if self.cfg.packet_in_fair:
             self._enqueue(ofport, ARP, (self.dp, ofport, frame, None, False))
         else:
@@ -707,6 +735,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             old = self.classified.pop(pid, None)
             if old and not wait:
                 self._unclassify(dp, *old)
+            self._sg_forget(dp, pid)
         keys = self.core.tunnel_keys()
         tunnels = sorted(self.core.tunnel_ofports.values())
         for pid, ofport in change.added.items():
@@ -715,7 +744,11 @@ class MidoflowAgent(app_manager.OSKenApp):
             old = self.classified.pop(pid, None)
             if old and not wait:
                 self._unclassify(dp, *old)
+            if old:  # unclassified: its security-group flows went too
+                self._sg_forget(dp, pid, flush=old[0] != ofport)
             self.classified[pid] = (ofport, keys[pid])
+            # its security groups in OVS before any of its traffic is classified
+            self._sg_update(dp, pid, ofport, keys[pid], tunnels)
             if not wait:
                 self._classify(dp, pid, ofport, keys[pid], tunnels)
         if self.metadata is not None:
@@ -743,6 +776,87 @@ class MidoflowAgent(app_manager.OSKenApp):
             pipeline.delete_fence_flows(dp, o) for o in old - want]
         pipeline.send(dp, [*msgs, *pipeline.fence_flows(dp, want - (old or set()))])
         self._fenced = (dp, frozenset(want))
+
+    # ---- security groups in OVS (midoflow.agent.sgflows) -----------------------
+    def _sg_loop(self):
+        """Keep every bound port's security-group flows in line with the
+        topology: at once after a change (the cache's invalidations wake it),
+        else every second."""
+        while self.is_active:
+            self._sg_wake.wait(timeout=POLL_INTERVAL)
+            self._sg_wake.clear()
+            dp = self.dp
+            if dp is None:
+                continue
+            try:
+                tunnels = sorted(self.core.tunnel_ofports.values())
+                for pid, (ofport, key) in list(self.classified.items()):
+                    self._sg_update(dp, pid, ofport, key, tunnels)
+            except Exception:
+                LOG.exception("security-group flows not updated (retrying)")
+
+    def _nudge_loop(self):
+        """While OVS enforces some port's security groups here: one packet
+        through conntrack every NUDGE_SECONDS, so fragments its reassembly
+        holds for a later batch (more than 32 of one datagram) go on within
+        that time (``midoflow.agent.sgflows``)."""
+        while self.is_active:
+            hub.sleep(NUDGE_SECONDS)
+            dp = self.dp
+            if dp is None or not any(v[1] or v[2] for v in self.sg_sent.values()):
+                continue
+            try:
+                pipeline.send(dp, [pipeline.ct_nudge(dp)])
+            except Exception:
+                LOG.exception("conntrack nudge not sent")
+
+    def _sg_update(self, dp, pid: str, ofport: int, key: int, tunnels: list[int]) -> None:
+        """Send OVS what changed of a bound port's security-group flows:
+        rules' flows added before the ones they replace are deleted, and the
+        classify table's ct() flows after the tables they lead to."""
+        if not self.cfg.sg_conntrack:
+            return
+        port = self.core.cache.ports.get(pid)
+        skipped: list[str] = []
+        if port is None:
+            want: tuple = (ofport, False, False, tuple(tunnels), frozenset())
+        else:
+            pf = sgflows.port_flows(self.core.cache, port, ofport)
+            skipped = pf.skipped
+            want = (ofport, conntrack_enforced(port, "inbound"),
+                    conntrack_enforced(port, "outbound"), tuple(tunnels), pf.flows)
+        sent = self.sg_sent.get(pid)
+        if sent == want:
+            return
+        msgs: list = []
+        old: frozenset = frozenset()
+        if sent is None or sent[0] != ofport:
+            msgs += pipeline.delete_sg_flows(dp, ofport)  # the last connection's, if any
+        else:
+            old = sent[4]
+        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(want[4] - old, key=repr))
+        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(old - want[4], key=repr), delete=True)
+        if sent is None or sent[:4] != want[:4]:
+            msgs += pipeline.sg_classify_flows(dp, ofport, key, tunnels, want[1], want[2])
+        pipeline.send(dp, msgs)
+        self.sg_sent[pid] = want
+        for why in skipped:
+            LOG.warning("port %s: a security-group rule admits nothing in OVS: %s", pid, why)
+        self.core.stats["sg_flows"] = sum(len(v[4]) for v in self.sg_sent.values())
+
+    def _sg_egress(self, ofport: int) -> bool:
+        """Whether OVS enforces the security groups of what this ofport sends."""
+        pid = self.core.port_of(ofport)
+        sent = self.sg_sent.get(pid) if pid else None
+        return sent is not None and sent[0] == ofport and sent[1]
+
+    def _sg_forget(self, dp, pid: str, flush: bool = True) -> None:
+        """A port unclassified: its security-group flows are gone from OVS.
+        ``flush``: unbound (or bound to another ofport): its zone's
+        connections forgotten, so a port given that ofport later starts with none."""
+        sent = self.sg_sent.pop(pid, None)
+        if flush and sent is not None and (sent[1] or sent[2]):
+            pipeline.send(dp, [pipeline.ct_flush_zone(dp, sent[0])])
 
     # ---- per-port packet-in meters ------------------------------------------
     def _meter_rate(self, port_id: str) -> tuple[int, int]:

@@ -128,6 +128,10 @@ def _check_action(table: Table, a, match: dict, where: str) -> None:
     elif isinstance(a, parser.OFPActionDecNwTtl):
         kind = "dec_nw_ttl"
         _prerequisites(kind, match, where, kind)
+    elif isinstance(a, parser.NXActionCT):
+        kind = "NXActionCT"
+        if table.table_id not in (4, 5):  # there, ct_state says the packet is IP
+            _prerequisites(kind, match, where, "ct()")
     else:
         kind = type(a).__name__
     if kind not in table.actions:

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Iterable
 from types import SimpleNamespace
 
-from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+from os_ken.ofproto import nicira_ext, ofproto_v1_3, ofproto_v1_3_parser
 
+from midoflow.agent import sgflows
 from midoflow.agent.core import Decision, Output, Tunnel
 from midoflow.agent.flows import FlowIndex
 from midoflow.apps import flowcheck, frames, mtu, oxm
@@ -26,6 +27,8 @@ from midoflow.apps.tables import (
     METADATA_COOKIE,
     PRIO_BGP,
     PRIO_CLASSIFY,
+    PRIO_CLASSIFY_FRAG,
+    PRIO_CLASSIFY_IP,
     PRIO_DHCP,
     PRIO_FENCE,
     PRIO_FRAGMENT,
@@ -38,8 +41,11 @@ from midoflow.apps.tables import (
     PRIO_TAGGED,
     PRIO_TCP_CLOSE,
     PRIO_TOO_BIG,
+    SG_COOKIE,
     STORM_COOKIE,
     TABLE_CLASSIFY,
+    TABLE_SG_EGRESS,
+    TABLE_SG_INGRESS,
     TABLE_SIMULATED,
     TABLE_TO_CONTROLLER,
     UNBOUND_BURST,
@@ -58,7 +64,9 @@ __all__ = [
     "PRIO_TCP_CLOSE", "STORM_COOKIE", "TABLE_CLASSIFY", "TABLE_SIMULATED",
     "TABLE_TO_CONTROLLER", "TAG_ETHERTYPES", "actions_for", "allowed", "base_flows",
     "bgp_link_flows", "classify_flows", "close_copy", "close_flows", "decision_flow",
-    "decision_messages",
+    "decision_messages", "ct_action", "ct_flush_zone", "ct_nudge", "sg_flow_mods",
+    "delete_sg_flows",
+    "sg_classify_flows",
     "delete_bgp_link_flows", "delete_cookie", "delete_fence_flows", "delete_meter",
     "fence_flows", "unbound_miss_flows", "match_kwargs", "meter_id",
     "meter_config_request", "meter_stats_request",
@@ -299,7 +307,7 @@ def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int],
     to it. ``meter``: None deletes the port's meter and adds it afresh
     (counters from zero); OFPMC_MODIFY keeps a meter OVS holds, counters and
     all, OFPMC_ADD adds a missing one (a reconnect: see meter_config_request)."""
-    ofp, p = dp.ofproto, dp.ofproto_parser
+    p = dp.ofproto_parser
     meter_msgs = [delete_meter(dp, ofport), port_meter(dp, ofport, rate, burst)] \
         if meter is None else [port_meter(dp, ofport, rate, burst, meter)]
     msgs = [*meter_msgs, to_controller_flow(dp, ofport), *tagged_drop_flows(dp, ofport),
@@ -308,9 +316,140 @@ def classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int],
     for tp in tunnel_ofports:
         msgs.append(_flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY,
                           p.OFPMatch(in_port=tp, tunnel_id=tunnel_key),
-                          [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
-                                                   [p.OFPActionOutput(ofport)])]))
+                          _apply(dp, p.OFPActionOutput(ofport))))
     return msgs
+
+
+def sg_classify_flows(dp, ofport: int, tunnel_key: int, tunnel_ofports: list[int],
+                      egress: bool, ingress: bool) -> list:
+    """Table 0's part of a port whose security groups are enforced here
+    (``midoflow.agent.sgflows``): what it sends (``egress``) / what tunnels
+    bring it (``ingress``), IPv4 only, through ``ct(zone=ofport)`` into table
+    4 / 5, above the port's classify flows; deleted when not so."""
+    p = dp.ofproto_parser
+    out = []
+    ip_from = p.OFPMatch(in_port=ofport, eth_type=ETH_IP)
+    out.append(_flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_IP, ip_from, _apply(
+        dp, ct_action(dp, ofport, TABLE_SG_EGRESS))) if egress
+        else _delete_strict(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_IP, ip_from))
+    # its fragments are committed here, once (see midoflow.agent.sgflows)
+    frags_from = _ordered({"in_port": ofport, "eth_type": ETH_IP, "ip_frag": sgflows.FRAGMENT})
+    out.append(_flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_FRAG, frags_from, _apply(
+        dp, ct_action(dp, ofport, TABLE_SG_EGRESS, commit=True))) if egress
+        else _delete_strict(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_FRAG, frags_from))
+    for tp in tunnel_ofports:
+        ip_to = p.OFPMatch(in_port=tp, tunnel_id=tunnel_key, eth_type=ETH_IP)
+        out.append(_flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_IP, ip_to, _apply(
+            dp, ct_action(dp, ofport, TABLE_SG_INGRESS))) if ingress
+            else _delete_strict(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_IP, ip_to))
+        frags_to = _ordered({"in_port": tp, "eth_type": ETH_IP, "tunnel_id": tunnel_key,
+                             "ip_frag": sgflows.FRAGMENT})
+        out.append(_flow(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_FRAG, frags_to, _apply(
+            dp, ct_action(dp, ofport, TABLE_SG_INGRESS, commit=True))) if ingress
+            else _delete_strict(dp, TABLE_CLASSIFY, PRIO_CLASSIFY_FRAG, frags_to))
+    return out
+
+
+def _apply(dp, *actions) -> list:
+    return [dp.ofproto_parser.OFPInstructionActions(dp.ofproto.OFPIT_APPLY_ACTIONS,
+                                                    list(actions))]
+
+
+def _delete_strict(dp, table: int, priority: int, match):
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE_STRICT, table_id=table,
+                        priority=priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                        match=match)
+
+
+# ---- security groups in OVS (midoflow.agent.sgflows) -------------------------
+NX_CT_F_COMMIT = 1
+NXT_CT_FLUSH_ZONE = 29
+NX_VENDOR_ID = 0x00002320
+_SG_TABLES = {sgflows.EGRESS: TABLE_SG_EGRESS, sgflows.INGRESS: TABLE_SG_INGRESS}
+
+
+def ct_action(dp, zone: int, table: int | None = None, commit: bool = False):
+    """``ct(zone=zone[,commit][,table=table])``: to the connection tracker;
+    with ``table`` a copy resumes there with its ct_state (ovs-actions(7))."""
+    p = dp.ofproto_parser
+    return p.NXActionCT(flags=NX_CT_F_COMMIT if commit else 0, zone_src="",
+                        zone_ofs_nbits=zone, recirc_table=0xFF if table is None else table,
+                        alg=0, actions=[])
+
+
+def ct_nudge(dp):
+    """A packet-out that passes conntrack and is dropped: fragments OVS's
+    reassembly holds for the next batch through conntrack go on with it
+    (``midoflow.agent.sgflows``). An invalid TCP segment (SYN and FIN) from
+    and to 0.0.0.0, in zone 0, which no flow of table 5 matches."""
+    return packet_out(dp, [ct_action(dp, 0, TABLE_SG_INGRESS)], _NUDGE_FRAME)
+
+
+_NUDGE_FRAME = (b"\x02\x00\x00\x00\x00\x01" * 2 + b"\x08\x00"
+                + bytes.fromhex("45000028000000004006") + b"\x00\x00" + b"\x00" * 8
+                + b"\x00\x01\x00\x01" + b"\x00" * 8 + b"\x50\x03\x00\x00" + b"\x00" * 4)
+
+
+def ct_flush_zone(dp, zone: int):
+    """NXT_CT_FLUSH_ZONE: forget every connection of a zone (a port's, when
+    its ofport is bound to another port or unbound)."""
+    p = dp.ofproto_parser
+    return p.OFPExperimenter(dp, NX_VENDOR_ID, NXT_CT_FLUSH_ZONE,
+                             b"\x00" * 6 + zone.to_bytes(2, "big"))
+
+
+# OXM order with every prerequisite before what needs it (OpenFlow 1.3 7.2.3.6;
+# OVS refuses an ip_frag or port match that comes before its eth_type/ip_proto)
+_ORDER = ("in_port", "eth_src", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src",
+          "tcp_dst", "udp_src", "udp_dst", "sctp_dst", "icmpv4_type", "icmpv4_code",
+          "tunnel_id", "ct_state", "ct_zone", "ip_frag")
+
+
+def _ordered(match: dict):
+    return oxm.Match([(k, match[k]) for k in sorted(match, key=_ORDER.index)])
+
+
+def sg_flow_mods(dp, ofport: int, flows: Iterable[sgflows.SgFlow],
+                 delete: bool = False) -> list:
+    """Adds (or strict deletes) of a port's security-group flows."""
+    p = dp.ofproto_parser
+    out = []
+    for f in flows:
+        table = _SG_TABLES[f.direction]
+        match = _ordered(dict(f.match))
+        if delete:
+            out.append(_delete_strict(dp, table, f.priority, match))
+            continue
+        if f.action == sgflows.DROP:
+            actions: list = []
+        elif f.action == sgflows.AS_EGRESS:  # a stray fragment back on its port's way
+            actions = _apply(dp, p.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(0, 15),
+                                                   dst="in_port_nxm", value=ofport),
+                             p.NXActionResubmitTable(in_port=0xFFF8, table_id=TABLE_SG_EGRESS))
+        elif f.action == sgflows.AS_INGRESS:
+            actions = _apply(dp, p.NXActionResubmitTable(in_port=0xFFF8,
+                                                         table_id=TABLE_SG_INGRESS))
+        else:
+            acts = [ct_action(dp, ofport, commit=True)] if f.action == sgflows.COMMIT else []
+            acts.append(p.NXActionResubmitTable(in_port=0xFFF8,  # OFPP_IN_PORT, 16 bits
+                                                table_id=TABLE_SIMULATED)
+                        if f.direction == sgflows.EGRESS else p.OFPActionOutput(ofport))
+            actions = _apply(dp, *acts)
+        out.append(_flow(dp, table, f.priority, match, actions, cookie=SG_COOKIE | ofport))
+    return out
+
+
+def delete_sg_flows(dp, ofport: int) -> list:
+    """Every security-group flow of an ofport, in both tables."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return [p.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=t,
+                         cookie=SG_COOKIE | ofport, cookie_mask=ALL_COOKIE_BITS,
+                         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch())
+            for t in (TABLE_SG_EGRESS, TABLE_SG_INGRESS)]
+
+
+ALL_COOKIE_BITS = 0xFFFFFFFFFFFFFFFF
 
 
 def storm_block_flow(dp, ofport: int, seconds: int):
@@ -387,7 +526,7 @@ def unclassify_flows(dp, ofport: int, tunnel_key: int) -> list:
                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
                      match=p.OFPMatch(in_port=ofport))
         for table in (TABLE_SIMULATED, TABLE_TO_CONTROLLER)
-    ] + [delete_meter(dp, ofport)]
+    ] + [*delete_sg_flows(dp, ofport), delete_meter(dp, ofport)]
 
 
 def rewrite_actions(dp, rewrites: tuple[Rewrite, ...], proto: int | None = None) -> list:
@@ -408,18 +547,38 @@ def rewrite_actions(dp, rewrites: tuple[Rewrite, ...], proto: int | None = None)
     return out
 
 
-def actions_for(dp, decision: Decision) -> list:
-    proto = decision.packet.ip_proto if decision.packet is not None else None
-    return output_actions(dp, decision.actions, decision.rewrites, proto)
+def actions_for(dp, decision: Decision, fragment: bool | None = None) -> list:
+    """The decision's actions for its packet (``fragment``: whether the frame
+    sent is an IPv4 fragment; by default, whether its packet was one)."""
+    pkt = decision.packet
+    proto = pkt.ip_proto if pkt is not None else None
+    if fragment is None:
+        fragment = pkt is not None and bool(pkt.ip_frag)
+    return output_actions(dp, decision.actions, decision.rewrites, proto,
+                          ip=pkt is not None and pkt.eth_type == ETH_IP, fragment=fragment)
+
+
+def _is_ip(frame: bytes) -> bool:
+    return frame[12:14] == b"\x08\x00"
+
+
+def _is_fragment(frame: bytes) -> bool:
+    """An IPv4 frame whose More Fragments bit or fragment offset is set."""
+    return _is_ip(frame) and len(frame) >= 22 and bool(int.from_bytes(frame[20:22], "big")
+                                                       & 0x3FFF)
 
 
 def output_actions(dp, outputs, rewrites: tuple[Rewrite, ...] = (),
-                   proto: int | None = None) -> list:
+                   proto: int | None = None, ip: bool = False, fragment: bool = False) -> list:
+    """``ip``: the packet is IPv4 (an output to a port whose security groups
+    are in OVS goes through its conntrack zone and table 5 instead; a
+    ``fragment`` is committed there: see midoflow.agent.sgflows)."""
     p = dp.ofproto_parser
     out = rewrite_actions(dp, rewrites, proto) if outputs else []
     for a in outputs:
         if isinstance(a, Output):
-            out.append(p.OFPActionOutput(a.ofport))
+            out.append(ct_action(dp, a.zone, TABLE_SG_INGRESS, commit=fragment)
+                       if a.zone and ip else p.OFPActionOutput(a.ofport))
         elif isinstance(a, Tunnel):
             out += [oxm.SetField(tunnel_id=a.key),
                     oxm.SetField(tun_ipv4_dst=a.remote_ip),
@@ -432,11 +591,21 @@ def decision_flow(dp, decision: Decision, ofport: int, idle_timeout: int, action
     A path onto a smaller link sends bigger packets to the agent first
     (``midoflow.apps.mtu``)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    match = oxm.match(**match_kwargs(decision.match_fields, decision.packet, ofport))
+    match = oxm.match(**match_kwargs(_match_fields(decision), decision.packet, ofport))
     actions = _flow_actions(decision, actions)
     inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
     return _flow(dp, TABLE_SIMULATED, PRIO_SIMULATED, match, inst, cookie=decision.cookie,
                  idle_timeout=idle_timeout, flags=ofp.OFPFF_SEND_FLOW_REM)
+
+
+def _match_fields(decision: Decision) -> frozenset[str]:
+    """The fields a decision's flow matches: what it read, and the ethertype
+    when it delivers IPv4 through a port's conntrack zone (ct() needs it)."""
+    pkt = decision.packet
+    if pkt is not None and pkt.eth_type == ETH_IP and "eth_type" not in decision.match_fields \
+            and any(isinstance(a, Output) and a.zone for a in decision.actions):
+        return decision.match_fields | {"eth_type"}
+    return decision.match_fields
 
 
 def _flow_actions(decision: Decision, actions: list) -> list:
@@ -470,7 +639,7 @@ def close_flows(dp, decision: Decision, ofport: int, actions: list | None = None
     ofp, p = dp.ofproto, dp.ofproto_parser
     if actions is None:
         actions = actions_for(dp, decision)
-    kw = match_kwargs(decision.match_fields, decision.packet, ofport)
+    kw = match_kwargs(_match_fields(decision), decision.packet, ofport)
     kw["eth_type"], kw["ip_proto"] = ETH_IP, PROTO_TCP
     fields = oxm.match(**kw)._fields2  # OXM order; the ONF field tcp_flags last
     inst = [p.OFPInstructionMeter(meter_id(ofport), ofp.OFPIT_METER),
@@ -527,15 +696,18 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
         return msgs
     if frame is not data:
         buffer_id = None  # the switch's copy is not the packet to send
-    actions = actions_for(dp, decision)
-    if actions:
-        msgs.append(packet_out(dp, actions, frame, in_port, buffer_id))
+    actions = actions_for(dp, decision)  # the flow's (and, mostly, the packet's)
+    sent = actions_for(dp, decision, True) if frame is not data and _is_fragment(frame) \
+        else actions  # split by the agent: a fragment now (see output_actions)
+    if sent:
+        msgs.append(packet_out(dp, sent, frame, in_port, buffer_id))
     if decision.install:
         if tracked(decision):  # before the flow: no FIN can pass it unseen
             msgs += close_flows(dp, decision, in_port, actions)
         msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
     for em in decision.emits:
-        acts = output_actions(dp, em.actions, em.rewrites)
+        acts = output_actions(dp, em.actions, em.rewrites, ip=_is_ip(em.frame),
+                              fragment=_is_fragment(em.frame))
         if acts:
             msgs.append(packet_out(dp, acts, em.frame))
     return msgs

@@ -67,6 +67,17 @@ Table 3 (too big, resubmitted to from table 1)
     * marked bigger than its path's MTU → resubmitted to table 2 (the agent,
       through the port's meter), and the flow's actions end there (exit);
     * anything else: nothing (the flow's actions go on).
+Table 4 (SG_EGRESS) and table 5 (SG_INGRESS): security groups in OVS
+    (``sg_conntrack``, ``midoflow.agent.sgflows``). Table 0 sends a
+    protected port's IPv4 through ``ct(zone=ofport, table=4)`` (at
+    ``PRIO_CLASSIFY_IP``, above its goto table 1); every delivery of IPv4 to
+    such a port (a simulated flow's output on its host, table 0's delivery of
+    tunnelled traffic by key) goes through ``ct(zone=ofport, table=5)``
+    instead of the output. Their flows, per port (cookie ``SG_COOKIE`` |
+    ofport, no timeout): invalid → drop; reply or related → pass; (egress)
+    DHCP and metadata requests → pass; original direction admitted by a rule
+    → ``ct(commit)`` and pass; the rest → drop. Pass: a resubmit to table 1
+    (egress), the output to the port (ingress).
 Table 2 (to controller)
     * one flow per bound port (its ``in_port``): that port's meter (meter id =
       the ofport), then the controller;
@@ -77,12 +88,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from midoflow.agent import sgflows
 from midoflow.agent.flows import FlowIndex
 
 TABLE_CLASSIFY = 0
 TABLE_SIMULATED = 1
 TABLE_TO_CONTROLLER = 2
 TABLE_MTU = 3  # only resubmitted to (midoflow.apps.mtu)
+TABLE_SG_EGRESS = 4  # only recirculated to, by ct() (midoflow.agent.sgflows)
+TABLE_SG_INGRESS = 5
 # The bit check_pkt_larger sets for a packet bigger than its path's MTU.
 MTU_REG, MTU_REG_INDEX = "reg6", 6
 PRIO_TOO_BIG = 100
@@ -90,6 +104,8 @@ PRIO_TOO_BIG = 100
 PRIO_MISS = 0
 PRIO_FENCE = 10  # table 0: a tunnel's or the metadata port's unmatched traffic, dropped
 PRIO_CLASSIFY = 100
+PRIO_CLASSIFY_IP = 110  # table 0: a protected port's IPv4, through ct() (sg_conntrack)
+PRIO_CLASSIFY_FRAG = 111  # ... and its fragments, committed there
 PRIO_SIMULATED = 100
 PRIO_TCP_CLOSE = 150  # a tracked decision's close flows: above its own flow
 PRIO_FRAGMENT = 190
@@ -109,6 +125,8 @@ BGP_COOKIE = 0xB6B0 << 48
 # Metadata flows carry this cookie (| the served VM's ofport, or the
 # metadata port's in table 0).
 METADATA_COOKIE = 0x6D64 << 48
+# Security-group flows (tables 4 and 5) carry this cookie (| the port's ofport).
+SG_COOKIE = 0x5EC7 << 48
 # Table 0 drop flows of tunnel ports and the metadata port carry this cookie
 # (| the ofport).
 FENCE_COOKIE = 0xFE0C << 48
@@ -128,6 +146,7 @@ BASE, CLASSIFY, DECISION, BGP_LINK, STORM = "base", "classify", "decision", "bgp
 FENCE = "fence"  # table 0's drops of tunnel ports' and the metadata port's rest
 CLOSE = "close"  # a tracked decision's FIN/RST flows
 METADATA = "metadata"
+SECURITY = "security_groups"  # tables 4 and 5 (midoflow.agent.sgflows)
 
 
 @dataclass(frozen=True)
@@ -176,14 +195,19 @@ def _fs(*names) -> frozenset:
 
 _L4 = ("ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "icmpv4_type", "icmpv4_code")
 
+_SG_MATCH = _fs("in_port", "ct_zone", "ct_state", "eth_src", "eth_type", "ipv4_src",
+                "ipv4_dst", *_L4, "sctp_dst", "ip_frag")
+_SG_WRITER = Writer(SECURITY, sgflows.PRIORITIES, SG_COOKIE, 0xFFFF << 48)
+
 PIPELINE: dict[int, Table] = {t.table_id: t for t in (
     Table(TABLE_CLASSIFY, "classify",
           match=_fs("in_port", "tunnel_id", "vlan_vid", "eth_type", "ip_proto", "ipv4_dst",
-                    "tcp_src", "tcp_dst", "arp_tpa"),
-          actions=_fs("output"), set_fields=frozenset(),
+                    "tcp_src", "tcp_dst", "arp_tpa", "ip_frag"),
+          actions=_fs("output", "NXActionCT"), set_fields=frozenset(),
           goto=_fs(TABLE_SIMULATED), controller=True, meter=True,
           writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_STATE)),
-                   Writer(CLASSIFY, _fs(PRIO_CLASSIFY, PRIO_TAGGED)),
+                   Writer(CLASSIFY, _fs(PRIO_CLASSIFY, PRIO_CLASSIFY_IP, PRIO_CLASSIFY_FRAG,
+                                        PRIO_TAGGED)),
                    Writer(FENCE, _fs(PRIO_FENCE), FENCE_COOKIE, 0xFFFF << 48),
                    Writer(BGP_LINK, _fs(PRIO_BGP), BGP_COOKIE, 0xFFFF << 48),
                    Writer(STORM, _fs(PRIO_STORM), STORM_COOKIE, 0xFFFF << 48, "hard"),
@@ -193,7 +217,7 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
                     "ip_dscp", "ip_ecn", *_L4, "arp_op", "arp_spa", "arp_tpa", "arp_sha",
                     "nw_ttl", "tcp_flags", "ip_frag"),
           actions=_fs("output", "set_field", "dec_nw_ttl", "NXActionCheckPktLarger",
-                      "NXActionResubmitTable"),
+                      "NXActionResubmitTable", "NXActionCT"),
           set_fields=_fs("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
                          "udp_src", "udp_dst", "tunnel_id", "tun_ipv4_dst"),
           goto=_fs(TABLE_TO_CONTROLLER),
@@ -206,6 +230,12 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
     Table(TABLE_MTU, "too_big", match=_fs(MTU_REG),
           actions=_fs("NXActionResubmitTable", "NXActionExit"), set_fields=frozenset(),
           goto=frozenset(), writers=(Writer(BASE, _fs(PRIO_MISS, PRIO_TOO_BIG)),)),
+    Table(TABLE_SG_EGRESS, "sg_egress", match=_SG_MATCH,
+          actions=_fs("NXActionCT", "NXActionResubmitTable", "NXActionRegLoad"),
+          set_fields=frozenset(), goto=frozenset(), writers=(_SG_WRITER,)),
+    Table(TABLE_SG_INGRESS, "sg_ingress", match=_SG_MATCH,
+          actions=_fs("NXActionCT", "output", "NXActionResubmitTable", "NXActionRegLoad"),
+          set_fields=frozenset(), goto=frozenset(), writers=(_SG_WRITER,)),
     Table(TABLE_TO_CONTROLLER, "to_controller",
           match=_fs("in_port"), actions=_fs("output"), set_fields=frozenset(),
           goto=frozenset(), controller=True, meter=True,
@@ -222,7 +252,9 @@ PREREQUISITES: dict[str, dict[str, tuple[int, ...]]] = {
                         "ip_frag")},
     **{f: {"ip_proto": (6,)} for f in ("tcp_src", "tcp_dst", "tcp_flags")},
     **{f: {"ip_proto": (17,)} for f in ("udp_src", "udp_dst")},
+    "sctp_dst": {"ip_proto": (132,)},
     **{f: {"ip_proto": (1,)} for f in ("icmpv4_type", "icmpv4_code")},
     **{f: {"eth_type": (ETH_ARP,)} for f in ("arp_op", "arp_spa", "arp_tpa", "arp_sha")},
     "dec_nw_ttl": _IP,
+    "NXActionCT": _IP,  # OVS refuses ct() in a flow that may carry another protocol
 }

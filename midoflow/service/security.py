@@ -56,7 +56,7 @@ from midoflow import model
 Data = dict[str, Any]
 
 # All generated ids are uuid5(NAMESPACE, "<what>:<owner id>[:...]").
-NAMESPACE = uuid.UUID("9a4a2e1c-5f0d-4b8e-9d3c-6b1f7e0a2c11")
+NAMESPACE = model.GENERATED_NAMESPACE
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
 PROTO_ICMP = 1
@@ -83,8 +83,7 @@ RULE_DEFAULTS: Data = {
 }
 
 
-def gen_id(*parts: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, ":".join(parts)))
+gen_id = model.generated_id
 
 
 def is_generated(oid: Any) -> bool:
@@ -103,8 +102,7 @@ def sg_chain_id(sg_id: str, direction: str) -> str:
     return gen_id("sg-chain", direction, sg_id)
 
 
-def port_chain_id(port_id: str, which: str) -> str:
-    return gen_id("port-chain", which, port_id)
+port_chain_id = model.port_chain_id
 
 
 def sg_ids(sg_id: str) -> dict[str, str]:

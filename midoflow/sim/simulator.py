@@ -18,9 +18,16 @@ from __future__ import annotations
 
 from collections import deque
 
-from midoflow.model import DEVICE_BRIDGE, DEVICE_ROUTER, PORT_INTERIOR, Port
+from midoflow.model import (
+    DEVICE_BRIDGE,
+    DEVICE_ROUTER,
+    PORT_INTERIOR,
+    Port,
+    conntrack_enforced,
+    port_chain_id,
+)
 from midoflow.sim import chains, lb, router
-from midoflow.sim.packet import ETH_ARP, Packet, is_multicast
+from midoflow.sim.packet import ETH_ARP, ETH_IP, Packet, is_multicast
 from midoflow.sim.result import (
     Action,
     Result,
@@ -78,8 +85,7 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0,
             continue
         # MidoNet's order: port inbound, device inbound, the device, device
         # outbound, port outbound.
-        cur = _filter(view, state, port.inbound_filter_id, cur, port, port.id, None, b,
-                      "inbound")
+        cur = _port_filter(view, state, port, "inbound", cur, port, b)
         if cur is None:
             continue
         if device is not None:
@@ -102,8 +108,7 @@ def simulate(view: TopologyView, pkt: Packet, now: float = 0.0,
                                port.device_id, nxt.id, b, "outbound")
                 if npkt is None:
                     continue
-            npkt = _filter(view, state, nxt.outbound_filter_id, npkt, port, nxt.id, nxt.id, b,
-                           "outbound")
+            npkt = _port_filter(view, state, nxt, "outbound", npkt, port, b)
             if npkt is None:
                 continue
             if nxt.type == PORT_INTERIOR:
@@ -194,6 +199,34 @@ def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
         if peer is not None and peer.device_type == DEVICE_ROUTER and peer.mac == mac:
             return pid
     return None
+
+
+def _port_filter(view: TopologyView, state: FlowStateView, port: Port, which: str,
+                 pkt: Packet, inport: Port, b: _Builder) -> Packet | None:
+    """A port's own filter: ``which`` is "inbound" (the packet enters the
+    topology or a device through ``port``) or "outbound" (it leaves through
+    ``port``; ``inport``: where it entered the device). With
+    ``view.sg_conntrack``, a protected port's generated security-group
+    chain is not simulated for IPv4: the port's host enforces it with OVS
+    conntrack (``midoflow.agent.sgflows``); only its anti-spoof chain, which
+    is stateless, is. The decision then matches the ethertype, so its flow
+    never carries another protocol the chain would have dropped."""
+    if which == "inbound":
+        chain_id, out_port = port.inbound_filter_id, None
+    else:
+        chain_id, out_port = port.outbound_filter_id, port.id
+    if chain_id and pkt.eth_type == ETH_IP and getattr(view, "sg_conntrack", False) \
+            and conntrack_enforced(port, which):
+        b.fields.add("eth_type")
+        if which == "inbound" and port.port_security_enabled:
+            ctx = chains.Context(inport.id, None, port.id, state)
+            verdict, _ = chains.run(view, port_chain_id(port.id, "anti-spoof"), pkt, ctx, b)
+            if verdict not in (None, chains.RULE_ACCEPT):
+                b.step("filter", port.id, f"anti-spoof chain: {verdict}")
+                return None
+        b.step("filter", port.id, f"{which} security groups: OVS conntrack on the port's host")
+        return pkt
+    return _filter(view, state, chain_id, pkt, inport, port.id, out_port, b, which)
 
 
 def _filter(view: TopologyView, state: FlowStateView, chain_id: str | None, pkt: Packet,

@@ -14,7 +14,10 @@ the old expired) this store re-creates the ephemeral state it published, and
 the watches keep firing (kazoo re-arms its recipes).
 
 ``handler="eventlet"`` runs kazoo on eventlet green threads (inside
-``osken-manager``); the default uses real threads.
+``osken-manager``), with a cheaper select, read-ahead and results
+(:mod:`midoflow.store.zk_eventlet`); the default uses real threads. Either
+way kazoo's connection sends queued requests in batches
+(:mod:`midoflow.store.zk_send`).
 
 Two guards keep a busy API answering (issue 9):
 
@@ -94,6 +97,7 @@ from midoflow.store.base import (
     encode,
     too_large,
 )
+from midoflow.store.zk_send import batch_sends
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +123,9 @@ def _make_handler(handler: Any):
 
         return SequentialThreadingHandler()
     if handler == "eventlet":
-        from kazoo.handlers.eventlet import SequentialEventletHandler
+        from midoflow.store.zk_eventlet import FastEventletHandler
 
-        return SequentialEventletHandler()
+        return FastEventletHandler()
     if isinstance(handler, str):
         raise Invalid(f"unknown kazoo handler {handler!r}: use threading or eventlet",
                       "handler")
@@ -219,6 +223,7 @@ class ZkStore(Store):
             auth_data=list(self._auth_data) or None, default_acl=self.acl,
         )
         _serialise_calls(client, h.lock_object(), self.op_timeout)
+        batch_sends(client)
         client.add_listener(lambda state: self._on_state(client, state))
         return client
 

@@ -1,7 +1,9 @@
 """Scenario 3: security groups with Neutron's semantics on real OVS and
 agents: inbound denied by default, allowed by protocol and port, replies of
-allowed connections admitted by connection tracking (state pushed to the
-other host first), rule changes acting on live traffic, spoofing dropped."""
+allowed connections admitted by connection tracking, rule changes acting on
+live traffic, spoofing dropped. Twice: enforced by each port's own OVS
+conntrack (``sg_conntrack``, the default; no agent trip per connection), and
+simulated with replicated conntrack (state pushed to the other host first)."""
 
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ def mac(n: int) -> str:
     return f"02:00:00:5e:00:{n:02x}"
 
 
-@pytest.fixture(scope="module")
-def sg(cloud_factory):
-    mc = cloud_factory(2, tunnel="vxlan")
+@pytest.fixture(scope="module", params=["conntrack", "simulated"])
+def sg(cloud_factory, request):
+    mc = cloud_factory(2, tunnel="vxlan",
+                       agent_options={"sg_conntrack": str(request.param == "conntrack").lower()})
+    mc.sg_mode = request.param
     net = mc.bridge("sg-net", "t")
     a = mc.vm(1, net, "sa", "10.60.0.1/24", mac(1))
     b = mc.vm(2, net, "sb", "10.60.0.2/24", mac(2))
@@ -51,13 +55,32 @@ def _packets(host, spec: str, priority: int | None = None) -> int:
     return sum(int(n) for ln in out for n in re.findall(r"n_packets=(\d+)", ln))
 
 
-def test_a_tracked_connections_fin_rides_its_close_flow_not_the_agents_queue(sg):
-    """Issue 13: each connection's FIN (and RST) is forwarded by its close
-    flow in the datapath (a copy goes to the agent, which only closes the
-    connection): what a's port sends to its agent through table 2 is the
-    connections' first packets, no longer their FINs too."""
-    mc, a, _, _, _ = sg
-    h1 = mc.hosts[0]
+def test_connections_through_a_security_group_cost_the_agents_nothing(sg):
+    """Issue 13, goal 2. In OVS (``sg_conntrack``): n connections to b's
+    admitted port make no packet-in on either host once a's flow to b and
+    b's flow back exist (the first connection makes them), and b's host
+    commits each connection in its zone (table 5's rule flow). Simulated:
+    each connection's FIN rides its close flow in the datapath (a copy to
+    the agent), so a's port sends its agent one SYN a connection, not its
+    FINs too."""
+    mc, a, b, _, _ = sg
+    h1, h2 = mc.hosts[0], mc.hosts[1]
+    assert connect(a, "10.60.0.2", 8080).startswith("10.60.0.1:")  # the flows exist
+    n = 5
+    if mc.sg_mode == "conntrack":
+        def committed() -> int:
+            return _packets(h2, "table=5,tcp,tp_dst=8080", priority=200)
+        before = (_packets(h1, f"table=2,in_port={a.ofport}"),
+                  _packets(h2, f"table=2,in_port={b.ofport}"), committed())
+        for _ in range(n):
+            assert connect(a, "10.60.0.2", 8080).startswith("10.60.0.1:")
+        wait_for(lambda: committed() - before[2] >= 3 * n, 5,
+                 "b's host to track each connection (SYN, ACK, data, FIN...)")
+        to_agents = (_packets(h1, f"table=2,in_port={a.ofport}") - before[0],
+                     _packets(h2, f"table=2,in_port={b.ofport}") - before[1])
+        # a re-ARP may reach an agent; no packet of the connections does
+        assert sum(to_agents) <= 2, f"{to_agents} packets of {n} connections to the agents"
+        return
     to_agent = f"table=2,in_port={a.ofport}"
     closes = f"table=1,in_port={a.ofport},tcp"
 
@@ -65,7 +88,6 @@ def test_a_tracked_connections_fin_rides_its_close_flow_not_the_agents_queue(sg)
         return _packets(h1, closes, priority=150)  # pipeline.PRIO_TCP_CLOSE
 
     before = _packets(h1, to_agent), closed()
-    n = 5
     for _ in range(n):
         assert connect(a, "10.60.0.2", 8080).startswith("10.60.0.1:")
     wait_for(lambda: closed() - before[1] >= n, 5, "the FINs by the close flows")

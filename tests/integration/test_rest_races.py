@@ -230,6 +230,7 @@ def test_watchdog_wakes_a_stalled_connection_loop(zk_store_factory):
     store = zk_store_factory(op_timeout=1.0)
     store.commit([Create("bridges", {"id": "b1"})])
     client = store._client
+    del client._connection._send_request  # kazoo's own sends (zk_send's batches heal this)
     from kazoo.protocol.serialization import Exists
 
     client._queue.append((Exists(store.root, None), client.handler.async_result()))
@@ -250,6 +251,7 @@ def test_watchdog_replaces_a_client_that_stays_stuck(zk_store_factory, monkeypat
     store.watch_kind("bridges", lambda ids: seen.append(ids))
     store.put_state("state/hosts/h1", {"up": True})
     old = store._client
+    del old._connection._send_request  # kazoo's own sends (zk_send's batches heal this)
     monkeypatch.setattr(zkmod, "_wake", lambda client: None)  # waking does not help
     from kazoo.protocol.serialization import Exists
 

@@ -101,3 +101,29 @@ def test_batch_watches_survive_session_expiry(zk_store, zk_server):
     zk_store.commit([Update(PORTS, _port(2, "after expiry"))])
     wait_until(lambda: seen["p2"][-1] == "after expiry", what="a change after expiry")
     assert seen["p1"] == [""]  # unchanged: not delivered again
+
+
+def test_queued_requests_go_out_in_batches_and_are_answered_in_order(zk_store):
+    zk_store.commit([Create(PORTS, _port(i, f"n{i}")) for i in range(400)])
+    conn = zk_store._client._connection
+    writes: list[int] = []
+    real = conn._write
+    conn._write = lambda msg, timeout: (writes.append(len(msg)), real(msg, timeout))[1]
+    seen: dict[str, str | None] = {}
+    zk_store.watch_objects(PORTS, [f"p{i}" for i in range(400)] + ["missing"],
+                           lambda oid: lambda data, _v: seen.__setitem__(
+                               oid, data and data.get("name")))
+    assert seen == {**{f"p{i}": f"n{i}" for i in range(400)}, "missing": None}
+    assert len(writes) <= 40  # 401 reads: kazoo alone writes each on its own
+    zk_store.commit([Update(PORTS, _port(5, "renamed"))])  # single requests still go
+    wait_until(lambda: seen["p5"] == "renamed")
+
+
+def test_a_request_queued_without_its_wake_up_byte_goes_out_with_the_next(zk_store):
+    from kazoo.protocol.serialization import Exists
+
+    client = zk_store._client
+    lost = client.handler.async_result()
+    client._queue.append((Exists(zk_store.root, None), lost))  # no byte written for it
+    assert zk_store.get_state("state/none") is None  # answered: no stall
+    assert lost.get(timeout=5) is not None

@@ -104,3 +104,35 @@ def test_scale_topology_is_what_the_service_would_write():
     assert not sec.port_filter_errors(m)
     keys = [p["tunnel_key"] for p in m[model.PORTS].values()]
     assert len(set(keys)) == len(keys)
+
+
+def test_a_large_load_runs_without_the_cyclic_collector_then_freezes_what_it_made(
+        monkeypatch):
+    import gc
+
+    from midoflow.agent import cache as cache_mod
+
+    seen = []
+    backend = MemoryBackend()
+    MemoryStore(backend).commit([Create(model.BRIDGES, {"id": "b", "port_ids": []})])
+    store = MemoryStore(backend)
+    real = store.watch_kind
+    monkeypatch.setattr(store, "watch_kind",
+                        lambda kind, cb: (seen.append(gc.isenabled()), real(kind, cb)))
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    monkeypatch.setattr(cache_mod, "FREEZE_AFTER", 10**9)  # a small load: nothing frozen
+    TopologyCache(store, lambda _t: None).start()
+    assert seen and not any(seen) and gc.isenabled() and gc.get_freeze_count() == 0
+    monkeypatch.setattr(cache_mod, "FREEZE_AFTER", -1)  # every load counts as large
+    try:
+        c = TopologyCache(store, lambda _t: None)
+        c.start()
+        assert gc.isenabled() and gc.get_freeze_count() > 0 and "b" in c.bridges
+    finally:
+        gc.unfreeze()
+    gc.disable()  # a process that runs without the collector keeps it so
+    try:
+        TopologyCache(store, lambda _t: None).start()
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

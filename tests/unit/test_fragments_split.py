@@ -77,10 +77,21 @@ def test_a_fragment_split_again_keeps_its_offset_and_its_mf_bit():
     data = b"y" * 2960
     middle = ip_frame(data, mf=True, offset=185)  # 1,480 bytes in, more to come
     pieces = [fields(p) for p in split_frame(middle, 1450)]
-    assert [(p["offset"], p["mf"]) for p in pieces] == [(1480, True), (2904, True),
-                                                        (4328, True)]
+    # 3 pieces (1,424 bytes fit), of even sizes: 992, 992, 976
+    assert [(p["offset"], p["mf"]) for p in pieces] == [(1480, True), (2472, True),
+                                                        (3464, True)]
+    assert [len(p["data"]) for p in pieces] == [992, 992, 976]
     last = [fields(p) for p in split_frame(ip_frame(data, offset=185), 1450)]
     assert [p["mf"] for p in last] == [True, True, False]
+
+
+def test_a_split_makes_pieces_of_even_size_never_a_tiny_one():
+    """A 1,500-byte fragment onto a 1,450-byte link: two pieces of about
+    740 bytes, not 1,444 and 76 (OVS's conntrack drops non-last fragments
+    below its minimum, 400 bytes at the least)."""
+    pieces = [fields(p) for p in split_frame(ip_frame(b"q" * 1480, mf=True), 1450)]
+    assert [len(p["data"]) for p in pieces] == [744, 736]
+    assert all(p["mf"] for p in pieces)
 
 
 def test_later_pieces_carry_only_the_copied_options():

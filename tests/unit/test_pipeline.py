@@ -191,7 +191,9 @@ def test_unbinding_removes_every_trace_of_the_port():
                if isinstance(m, parser.OFPFlowMod)]
     assert all(m.command == ofp.OFPFC_DELETE for m in msgs if isinstance(m, parser.OFPFlowMod))
     assert deletes == [(0, {"in_port": 5}), (0, {"tunnel_id": 77}), (1, {"in_port": 5}),
-                       (2, {"in_port": 5})]
+                       (2, {"in_port": 5}), (4, {}), (5, {})]  # 4, 5: by the port's SG cookie
+    sg = [m for m in msgs if isinstance(m, parser.OFPFlowMod) and m.table_id in (4, 5)]
+    assert all(m.cookie == pl.SG_COOKIE | 5 and m.cookie_mask == (1 << 64) - 1 for m in sg)
     assert (msgs[-1].command, msgs[-1].meter_id) == (ofp.OFPMC_DELETE, 5)
 
 

@@ -12,6 +12,7 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as p
 
+from midoflow.agent import sgflows
 from midoflow.agent.core import Decision, Emit, Output, Tunnel
 from midoflow.agent.flows import FlowIndex
 from midoflow.apps import pipeline as pl
@@ -38,7 +39,7 @@ PACKETS = [Packet(**IP, ip_proto=PROTO_TCP, tp_src=1, tp_dst=2),
 REWRITES = (Rewrite("eth_src", A), Rewrite("eth_dst", B), Rewrite("ttl", 1),
             Rewrite("ip_src", "1.2.3.4"), Rewrite("ip_dst", "5.6.7.8"),
             Rewrite("tp_src", 9), Rewrite("tp_dst", 10))
-OUTS = [Output(3), Tunnel(77, "10.10.0.2", 2)]
+OUTS = [Output(3), Tunnel(77, "10.10.0.2", 2), Output(6, zone=6)]  # 6: security groups in OVS
 
 
 def _decisions():
@@ -82,10 +83,32 @@ BUILDERS = {
     "unbound_miss_flows": [(DP,), (DP, 10, 5)],
     "fence_flows": [(DP, [2, 3])],
     "delete_fence_flows": [(DP,), (DP, 2)],
+    "sg_flow_mods": [(DP, 7, [sgflows.SgFlow(d, prio, m, a)
+                              for d, m in (("egress", (("in_port", 7),)),
+                                           ("ingress", (("ct_zone", 7),)))
+                              for prio, a in ((sgflows.PRIO_DEFAULT, sgflows.DROP),
+                                              (sgflows.PRIO_ESTABLISHED, sgflows.PASS))]
+                      + [sgflows.SgFlow(d, prio, (("ct_zone", 7), ("eth_src", A)), a)
+                         for d, prio, a in (("ingress", sgflows.PRIO_STRAY_EGRESS,
+                                             sgflows.AS_EGRESS),
+                                            ("egress", sgflows.PRIO_STRAY, sgflows.AS_EGRESS))]
+                      + [sgflows.SgFlow("egress", sgflows.PRIO_STRAY_INGRESS,
+                                        (("ct_zone", 7),), sgflows.AS_INGRESS)]
+                      + [sgflows.SgFlow("ingress", sgflows.PRIO_RULE, tuple(sorted({
+                          "ct_zone": 7, "ct_state": (0x20, 0x38), "eth_type": 0x800,
+                          "ip_proto": 6, "tcp_dst": (8080, 0xFFF0),
+                          "ipv4_src": ("10.0.0.0", "255.0.0.0")}.items())), sgflows.COMMIT)]),
+                     (DP, 7, [sgflows.SgFlow("egress", sgflows.PRIO_DEFAULT,
+                                             (("in_port", 7),), sgflows.DROP)], True)],
+    "delete_sg_flows": [(DP, 7)],
+    "sg_classify_flows": [(DP, 7, 77, [2, 3], True, True), (DP, 7, 77, [2], False, False)],
+    "ct_flush_zone": [(DP, 7)],
+    "ct_nudge": [(DP,)],
 }
 # Public functions of the pipeline that build no message.
 NOT_BUILDERS = {"allowed", "close_copy", "send", "send_batch", "tracked", "match_kwargs",
-                "meter_id", "metered_drops", "rewrite_actions", "output_actions", "actions_for"}
+                "meter_id", "metered_drops", "rewrite_actions", "output_actions", "actions_for",
+                "ct_action"}
 
 
 def _messages(result):
@@ -164,7 +187,7 @@ def close(actions=(), meter=None):
      r"table 1 \(simulated\).*set_field vlan_vid not allowed"),
     (dec([p.OFPActionOutput(ofp.OFPP_CONTROLLER)], in_port=4),
      "output to the controller is not allowed"),
-    (flow(5, 0), "table 5 is not declared"),
+    (flow(6, 0), "table 6 is not declared"),
     (flow(2, tables.PRIO_CLASSIFY, [p.OFPActionOutput(ofp.OFPP_CONTROLLER)], in_port=4,
           eth_src=A), "table 2 .* match field.* eth_src not declared"),
     (dec([p.OFPActionOutput(3)], in_port=4, eth_type=0x800, tcp_dst=80),
