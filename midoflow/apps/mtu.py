@@ -19,6 +19,16 @@ forwarded; the agent splits it or answers ICMP fragmentation needed. Tried
 on OVS 3.1's userspace datapath here: a small packet after a big one of the
 same flow still passes (the datapath flow carries both branches).
 
+Except when the flow's actions recirculate (``ct(table=5)``: a delivery to a
+port whose security groups OVS enforces): OVS 3.1 then lets the bigger
+branch's ``exit`` end the smaller one too, and every packet is dropped
+(measured: 0 of 3 pings; /work/notes-tmp/i13b). Such a flow marks bit 1
+instead, whose table-3 flow has no ``exit``, and table 5 drops a packet
+marked so (registers ride the recirculation; the agent has it):
+
+    table 3: reg6=2/2 actions=resubmit(,2)
+    table 5: reg6=2/2 actions=drop            (above every port's flows)
+
 os-ken 3.1 has no class for the action (NXAST_CHECK_PKT_LARGER, subtype 49),
 so it is encoded here from OVS's ``nx_action_check_pkt_larger``: pkt_len,
 the result bit's offset, the destination's NXM header, padding to 24 bytes.
@@ -66,13 +76,17 @@ class NXActionCheckPktLarger(parser.NXAction):
 parser.NXAction.register(NXActionCheckPktLarger)  # so a dumped flow parses back
 
 
-def check_actions(mtu: int | None) -> list:
+RECIRC_BIT = 1  # reg6 bit of a flow whose actions recirculate (see above)
+
+
+def check_actions(mtu: int | None, recirculates: bool = False) -> list:
     """What a decision's flow starts with when its path has an MTU: bigger
-    packets go to the agent (see the module's docstring); none otherwise."""
+    packets go to the agent (see the module's docstring); none otherwise.
+    ``recirculates``: the flow's actions end in ``ct(table=...)``."""
     if mtu is None:
         return []
-    return [NXActionCheckPktLarger(mtu + ETH_HEADER), parser.NXActionResubmitTable(
-        in_port=0xFFF8, table_id=TABLE_MTU)]  # OFPP_IN_PORT: the packet's own in_port
+    return [NXActionCheckPktLarger(mtu + ETH_HEADER, RECIRC_BIT if recirculates else 0),
+            parser.NXActionResubmitTable(in_port=0xFFF8, table_id=TABLE_MTU)]
 
 
 def too_big_flows(dp, to_controller_table: int, priority: int, miss: int) -> list:
@@ -85,6 +99,21 @@ def too_big_flows(dp, to_controller_table: int, priority: int, miss: int) -> lis
                                p.NXActionResubmitTable(in_port=0xFFF8,
                                                        table_id=to_controller_table),
                                p.NXActionExit()])])
+    bit = 1 << RECIRC_BIT
+    big_recirc = p.OFPFlowMod(
+        datapath=dp, table_id=TABLE_MTU, priority=priority,
+        match=p.OFPMatch(**{MTU_REG: (bit, bit)}), instructions=[
+            p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [
+                p.NXActionResubmitTable(in_port=0xFFF8, table_id=to_controller_table)])])
     rest = p.OFPFlowMod(datapath=dp, table_id=TABLE_MTU, priority=miss, match=p.OFPMatch(),
                         instructions=[])
-    return [big, rest]
+    return [big, big_recirc, rest]
+
+
+def too_big_drop_flow(dp, table: int, priority: int):
+    """In the table a recirculating flow resumes in (5): what its check
+    marked bigger is dropped (the agent got it)."""
+    p = dp.ofproto_parser
+    bit = 1 << RECIRC_BIT
+    return p.OFPFlowMod(datapath=dp, table_id=table, priority=priority,
+                        match=p.OFPMatch(**{MTU_REG: (bit, bit)}), instructions=[])

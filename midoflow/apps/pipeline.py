@@ -35,6 +35,7 @@ from midoflow.apps.tables import (
     PRIO_LOW_TTL,
     PRIO_METADATA,
     PRIO_MISS,
+    PRIO_SG_TOO_BIG,
     PRIO_SIMULATED,
     PRIO_STATE,
     PRIO_STORM,
@@ -214,7 +215,8 @@ def base_flows(dp, wipe: bool = True) -> list:
     dhcp = _flow(dp, TABLE_SIMULATED, PRIO_DHCP, p.OFPMatch(
         eth_type=ETH_IP, ip_proto=PROTO_UDP, udp_dst=DHCP_SERVER_PORT), metered)
     return [*wipes, *unbound_miss_flows(dp), miss, drop_ctl, *low_ttl, state, frags, dhcp,
-            *mtu.too_big_flows(dp, TABLE_TO_CONTROLLER, PRIO_TOO_BIG, PRIO_MISS)]
+            *mtu.too_big_flows(dp, TABLE_TO_CONTROLLER, PRIO_TOO_BIG, PRIO_MISS),
+            mtu.too_big_drop_flow(dp, TABLE_SG_INGRESS, PRIO_SG_TOO_BIG)]
 
 
 def unbound_miss_flows(dp, rate: int = UNBOUND_RATE, burst: int = UNBOUND_BURST) -> list:
@@ -613,7 +615,8 @@ def _flow_actions(decision: Decision, actions: list) -> list:
     MTU check of a path onto a smaller link."""
     path_mtu = getattr(decision.result, "mtu", None)
     if actions and path_mtu is not None:
-        return [*mtu.check_actions(path_mtu), *actions]
+        recirc = any(isinstance(a, ofproto_v1_3_parser.NXActionCT) for a in actions)
+        return [*mtu.check_actions(path_mtu, recirc), *actions]
     return list(actions)
 
 

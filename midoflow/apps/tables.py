@@ -100,6 +100,7 @@ TABLE_SG_INGRESS = 5
 # The bit check_pkt_larger sets for a packet bigger than its path's MTU.
 MTU_REG, MTU_REG_INDEX = "reg6", 6
 PRIO_TOO_BIG = 100
+PRIO_SG_TOO_BIG = 320  # table 5: marked bigger by a recirculating flow (midoflow.apps.mtu)
 
 PRIO_MISS = 0
 PRIO_FENCE = 10  # table 0: a tunnel's or the metadata port's unmatched traffic, dropped
@@ -233,9 +234,10 @@ PIPELINE: dict[int, Table] = {t.table_id: t for t in (
     Table(TABLE_SG_EGRESS, "sg_egress", match=_SG_MATCH,
           actions=_fs("NXActionCT", "NXActionResubmitTable", "NXActionRegLoad"),
           set_fields=frozenset(), goto=frozenset(), writers=(_SG_WRITER,)),
-    Table(TABLE_SG_INGRESS, "sg_ingress", match=_SG_MATCH,
+    Table(TABLE_SG_INGRESS, "sg_ingress", match=_SG_MATCH | {MTU_REG},
           actions=_fs("NXActionCT", "output", "NXActionResubmitTable", "NXActionRegLoad"),
-          set_fields=frozenset(), goto=frozenset(), writers=(_SG_WRITER,)),
+          set_fields=frozenset(), goto=frozenset(),
+          writers=(_SG_WRITER, Writer(BASE, _fs(PRIO_SG_TOO_BIG)))),
     Table(TABLE_TO_CONTROLLER, "to_controller",
           match=_fs("in_port"), actions=_fs("output"), set_fields=frozenset(),
           goto=frozenset(), controller=True, meter=True,

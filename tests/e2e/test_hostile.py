@@ -664,13 +664,16 @@ def test_mac_flood_is_bounded(lab):
 
 
 def test_flow_flood_is_bounded(lab):
-    """2,000 new UDP 5-tuples from one VM: no more flows (simulated
+    """2,000 new UDP flows from one VM, each from a spoofed source address
+    (its anti-spoof chain drops each, by a decision and a flow of its own;
+    its admitted connections make none: its security group is in OVS, and
+    its path to vic is one stateless flow): no more flows (simulated
     decisions, proactive ones included) from its port than the per-port
     limit, the limit shown in `midoflow status`."""
     L = lab
-    base = Ether(src=L.att.vm_mac, dst=L.vic.vm_mac) / IP(src="192.168.1.66",
-                                                          dst="192.168.1.12")
-    frames = [base / UDP(sport=10000 + i, dport=7777) for i in range(2000)]
+    frames = [Ether(src=L.att.vm_mac, dst=L.vic.vm_mac)
+              / IP(src=f"10.66.{i // 250}.{i % 250 + 1}", dst="192.168.1.12")
+              / UDP(sport=10000 + i, dport=7777) for i in range(2000)]
     send(L.att, frames, rate=800)
     shown = eventually(
         lambda: L.att.port_id in (protection(L.mc, L.h1).get("flow_limit") or {}), 10)

@@ -304,3 +304,33 @@ def test_a_delivery_to_a_protected_port_goes_through_its_zone_for_ipv4_only():
                  arp_sha=A_MAC, arp_spa=A_IP, arp_tpa=B_IP)
     d_arp = Decision([Output(7, zone=7)], frozenset({"in_port"}), frozenset(), r, packet=arp)
     assert isinstance(pl.actions_for(pl.OFFLINE, d_arp)[-1], parser.OFPActionOutput)
+
+
+def test_a_path_mtu_check_before_a_zone_delivery_marks_its_own_bit():
+    """OVS 3.1 lets table 3's ``exit`` (a bigger packet's branch) end the
+    smaller branch too when the flow's actions recirculate, dropping every
+    packet: such a flow marks reg6 bit 1, whose table-3 flow has no exit,
+    and table 5 drops what is marked so (midoflow.apps.mtu)."""
+    from dataclasses import replace
+
+    from midoflow.apps import mtu
+
+    view = _cloud()
+    r = replace(simulate(view, _tcp(dport=8080)), mtu=1450)
+    zone = Decision([Output(7, zone=7)], r.match_fields, frozenset(), r,
+                    cookie=pl.DECISION_COOKIE, packet=_tcp(dport=8080))
+    plain = Decision([Output(7)], r.match_fields, frozenset(), r,
+                     cookie=pl.DECISION_COOKIE, packet=_tcp(dport=8080))
+    for d, bit in ((zone, mtu.RECIRC_BIT), (plain, 0)):
+        flow = pl.decision_flow(pl.OFFLINE, d, 3, 60, pl.actions_for(pl.OFFLINE, d))
+        flowcheck.check(flow)
+        check = flow.instructions[0].actions[0]
+        assert isinstance(check, mtu.NXActionCheckPktLarger) and check.offset == bit
+    base = [m for m in pl.base_flows(pl.OFFLINE) if isinstance(m, parser.OFPFlowMod)]
+    table3 = {tuple(dict(m.match.items()).get("reg6", ())): m for m in base if m.table_id == 3}
+    assert any(isinstance(a, parser.NXActionExit)
+               for a in table3[(1, 1)].instructions[0].actions)
+    assert not any(isinstance(a, parser.NXActionExit)
+                   for a in table3[(2, 2)].instructions[0].actions)
+    assert any(m.table_id == pl.TABLE_SG_INGRESS and dict(m.match.items()) == {"reg6": (2, 2)}
+               and not m.instructions for m in base)
