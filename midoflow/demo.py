@@ -588,7 +588,15 @@ def gateway_checks(mc, report: Report):
                  f"in {t:.1f} s; API says " + ", ".join(
                      f"{p['peer_address']} {p['status']['state']}" for p in peers))
     lab.wait_range_everywhere()
-    print("\nThe border routers' view (show ip bgp, FRR):")
+
+    def both_paths() -> bool:  # iBGP carries the other gateway's path a moment later
+        return all(UPLINKS[i].ip in hops and UPLINKS[1 - i].lan_ip in hops
+                   for i, hops in enumerate(r.rib().get(RANGE, []) for r in lab.borders))
+    t0 = time.monotonic()
+    while not both_paths() and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    print(f"\nThe border routers' view (show ip bgp, FRR), after "
+          f"{time.monotonic() - t0:.1f} s more:")
     ok = True
     for i, r in enumerate(lab.borders):
         rib = r.rib()
