@@ -37,6 +37,7 @@ from midoflow.bgp.speaker import BgpManager
 from midoflow.metadata import service as metadata_service
 from midoflow.metadata.proxy import MetadataProxy
 from midoflow.model import DEVICE_ROUTER, STATE_TUNNEL_KEY, conntrack_enforced
+from midoflow.sim.result import chain_tag, ip_addr_group_tag, port_tag
 from midoflow.store.factory import load_credentials, make_store
 from midoflow.store.flowstate_factory import make_flow_state
 
@@ -44,6 +45,9 @@ LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 NUDGE_SECONDS = 0.1  # see _nudge_loop
+# What a port's security-group flows are made of: the port, its chains and
+# rules, the groups' address groups (midoflow.sim.result's tag prefixes).
+_SG_TAGS = (port_tag(""), chain_tag(""), ip_addr_group_tag(""))
 EXPIRY_INTERVAL = 5.0
 # How often the per-port packet-in meters' drops are read (storm control
 # decides on each reading).
@@ -130,7 +134,8 @@ class MidoflowAgent(app_manager.OSKenApp):
 
             def on_invalidate(tags: set[str]) -> None:
                 invalidate(tags)
-                self._sg_wake.set()
+                if any(t.startswith(_SG_TAGS) for t in tags):  # not learned MACs, routes...
+                    self._sg_wake.set()
             self.core.cache.on_invalidate = on_invalidate
         self.metrics = metrics.AgentMetrics(self)  # served when metrics_port is set
         # the bridge's interfaces by OVSDB notifications (see _interfaces_changed)
