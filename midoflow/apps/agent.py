@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from typing import NamedTuple
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -45,6 +46,16 @@ LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 NUDGE_SECONDS = 0.1  # see _nudge_loop
+
+
+class SgSent(NamedTuple):
+    """What OVS holds of a bound port's security groups (``_sg_update``)."""
+
+    ofport: int
+    egress: bool  # what it sends goes through its ct zone (table 4)
+    ingress: bool  # what it gets does (table 5)
+    tunnels: tuple[int, ...]  # the tunnel ofports its table-0 delivery flows cover
+    flows: frozenset
 # What a port's security-group flows are made of: the port, its chains and
 # rules, the groups' address groups (midoflow.sim.result's tag prefixes).
 _SG_TAGS = (port_tag(""), chain_tag(""), ip_addr_group_tag(""))
@@ -127,7 +138,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         # Security groups in OVS (midoflow.agent.sgflows): what OVS holds of
         # each bound port (_sg_update), resent on a topology change.
         self.core.cache.sg_conntrack = self.cfg.sg_conntrack
-        self.sg_sent: dict[str, tuple] = {}
+        self.sg_sent: dict[str, SgSent] = {}
         self._sg_wake = hub.Event()
         if self.cfg.sg_conntrack:
             invalidate = self.core.cache.on_invalidate
@@ -676,7 +687,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         (queued with the ARP replies: before new first packets)."""
         if self.dp is None:
             return
-        if frame[12:14] == b"\x08\x00" and self._sg_egress(ofport):
+        if pipeline.is_ipv4(frame) and self._sg_egress(ofport):
             # IPv4 of a port whose security groups OVS enforces: through the
             # whole pipeline again (table 0, its ct zone), never around it (a
             # packet held before the port was classified never passed it)
@@ -808,7 +819,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         while self.is_active:
             hub.sleep(NUDGE_SECONDS)
             dp = self.dp
-            if dp is None or not any(v[1] or v[2] for v in self.sg_sent.values()):
+            if dp is None or not any(v.egress or v.ingress for v in self.sg_sent.values()):
                 continue
             try:
                 pipeline.send(dp, [pipeline.ct_nudge(dp)])
@@ -824,44 +835,46 @@ class MidoflowAgent(app_manager.OSKenApp):
         port = self.core.cache.ports.get(pid)
         skipped: list[str] = []
         if port is None:
-            want: tuple = (ofport, False, False, tuple(tunnels), frozenset())
+            want = SgSent(ofport, False, False, tuple(tunnels), frozenset())
         else:
             pf = sgflows.port_flows(self.core.cache, port, ofport)
             skipped = pf.skipped
-            want = (ofport, conntrack_enforced(port, "inbound"),
-                    conntrack_enforced(port, "outbound"), tuple(tunnels), pf.flows)
+            want = SgSent(ofport, conntrack_enforced(port, "inbound"),
+                          conntrack_enforced(port, "outbound"), tuple(tunnels), pf.flows)
         sent = self.sg_sent.get(pid)
         if sent == want:
             return
         msgs: list = []
         old: frozenset = frozenset()
-        if sent is None or sent[0] != ofport:
+        if sent is None or sent.ofport != ofport:
             msgs += pipeline.delete_sg_flows(dp, ofport)  # the last connection's, if any
         else:
-            old = sent[4]
-        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(want[4] - old, key=repr))
-        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(old - want[4], key=repr), delete=True)
-        if sent is None or sent[:4] != want[:4]:
-            msgs += pipeline.sg_classify_flows(dp, ofport, key, tunnels, want[1], want[2])
+            old = sent.flows
+        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(want.flows - old, key=repr))
+        msgs += pipeline.sg_flow_mods(dp, ofport, sorted(old - want.flows, key=repr),
+                                      delete=True)
+        if sent is None or sent[:4] != want[:4]:  # all but the flows
+            msgs += pipeline.sg_classify_flows(dp, ofport, key, tunnels, want.egress,
+                                               want.ingress)
         pipeline.send(dp, msgs)
         self.sg_sent[pid] = want
         for why in skipped:
             LOG.warning("port %s: a security-group rule admits nothing in OVS: %s", pid, why)
-        self.core.stats["sg_flows"] = sum(len(v[4]) for v in self.sg_sent.values())
+        self.core.stats["sg_flows"] = sum(len(v.flows) for v in self.sg_sent.values())
 
     def _sg_egress(self, ofport: int) -> bool:
         """Whether OVS enforces the security groups of what this ofport sends."""
         pid = self.core.port_of(ofport)
         sent = self.sg_sent.get(pid) if pid else None
-        return sent is not None and sent[0] == ofport and sent[1]
+        return sent is not None and sent.ofport == ofport and sent.egress
 
     def _sg_forget(self, dp, pid: str, flush: bool = True) -> None:
         """A port unclassified: its security-group flows are gone from OVS.
         ``flush``: unbound (or bound to another ofport): its zone's
         connections forgotten, so a port given that ofport later starts with none."""
         sent = self.sg_sent.pop(pid, None)
-        if flush and sent is not None and (sent[1] or sent[2]):
-            pipeline.send(dp, [pipeline.ct_flush_zone(dp, sent[0])])
+        if flush and sent is not None and (sent.egress or sent.ingress):
+            pipeline.send(dp, [pipeline.ct_flush_zone(dp, sent.ofport)])
 
     # ---- per-port packet-in meters ------------------------------------------
     def _meter_rate(self, port_id: str) -> tuple[int, int]:

@@ -67,7 +67,7 @@ __all__ = [
     "bgp_link_flows", "classify_flows", "close_copy", "close_flows", "decision_flow",
     "decision_messages", "ct_action", "ct_flush_zone", "ct_nudge", "sg_flow_mods",
     "delete_sg_flows",
-    "sg_classify_flows",
+    "sg_classify_flows", "is_ipv4",
     "delete_bgp_link_flows", "delete_cookie", "delete_fence_flows", "delete_meter",
     "fence_flows", "unbound_miss_flows", "match_kwargs", "meter_id",
     "meter_config_request", "meter_stats_request",
@@ -560,13 +560,14 @@ def actions_for(dp, decision: Decision, fragment: bool | None = None) -> list:
                           ip=pkt is not None and pkt.eth_type == ETH_IP, fragment=fragment)
 
 
-def _is_ip(frame: bytes) -> bool:
+def is_ipv4(frame: bytes) -> bool:
+    """Whether an Ethernet frame carries IPv4."""
     return frame[12:14] == b"\x08\x00"
 
 
 def _is_fragment(frame: bytes) -> bool:
     """An IPv4 frame whose More Fragments bit or fragment offset is set."""
-    return _is_ip(frame) and len(frame) >= 22 and bool(int.from_bytes(frame[20:22], "big")
+    return is_ipv4(frame) and len(frame) >= 22 and bool(int.from_bytes(frame[20:22], "big")
                                                        & 0x3FFF)
 
 
@@ -709,7 +710,7 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
             msgs += close_flows(dp, decision, in_port, actions)
         msgs.append(decision_flow(dp, decision, in_port, idle_timeout, actions))
     for em in decision.emits:
-        acts = output_actions(dp, em.actions, em.rewrites, ip=_is_ip(em.frame),
+        acts = output_actions(dp, em.actions, em.rewrites, ip=is_ipv4(em.frame),
                               fragment=_is_fragment(em.frame))
         if acts:
             msgs.append(packet_out(dp, acts, em.frame))

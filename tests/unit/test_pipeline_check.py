@@ -108,7 +108,7 @@ BUILDERS = {
 # Public functions of the pipeline that build no message.
 NOT_BUILDERS = {"allowed", "close_copy", "send", "send_batch", "tracked", "match_kwargs",
                 "meter_id", "metered_drops", "rewrite_actions", "output_actions", "actions_for",
-                "ct_action"}
+                "ct_action", "is_ipv4"}
 
 
 def _messages(result):
