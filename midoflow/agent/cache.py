@@ -214,10 +214,13 @@ class TopologyCache:
         # (the behaviour before issue 13), kept for the benchmark's baseline
         # (benchmarks/bench_route_invalidation.py) only.
         self.router_wide_route_invalidation = False
-        # Security groups of ports enforced by OVS conntrack at their hosts
-        # (the agent's sg_conntrack; midoflow.agent.sgflows): the simulation
-        # leaves their generated chains to it, for IPv4.
+        # This host's sg_conntrack (midoflow.agent.sgflows): its ports'
+        # security groups are enforced by its OVS conntrack; other hosts
+        # publish theirs in their state (sg_in_ovs). ``is_local``: whether a
+        # port is bound here (the agent's binding table), ``local_host``: us.
         self.sg_conntrack = False
+        self.local_host: str | None = None
+        self.is_local: Callable[[str], bool] = lambda _pid: False
         # Load balancing (issue 14): every object of the five kinds by kind
         # and id, by kind and parent id (tuples by id, stable until changed:
         # the simulation memoises by identity), and the members' health.
@@ -228,6 +231,21 @@ class TopologyCache:
         self._health_watched: set[str] = set()
 
     # ---- TopologyView -----------------------------------------------------
+    def sg_in_ovs(self, port_id: str) -> bool:
+        """Whether the port's host enforces its security groups with OVS
+        conntrack: ours by our configuration, another host's as its state
+        says (a host that does not say, or a port bound nowhere known: no,
+        the simulation filters; twice is safe, never is not)."""
+        if self.is_local(port_id):
+            return self.sg_conntrack
+        host = self.port_hosts.get(port_id)
+        if host is None:
+            return False
+        if host == self.local_host:
+            return self.sg_conntrack
+        state = self.host_state.get(host)
+        return bool(state and state.get("sg_conntrack"))
+
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
 
@@ -803,7 +821,12 @@ class TopologyCache:
                 self.host_state.pop(hid, None)
                 self.on_invalidate({host_tag(hid)})
                 return False
+            before = self.host_state.get(hid)
             self.host_state[hid] = data
+            if before is not None and bool(before.get("sg_conntrack")) != \
+                    bool(data.get("sg_conntrack")):
+                # who filters its ports changed: decisions to them are stale
+                self.on_invalidate({host_tag(hid)})
             return None
 
         return cb

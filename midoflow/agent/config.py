@@ -203,10 +203,11 @@ class AgentConfig:
     # Security groups in OVS (agent/sgflows.py, issue 13): a protected port's
     # security groups are enforced by its own host's OVS connection tracking
     # (ct(), a zone per port, static flows in tables 4 and 5), not simulated:
-    # its connections need no agent trip and no flow state. Every host of a
-    # cloud must have the same value (the simulation at one host leaves a
-    # port's groups to the port's host). false: simulated chains and
-    # replicated conntrack (the old way).
+    # its connections need no agent trip and no flow state. Each host
+    # publishes its value in its state: another host's simulation leaves a
+    # port's groups to the port's host only when that host says it enforces
+    # them (hosts may differ, e.g. while a cloud changes it host by host).
+    # false: simulated chains and replicated conntrack (the old way).
     sg_conntrack: bool = _opt(True, _boolean)
     # Fast restart: a (re)connecting agent keeps the flows OVS holds, checks
     # each against the topology and removes only the stale ones. false: wipe

@@ -122,6 +122,8 @@ class AgentCore:
         self.cache.default_mtu, self.cache.underlay_mtu = cfg.default_mtu, cfg.underlay_mtu
         self.installed = InstalledFlows(self._flows_gone, self.stats)
         self.ports = Bindings(cfg, store, self.cache)
+        self.cache.local_host = cfg.host_id
+        self.cache.is_local = lambda pid: pid in self.ports.bound
         self.egress = Egress(cfg.host_id, self.cache, self.ports)
         self.state = FlowState(flow_state or LocalFlowState(),
                                NatAllocator(StoreLeaser(store, cfg.host_id), salt=cfg.host_id),
@@ -201,6 +203,8 @@ class AgentCore:
             "started_at": self.started_at,
             "bound_ports": sorted(self.bindings),
             "protection": self.protection_report(),
+            # others' simulations leave our ports' security groups to our OVS
+            "sg_conntrack": self.cache.sg_conntrack,
         }
         try:
             self.store.put_state(paths.host_alive(self.cfg.host_id), state, ephemeral=True)

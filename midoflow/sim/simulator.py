@@ -201,22 +201,29 @@ def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:
     return None
 
 
+def _sg_in_ovs(view: TopologyView, port_id: str) -> bool:
+    """Whether the port's host enforces its security groups in OVS (a view
+    without the notion, as the API's trace: no, its chains are simulated)."""
+    ask = getattr(view, "sg_in_ovs", None)
+    return bool(ask(port_id)) if ask is not None else False
+
+
 def _port_filter(view: TopologyView, state: FlowStateView, port: Port, which: str,
                  pkt: Packet, inport: Port, b: _Builder) -> Packet | None:
     """A port's own filter: ``which`` is "inbound" (the packet enters the
     topology or a device through ``port``) or "outbound" (it leaves through
     ``port``; ``inport``: where it entered the device). With
-    ``view.sg_conntrack``, a protected port's generated security-group
-    chain is not simulated for IPv4: the port's host enforces it with OVS
-    conntrack (``midoflow.agent.sgflows``); only its anti-spoof chain, which
-    is stateless, is. The decision then matches the ethertype, so its flow
+    a protected port whose host enforces its security groups with OVS
+    conntrack (``view.sg_in_ovs``, ``midoflow.agent.sgflows``), its
+    generated security-group chain is not simulated for IPv4; only its
+    anti-spoof chain, which is stateless, is. The decision then matches the ethertype, so its flow
     never carries another protocol the chain would have dropped."""
     if which == "inbound":
         chain_id, out_port = port.inbound_filter_id, None
     else:
         chain_id, out_port = port.outbound_filter_id, port.id
-    if chain_id and pkt.eth_type == ETH_IP and getattr(view, "sg_conntrack", False) \
-            and conntrack_enforced(port, which):
+    if chain_id and pkt.eth_type == ETH_IP and conntrack_enforced(port, which) \
+            and _sg_in_ovs(view, port.id):
         b.fields.add("eth_type")
         if which == "inbound" and port.port_security_enabled:
             ctx = chains.Context(inport.id, None, port.id, state)

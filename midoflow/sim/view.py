@@ -197,6 +197,10 @@ class DictView:
         self.monitors = monitors or {}
         self.health = health or {}
         self._seqs: dict[tuple, tuple] = {}
+        # Security groups in OVS conntrack at the ports' hosts (sg_in_ovs):
+        # every port's when True, except those whose host simulates them.
+        self.sg_conntrack = False
+        self.sg_simulated_ports: set[str] = set()
 
     def port(self, port_id: str) -> Port | None:
         return self.ports.get(port_id)
@@ -259,3 +263,6 @@ class DictView:
 
     def member_health(self, member_id: str) -> str | None:
         return self.health.get(member_id)
+
+    def sg_in_ovs(self, port_id: str) -> bool:
+        return self.sg_conntrack and port_id not in self.sg_simulated_ports

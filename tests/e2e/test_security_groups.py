@@ -147,3 +147,44 @@ def test_spoofed_sources_are_dropped(sg):
         b.cmd(f"ip link set eth0 address {mac(2)}")
         b.cmd("ip neigh flush dev eth0")
     wait_for(lambda: ping(b, "10.60.0.1", count=1)[1] == 1, 5, "b to work again")
+
+
+def test_hosts_that_enforce_groups_differently_leave_no_hole(cloud_factory):
+    """h1 enforces its ports' groups in OVS, h2 simulates them (a cloud
+    changing sg_conntrack host by host): each host publishes its choice, and
+    h1's simulation filters h2's port itself, h2's leaves a's to h1's OVS.
+    Before, h1 left b's groups to h2, whose OVS does not enforce them: a's
+    packets reached b's closed ports, and h2 dropped the replies of
+    connections it had never seen (a to b's open port failed)."""
+    mc = cloud_factory(2, tunnel="vxlan", agent_options={"hosts": {"h2": {
+        "sg_conntrack": "false"}}})
+    net = mc.bridge("mx-net", "t")
+    a = mc.vm(1, net, "ma", "10.61.0.1/24", mac(11))
+    b = mc.vm(2, net, "mb", "10.61.0.2/24", mac(12))
+    for vm, n, ip, port in ((a, 11, "10.61.0.1", 9000), (b, 12, "10.61.0.2", 8080)):
+        group = mc.api.request("POST", "/security_groups", {"name": f"g{port}",
+                                                            "tenant_id": "t"})["id"]
+        mc.api.request("POST", f"/security_groups/{group}/rules", {
+            "direction": "ingress", "protocol": "tcp", "port_range_min": port,
+            "port_range_max": port})
+        mc.api.request("PUT", f"/ports/{vm.port_id}", {
+            "mac": mac(n), "fixed_ips": [ip],
+            "security_group_ids": [group], "port_security_enabled": True})
+    servers = [serve(b, 8080), serve(b, 8081), serve(a, 9000), serve(a, 9001)]
+    try:
+        states = [mc.agent_alive(h) or {} for h in mc.hosts]
+        assert [s.get("sg_conntrack") for s in states] == [True, False]
+        wait_for(lambda: connect(a, "10.61.0.2", 8080).startswith("10.61.0.1:"), 15,
+                 "b's admitted port to answer a")
+        wait_for(lambda: connect(b, "10.61.0.1", 9000).startswith("10.61.0.2:"), 15,
+                 "a's admitted port to answer b")
+        for _ in range(2):
+            assert not connect(a, "10.61.0.2", 8081).startswith("10.61.0.1:"), \
+                "b's group (simulated at h2) admitted a's connection to 8081"
+            assert not connect(b, "10.61.0.1", 9001).startswith("10.61.0.2:"), \
+                "a's group (in h1's OVS) admitted b's connection to 9001"
+        assert connect(a, "10.61.0.2", 8080).startswith("10.61.0.1:")
+        assert connect(b, "10.61.0.1", 9000).startswith("10.61.0.2:")
+    finally:
+        for s in servers:
+            s.kill()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from benchmarks import scale_topology as st
 from midoflow import model
-from midoflow.agent.cache import TopologyCache
+from midoflow.agent.cache import TopologyCache, host_tag
 from midoflow.service import security as sec
 from midoflow.sim.result import chain_tag
+from midoflow.store import paths
 from midoflow.store.base import Create, Delete, Update
 from midoflow.store.memory import MemoryBackend, MemoryStore
 
@@ -136,3 +137,29 @@ def test_a_large_load_runs_without_the_cyclic_collector_then_freezes_what_it_mad
         assert not gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_who_enforces_a_ports_security_groups_follows_its_hosts_state():
+    """sg_in_ovs: our ports by our configuration; another host's as its
+    published state says; a host that says nothing, or a port bound nowhere:
+    simulated (twice is safe, never is not). A host changing its mind
+    invalidates the decisions sent to it (its host tag)."""
+    api, cache, tags = _world()
+    cache.sg_conntrack, cache.local_host = True, "h1"
+    api.put_state(paths.host_alive("h2"), {"host_id": "h2"}, ephemeral=True)
+    api.put_state(paths.port_active("p1"), {"host_id": "h2"}, ephemeral=True)
+    assert cache.port_hosts.get("p1") == "h2"
+    assert cache.sg_in_ovs("p1") is False  # h2 does not say it enforces them
+    tags.clear()
+    api.put_state(paths.host_alive("h2"), {"host_id": "h2", "sg_conntrack": True},
+                  ephemeral=True)
+    assert cache.sg_in_ovs("p1") is True and host_tag("h2") in set().union(*tags)
+    tags.clear()
+    api.put_state(paths.host_alive("h2"), {"host_id": "h2", "sg_conntrack": True,
+                                           "bound_ports": ["p1"]}, ephemeral=True)
+    assert not any(host_tag("h2") in t for t in tags)  # same choice: nothing stale
+    assert cache.sg_in_ovs("rp") is False  # bound nowhere
+    cache.is_local = lambda pid: pid == "rp"
+    assert cache.sg_in_ovs("rp") is True  # ours: our configuration
+    cache.sg_conntrack = False
+    assert cache.sg_in_ovs("rp") is False

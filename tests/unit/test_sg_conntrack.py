@@ -249,6 +249,19 @@ def test_the_simulation_leaves_a_protected_ports_ipv4_to_its_host():
     assert not simulate(on, _tcp(dport=8080)).conntrack
 
 
+def test_a_port_whose_host_simulates_its_groups_is_filtered_here():
+    """Hosts may differ (a cloud changing sg_conntrack host by host): the
+    groups of a port whose host does not enforce them in OVS are simulated
+    wherever the packet enters, so no host's choice opens a hole."""
+    view = _cloud(True)
+    view.sg_simulated_ports = {"pb"}
+    assert not simulate(view, _tcp(dport=80)).out_ports  # its chain drops it here
+    admitted = simulate(view, _tcp(dport=8080))
+    assert admitted.out_ports == ("pb",) and admitted.conntrack  # tracked here
+    view.sg_simulated_ports = set()
+    assert simulate(view, _tcp(dport=80)).out_ports == ("pb",)  # left to pb's host
+
+
 def test_anti_spoofing_and_arp_stay_in_the_simulation():
     view = _cloud(True)
     spoofed = _tcp(src_port="pb", src="10.1.0.99", dst=A_IP, smac=B_MAC, dmac=A_MAC)
