@@ -142,6 +142,11 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+# How long an ARP answer noted here (arp_learned_here) outlives a store
+# that does not show it: its write failed, or another host's replaced it.
+ARP_NOTE_SECONDS = 5.0
+
+
 def host_tag(host_id: str) -> str:
     """Flows that tunnel to a host depend on its tunnel address."""
     return f"host:{host_id}"
@@ -210,6 +215,9 @@ class TopologyCache:
         # are their union, by (device, key)).
         self._macs_of: dict[str, dict[str, str]] = {}
         self._arps_of: dict[str, dict[str, tuple[str, float, str]]] = {}
+        # (router, ip) -> entry name: ARP answers noted here before the store
+        # has them (arp_learned_here); kept until the watch shows the name.
+        self._arp_noted: dict[tuple[str, str], tuple[str, float]] = {}
         # True: a route change invalidates every flow routed by its router
         # (the behaviour before issue 13), kept for the benchmark's baseline
         # (benchmarks/bench_route_invalidation.py) only.
@@ -740,6 +748,13 @@ class TopologyCache:
                     if ip not in new or at > new[ip][1]:  # the freshest entry wins
                         new[ip] = (mac, at, name)
             old = self._arps_of.get(router_id, {})  # not a scan of every router's
+            for ip, e in old.items():  # noted here, its store entry not seen yet
+                noted = self._arp_noted.get((router_id, ip))
+                if noted is not None and noted[0] == e[2]:
+                    if e[2] in children or time.monotonic() - noted[1] > ARP_NOTE_SECONDS:
+                        del self._arp_noted[(router_id, ip)]
+                    elif ip not in new or e[1] >= new[ip][1]:
+                        new[ip] = e
             self._arps_of[router_id] = new
             changed = {ip for ip in old.keys() | new.keys()
                        if (old.get(ip) or ("",))[0] != (new.get(ip) or ("",))[0]}
@@ -755,6 +770,21 @@ class TopologyCache:
             return None
 
         return cb
+
+    def arp_learned_here(self, router_id: str, ip: str, mac: str, at: float,
+                         name: str) -> None:
+        """An ARP answer this agent simulated, in the table before its store
+        entry (``name``) comes back through the watch, which then finds it
+        there and changes nothing. What waits for it goes now (on_arp)."""
+        if router_id not in self.routers:
+            return
+        table = self._arps_of.setdefault(router_id, {})
+        old = table.get(ip)
+        table[ip] = self.arps[(router_id, ip)] = (mac, at, name)
+        self._arp_noted[(router_id, ip)] = (name, time.monotonic())
+        if old is None or old[0] != mac:
+            self.on_invalidate({arp_tag(router_id, ip)})
+        self.on_arp(router_id, ip)
 
     def _learned_cb(self, router_id: str):
         def cb(children: list[str]):

@@ -649,7 +649,7 @@ class AgentCore:
                 self.spawn(self.learning.learn_macs, learned)
             arps = self.learning.claim(result.arp_learned)
             if arps:
-                self.spawn(self.learning.learn_arps, arps)
+                self.spawn(self.learning.record_arps, self.learning.note_arps(arps))
         decision = self.translate(result)
         decision.packet = pkt
         decision.install = result.cacheable and not pkt.ip_frag

@@ -113,18 +113,34 @@ class Learning:
                             bridge_id, LEARN_RETRY_SECONDS, e)
 
     def learn_arps(self, entries: Iterable[ArpEntry]) -> None:
+        self.record_arps(self.note_arps(entries))
+
+    def note_arps(self, entries: Iterable[ArpEntry]) -> list[tuple[str, str, str, str]]:
+        """ARP answers this agent simulated, into its own table at once: the
+        packets waiting for them go now, not after the store's copy comes
+        back through the watch (several ZooKeeper round trips). Returns the
+        entries to record, (router, ip, mac, entry name)."""
+        out = []
         for router_id, ip, mac in entries:
             cur = self.cache.arps.get((router_id, ip))
             now = self.clock.wall()  # the learned time, compared with stored ones
             if cur and cur[0] == mac and now - cur[1] < ARP_REWRITE_SECONDS \
                     and cur[2] in self.mine:
                 continue
+            name = paths.arp_entry(router_id, ip, mac, now).rsplit("/", 1)[1]
+            parsed = paths.parse_arp_entry(name)
+            if parsed is not None:  # the time as the name holds it, as the watch will
+                self.cache.arp_learned_here(router_id, ip, mac, parsed[2], name)
+            out.append((router_id, ip, mac, name))
+        return out
+
+    def record_arps(self, entries: Iterable[tuple[str, str, str, str]]) -> None:
+        """Write noted ARP entries to the store (ZooKeeper): the new entry
+        first, then the old ones for the address go: never a moment without."""
+        for router_id, ip, mac, name in entries:
             try:
                 table = paths.arp_table(router_id)
-                name = paths.arp_entry(router_id, ip, mac, now).rsplit("/", 1)[1]
-                # the new entry first, then the old ones: never a moment without
-                self.store.put_state(paths.arp_entry(router_id, ip, mac, now), {},
-                                     ephemeral=True)
+                self.store.put_state(f"{table}/{name}", {}, ephemeral=True)
                 for old in self.store.list_state(table):
                     e = paths.parse_arp_entry(old)
                     if e and e[0] == ip and old != name:

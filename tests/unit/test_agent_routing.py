@@ -12,8 +12,9 @@ from midoflow.agent.core import Output, TokenBucket, Tunnel
 from midoflow.apps import frames
 from midoflow.sim.result import routes_tag
 from midoflow.store import paths
-from midoflow.store.base import Create, Delete
-from tests.unit.worlds import NOW, R1, R2, VM1, VM2
+from midoflow.store.base import Create, Delete, Update
+from tests.unit import worlds
+from tests.unit.worlds import NOW, R1, R2, TUNNELS, VM1, VM2
 
 
 def ip_fields(dst="192.168.2.20", ttl=64, src="192.168.1.10"):
@@ -146,3 +147,38 @@ def test_one_store_write_per_learned_mac_however_many_packets(routed_world):
         h1.handle_miss(5, {"eth_src": "02:00:00:00:07:07", "eth_dst": VM1, "eth_type": 0x800})
     assert [w for w in writes if w[0] == "learn_macs"] == [
         ("learn_macs", ((("b1", "02:00:00:00:07:07", "p1"),),))]
+
+
+def test_an_arp_answer_seen_here_releases_what_waits_before_the_store_has_it(routed_world):
+    """Issue 13, goal 6: the answering VM on the asking host. Its ARP reply
+    releases the held packets at once, from the agent's own table; the store
+    write (and its watch, which then changes nothing) comes after. Before,
+    the packets waited for the entry's trip through ZooKeeper and back."""
+    api, agents, replayed, _ = routed_world
+    h1 = agents["h1"]
+    vm3 = "02:00:00:00:03:30"
+    api.commit([Create("ports", {"id": "p3", "device_id": "b2", "tunnel_key": 17}),
+                Update("bridges", {"id": "b2", "port_ids": ["p2", "b2r", "p3"]})])
+    worlds.bind(agents, {"h1": {**TUNNELS, "vm1": (5, "p1"), "vm3": (6, "p3")}})
+    f = ip_fields(dst="192.168.2.30")
+    assert not h1.handle_miss(5, f, frame_of(f)).actions  # held for ARP
+    assert h1.held[("r", "192.168.2.30")]
+    spawned = []
+    h1.spawn = lambda fn, *a: spawned.append((fn, a))  # nothing runs: writes in flight
+    reply = {"eth_src": vm3, "eth_dst": R2, "eth_type": 0x806, "arp_op": 2, "arp_sha": vm3,
+             "arp_spa": "192.168.2.30", "arp_tha": R2, "arp_tpa": "192.168.2.1"}
+    h1.handle_miss(6, reply)
+    assert not api.list_state(paths.arp_table("r"))  # the store has nothing yet
+    assert h1.cache.arps[("r", "192.168.2.30")][0] == vm3
+    assert not h1.held.get(("r", "192.168.2.30"))
+    assert [a[0] for fn, a in spawned if fn.__name__ == "_replay"] == [5]  # released now
+    d = h1.handle_miss(5, f, frame_of(f))  # the replayed packet is routed at once
+    assert d.install and ("eth_dst", vm3) in [(r.field, r.value) for r in d.rewrites]
+    # the store write lands; its watch finds the entry there and changes nothing
+    (write,) = [(fn, a) for fn, a in spawned if fn.__name__ == "record_arps"]
+    spawned.clear()
+    write[0](*write[1])
+    assert [paths.parse_arp_entry(n)[:2] for n in api.list_state(paths.arp_table("r"))] == [
+        ("192.168.2.30", vm3)]
+    assert h1.cache.arps[("r", "192.168.2.30")][0] == vm3
+    assert not spawned and replayed == []
