@@ -70,6 +70,7 @@ from midoflow.model import (
     conntrack_enforced,
     port_chain_id,
 )
+from midoflow.sim.result import chain_tag, ip_addr_group_tag, port_tag
 
 EGRESS, INGRESS = "egress", "ingress"
 ETH_IP = 0x0800
@@ -115,6 +116,28 @@ class SgFlow:
 class PortFlows:
     flows: frozenset[SgFlow]
     skipped: list[str] = field(default_factory=list)  # rules admitting nothing, and why
+    # The invalidation tags of what they were computed from (the port's, its
+    # chains' and groups', the address groups'): only a change of one of
+    # these can change them.
+    reads: frozenset[str] = frozenset()
+
+
+class _Reads:
+    """A view that notes the tags of the chains and address groups read."""
+
+    def __init__(self, view) -> None:
+        self.view, self.tags = view, set()
+
+    def chain(self, chain_id: str):
+        self.tags.add(chain_tag(chain_id))
+        return self.view.chain(chain_id)
+
+    def rule(self, rule_id: str):
+        return self.view.rule(rule_id)  # a rule's change is its chain's (chain_tag)
+
+    def ip_addr_group(self, group_id: str):
+        self.tags.add(ip_addr_group_tag(group_id))
+        return self.view.ip_addr_group(group_id)
 
 
 def range_masks(lo: int, hi: int, bits: int = 16) -> list[tuple[int, int]]:
@@ -237,6 +260,8 @@ def port_flows(view, port: Port, ofport: int) -> PortFlows:
     whose filters are not enforced here)."""
     flows: set[SgFlow] = set()
     skipped: list[str] = []
+    view = _Reads(view)
+    view.tags.add(port_tag(port.id))
 
     def addresses(gid: str):
         g = view.ip_addr_group(gid)
@@ -278,7 +303,7 @@ def port_flows(view, port: Port, ofport: int) -> PortFlows:
             flows.add(SgFlow(EGRESS, PRIO_STRAY, _sorted({**zone, "eth_src": mac}), AS_EGRESS))
     if conntrack_enforced(port, "outbound"):
         flows.add(SgFlow(EGRESS, PRIO_STRAY_INGRESS, _sorted(zone), AS_INGRESS))
-    return PortFlows(frozenset(flows), skipped)
+    return PortFlows(frozenset(flows), skipped, frozenset(view.tags))
 
 
 def port_macs(port: Port) -> list[str]:

@@ -46,6 +46,7 @@ LOG = logging.getLogger("midoflow.agent")
 
 POLL_INTERVAL = 1.0
 NUDGE_SECONDS = 0.1  # see _nudge_loop
+SG_FULL_SECONDS = 10.0  # see _sg_loop: every port's groups recomputed anyway
 
 
 class SgSent(NamedTuple):
@@ -139,13 +140,20 @@ class MidoflowAgent(app_manager.OSKenApp):
         # each bound port (_sg_update), resent on a topology change.
         self.core.cache.sg_conntrack = self.cfg.sg_conntrack
         self.sg_sent: dict[str, SgSent] = {}
+        # port -> the tags its flows were computed from; the tags changed since
+        # the loop last ran (it recomputes only the ports they concern)
+        self.sg_reads: dict[str, frozenset[str]] = {}
+        self._sg_dirty: set[str] = set()
+        self._sg_full_at = 0.0
         self._sg_wake = hub.Event()
         if self.cfg.sg_conntrack:
             invalidate = self.core.cache.on_invalidate
 
             def on_invalidate(tags: set[str]) -> None:
                 invalidate(tags)
-                if any(t.startswith(_SG_TAGS) for t in tags):  # not learned MACs, routes...
+                mine = {t for t in tags if t.startswith(_SG_TAGS)}  # not MACs, routes...
+                if mine:
+                    self._sg_dirty |= mine
                     self._sg_wake.set()
             self.core.cache.on_invalidate = on_invalidate
         self.metrics = metrics.AgentMetrics(self)  # served when metrics_port is set
@@ -349,6 +357,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self._fence()
         self.classified.clear()
         self.sg_sent = {}  # every port's security-group flows sent again (_bindings_changed)
+        self.sg_reads = {}
         self.meta_sent, self._meta_port_sent = {}, None  # sent again below / by the loop
         self.core.stats["metered_drops"] = {}
         # Re-install the classify flows of every current binding.
@@ -566,7 +575,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         if ev.datapath is self.dp:
             self.dp = None
             self.classified.clear()
-            self.sg_sent = {}
+            self.sg_sent, self.sg_reads = {}, {}
             self._kept, self._kept_xid = [], None
             self._kept_classify, self._classify_xid = [], None
             self._kept_meters, self._meters_xid, self._meters_wait = None, None, False
@@ -797,18 +806,29 @@ class MidoflowAgent(app_manager.OSKenApp):
     def _sg_loop(self):
         """Keep every bound port's security-group flows in line with the
         topology: at once after a change (the cache's invalidations wake it),
-        else every second."""
+        for the ports whose flows were computed from what changed (their
+        chains, groups, address groups: ``PortFlows.reads``); every port when
+        the tunnels change, and every SG_FULL_SECONDS anyway."""
         while self.is_active:
             self._sg_wake.wait(timeout=POLL_INTERVAL)
             self._sg_wake.clear()
             dp = self.dp
             if dp is None:
                 continue
+            tags, self._sg_dirty = self._sg_dirty, set()
             try:
                 tunnels = sorted(self.core.tunnel_ofports.values())
+                now = time.monotonic()
+                full = now - self._sg_full_at >= SG_FULL_SECONDS
+                if full:
+                    self._sg_full_at = now
                 for pid, (ofport, key) in list(self.classified.items()):
-                    self._sg_update(dp, pid, ofport, key, tunnels)
+                    sent, reads = self.sg_sent.get(pid), self.sg_reads.get(pid)
+                    if full or sent is None or reads is None or reads & tags \
+                            or sent.ofport != ofport or list(sent.tunnels) != tunnels:
+                        self._sg_update(dp, pid, ofport, key, tunnels)
             except Exception:
+                self._sg_dirty |= tags  # again at the next pass
                 LOG.exception("security-group flows not updated (retrying)")
 
     def _nudge_loop(self):
@@ -839,6 +859,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         else:
             pf = sgflows.port_flows(self.core.cache, port, ofport)
             skipped = pf.skipped
+            self.sg_reads[pid] = pf.reads
             want = SgSent(ofport, conntrack_enforced(port, "inbound"),
                           conntrack_enforced(port, "outbound"), tuple(tunnels), pf.flows)
         sent = self.sg_sent.get(pid)
@@ -872,6 +893,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         """A port unclassified: its security-group flows are gone from OVS.
         ``flush``: unbound (or bound to another ofport): its zone's
         connections forgotten, so a port given that ofport later starts with none."""
+        self.sg_reads.pop(pid, None)
         sent = self.sg_sent.pop(pid, None)
         if flush and sent is not None and (sent.egress or sent.ingress):
             pipeline.send(dp, [pipeline.ct_flush_zone(dp, sent.ofport)])

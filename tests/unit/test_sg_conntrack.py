@@ -17,11 +17,11 @@ from midoflow.agent import sgflows
 from midoflow.agent.decision import Decision, Output
 from midoflow.apps import flowcheck
 from midoflow.apps import pipeline as pl
-from midoflow.model import Bridge, Chain, IpAddrGroup, Port, Rule
+from midoflow.model import Bridge, Chain, IpAddrGroup, Port, Rule, port_chain_id
 from midoflow.service import security
 from midoflow.sim import chains
 from midoflow.sim.packet import ETH_ARP, ETH_IP, PROTO_TCP, Packet
-from midoflow.sim.result import _Builder
+from midoflow.sim.result import _Builder, chain_tag, ip_addr_group_tag, port_tag
 from midoflow.sim.simulator import simulate
 from midoflow.sim.view import NO_FLOW_STATE, DictView
 
@@ -225,6 +225,25 @@ def test_port_flows_hold_the_groups_rules_per_direction():
          (("ct_zone", 7), ("eth_src", B_MAC))),
         ("egress", sgflows.PRIO_STRAY, sgflows.AS_EGRESS, (("ct_zone", 7), ("eth_src", B_MAC))),
         ("egress", sgflows.PRIO_STRAY_INGRESS, sgflows.AS_INGRESS, (("ct_zone", 7),))}
+
+
+def test_a_ports_flows_name_what_they_were_computed_from():
+    """PortFlows.reads: the agent recomputes a port's flows only when one of
+    these tags is invalidated (a rule of its group, a remote group's
+    members, the port itself), not on every security-group change."""
+    view = _cloud()
+    reads = sgflows.port_flows(view, view.ports["pb"], 7).reads
+    web = {chain_tag(security.sg_chain_id("web", d)) for d in ("ingress", "egress")}
+    own = {chain_tag(port_chain_id("pb", w)) for w in ("inbound", "outbound")}
+    assert {port_tag("pb")} | web | own <= reads
+    assert not any(t.startswith(ip_addr_group_tag("")) for t in reads)  # no remote group
+    ipag = security.sg_ipag_id("web")
+    rid = next(r.id for r in view.rules.values()
+               if r.chain_id == security.sg_chain_id("web", "ingress"))
+    view.rules[rid] = Rule(**{**view.rules[rid].__dict__, "ip_addr_group_src": ipag})
+    assert ip_addr_group_tag(ipag) in sgflows.port_flows(view, view.ports["pb"], 7).reads
+    other = sgflows.port_flows(view, view.ports["pa"], 3).reads
+    assert not (other & web)  # pa's flows do not depend on pb's group
 
 
 def test_a_port_whose_filter_a_user_replaced_is_simulated():
