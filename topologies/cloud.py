@@ -235,11 +235,9 @@ class CloudHost(Node):
         for iface in (self.uplink, "br-phy", "br-int"):
             self.ns_run("ethtool", "-K", iface, "tx", "off", check=False)
         _wait(lambda: os.path.exists(self.mgmt_sock), 10, f"{self.mgmt_sock}")
-        # OVS's conntrack (security groups, sg_conntrack) reassembles fragments
-        # and drops non-last ones below 1,200 bytes by default: a router's
-        # split of a 1,500-byte fragment onto a 1,450-byte network makes two of
-        # about 740 (agent/fragments.py). 400 is OVS's lowest bound.
-        self.ovs_appctl("dpctl/ipf-set-min-frag", "v4", "400")
+        # OVS's conntrack drops non-last fragments below 1,200 bytes by
+        # default: the agent lowers that itself when it connects
+        # (midoflow.apps.ovsctl, through this control socket).
         self.vxlan_ofport = self.ofport("vxlan0")
         self.gre_ofport = self.ofport("gre0")
 

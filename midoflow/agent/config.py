@@ -161,6 +161,10 @@ class AgentConfig:
     # The network namespace OVS runs in, when it is not the agent's (a pid or
     # a name in /var/run/netns): where the BGP links' OVS ends go.
     ovs_netns: str = _opt("", _stripped)
+    # ovs-vswitchd's control socket (ovs-appctl -t), for the datapath
+    # settings OpenFlow cannot make (midoflow.apps.ovsctl). Empty: the one
+    # beside the OVSDB socket (ovs-vswitchd.ctl or ovs-vswitchd.<pid>.ctl).
+    ovs_unixctl: str = _opt("", _stripped)
     # ZooKeeper session timeout (s): how long this host's ephemeral state
     # (ports, learned routes) outlives a dead agent. Gateways want it short.
     zk_session_timeout: float = _opt(10.0, _seconds(2.0, 600.0))

@@ -32,7 +32,7 @@ from midoflow.agent.fairqueue import ARP, CONTROL, VM, FairQueue
 from midoflow.agent.flows import FlowIndex
 from midoflow.agent.metadata import METADATA_MAC, METADATA_PORT, MetadataPorts, Steering
 from midoflow.agent.storm import StormControl
-from midoflow.apps import frames, metrics, ofp_unix, ovsdb, oxm, pipeline
+from midoflow.apps import frames, metrics, ofp_unix, ovsctl, ovsdb, oxm, pipeline
 from midoflow.apps.healthcheck import HealthCheckRunner
 from midoflow.bgp.speaker import BgpManager
 from midoflow.metadata import service as metadata_service
@@ -367,8 +367,18 @@ class MidoflowAgent(app_manager.OSKenApp):
         for entry in self.bgp_links.values():  # a wipe took them; else they replace themselves
             pipeline.send(dp, pipeline.bgp_link_flows(dp, *entry))
         self._poke.set()
+        if self.cfg.sg_conntrack:  # a restarted ovs-vswitchd forgot it
+            self.threads.append(hub.spawn(self._tune_ovs))
         LOG.info("connected to OVS datapath %016x (%s)", dp.id,
                  "keeping its flows" if fast else "flows wiped")
+
+    def _tune_ovs(self) -> None:
+        """OVS's conntrack accepts the fragments the agent makes (see
+        midoflow.apps.ovsctl)."""
+        why = ovsctl.set_ipf_min_frag(ovsctl.unixctl_path(self.cfg.ovsdb, self.cfg.ovs_unixctl))
+        if why:
+            LOG.warning("OVS drops IPv4 fragments under 1,200 bytes to ports with security "
+                        "groups: %s", why)
 
     # ---- fast restart: the flows OVS kept ---------------------------------
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
