@@ -150,6 +150,7 @@ def format_trace(res: dict[str, Any], body: dict[str, Any], names: dict[str, str
         lines.append("installed as a flow: yes")
     else:
         lines.append("installed as a flow: no (every such packet goes to the agent)")
+    lines += [f"note: {n}" for n in res.get("notes") or []]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from midoflow.service.view import StoreView
 from midoflow.sim import packet as pk
 from midoflow.sim.result import Result
 from midoflow.sim.simulator import simulate
+from midoflow.store import paths
 from midoflow.store.base import Data, Store
 
 IP_FIELDS = ("ip_src", "ip_dst", "ip_proto", "ip_ttl", "tp_src", "tp_dst", "ip_len", "ip_df")
@@ -140,6 +141,37 @@ def result_to_dict(res: Result) -> Data:
     }
 
 
+def enforcement_notes(store: Store, pkt: pk.Packet, res: Result) -> list[str]:
+    """Where the security groups of the path's ports act for real: a port
+    whose host enforces them with OVS conntrack (its agent's ``sg_conntrack``,
+    published in its host state) has them in its host's OVS, which this
+    simulation does not reach; its chain steps show what the rules give a new
+    connection."""
+    if pkt.eth_type != pk.ETH_IP:
+        return []
+    notes = []
+    for pid, which, what in ((pkt.in_port, "inbound", "what it sends"),
+                             *((p, "outbound", "what it receives") for p in res.out_ports)):
+        try:
+            port = model.Port.from_dict(store.get(model.PORTS, pid)[0])
+        except NotFound:
+            continue
+        if not model.conntrack_enforced(port, which):
+            continue
+        host = (store.get_state(paths.port_active(pid)) or {}).get("host_id")
+        state = store.get_state(paths.host_alive(host)) if host else None
+        if state and state.get("sg_conntrack"):
+            notes.append(f"port {pid}: the security groups of {what} are enforced by OVS "
+                         f"conntrack on host {host} (ct zone: the port's ofport; "
+                         "`ovs-appctl dpctl/dump-conntrack zone=<ofport>` there); the steps "
+                         "show what its rules give a new connection, and replies of the "
+                         "connections it tracks pass there whatever the rules")
+    return notes
+
+
 def trace(store: Store, body: Any) -> Data:
     pkt = parse_packet(store, body)
-    return result_to_dict(simulate(StoreView(store), pkt, now=time.time()))
+    res = simulate(StoreView(store), pkt, now=time.time())
+    out = result_to_dict(res)
+    out["notes"] = enforcement_notes(store, pkt, res)
+    return out

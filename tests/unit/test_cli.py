@@ -486,6 +486,7 @@ def test_trace_human(cli, l2_net):
     match = next(line for line in lines if line.startswith("flow match: "))
     assert f"in_port={p1['id']}" in match and "eth_dst=02:00:00:00:00:02" in match
     assert "installed as a flow: yes" in lines
+    assert not any(line.startswith("note: ") for line in lines)
 
     r = ok(cli("trace", "--in-port", p1["id"], "--eth-src", "02:00:00:00:00:01",
                "--eth-dst", "ff:ff:ff:ff:ff:ff", "--arp", "request", "--ip-src", "10.0.0.1",
@@ -495,6 +496,15 @@ def test_trace_human(cli, l2_net):
     r = ok(cli("trace", "--in-port", "vm2", "--eth-src", "02:00:00:00:00:02",
                "--eth-dst", "02:00:00:00:00:02"))
     assert "decision: DROP (" in r.out
+
+
+def test_trace_notes_a_port_whose_groups_its_hosts_ovs_enforces():
+    from midoflow.cli.trace import format_trace
+
+    res = {"action": "forward", "out_ports": ["p2"], "steps": [], "notes": ["port p2: ..."]}
+    out = format_trace(res, {"in_port": "p1", "eth_src": "02:00:00:00:00:01",
+                             "eth_dst": "02:00:00:00:00:02"}, {})
+    assert out.splitlines()[-1] == "note: port p2: ..."
 
 
 def test_trace_json(cli, l2_net):

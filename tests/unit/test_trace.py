@@ -19,7 +19,7 @@ from tests.unit.test_rest import _err
 
 VM1, VM2, VM3 = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
 KEYS = {"action", "reason", "out_ports", "steps", "match_fields", "tags", "rewrites",
-        "generated", "cacheable", "wait_arp"}
+        "generated", "cacheable", "wait_arp", "notes"}
 
 
 def _id() -> str:
@@ -107,6 +107,32 @@ def test_trace_forwards_to_the_learned_port(service, mem_store, l2):
     assert res["cacheable"] is True and res["wait_arp"] is None
     # a trace changes nothing, not even the MAC table it would learn into
     assert store_snapshot(mem_store) == before
+
+
+def test_trace_says_where_a_ports_security_groups_act(service, mem_store, l2):
+    """A port whose host enforces its groups in OVS conntrack (the host state
+    says so): the trace still evaluates the rules (what a new connection
+    gets) and notes where they act for real; not for a host that simulates."""
+    sg = service.create_security_group({"name": "web"})
+    service.add_security_group_rule(sg["id"], {
+        "direction": "ingress", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80})
+    service.update_port(l2["p2"]["id"], {"mac": VM2, "fixed_ips": ["10.0.0.2"],
+                                         "security_group_ids": [sg["id"]],
+                                         "port_security_enabled": True})
+    mem_store.put_state(paths.port_active(l2["p2"]["id"]), {"host_id": "h2"})
+    mem_store.put_state(paths.host_alive("h2"), {"host_id": "h2", "sg_conntrack": False})
+    tcp = {"ip_src": "10.0.0.1", "ip_dst": "10.0.0.2", "ip_proto": 6, "tp_src": 1234}
+    res = service.trace(_pkt(l2, **tcp, tp_dst=80))
+    assert res["out_ports"] == [l2["p2"]["id"]] and res["notes"] == []  # h2 simulates them
+    mem_store.put_state(paths.host_alive("h2"), {"host_id": "h2", "sg_conntrack": True})
+    res = service.trace(_pkt(l2, **tcp, tp_dst=80))
+    assert res["out_ports"] == [l2["p2"]["id"]]
+    (note,) = res["notes"]
+    assert l2["p2"]["id"] in note and "OVS conntrack on host h2" in note
+    res = service.trace(_pkt(l2, **tcp, tp_dst=22))
+    assert res["action"] == "drop" and len(res["notes"]) == 0  # dropped before p2
+    assert service.trace(_pkt(l2, arp_op=1, arp_spa="10.0.0.1", arp_tpa="10.0.0.2"))[
+        "notes"] == []  # ARP: the simulation is the whole story
 
 
 def test_trace_floods_an_unknown_destination(service, l2):
