@@ -866,10 +866,9 @@ class TopologyCache:
                 self.host_state.pop(hid, None)
                 self.on_invalidate({host_tag(hid)})
                 return False
-            before = self.host_state.get(hid)
+            before = self.host_state.get(hid)  # {}: not read yet (_alive_hosts)
             self.host_state[hid] = data
-            if before is not None and bool(before.get("sg_conntrack")) != \
-                    bool(data.get("sg_conntrack")):
+            if before and bool(before.get("sg_conntrack")) != bool(data.get("sg_conntrack")):
                 # who filters its ports changed: decisions to them are stale
                 self.on_invalidate({host_tag(hid)})
             return None

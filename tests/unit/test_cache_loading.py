@@ -147,6 +147,7 @@ def test_who_enforces_a_ports_security_groups_follows_its_hosts_state():
     api, cache, tags = _world()
     cache.sg_conntrack, cache.local_host = True, "h1"
     api.put_state(paths.host_alive("h2"), {"host_id": "h2"}, ephemeral=True)
+    assert not any(host_tag("h2") in t for t in tags)  # its first state: nothing to redo
     api.put_state(paths.port_active("p1"), {"host_id": "h2"}, ephemeral=True)
     assert cache.port_hosts.get("p1") == "h2"
     assert cache.sg_in_ovs("p1") is False  # h2 does not say it enforces them
@@ -163,6 +164,10 @@ def test_who_enforces_a_ports_security_groups_follows_its_hosts_state():
     assert cache.sg_in_ovs("rp") is True  # ours: our configuration
     cache.sg_conntrack = False
     assert cache.sg_in_ovs("rp") is False
+    tags.clear()
+    api.put_state(paths.host_alive("h3"), {"host_id": "h3", "sg_conntrack": True},
+                  ephemeral=True)
+    assert not any(host_tag("h3") in t for t in tags)  # a host's first state: nothing stale
 
 
 def test_where_a_port_is_bound_is_followed_per_port_not_by_the_list_of_all():
