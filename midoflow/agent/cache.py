@@ -206,7 +206,6 @@ class TopologyCache:
         self._batching = False
         self._pending_tables: list[tuple[str, Callable]] = []
         self._pending_chains: list[str] = []
-        self._pending_active: list[str] = []
         self._batch_port: str | None = None
         self._batch_interior = False
         # bridge interior port -> its key in router_macs
@@ -472,6 +471,7 @@ class TopologyCache:
                          *LB_KINDS):
                 self.store.watch_kind(kind, self._kind_cb(kind))
             self.store.watch_state_children(paths.MEMBER_HEALTH, self._health_children)
+            self.store.watch_state_children(paths.PORTS_ACTIVE, self._active_ports)
             self.store.watch_state_children(paths.HOSTS_ALIVE, self._alive_hosts)
         self.load_seconds = time.monotonic() - t0
         LOG.info("topology loaded in %.2f s: %d ports, %d bridges, %d routers, %d routes, "
@@ -494,9 +494,6 @@ class TopologyCache:
             port, self._batch_port = self._batch_port, None
             interior, self._batch_interior = self._batch_interior, False
             chains, self._pending_chains = self._pending_chains, []
-            active, self._pending_active = self._pending_active, []
-        if active:
-            self._follow_active(list(dict.fromkeys(active)))
         if interior:
             self._index_router_macs()
         if tables:
@@ -565,14 +562,8 @@ class TopologyCache:
             new = model.Port.from_dict(data) if data else None
             if new:
                 self.ports[oid] = new
-                if oid not in self._active_watched:
-                    self._follow_active([oid])
             else:
                 self.ports.pop(oid, None)
-                if oid in self._active_watched and oid not in self.port_hosts:
-                    # bound nowhere: no change of its node may ever end the watch
-                    self._active_watched.discard(oid)
-                    self.store.unwatch_states([paths.port_active(oid)])
             if any(p is not None and p.type == PORT_INTERIOR for p in (old, new)):
                 if self._batching:
                     self._batch_interior = True
@@ -815,14 +806,8 @@ class TopologyCache:
 
         return cb
 
-    def _follow_active(self, pids: Sequence[str]) -> None:
-        """Follow where these ports are bound (each port of the topology:
-        its activation node is watched even while missing, so no agent reads
-        the list of every active port again at each binding anywhere)."""
-        new = [pid for pid in pids if pid not in self._active_watched]
-        if self._batching:
-            self._pending_active.extend(new)
-            return
+    def _active_ports(self, children: list[str]) -> None:
+        new = [pid for pid in children if pid not in self._active_watched]
         self._active_watched.update(new)
         by_path = {paths.port_active(pid): pid for pid in new}
         self.store.watch_states(list(by_path), lambda path: self._active_cb(by_path[path]))

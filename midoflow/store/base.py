@@ -153,12 +153,6 @@ class Store(ABC):
         for path in paths:
             self.watch_state(path, cb_of(path))
 
-    @abstractmethod
-    def unwatch_states(self, paths: Sequence[str]) -> None:
-        """Stop following these state paths (:meth:`watch_state`): their
-        callbacks are not called again. For a path whose node is missing,
-        where no change may ever come to end the watch by its callback."""
-
     def watch_states_children(self, paths: Sequence[str],
                               cb_of: Callable[[str], Callable[[list[str]], Any]]) -> None:
         """:meth:`watch_state_children` for each path (first calls made before

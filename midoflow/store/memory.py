@@ -100,7 +100,6 @@ def _parent(path: str) -> str:
 class MemoryStore(Store):
     def __init__(self, backend: MemoryBackend | None = None) -> None:
         self.backend = backend or MemoryBackend()
-        self._state_cbs: dict[str, list[Callable]] = defaultdict(list)  # unwatch_states
         self.session = self.backend.new_session_id()
         self.closed = False
 
@@ -249,14 +248,6 @@ class MemoryStore(Store):
     def watch_state(self, path: str, cb: Callable[[Data | None], Any]) -> None:
         if cb(self.get_state(path)) is not False:
             self.backend.state_watches[path].append(cb)
-            self._state_cbs[path].append(cb)
-
-    def unwatch_states(self, paths: Sequence[str]) -> None:
-        with self.backend.lock:
-            for path in paths:
-                mine = self._state_cbs.pop(path, [])
-                watches = self.backend.state_watches.get(path, [])
-                watches[:] = [cb for cb in watches if not any(cb is m for m in mine)]
 
     # ---- leader election ----------------------------------------------------
     def elect(self, path: str, identifier: str, on_lead: Callable[[], Any],

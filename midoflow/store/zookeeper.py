@@ -554,14 +554,6 @@ class ZkStore(Store):
 
         self._follow_many([follower(p) for p in paths])
 
-    def unwatch_states(self, paths: Sequence[str]) -> None:
-        zpaths = {self._state_path(p) for p in paths}
-        with self._lock:
-            for f in self._followers:
-                if not f.children and f.zpath in zpaths:
-                    f.ended = True  # its next event reads nothing; dropped at reconnection
-            self._followers = [f for f in self._followers if not f.ended]
-
     def watch_states_children(self, paths: Sequence[str],
                               cb_of: Callable[[str], Callable[[list[str]], Any]]) -> None:
         self._follow_many([_Follower(self, self._state_path(p), True, cb_of(p))

@@ -58,21 +58,6 @@ def test_states_follow_a_node_through_deletion_and_recreation(zk_store_factory):
     assert got["state/ports/x"] == [{"host_id": "h1"}, None, {"host_id": "h3"}]
 
 
-def test_an_unwatched_missing_state_is_not_followed_any_more(zk_store_factory):
-    """unwatch_states: the agent's cache stops following a deleted port's
-    missing activation node (no change would ever end that watch)."""
-    a, b = zk_store_factory(), zk_store_factory()
-    got: dict[str, list] = {}
-    b.watch_states(["state/ports/gone", "state/ports/kept"],
-                   lambda path: lambda data: got.setdefault(path, []).append(data))
-    b.unwatch_states(["state/ports/gone"])
-    a.put_state("state/ports/gone", {"host_id": "h1"})
-    a.put_state("state/ports/kept", {"host_id": "h2"})
-    wait_until(lambda: got["state/ports/kept"][-1] == {"host_id": "h2"})
-    assert got["state/ports/gone"] == [None]
-    assert not any(f.zpath.endswith("/gone") for f in b._followers)
-
-
 def test_children_of_many_paths_missing_deleted_and_made_again(zk_store_factory):
     a, b = zk_store_factory(), zk_store_factory()
     a.put_state("tables/bridges/b1/macs/m1,p1", {})

@@ -94,9 +94,6 @@ class FlakyStore(Store):
     def watch_state(self, path, cb):
         return self.inner.watch_state(path, cb)
 
-    def unwatch_states(self, paths):
-        return self.inner.unwatch_states(paths)
-
     def health(self):
         return {"backend": "flaky", "connected": not self.down}
 

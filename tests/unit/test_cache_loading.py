@@ -168,28 +168,3 @@ def test_who_enforces_a_ports_security_groups_follows_its_hosts_state():
     api.put_state(paths.host_alive("h3"), {"host_id": "h3", "sg_conntrack": True},
                   ephemeral=True)
     assert not any(host_tag("h3") in t for t in tags)  # a host's first state: nothing stale
-
-
-def test_where_a_port_is_bound_is_followed_per_port_not_by_the_list_of_all():
-    """Issue 13 (scale): each port of the topology has its activation node
-    watched, also while missing, so no agent re-reads the names of every
-    active port (10,000 at scale) at each binding anywhere; a deleted port
-    bound nowhere stops being followed."""
-    api, cache, _ = _world()
-    reads = []
-    list_state = cache.store.list_state
-    cache.store.list_state = lambda path: reads.append(path) or list_state(path)
-    assert "p1" not in cache.port_hosts
-    api.put_state(paths.port_active("p1"), {"host_id": "h2"}, ephemeral=True)
-    assert cache.port_hosts["p1"] == "h2"  # followed while it was missing
-    api.delete_state(paths.port_active("p1"))
-    assert "p1" not in cache.port_hosts
-    api.commit([Create(model.PORTS, {"id": "p9", "device_id": "b", "tunnel_key": 9})])
-    api.put_state(paths.port_active("p9"), {"host_id": "h3"}, ephemeral=True)
-    assert cache.port_hosts["p9"] == "h3"  # a new port, followed from its creation
-    assert paths.PORTS_ACTIVE not in reads
-    api.delete_state(paths.port_active("p9"))
-    api.commit([Delete(model.PORTS, "p9")])
-    assert "p9" not in cache._active_watched
-    api.put_state(paths.port_active("p9"), {"host_id": "h3"}, ephemeral=True)
-    assert "p9" not in cache.port_hosts  # no longer followed
