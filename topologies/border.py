@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from mininet.node import Host
 
 from topologies import links
-from topologies.cloud import PROJECT_PREFIX, _kill_netns_processes, _netns_inode
+from topologies.cloud import _kill_netns_processes, _netns_inode, unused_prefix
 from topologies.lifecycle import StartStop
 
 FRR_DIR = "/usr/lib/frr"
@@ -862,7 +862,7 @@ class Upstream(StartStop):
 
     def __init__(self, prefix: str | None = None, lan: str = "198.51.100.0/24",
                  internet_ip: str = "198.51.100.100", workdir: str | None = None):
-        self.prefix = prefix or f"{PROJECT_PREFIX}{os.urandom(2).hex()}"
+        self.prefix = prefix or unused_prefix()
         if len(self.prefix) > 8 or not re.fullmatch(r"[a-z0-9]+", self.prefix):
             raise BorderError(f"prefix {self.prefix!r}: use <= 8 lowercase letters/digits")
         self.lan = ipaddress.ip_network(lan)

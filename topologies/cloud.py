@@ -48,6 +48,26 @@ from topologies import links
 from topologies.lifecycle import StartStop, wait_for
 
 PROJECT_PREFIX = "mfl"  # every name this module creates starts with it
+
+
+def unused_prefix(lead: str = PROJECT_PREFIX) -> str:
+    """``lead`` + 4 random hex digits that no interface, named network namespace
+    or ``/tmp`` directory on this machine starts with: labs running at the same
+    time (the e2e shards, a demo beside the tests) must not share names."""
+    import glob
+
+    def in_use(p: str) -> bool:
+        names = os.listdir("/sys/class/net")
+        with contextlib.suppress(OSError):
+            names += os.listdir("/var/run/netns")
+        return any(n.startswith(p) for n in names) or bool(glob.glob(f"/tmp/{p}-*"))
+
+    for _ in range(64):
+        p = f"{lead}{secrets.token_hex(2)}"
+        if not in_use(p):
+            return p
+    raise RuntimeError(f"no unused name prefix {lead}XXXX after 64 tries: remove leftover "
+                       "labs with: make cleanup")
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 VXLAN_OFPORT = 1
 GRE_OFPORT = 2
@@ -296,7 +316,7 @@ class Cloud(StartStop):
     def __init__(self, n_hosts: int = 2, subnet: str = "10.10.0.0/24", prefix: str | None = None,
                  basedir: str | None = None, hooks=(), keep_rundir: bool | None = None,
                  parallel: bool = True):
-        self.prefix = prefix or f"{PROJECT_PREFIX}{secrets.token_hex(2)}"
+        self.prefix = prefix or unused_prefix()
         if len(self.prefix) > 8 or not re.fullmatch(r"[a-z0-9]+", self.prefix):
             raise CloudError(f"prefix {self.prefix!r}: use ≤ 8 lowercase letters/digits")
         self.subnet = ipaddress.ip_network(subnet)

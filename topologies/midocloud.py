@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import netaddr
 from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError
 from kazoo.security import make_digest_acl
 
 from midoflow.cli.client import ApiError, Client
@@ -108,6 +110,20 @@ class MidoCloud(StartStop):
         atexit.register(self.stop)
 
     # ---- lifecycle ----------------------------------------------------------
+    def _new_chroot(self, zk: KazooClient, login) -> str:
+        """Create this cloud's chroot, one no other cloud has used: ``/<prefix>``, or
+        that with a random suffix when a cloud that stopped earlier left it in a
+        shared ZooKeeper (it may be protected by another secret)."""
+        acl = [make_digest_acl(*login, all=True)] if login else None
+        chroot = f"/{self.cloud.prefix}"
+        for _ in range(16):
+            try:
+                zk.create(chroot, acl=acl, makepath=True)
+                return chroot
+            except NodeExistsError:
+                chroot = f"/{self.cloud.prefix}-{secrets.token_hex(3)}"
+        raise RuntimeError(f"ZooKeeper at {self.zk_hosts}: no free chroot /{self.cloud.prefix}-*")
+
     def start(self) -> MidoCloud:
         t0 = time.monotonic()
         if self.zk_hosts is None:
@@ -120,15 +136,16 @@ class MidoCloud(StartStop):
         self.cloud = Cloud(n_hosts=self.n_hosts, subnet=self.subnet, prefix=self.prefix)
         self.cloud.start()
         self.hosts = self.cloud.hosts
-        chroot = f"/{self.cloud.prefix}"
         login = self.credentials.zookeeper if self.credentials else None
         zk = KazooClient(hosts=self.zk_hosts, timeout=10,
                          auth_data=[("digest", f"{login.user}:{login.password}")] if login
                          else None)
         zk.start(timeout=15)
-        zk.ensure_path(chroot, acl=[make_digest_acl(*login, all=True)] if login else None)
-        zk.stop()
-        zk.close()
+        try:
+            chroot = self._new_chroot(zk, login)
+        finally:
+            zk.stop()
+            zk.close()
         self.zk_spec = self.zk_hosts + chroot
         self.zk_auth = tuple(login) if login else None  # for more ZkStores on zk_spec
         self.store = ZkStore(self.zk_spec, auth=self.zk_auth)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import pytest
 from midoflow.cli.client import ApiError, Unreachable
 from midoflow.devenv.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 from midoflow.store import paths
-from topologies.cloud import ping
+from topologies.cloud import ping, unused_prefix
 from topologies.midocloud import MidoCloud, wait_for
 
 pytestmark = pytest.mark.e2e_l2
@@ -50,7 +49,7 @@ def mac(net: int, n: int) -> str:
 @pytest.fixture(scope="module")
 def mc(ensemble):
     # "mflq....": this test's namespaces, links and rundirs are easy to tell apart.
-    cloud = MidoCloud(n_hosts=2, zk_hosts=ensemble.hosts, prefix=f"mflq{secrets.token_hex(2)}")
+    cloud = MidoCloud(n_hosts=2, zk_hosts=ensemble.hosts, prefix=unused_prefix("mflq"))
     try:
         cloud.start()
         yield cloud

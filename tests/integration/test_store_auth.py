@@ -353,3 +353,53 @@ def test_agent_flow_state_logs_in_from_the_credentials_file(cassandra_server, tm
         fs._get().session.execute(f"DROP KEYSPACE {ks}", timeout=30)
     finally:
         fs.close()
+
+
+def test_a_cloud_never_reuses_a_chroot_left_by_an_earlier_one(zk_server):
+    """Clouds sharing one ZooKeeper (the e2e run) each get a chroot of their own:
+    one left protected by an earlier cloud's secret under the same name prefix
+    is passed over (CI once failed with NoAuth on such a collision)."""
+    from topologies.midocloud import MidoCloud
+
+    prefix = f"mflt{uuid.uuid4().hex[:4]}"
+    other = ("midoflow", generate_password())
+    c = _client(zk_server.hosts, other)
+    try:
+        c.create(f"/{prefix}", acl=[make_digest_acl(*other, all=True)])
+        mc = object.__new__(MidoCloud)  # only what _new_chroot reads
+        mc.zk_hosts = zk_server.hosts
+        mc.cloud = type("C", (), {"prefix": prefix})()
+        ours = ("midoflow", generate_password())
+        mine = _client(zk_server.hosts, ours)
+        try:
+            chroot = mc._new_chroot(mine, ours)
+            assert chroot.startswith(f"/{prefix}-")
+            acls, _ = mine.get_acls(chroot)
+            assert list(acls) == [make_digest_acl(*ours, all=True)]
+            with pytest.raises(NoAuthError):
+                c.get_children(chroot)
+            mine.create(f"{chroot}/x")  # ours to use
+        finally:
+            mine.stop()
+            mine.close()
+    finally:
+        c.stop()
+        c.close()
+
+
+def test_a_name_prefix_in_use_on_this_machine_is_not_chosen(monkeypatch):
+    """A lab's names (interfaces, /tmp directories) must not collide with a lab
+    running beside it."""
+    import secrets as _secrets
+
+    from topologies import cloud
+
+    taken = "mflz" + "0a1b"
+    d = f"/tmp/{taken}-x"
+    os.makedirs(d, exist_ok=True)
+    draws = iter(["0a1b", "0a1b", "7c7c"])
+    monkeypatch.setattr(_secrets, "token_hex", lambda n: next(draws))
+    try:
+        assert cloud.unused_prefix("mflz") == "mflz7c7c"
+    finally:
+        os.rmdir(d)
