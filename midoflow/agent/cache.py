@@ -34,6 +34,7 @@ from midoflow.model import (
     BGP_PEERS,
     BRIDGES,
     CHAINS,
+    DEVICE_BRIDGE,
     DEVICE_ROUTER,
     DHCP_SUBNETS,
     HEALTH_MONITORS,
@@ -43,6 +44,7 @@ from midoflow.model import (
     LOAD_BALANCERS,
     POOL_MEMBERS,
     POOLS,
+    PORT_EXTERIOR,
     PORT_GROUPS,
     PORT_INTERIOR,
     PORTS,
@@ -65,6 +67,7 @@ from midoflow.model import (
     TunnelZone,
 )
 from midoflow.sim.result import (
+    address_tag,
     arp_tag,
     bridge_tag,
     chain_tag,
@@ -145,6 +148,7 @@ def _no_cyclic_gc() -> Iterator[None]:
 # How long an ARP answer noted here (arp_learned_here) outlives a store
 # that does not show it: its write failed, or another host's replaced it.
 ARP_NOTE_SECONDS = 5.0
+LOCATION_NOTE_SECONDS = 5.0  # a pushed location the store has not confirmed
 
 
 def host_tag(host_id: str) -> str:
@@ -172,6 +176,8 @@ class TopologyCache:
         self.on_port_location: Callable[[str], None] = lambda _pid: None
         self.host_state: dict[str, Data] = {}
         self.macs: dict[tuple[str, str], str] = {}  # (bridge, mac) -> port
+        # (bridge, fixed IP or own MAC) -> exterior port: _index_addresses
+        self._addr_ports: dict[tuple[str, str], str] = {}
         self.routers: dict[str, Router] = {}
         self.route_objs: dict[str, Route] = {}
         self.routes_by_router: dict[str, dict[str, Route]] = {}
@@ -218,6 +224,8 @@ class TopologyCache:
         # (router, ip) -> entry name: ARP answers noted here before the store
         # has them (arp_learned_here); kept until the watch shows the name.
         self._arp_noted: dict[tuple[str, str], tuple[str, float]] = {}
+        # port -> (its location before another host pushed one, when): see port_bound_at
+        self._located_noted: dict[str, tuple[str | None, float]] = {}
         # True: a route change invalidates every flow routed by its router
         # (the behaviour before issue 13), kept for the benchmark's baseline
         # (benchmarks/bench_route_invalidation.py) only.
@@ -344,6 +352,29 @@ class TopologyCache:
         """The bridge's DHCP subnets, enabled or not (the caller checks), by id."""
         subs = self._dhcp_by_bridge.get(bridge_id)
         return tuple(subs[k] for k in sorted(subs)) if subs else ()
+
+    def address_port(self, bridge_id: str, ip: str) -> Port | None:
+        pid = self._addr_ports.get((bridge_id, ip))
+        return self.ports.get(pid) if pid else None
+
+    def own_mac_port(self, bridge_id: str, mac: str) -> str | None:
+        return self._addr_ports.get((bridge_id, mac))
+
+    def _index_addresses(self, oid: str, old: Port | None, new: Port | None) -> set[str]:
+        """(bridge, fixed IP or own MAC) -> exterior bridge port: the index, and
+        the tags of the entries that changed."""
+        def keys(p: Port | None) -> set[tuple[str, str]]:
+            if p is None or p.type != PORT_EXTERIOR or p.device_type != DEVICE_BRIDGE:
+                return set()
+            return {(p.device_id, a) for a in (*p.fixed_ips, *((p.mac,) if p.mac else ()))}
+
+        before, after = keys(old), keys(new)
+        for k in before - after:
+            if self._addr_ports.get(k) == oid:
+                del self._addr_ports[k]
+        for k in after:
+            self._addr_ports[k] = oid
+        return {(mac_tag if ":" in k[1] else address_tag)(*k) for k in before ^ after}
 
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         e = self.arps.get((router_id, ip))
@@ -580,6 +611,7 @@ class TopologyCache:
                 # A router port's network is a route and its address the
                 # router's: the lookups of those addresses change with them
                 # (flows in or out through the port carry its port tag).
+                tags |= self._index_addresses(oid, old, new)
                 if (old is None or new is None or old.device_id != new.device_id
                         or _router_port_prefixes(old) != _router_port_prefixes(new)):
                     for p in (old, new):
@@ -820,23 +852,55 @@ class TopologyCache:
         def cb(data: Data | None):
             old = self.port_hosts.get(pid)
             new = data.get("host_id") if data else None
-            if new:
-                self.port_hosts[pid] = new
-            else:
-                self.port_hosts.pop(pid, None)
-            if old != new:
-                tags = {port_tag(pid)}
-                p = self.ports.get(pid)
-                if p:
-                    tags.add(flood_tag(p.device_id))
-                self.on_invalidate(tags)
-                self.on_port_location(pid)
+            self._located_noted.pop(pid, None)  # the store's word, from now on
+            self._set_location(pid, old, new)
             if new or pid in self.ports:
                 return None
             self._active_watched.discard(pid)
             return False
 
         return cb
+
+    def port_bound_at(self, pid: str, host: str) -> bool:
+        """Another host says it has just bound ``pid`` (pushed over the tunnel
+        with its first packets, ahead of the store): this host may reach the
+        port now instead of after its watch of ``state/ports``. The store's
+        word replaces it when it comes; unconfirmed, it is forgotten after
+        LOCATION_NOTE_SECONDS (:meth:`expire_notes`). False when ignored (a
+        port or host not known here, or the location already known)."""
+        if pid not in self.ports or host not in self.host_state or host == self.local_host:
+            return False
+        old = self.port_hosts.get(pid)
+        if old == host:
+            return False
+        if pid not in self._located_noted:
+            self._located_noted[pid] = (old, time.monotonic())
+        self._set_location(pid, old, host)
+        return True
+
+    def expire_notes(self) -> int:
+        """Locations another host pushed that the store has not confirmed in
+        LOCATION_NOTE_SECONDS: back to what the store said. How many."""
+        now = time.monotonic()
+        gone = [pid for pid, (_prev, at) in self._located_noted.items()
+                if now - at > LOCATION_NOTE_SECONDS]
+        for pid in gone:
+            prev, _at = self._located_noted.pop(pid)
+            self._set_location(pid, self.port_hosts.get(pid), prev)
+        return len(gone)
+
+    def _set_location(self, pid: str, old: str | None, new: str | None) -> None:
+        if new:
+            self.port_hosts[pid] = new
+        else:
+            self.port_hosts.pop(pid, None)
+        if old != new:
+            tags = {port_tag(pid)}
+            p = self.ports.get(pid)
+            if p:
+                tags.add(flood_tag(p.device_id))
+            self.on_invalidate(tags)
+            self.on_port_location(pid)
 
     def _alive_hosts(self, children: list[str]) -> None:
         new = [hid for hid in children if hid not in self.host_state]

@@ -55,6 +55,7 @@ from midoflow.agent.protection import Protection, TokenBucket
 from midoflow.agent.unbound import UnboundHold
 from midoflow.errors import MidoflowError
 from midoflow.model import HOSTS, PORT_INTERIOR
+from midoflow.nat import statewire
 from midoflow.nat.allocator import NatAllocator
 from midoflow.nat.conntrack import TCP_FIN, TCP_RST
 from midoflow.nat.flowstate import FlowStateStore, LocalFlowState
@@ -81,6 +82,8 @@ _CONN_FIELDS = ("eth_src", "eth_dst", "eth_type", "ip_src", "ip_dst", "ip_proto"
 _CONN_MATCH = frozenset(("in_port", *_CONN_FIELDS))
 # IPv4 below this TTL always reaches the agent (midoflow.apps.tables.LOW_TTL).
 _LOW_TTL = 8
+# announce_bound: a flow-state message must have a TTL; a port location has none
+ANNOUNCE_TTL = 1
 _INSTALLED = Result(action=Action.FORWARD, reason="its connection's installed flow")
 
 
@@ -101,6 +104,7 @@ class AgentCore:
         spawn: Callable[..., object] | None = None,
         frames: Frames | None = None,
         replay: Callable[[int, bytes], None] = lambda ofport, frame: None,
+        send: Callable[[list[Emit]], None] | None = None,
         clock: Clock | None = None,
         flow_state: FlowStateStore | None = None,
     ) -> None:
@@ -112,6 +116,7 @@ class AgentCore:
         self.spawn = spawn or (lambda f, *a: f(*a))
         self.frames = frames or Frames()
         self.replay = replay
+        self.send = send  # frames sent outside a packet-in's answer (announce_bound)
         self.ovs_connected = False
         self.unsynced_host = False
         self.started_at = self.clock.wall()
@@ -297,11 +302,29 @@ class AgentCore:
 
     def _activate(self, port_id: str) -> None:
         self.recover_state(port_id)
+        self.announce_bound(port_id)
         # Only now are the port's packets simulated: before, a connection's
         # next packet would get a new SNAT port and the peer would reset it.
         self.recovering.discard(port_id)
         self.arp.release(("recovering", port_id))
         self.ports.mark_active(port_id)
+
+    def announce_bound(self, port_id: str) -> int:
+        """Tell every other host now that ``port_id`` is bound here, over the
+        tunnel like flow state, before its packets go: the answer to its first
+        packet (and the ARP request that answer needs) can then reach it
+        at once instead of after the store's write and each host's watch
+        (issue 13, goal 4). The store stays the truth (TopologyCache.port_bound_at).
+        Nothing is sent for a port the store already shows here (a restart).
+        How many hosts were told."""
+        if self.send is None or self.cache.port_hosts.get(port_id) == self.cfg.host_id:
+            return 0
+        frame = statewire.encode([], ANNOUNCE_TTL, bound=(self.cfg.host_id, [port_id]))
+        emits = self.egress.to_every_host(frame)
+        if emits:
+            self.send(emits)
+            self.stats["bound_announced"] = self.stats.get("bound_announced", 0) + len(emits)
+        return len(emits)
 
     def resync(self) -> bool:
         """Write again what the store refused (ports activated or deactivated,
@@ -323,9 +346,12 @@ class AgentCore:
         """File the buffered flow state (called often by the agent's loop)."""
         return self.state.flush()
 
-    def receive_state(self, frame: bytes) -> int:
-        """Flow state pushed by another host's agent; returns keys installed."""
+    def receive_state(self, frame: bytes, tun_src: str | None = None) -> int:
+        """Flow state pushed by another host's agent (from the underlay
+        address ``tun_src`` when known); returns keys installed."""
         try:
+            if b'"bound"' in frame:
+                self._bound_elsewhere(frame, tun_src)
             n, stale = self.state.receive(frame)
         except ValueError as e:
             self.stats["malformed"] += 1
@@ -334,6 +360,21 @@ class AgentCore:
         if stale:
             self._invalidate_tags(stale)
         return n
+
+    def _bound_elsewhere(self, frame: bytes, tun_src: str | None) -> None:
+        """Ports another host announces it has bound (announce_bound); only
+        from that host's own tunnel address, when the datapath says it."""
+        said = statewire.decode_bound(frame)
+        if said is None:
+            return
+        host, port_ids = said
+        route = self.cache.tunnel_to(self.cfg.host_id, host)
+        if route is None or (tun_src is not None and route[0] != tun_src):
+            self.stats["bound_refused"] = self.stats.get("bound_refused", 0) + 1
+            return
+        for pid in port_ids:
+            if self.cache.port_bound_at(pid, host):
+                self.stats["bound_noted"] = self.stats.get("bound_noted", 0) + 1
 
     def recover_state(self, port_id: str) -> int:
         """Connections of a port bound here, from the flow-state store."""

@@ -60,6 +60,15 @@ class Egress:
                 ports |= set(g.port_ids)
         return ports
 
+    def to_every_host(self, frame: bytes) -> list[Emit]:
+        """A message for every other host alive."""
+        out = []
+        for host in sorted(self.cache.host_state):
+            via = self._tunnel_to(host) if host != self.host_id else None
+            if via is not None:
+                out.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, *via)]))
+        return out
+
     def to_hosts(self, frame: bytes, ports) -> list[Emit]:
         """A flow-state message for the hosts of these ports (not this one)."""
         hosts = {self.cache.port_hosts.get(p) for p in ports}

@@ -132,6 +132,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         self.core = AgentCore(self.cfg, self.store, on_invalidate=self._delete_cookies,
                               on_bindings=self._bindings_changed, spawn=hub.spawn,
                               frames=_OsKenFrames(), replay=self._replay,
+                              send=self._send_emits,
                               flow_state=make_flow_state(self.cfg.flow_state, eventlet=True,
                                                          credentials=creds))
         self._poke = hub.Event()
@@ -314,6 +315,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                 if hub_time() - self._last_expiry > EXPIRY_INTERVAL:
                     self._last_expiry = hub_time()
                     self.core.expire_state()
+                    self.core.cache.expire_notes()  # pushed locations not confirmed
                 self.core.maybe_publish()  # what the per-port bounds refused, for status
                 self.core.unbound.expire()  # unbound ports' packets held too long: dropped
                 self._fence()
@@ -627,7 +629,7 @@ class MidoflowAgent(app_manager.OSKenApp):
                 self._enqueue(("state", match.get("tun_ipv4_src")), CONTROL,
                               (msg.datapath, 0, data, None, False))
             else:
-                self.core.receive_state(data)
+                self.core.receive_state(data, match.get("tun_ipv4_src"))
             return
         buffer_id = msg.buffer_id if msg.buffer_id != msg.datapath.ofproto.OFP_NO_BUFFER \
             else None
@@ -691,7 +693,7 @@ class MidoflowAgent(app_manager.OSKenApp):
             n += 1
             try:
                 if isinstance(key, tuple):
-                    self.core.receive_state(data)
+                    self.core.receive_state(data, key[1])
                 elif dp is self.dp:  # not one of a lost connection
                     self._process(dp, in_port, data, buffer_id, copy)
             except Exception:  # one bad packet must not stop the worker
@@ -700,6 +702,13 @@ class MidoflowAgent(app_manager.OSKenApp):
                 hub.sleep(0)
                 start = hub_time()
         return n
+
+    def _send_emits(self, emits) -> None:
+        """Frames the core sends on its own (a port's binding announced)."""
+        dp = self.dp
+        if dp is not None and emits:
+            pipeline.send(dp, [pipeline.packet_out(dp, pipeline.output_actions(dp, e.actions),
+                                                   e.frame) for e in emits])
 
     def _replay(self, ofport: int, frame: bytes) -> None:
         """A held packet whose next hop is now resolved: simulate it again

@@ -19,12 +19,15 @@ MAX_KEYS = 256
 
 def encode(keys: list[ConnKey], ttl: int, nat: list[NatBinding] = (),
            closing: list[tuple[ConnKey, int]] = (), sticky: list[Sticky] = (),
-           now: float = 0.0) -> bytes:
+           now: float = 0.0, bound: tuple[str, list[str]] | None = None) -> bytes:
     """``keys``: return keys to install; ``closing``: (key as seen, TCP flags)
     of FIN or RST segments, so both ends' hosts see both halves close;
     ``sticky``: a load balancer's SOURCE_IP entries (their time left at
-    ``now``, each its own lifetime)."""
-    msg = {"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl}
+    ``now``, each its own lifetime); ``bound``: (the sender's host id, ports
+    it has just bound), the store's news before the store has it."""
+    msg: dict = {"ct": [k.encode() for k in keys[:MAX_KEYS]], "ttl": ttl}
+    if bound:
+        msg["host"], msg["bound"] = bound[0], list(bound[1][:MAX_KEYS])
     if nat:
         msg["nat"] = [b.encode() for b in nat[:MAX_KEYS]]
     if sticky:
@@ -76,6 +79,19 @@ def decode(frame: bytes) -> tuple[list[ConnKey], int]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"bad flow-state payload: {e}") from None
     return keys, ttl
+
+
+def decode_bound(frame: bytes) -> tuple[str, list[str]] | None:
+    """(the sender's host id, the ports it has just bound) of a message that
+    says so, None for one that does not; ValueError for a bad one."""
+    msg, _ttl = _message(frame)
+    if "bound" not in msg:
+        return None
+    host, ports = msg.get("host"), msg["bound"]
+    if not isinstance(host, str) or not 0 < len(host) <= 64 or not isinstance(ports, list) \
+            or not all(isinstance(p, str) and 0 < len(p) <= 64 for p in ports[:MAX_KEYS]):
+        raise ValueError("bad flow-state payload: bound ports")
+    return host, ports[:MAX_KEYS]
 
 
 def decode_sticky(frame: bytes, now: float) -> list[Sticky]:

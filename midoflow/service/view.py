@@ -122,6 +122,16 @@ class StoreView:
             self._macs[bridge_id] = table
         return self._macs[bridge_id].get(mac)
 
+    def address_port(self, bridge_id: str, ip: str) -> Port | None:
+        memo = self.__dict__.setdefault("_addresses", {})
+        if bridge_id not in memo:
+            memo[bridge_id] = {addr: d["id"] for d, _ in self.store.list(model.PORTS)
+                               if d.get("device_id") == bridge_id
+                               and d.get("type", model.PORT_EXTERIOR) == model.PORT_EXTERIOR
+                               for addr in d.get("fixed_ips") or ()}
+        pid = memo[bridge_id].get(ip)
+        return self.port(pid) if pid else None
+
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         if router_id not in self._arps:
             table: dict[str, tuple[str, float]] = {}

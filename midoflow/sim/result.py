@@ -74,6 +74,11 @@ def route_prefix_tag(router_id: str, cidr: str) -> str:
     return f"{ROUTE_PREFIX}{router_id}:{cidr}"
 
 
+def address_tag(bridge_id: str, ip: str) -> str:
+    """Which port of the bridge has ``ip`` among its fixed addresses."""
+    return f"addr:{bridge_id}:{ip}"
+
+
 def arp_tag(router_id: str, ip: str) -> str:
     return f"arp:{router_id}:{ip}"
 

@@ -43,6 +43,7 @@ from midoflow.sim.result import (
     Generated,
     Rewrite,
     _Builder,
+    address_tag,
     arp_tag,
     port_tag,
     route_dst_tag,
@@ -345,6 +346,15 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.step("router", rid, f"{pkt.ip_dst} matches {chosen.dst} ({chosen.id}): out port "
                           f"{out.id}, {via}")
 
+    known = _address_port(view, out, hop, b)
+    if known is not None:  # the VM's port says its MAC: no ARP (as OVN, and
+        # MidoNet's Neutron plugin seeding its bridges' ARP tables)
+        mac = known.mac
+        b.rewrites += [Rewrite("eth_src", out.mac), Rewrite("eth_dst", mac), Rewrite("ttl", 1)]
+        b.step("router", rid, f"next hop {hop} is port {known.id}'s address, MAC {mac} "
+                              f"(no ARP): eth {out.mac} -> {mac}, TTL {pkt.ip_ttl} -> "
+                              f"{pkt.ip_ttl - 1}")
+        return out, pkt.evolve(eth_src=out.mac, eth_dst=mac, ip_ttl=pkt.ip_ttl - 1)
     b.tags.add(arp_tag(rid, hop))
     entry = view.arp(rid, hop)
     if entry is None or now - entry[1] > ARP_EXPIRE:
@@ -366,6 +376,21 @@ def route(view: TopologyView, inport: Port, pkt: Packet, b: _Builder,
     b.step("router", rid, f"next hop {hop} is {mac}: eth {out.mac} -> {mac}, "
                           f"TTL {pkt.ip_ttl} -> {pkt.ip_ttl - 1}")
     return out, pkt.evolve(eth_src=out.mac, eth_dst=mac, ip_ttl=pkt.ip_ttl - 1)
+
+
+def _address_port(view: TopologyView, out: Port, hop: str, b: _Builder) -> Port | None:
+    """The port of the bridge behind ``out`` that has ``hop`` among its fixed
+    addresses, and a MAC: its MAC needs no ARP. The flow depends on that
+    bridge's address ``hop`` (tag) and on the port found."""
+    peer = view.port(out.peer_id) if out.peer_id else None
+    if peer is None or peer.device_type != DEVICE_BRIDGE:
+        return None
+    b.tags.add(address_tag(peer.device_id, hop))
+    port = view.address_port(peer.device_id, hop)
+    if port is None or not port.mac:
+        return None
+    b.tags.add(port_tag(port.id))
+    return port
 
 
 def learnable(inport: Port, own: set[str], spa: str | None, sha: str | None) -> bool:

@@ -21,6 +21,7 @@ from collections import deque
 from midoflow.model import (
     DEVICE_BRIDGE,
     DEVICE_ROUTER,
+    PORT_EXTERIOR,
     PORT_INTERIOR,
     Port,
     conntrack_enforced,
@@ -151,7 +152,8 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
 
     if not is_multicast(pkt.eth_dst):
         b.tags.add(mac_tag(bid, pkt.eth_dst))
-        out_id = _router_port_by_mac(view, bridge, pkt.eth_dst) or view.mac_port(bid, pkt.eth_dst)
+        out_id = _router_port_by_mac(view, bridge, pkt.eth_dst) \
+            or view.mac_port(bid, pkt.eth_dst) or _port_by_own_mac(view, bridge, pkt.eth_dst)
         if out_id is not None:
             if out_id == inport.id:
                 b.step("bridge", bid, f"{pkt.eth_dst} is behind the ingress port: drop")
@@ -182,6 +184,21 @@ def _bridge(view: TopologyView, inport: Port, pkt: Packet, b: _Builder) -> list[
             continue
         out_ports.append(p)
     return out_ports
+
+
+def _port_by_own_mac(view: TopologyView, bridge, mac: str) -> str | None:
+    """The bridge's exterior port whose own MAC (Neutron's) is ``mac``, for a
+    MAC not learned yet: a new VM's first packets go to it, not everywhere
+    (as OVN; MidoNet's Neutron plugin seeded its MAC tables so). A view may
+    keep an index (``own_mac_port``); else scan."""
+    indexed = getattr(view, "own_mac_port", None)
+    if indexed is not None:
+        return indexed(bridge.id, mac)
+    for pid in bridge.port_ids:
+        p = view.port(pid)
+        if p is not None and p.type == PORT_EXTERIOR and p.mac == mac:
+            return pid
+    return None
 
 
 def _router_port_by_mac(view: TopologyView, bridge, mac: str) -> str | None:

@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from midoflow.model import (
+    PORT_EXTERIOR,
     Bridge,
     Chain,
     HealthMonitor,
@@ -43,6 +44,10 @@ class TopologyView(Protocol):
 
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:
         """(MAC, time learned) from the router's replicated ARP table."""
+        ...
+
+    def address_port(self, bridge_id: str, ip: str) -> Port | None:
+        """The exterior port of the bridge with ``ip`` among its fixed_ips."""
         ...
 
     def chain(self, chain_id: str) -> Chain | None: ...
@@ -210,6 +215,14 @@ class DictView:
 
     def mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self.macs.get((bridge_id, mac))
+
+    def address_port(self, bridge_id: str, ip: str) -> Port | None:
+        bridge = self.bridges.get(bridge_id)
+        for pid in bridge.port_ids if bridge else ():
+            p = self.ports.get(pid)
+            if p is not None and p.type == PORT_EXTERIOR and ip in p.fixed_ips:
+                return p
+        return None
 
     def router(self, router_id: str) -> Router | None:
         return self.routers.get(router_id)

@@ -214,7 +214,8 @@ def glue_agent(bound: int = 256, fair: bool = True):
     a._ports_seen, a._ports_seen_of = {}, -1
     a.classified = {"vm-a": (5, 11), "vm-b": (6, 12), "uplink": (7, 13)}
     a._meter_rate = lambda pid: (20000, 4000) if pid == "uplink" else (1000, 200)
-    a.core = SimpleNamespace(stats={}, receive_state=lambda data: served.append(("state", data)))
+    a.core = SimpleNamespace(
+        stats={}, receive_state=lambda data, src=None: served.append(("state", data)))
     a._process = lambda dp, in_port, data, buffer_id, copy=False: served.append(
         (in_port, data) if not copy else (in_port, data, "copy"))
     a.dp = SimpleNamespace(ofproto=ofp)  # the switch connection

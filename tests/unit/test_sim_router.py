@@ -405,3 +405,45 @@ def test_loop_between_routers_is_cut():
     t.v.arps[("r2", "10.9.0.1")] = ("02:aa:00:00:0a:01", NOW)
     r = simulate(t.v, ip_pkt(dst="8.8.8.8", ttl=255), NOW)
     assert r.dropped and "loop guard" in r.reason
+
+
+# ---- a port's own addresses: no ARP, no flood (issue 13, goal 4) ------------------------
+
+def test_a_ports_fixed_ip_and_mac_need_no_arp_and_no_learning():
+    """A VM's port says its address and MAC (Neutron's): the router uses them
+    without asking by ARP, the bridge without having learned the MAC, so the
+    answer to a new VM's first packet goes at once, and only to it."""
+    t = Topo()
+    vm3 = "02:00:00:00:03:33"
+    t.port("p3", "b2", mac=vm3, fixed_ips=("192.168.2.30",))
+    r = simulate(t.v, ip_pkt(dst="192.168.2.30"), NOW)
+    assert r.action is Action.FORWARD and r.out_ports == ("p3",)
+    assert r.wait_arp is None and not r.generated and not r.flooded
+    assert ("eth_dst", vm3) in [(w.field, w.value) for w in r.rewrites]
+    assert {rt.address_tag("b2", "192.168.2.30"), port_tag("p3")} <= r.tags
+    assert arp_tag("r1", "192.168.2.30") not in r.tags
+    assert any("no ARP" in s.decision for s in r.trace)
+
+
+def test_an_address_no_port_holds_is_still_asked_by_arp():
+    """An address outside every port's fixed_ips (an alias, an allowed
+    address pair): the router asks as before, and the flow depends on the
+    bridge's address too (a port that takes it later changes the answer)."""
+    t = Topo()
+    t.port("p3", "b2", mac="02:00:00:00:03:33", fixed_ips=("192.168.2.30",))
+    r = simulate(t.v, ip_pkt(dst="192.168.2.31"), NOW)
+    assert r.wait_arp == ("r1", "192.168.2.31")
+    assert [g.kind for g in r.generated] == ["arp_request"]
+    assert rt.address_tag("b2", "192.168.2.31") in r.tags
+
+
+def test_a_learned_mac_wins_over_a_ports_own():
+    """A MAC learned elsewhere (the VM moved to another port of the bridge)
+    is what the bridge follows; the port's own MAC only when nothing is learned."""
+    t = Topo()
+    vm3 = "02:00:00:00:03:33"
+    t.port("p3", "b2", mac=vm3, fixed_ips=("192.168.2.30",))
+    t.port("p4", "b2")
+    t.v.macs[("b2", vm3)] = "p4"
+    r = simulate(t.v, ip_pkt(dst="192.168.2.30"), NOW)
+    assert r.out_ports == ("p4",)
