@@ -25,6 +25,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
@@ -178,6 +179,7 @@ class TopologyCache:
         self.macs: dict[tuple[str, str], str] = {}  # (bridge, mac) -> port
         # (bridge, fixed IP or own MAC) -> exterior port: _index_addresses
         self._addr_ports: dict[tuple[str, str], str] = {}
+        self._bridge_ips: defaultdict[str, dict[str, str]] = defaultdict(dict)  # the same, IPs
         self.routers: dict[str, Router] = {}
         self.route_objs: dict[str, Route] = {}
         self.routes_by_router: dict[str, dict[str, Route]] = {}
@@ -357,6 +359,10 @@ class TopologyCache:
         pid = self._addr_ports.get((bridge_id, ip))
         return self.ports.get(pid) if pid else None
 
+    def bridge_addresses(self, bridge_id: str) -> dict[str, str]:
+        """The fixed IPs of the bridge's exterior ports: ip -> port id."""
+        return self._bridge_ips.get(bridge_id, {})
+
     def own_mac_port(self, bridge_id: str, mac: str) -> str | None:
         return self._addr_ports.get((bridge_id, mac))
 
@@ -372,8 +378,12 @@ class TopologyCache:
         for k in before - after:
             if self._addr_ports.get(k) == oid:
                 del self._addr_ports[k]
+                if ":" not in k[1]:
+                    self._bridge_ips[k[0]].pop(k[1], None)
         for k in after:
             self._addr_ports[k] = oid
+            if ":" not in k[1]:
+                self._bridge_ips[k[0]][k[1]] = oid
         return {(mac_tag if ":" in k[1] else address_tag)(*k) for k in before ^ after}
 
     def arp(self, router_id: str, ip: str) -> tuple[str, float] | None:

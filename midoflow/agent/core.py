@@ -372,6 +372,7 @@ class AgentCore:
         if route is None or (tun_src is not None and route[0] != tun_src):
             self.stats["bound_refused"] = self.stats.get("bound_refused", 0) + 1
             return
+        self.stats["bound_heard"] = self.stats.get("bound_heard", 0) + len(port_ids)
         for pid in port_ids:
             if self.cache.port_bound_at(pid, host):
                 self.stats["bound_noted"] = self.stats.get("bound_noted", 0) + 1

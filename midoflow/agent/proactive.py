@@ -13,7 +13,8 @@ what the topology cache knows, and simulates them dry
 
 * to every MAC learned on the port's bridge (L2 delivery);
 * through each router the bridge is linked to, to every address that router
-  has resolved (its ARP table: the VMs it has routed to).
+  has resolved (its ARP table: the VMs it has routed to) and every fixed IP
+  of the VMs on the router's other bridges (it needs no ARP for those).
 
 The source is the port's own MAC as its bridge learned it. A decision is
 installed only when it is installable, tracks nothing (no conntrack, NAT or
@@ -110,6 +111,25 @@ class Proactive:
         resolved: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for (router, ip), entry in list(cache.arps.items()):
             resolved[router].append((ip, entry[0]))
+        memo: dict[str, list[tuple[str, str]]] = {}
+
+        def seeded(router_id: str) -> list[tuple[str, str]]:
+            """(ip, mac) of the VM ports on the router's bridges, bound somewhere."""
+            if router_id not in memo:
+                found = []
+                router = cache.routers.get(router_id)
+                for rp in router.port_ids if router is not None else ():
+                    rport = cache.ports.get(rp)
+                    link = cache.ports.get(rport.peer_id) if rport and rport.peer_id else None
+                    if link is None or link.device_type != DEVICE_BRIDGE:
+                        continue
+                    for ip, vid in cache.bridge_addresses(link.device_id).items():
+                        vm = cache.ports.get(vid)
+                        if vm is not None and vm.mac and vid in cache.port_hosts:
+                            found.append((ip, vm.mac))
+                memo[router_id] = found
+            return memo[router_id]
+
         out = []
         limit = self.limit
         for pid, ofport in sorted(self.core.bindings.items()):
@@ -122,6 +142,7 @@ class Proactive:
                 continue
             src = own[0]
             n = 0
+            done: set[tuple[str, str]] = set()
             for mac, other in macs:
                 if n >= limit:
                     break
@@ -135,10 +156,11 @@ class Proactive:
                     link.type == PORT_INTERIOR and link.peer_id else None
                 if peer is None or peer.device_type != DEVICE_ROUTER or not peer.mac:
                     continue
-                for ip, mac in resolved.get(peer.device_id, []):
+                for ip, mac in resolved.get(peer.device_id, []) + seeded(peer.device_id):
                     if n >= limit:
                         break
-                    if mac != src:
+                    if mac != src and (ip, peer.mac) not in done:
+                        done.add((ip, peer.mac))
                         out.append((pid, ofport, ("l3", src, peer.mac, ip), KNOWN_L3))
                         n += 1
         return out

@@ -85,7 +85,8 @@ class Capture:
         self.node, self.bpf, self.verbose, self.lines = node, bpf, verbose, []
 
     def __enter__(self) -> Capture:
-        args = ["tcpdump", "-i", "eth0", "-n", "-l", "-U"] + (["-v"] if self.verbose else [])
+        args = ["tcpdump", "--immediate-mode", "-i", "eth0", "-n", "-l", "-U",
+                *(["-v"] if self.verbose else [])]
         self.proc = self.node.popen([*args, self.bpf], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
         # tcpdump says "listening on" once the capture is open (after a

@@ -97,7 +97,7 @@ class Capture:
     headers shown; lines collected by a thread as they come."""
 
     def __init__(self, node, iface: str = "eth0", expr: str = "", root: bool = False):
-        cmd = ["tcpdump", "-l", "-n", "-e", "-i", iface, *expr.split()]
+        cmd = ["tcpdump", "--immediate-mode", "-l", "-n", "-e", "-i", iface, *expr.split()]
         if root:  # the root namespace (the underlay bridge)
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True)

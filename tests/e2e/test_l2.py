@@ -19,7 +19,8 @@ class Capture:
 
     def __init__(self, vm, macs):
         flt = " or ".join(f"ether src {m}" for m in macs)
-        self.proc = vm.popen(["tcpdump", "-l", "-n", "-e", "-i", "eth0", flt], text=True)
+        self.proc = vm.popen(["tcpdump", "--immediate-mode", "-l", "-n", "-e", "-i", "eth0", flt],
+                             text=True)
         read_until(self.proc, "^listening on", 10, "tcpdump to start capturing",
                    stream=self.proc.stderr)
 

@@ -85,7 +85,8 @@ def test_one_tunnel_hop_and_no_third_host(l3, tenant_a):
     ta = tenant_a
     assert ping(ta.a, "192.168.2.20", count=2) == (2, 2)
     h3 = l3.hosts[2]
-    cap = h3.popen(["tcpdump", "-l", "-n", "-i", "uplink", "udp port 4789"], text=True)
+    cap = h3.popen(["tcpdump", "--immediate-mode", "-l", "-n", "-i", "uplink", "udp port 4789"],
+                   text=True)
     read_until(cap, "^listening on", 10, "tcpdump to start capturing", stream=cap.stderr)
     h2_before = _tunnel_rx(l3.hosts[1])
     sent, got = ping(ta.a, "192.168.2.20", count=50, timeout=1)

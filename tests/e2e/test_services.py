@@ -180,7 +180,7 @@ def test_another_ports_lease_is_nakd_within_a_second_then_its_own(svc):
     vm = mc.vm(host, net, "s4", ip, mac(4), dhcp="dhclient", boot=False,
                instance_id=instance("s4"), tenant_id="tenant-a")
     # what the VM receives, timed where it arrives
-    cap = vm.popen(["tcpdump", "-l", "-n", "-tt", "-v", "-i", "eth0",
+    cap = vm.popen(["tcpdump", "--immediate-mode", "-l", "-n", "-tt", "-v", "-i", "eth0",
                     "udp port 67 or udp port 68"], text=True)
     try:
         read_until(cap, "listening on", 5, "tcpdump to listen in s4", stream=cap.stderr)

@@ -151,7 +151,7 @@ def test_udp_request_and_response_through_the_floating_ip(udp_nat):
 def captured_error(node, ask) -> tuple[str, str]:
     """(what ``ask()`` returned, the ICMP error tcpdump saw arrive at
     ``node``, verbose: the quoted packet included)."""
-    dump = node.popen(["tcpdump", "-i", "eth0", "-n", "-v", "-l", "-c", "1",
+    dump = node.popen(["tcpdump", "--immediate-mode", "-i", "eth0", "-n", "-v", "-l", "-c", "1",
                        "icmp[icmptype] == 3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                       text=True)
     try:

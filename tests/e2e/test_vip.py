@@ -242,8 +242,8 @@ def test_the_vip_follows_keepalived_to_the_backup(vip, failure):
                       rf"{re.escape(VIP)}|Reply {re.escape(VIP)} is-at)")
     dump_path = os.path.join(workdir, f"{failure}-k2.arp")
     with open(dump_path, "w") as dump_out:
-        dump = k2.vm.popen(["tcpdump", "-i", "eth0", "-n", "-l", "-tt", "-U", "arp"],
-                           stdout=dump_out, stderr=subprocess.PIPE)
+        dump = k2.vm.popen(["tcpdump", "--immediate-mode", "-i", "eth0", "-n", "-l", "-tt", "-U",
+                            "arp"], stdout=dump_out, stderr=subprocess.PIPE)
     paths = {"same network": probers[0], "other subnet": probers[1],
              "floating IP": probers[2]}
     logs = {what: os.path.join(workdir, f"{failure}-{what.replace(' ', '-')}") for what in paths}
