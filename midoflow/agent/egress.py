@@ -61,21 +61,16 @@ class Egress:
         return ports
 
     def to_every_host(self, frame: bytes) -> list[Emit]:
-        """A message for every other host alive."""
-        out = []
-        for host in sorted(self.cache.host_state):
-            via = self._tunnel_to(host) if host != self.host_id else None
-            if via is not None:
-                out.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, *via)]))
-        return out
+        """A flow-state message for every other host alive."""
+        return self._to(frame, self.cache.host_state)
 
     def to_hosts(self, frame: bytes, ports) -> list[Emit]:
         """A flow-state message for the hosts of these ports (not this one)."""
-        hosts = {self.cache.port_hosts.get(p) for p in ports}
-        hosts.discard(None)
-        hosts.discard(self.host_id)
+        return self._to(frame, {self.cache.port_hosts.get(p) for p in ports})
+
+    def _to(self, frame: bytes, hosts) -> list[Emit]:
         out = []
-        for host in sorted(hosts):
+        for host in sorted(h for h in hosts if h and h != self.host_id):
             via = self._tunnel_to(host)
             if via is not None:
                 out.append(Emit(frame, [Tunnel(STATE_TUNNEL_KEY, *via)]))

@@ -707,8 +707,7 @@ class MidoflowAgent(app_manager.OSKenApp):
         """Frames the core sends on its own (a port's binding announced)."""
         dp = self.dp
         if dp is not None and emits:
-            pipeline.send(dp, [pipeline.packet_out(dp, pipeline.output_actions(dp, e.actions),
-                                                   e.frame) for e in emits])
+            pipeline.send(dp, pipeline.emit_messages(dp, emits))
 
     def _replay(self, ofport: int, frame: bytes) -> None:
         """A held packet whose next hop is now resolved: simulate it again

@@ -682,6 +682,12 @@ def packet_out(dp, actions: list, data: bytes | None = None, in_port: int | None
                           actions=actions, data=None if buffer_id is not None else data)
 
 
+def emit_messages(dp, emits) -> list:
+    """A packet-out for each frame the agent sends on its own paths (flow
+    state, a binding announced)."""
+    return [packet_out(dp, output_actions(dp, e.actions), e.frame) for e in emits]
+
+
 def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
                       buffer_id: int | None, idle_timeout: int) -> list:
     """Everything the switch gets for one decision, in the order to send:
@@ -692,8 +698,7 @@ def decision_messages(dp, decision: Decision, in_port: int, data: bytes,
     meanwhile is simulated again and installs the same flow), then the
     frames the topology sends in answer. A frame whose rewrites cannot be
     made (``frames.apply_rewrites``) gets its pushes only."""
-    msgs = [packet_out(dp, output_actions(dp, push.actions), push.frame)
-            for push in decision.pushes]
+    msgs = emit_messages(dp, decision.pushes)
     try:  # what OpenFlow cannot set is rewritten in the packet itself
         frame = frames.apply_rewrites(data, decision.rewrites)
     except frames.FrameError:
